@@ -1,0 +1,524 @@
+//! The raw C ABI shared by the Berth host and every app plugin.
+//!
+//! App authors never touch this module: the safe SDK in the rest of the crate and the
+//! [`export_app!`](crate::export_app) macro speak it for them. It is public so that the host (and
+//! any other host) builds against exactly the same definitions.
+//!
+//! # What crosses the boundary
+//!
+//! Only `#[repr(C)]` structs, integers, raw pointer + length pairs and `extern "C"` function
+//! pointers. Tags are plain integers (never Rust enums) so that a bad value from the other side is a
+//! reportable error rather than undefined behaviour. Futures cross as [`async_ffi::FfiFuture`]: a
+//! `#[repr(C)]` `{ptr, poll_fn, drop_fn}` whose waker is passed as a C vtable.
+//!
+//! # Ownership
+//!
+//! Every pointer is either *borrowed* or *owned*, and each type below says which:
+//!
+//! * **Borrowed** data ([`AbiStr`], [`AbiHeaders`], [`AbiRequest`], [`AbiFetchRequest`]) is valid
+//!   only for the duration of the call it is passed to. The callee copies what it keeps.
+//! * **Owned** data ([`AbiBuf`], [`AbiBody`], [`AbiResponse`], [`AbiHost`]) is handed over; the
+//!   receiver must eventually call the release/drop function carried *next to* the pointer, which
+//!   runs in the code of the side that allocated it. Neither side ever frees the other side's
+//!   memory with its own allocator.
+//!
+//! # Versioning
+//!
+//! A plugin exports one symbol, [`DESCRIPTOR_SYMBOL`], returning a pointer to its
+//! [`AppDescriptor`]. The host reads the fixed [`DescriptorHeader`] prefix first and refuses the
+//! plugin unless:
+//!
+//! * `magic == MAGIC`,
+//! * `abi_major == ABI_MAJOR`,
+//! * `abi_minor <= ABI_MINOR` (a plugin built against a newer minor may use something this host
+//!   lacks),
+//! * `layout_fingerprint == LAYOUT_FINGERPRINTS[abi_minor]` (the layout the plugin was compiled
+//!   with is the layout this host expects for that minor).
+//!
+//! The rule for changes:
+//!
+//! * **Minor** bump: something is *appended* — a new function at the end of [`HostVTable`] (which
+//!   carries its own `size`, so a plugin can see whether a capability exists), a new field at the
+//!   end of [`AppDescriptor`] (which carries its `size`, read according to the plugin's minor), a
+//!   new tag value that old peers never produce. Push the new fingerprint onto
+//!   [`LAYOUT_FINGERPRINTS`]; never edit older entries.
+//! * **Major** bump: anything else — a field reordered, resized, removed or retyped, a tag's
+//!   meaning changed, a new version of `async-ffi`'s ABI. Old plugins are then refused.
+//!
+//! [`LAYOUT_FINGERPRINTS`] holds literals and a compile-time assertion compares its last entry
+//! with the freshly computed [`LAYOUT_FINGERPRINT`], so a layout change cannot be committed
+//! without a deliberate version decision.
+
+use std::ffi::c_void;
+use std::mem::{align_of, offset_of, size_of};
+
+pub use async_ffi::{FfiContext, FfiFuture, FfiPoll};
+
+/// `b"BERTHAPP"` as a big-endian integer: the first 8 bytes of every descriptor.
+pub const MAGIC: u64 = u64::from_be_bytes(*b"BERTHAPP");
+
+/// Incompatible ABI generation. See the module docs for what bumps it.
+pub const ABI_MAJOR: u32 = 1;
+
+/// Compatible additions within [`ABI_MAJOR`]. See the module docs for what bumps it.
+pub const ABI_MINOR: u32 = 0;
+
+/// NUL-terminated name of the one symbol every plugin exports:
+/// `extern "C" fn() -> *const AppDescriptor`.
+pub const DESCRIPTOR_SYMBOL: &[u8] = b"berth_app_descriptor\0";
+
+/// Signature of [`DESCRIPTOR_SYMBOL`].
+pub type DescriptorFn = unsafe extern "C" fn() -> *const AppDescriptor;
+
+/// Borrowed bytes: valid only during the call they are passed to. `ptr` may be null when
+/// `len == 0`. Text fields (method, URI, names) are UTF-8 unless stated otherwise; header values
+/// are arbitrary bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AbiStr {
+    /// First byte, or null for the empty string.
+    pub ptr: *const u8,
+    /// Number of bytes.
+    pub len: usize,
+}
+
+/// Owned bytes. The receiver reads `ptr[..len]` for as long as it likes, then calls
+/// `release(owner)` exactly once; `release` runs in the allocating side's code and frees
+/// everything. `release == None` means nothing needs freeing (static or empty data).
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiBuf {
+    /// First byte, or null for empty.
+    pub ptr: *const u8,
+    /// Number of bytes.
+    pub len: usize,
+    /// Opaque allocation handle, meaningful only to `release`.
+    pub owner: *mut c_void,
+    /// Frees `owner` (and with it the bytes). Owned by the allocating side.
+    pub release: Option<unsafe extern "C" fn(owner: *mut c_void)>,
+}
+
+/// One header field, borrowed from whoever built the enclosing [`AbiHeaders`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AbiHeader {
+    /// Header name bytes (lower-case ASCII token).
+    pub name: AbiStr,
+    /// Header value bytes, byte-exact (may be non-UTF-8).
+    pub value: AbiStr,
+}
+
+/// A borrowed array of headers, in order; repeated names appear once per value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AbiHeaders {
+    /// First header, or null when `len == 0`.
+    pub ptr: *const AbiHeader,
+    /// Number of headers.
+    pub len: usize,
+}
+
+/// A socket address. `family` is [`ADDR_NONE`], [`ADDR_V4`] (first 4 bytes of `ip`) or
+/// [`ADDR_V6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AbiSocketAddr {
+    /// One of the `ADDR_*` constants.
+    pub family: u8,
+    /// Port in host byte order.
+    pub port: u16,
+    /// Address bytes in network order.
+    pub ip: [u8; 16],
+    /// IPv6 scope id (0 for IPv4).
+    pub scope_id: u32,
+}
+
+/// [`AbiSocketAddr::family`]: no address (e.g. a Unix socket or a test).
+pub const ADDR_NONE: u8 = 0;
+/// [`AbiSocketAddr::family`]: IPv4.
+pub const ADDR_V4: u8 = 4;
+/// [`AbiSocketAddr::family`]: IPv6.
+pub const ADDR_V6: u8 = 6;
+
+/// [`AbiRequest::version`] values.
+pub const HTTP_09: u32 = 9;
+/// HTTP/1.0.
+pub const HTTP_10: u32 = 10;
+/// HTTP/1.1.
+pub const HTTP_11: u32 = 11;
+/// HTTP/2.
+pub const HTTP_2: u32 = 20;
+/// HTTP/3.
+pub const HTTP_3: u32 = 30;
+
+/// A body: a stream of owned chunks pulled by the receiver.
+///
+/// Ownership of the whole struct moves to the receiver, which polls `poll_chunk` only when it can
+/// use another chunk (that is the backpressure) and calls `drop(state)` exactly once when done —
+/// at the end of the stream or earlier. Both functions run in the producer's code. A body with
+/// `poll_chunk == None` is empty; its `drop` may still be set.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiBody {
+    /// Producer's stream state, opaque to the receiver.
+    pub state: *mut c_void,
+    /// Polls for the next chunk, registering the context's waker when pending.
+    pub poll_chunk:
+        Option<unsafe extern "C" fn(state: *mut c_void, cx: *mut FfiContext<'_>) -> AbiChunkPoll>,
+    /// Frees `state`. Called exactly once by the receiver.
+    pub drop: Option<unsafe extern "C" fn(state: *mut c_void)>,
+    /// Exact total length in bytes when known, else [`LEN_UNKNOWN`].
+    pub len_hint: u64,
+}
+
+/// [`AbiBody::len_hint`] when the length is not known in advance.
+pub const LEN_UNKNOWN: u64 = u64::MAX;
+
+/// Result of [`AbiBody::poll_chunk`]. `data` is an owned chunk for [`CHUNK_DATA`], an owned
+/// UTF-8 message for [`CHUNK_ERROR`], and empty otherwise.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiChunkPoll {
+    /// One of the `CHUNK_*` constants.
+    pub tag: u32,
+    /// Chunk bytes or error message; always released by the receiver.
+    pub data: AbiBuf,
+}
+
+/// Not ready; the waker was registered.
+pub const CHUNK_PENDING: u32 = 0;
+/// A chunk of data.
+pub const CHUNK_DATA: u32 = 1;
+/// The stream ended normally; do not poll again.
+pub const CHUNK_END: u32 = 2;
+/// The stream failed (or the producer panicked); do not poll again.
+pub const CHUNK_ERROR: u32 = 3;
+
+/// An inbound request as the app sees it. Borrowed for the duration of
+/// [`AppDescriptor::handle`]; the body is passed separately because it is owned.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiRequest {
+    /// Method, e.g. `GET`.
+    pub method: AbiStr,
+    /// Request target as received (origin form, or absolute form for HTTP/2).
+    pub uri: AbiStr,
+    /// One of the `HTTP_*` constants.
+    pub version: u32,
+    /// Request headers.
+    pub headers: AbiHeaders,
+    /// The client's address.
+    pub peer_addr: AbiSocketAddr,
+    /// The local address the connection arrived on.
+    pub local_addr: AbiSocketAddr,
+    /// The app's mount prefix, e.g. `/hello` (WSGI's `SCRIPT_NAME`).
+    pub mount_prefix: AbiStr,
+    /// The path below the prefix, always starting with `/` (WSGI's `PATH_INFO`), still
+    /// percent-encoded as received.
+    pub path: AbiStr,
+    /// The query string without `?`, empty when absent.
+    pub query: AbiStr,
+}
+
+/// A response head plus body, produced by one side and consumed by the other: by the app for its
+/// answer, by the host for an outbound fetch.
+///
+/// The receiver copies `status` and `headers`, then calls `release(owner)` exactly once, which
+/// frees the header storage in the producer. `body` moves to the receiver (see [`AbiBody`]).
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// Headers, borrowed from `owner`.
+    pub headers: AbiHeaders,
+    /// Body, owned by the receiver from now on.
+    pub body: AbiBody,
+    /// Producer's storage for `headers`.
+    pub owner: *mut c_void,
+    /// Frees `owner`; producer's code.
+    pub release: Option<unsafe extern "C" fn(owner: *mut c_void)>,
+}
+
+/// What an app's handler future resolves to.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiHandleOutcome {
+    /// [`OUTCOME_OK`] (then `response` is set), or [`OUTCOME_PANICKED`] / [`OUTCOME_ERROR`]
+    /// (then `message` says what happened and `response` is empty).
+    pub tag: u32,
+    /// The response (owned by the receiver, see [`AbiResponse`]).
+    pub response: AbiResponse,
+    /// An owned UTF-8 message, released by the receiver.
+    pub message: AbiBuf,
+}
+
+/// The handler returned a response.
+pub const OUTCOME_OK: u32 = 0;
+/// The handler panicked; the panic was caught inside the plugin.
+pub const OUTCOME_PANICKED: u32 = 1;
+/// The plugin could not run the handler (e.g. it could not read the request); `message` says why.
+pub const OUTCOME_ERROR: u32 = 2;
+
+/// An outbound HTTP request from the app. Borrowed for the duration of [`HostVTable::fetch`];
+/// the body is passed separately because it is owned.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiFetchRequest {
+    /// Method, e.g. `GET`.
+    pub method: AbiStr,
+    /// Absolute URL.
+    pub url: AbiStr,
+    /// Request headers.
+    pub headers: AbiHeaders,
+    /// Time limit for the whole exchange up to the response head, in milliseconds; 0 means the
+    /// host's default.
+    pub timeout_ms: u64,
+}
+
+/// What an outbound fetch resolves to. `response` is set for [`FETCH_OK`]; for every other tag
+/// `message` holds a UTF-8 reason. Both are owned by the receiver (the app).
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiFetchOutcome {
+    /// One of the `FETCH_*` constants.
+    pub tag: u32,
+    /// The upstream response.
+    pub response: AbiResponse,
+    /// Error message.
+    pub message: AbiBuf,
+}
+
+/// The upstream answered (any status).
+pub const FETCH_OK: u32 = 0;
+/// The request could not be built: bad method, URL, header or scheme.
+pub const FETCH_INVALID_REQUEST: u32 = 1;
+/// No connection could be made (refused, unreachable, DNS failure).
+pub const FETCH_CONNECT: u32 = 2;
+/// The time limit passed before the response head arrived.
+pub const FETCH_TIMEOUT: u32 = 3;
+/// The host's policy forbids this request.
+pub const FETCH_DENIED: u32 = 4;
+/// Any other failure (connection reset, protocol error, ...).
+pub const FETCH_OTHER: u32 = 5;
+
+/// [`HostVTable::log`] levels, matching `tracing`'s.
+pub const LOG_ERROR: u32 = 1;
+/// Warning.
+pub const LOG_WARN: u32 = 2;
+/// Information.
+pub const LOG_INFO: u32 = 3;
+/// Debugging.
+pub const LOG_DEBUG: u32 = 4;
+/// Tracing.
+pub const LOG_TRACE: u32 = 5;
+
+/// The host's capabilities, a static table in host code.
+///
+/// It only ever grows at its end (a minor version bump); `size` is the size of the table as the
+/// host built it, so a plugin built against a newer minor can tell which functions exist before
+/// calling them. Every function takes the `ctx` from the [`AbiHost`] the plugin was given.
+#[repr(C)]
+#[derive(Debug)]
+pub struct HostVTable {
+    /// `size_of::<HostVTable>()` in the host.
+    pub size: usize,
+    /// Takes another reference to `ctx` (returns it); each reference is released with `drop_ctx`.
+    pub clone_ctx: unsafe extern "C" fn(ctx: *mut c_void) -> *mut c_void,
+    /// Releases one reference to `ctx`.
+    pub drop_ctx: unsafe extern "C" fn(ctx: *mut c_void),
+    /// Emits `msg` (borrowed) at `level` (a `LOG_*` constant) in the host's log, tagged with the
+    /// app's name.
+    pub log: unsafe extern "C" fn(ctx: *mut c_void, level: u32, msg: AbiStr),
+    /// A future that completes after `nanos` nanoseconds on the host's timer. The future is owned
+    /// by the plugin; dropping it cancels the timer. It resolves to 0.
+    pub sleep: unsafe extern "C" fn(ctx: *mut c_void, nanos: u64) -> FfiFuture<u32>,
+    /// Starts an outbound request on the host's pooled client. `req` is borrowed for the call;
+    /// `body` moves to the host. The host runs the exchange as its own task; dropping the
+    /// returned future aborts it, closing the connection if the exchange was in flight.
+    pub fetch: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        req: *const AbiFetchRequest,
+        body: AbiBody,
+    ) -> FfiFuture<AbiFetchOutcome>,
+}
+
+/// A handle on the host: its table plus one reference to a per-request context. Owned by the
+/// receiver, which releases the reference with `vtable.drop_ctx(ctx)` when done.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiHost {
+    /// The host's static capability table.
+    pub vtable: *const HostVTable,
+    /// Per-request host state (the app's identity, its client, its deadline).
+    pub ctx: *mut c_void,
+}
+
+/// The fixed prefix of [`AppDescriptor`], identical in every ABI version, so that a host can
+/// check a plugin before trusting the rest of its layout.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct DescriptorHeader {
+    /// Must be [`MAGIC`].
+    pub magic: u64,
+    /// Must equal the host's [`ABI_MAJOR`].
+    pub abi_major: u32,
+    /// Must be at most the host's [`ABI_MINOR`].
+    pub abi_minor: u32,
+    /// Must equal `LAYOUT_FINGERPRINTS[abi_minor]`.
+    pub layout_fingerprint: u64,
+    /// `size_of::<AppDescriptor>()` in the plugin.
+    pub size: u64,
+}
+
+/// Everything the host needs to know about a plugin. Lives in the plugin's static memory for as
+/// long as the library is loaded; all strings in it are `'static` there.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AppDescriptor {
+    /// Version check prefix.
+    pub header: DescriptorHeader,
+    /// The app's name (UTF-8): its default mount is `/<name>`.
+    pub name: AbiStr,
+    /// The app's version (UTF-8, free form, semver recommended).
+    pub version: AbiStr,
+    /// The version of the `berth-app` crate the plugin was built with (informational).
+    pub sdk_version: AbiStr,
+    /// Handles one request. `req` is borrowed for the call; `body` and `host` move to the plugin.
+    /// The returned future is owned by the host, which polls it on its runtime and may drop it at
+    /// any time (client gone, timeout, shutdown); dropping it drops the app's future.
+    pub handle: unsafe extern "C" fn(
+        req: *const AbiRequest,
+        body: AbiBody,
+        host: AbiHost,
+    ) -> FfiFuture<AbiHandleOutcome>,
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+const fn mix(hash: u64, value: u64) -> u64 {
+    let bytes = value.to_le_bytes();
+    let mut hash = hash;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(FNV_PRIME);
+        i += 1;
+    }
+    hash
+}
+
+/// Folds a type's size, alignment and the offsets of the listed fields into the hash.
+macro_rules! layout {
+    ($hash:expr, $ty:ty $(, $field:ident)*) => {{
+        let mut h = mix($hash, size_of::<$ty>() as u64);
+        h = mix(h, align_of::<$ty>() as u64);
+        $( h = mix(h, offset_of!($ty, $field) as u64); )*
+        h
+    }};
+}
+
+/// A compile-time hash of the size, alignment and field offsets of every boundary type, plus the
+/// target's pointer width and byte order and the `async-ffi` ABI version. Two builds agree on it
+/// exactly when they agree on the layout of everything that crosses the boundary.
+pub const LAYOUT_FINGERPRINT: u64 = {
+    let mut h = FNV_OFFSET;
+    h = mix(h, ABI_MAJOR as u64);
+    h = mix(h, async_ffi::ABI_VERSION as u64);
+    h = mix(h, usize::BITS as u64);
+    h = mix(h, cfg!(target_endian = "little") as u64);
+    h = layout!(h, AbiStr, ptr, len);
+    h = layout!(h, AbiBuf, ptr, len, owner, release);
+    h = layout!(h, AbiHeader, name, value);
+    h = layout!(h, AbiHeaders, ptr, len);
+    h = layout!(h, AbiSocketAddr, family, port, ip, scope_id);
+    h = layout!(h, AbiBody, state, poll_chunk, drop, len_hint);
+    h = layout!(h, AbiChunkPoll, tag, data);
+    h = layout!(
+        h, AbiRequest, method, uri, version, headers, peer_addr, local_addr
+    );
+    h = layout!(h, AbiRequest, mount_prefix, path, query);
+    h = layout!(h, AbiResponse, status, headers, body, owner, release);
+    h = layout!(h, AbiHandleOutcome, tag, response, message);
+    h = layout!(h, AbiFetchRequest, method, url, headers, timeout_ms);
+    h = layout!(h, AbiFetchOutcome, tag, response, message);
+    h = layout!(h, HostVTable, size, clone_ctx, drop_ctx, log, sleep, fetch);
+    h = layout!(h, AbiHost, vtable, ctx);
+    h = layout!(
+        h,
+        DescriptorHeader,
+        magic,
+        abi_major,
+        abi_minor,
+        layout_fingerprint,
+        size
+    );
+    h = layout!(h, AppDescriptor, header, name, version, sdk_version, handle);
+    h = layout!(h, FfiPoll<AbiHandleOutcome>);
+    h = layout!(h, FfiPoll<AbiFetchOutcome>);
+    h = layout!(h, FfiPoll<u32>);
+    h = layout!(h, FfiFuture<AbiHandleOutcome>);
+    h = layout!(h, FfiContext<'static>);
+    h
+};
+
+/// The layout fingerprint of each released minor version of [`ABI_MAJOR`], index = minor, as
+/// computed on 64-bit little-endian targets (x86_64, aarch64). Append only.
+///
+/// The entries are literals on purpose: when a change to a boundary type alters
+/// [`LAYOUT_FINGERPRINT`], the build fails right here until someone decides whether the change is
+/// a minor (append a new entry and bump [`ABI_MINOR`]) or a major (bump [`ABI_MAJOR`] and start a
+/// new list).
+#[cfg(all(target_pointer_width = "64", target_endian = "little"))]
+pub const LAYOUT_FINGERPRINTS: &[u64] = &[0x4b3b_39ac_9316_3aa1];
+
+/// On other targets the layout differs; only plugins built for the same target can match.
+#[cfg(not(all(target_pointer_width = "64", target_endian = "little")))]
+pub const LAYOUT_FINGERPRINTS: &[u64] = &[LAYOUT_FINGERPRINT];
+
+const _: () = assert!(LAYOUT_FINGERPRINTS.len() == ABI_MINOR as usize + 1);
+const _: () = assert!(LAYOUT_FINGERPRINTS[ABI_MINOR as usize] == LAYOUT_FINGERPRINT);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_prefix_is_stable() {
+        // The prefix a host reads before trusting anything else must never move.
+        assert_eq!(offset_of!(DescriptorHeader, magic), 0);
+        assert_eq!(offset_of!(DescriptorHeader, abi_major), 8);
+        assert_eq!(offset_of!(DescriptorHeader, abi_minor), 12);
+        assert_eq!(offset_of!(DescriptorHeader, layout_fingerprint), 16);
+        assert_eq!(offset_of!(DescriptorHeader, size), 24);
+        assert_eq!(offset_of!(AppDescriptor, header), 0);
+    }
+
+    #[test]
+    fn magic_spells_berthapp() {
+        assert_eq!(&MAGIC.to_be_bytes(), b"BERTHAPP");
+    }
+
+    #[test]
+    fn fingerprint_table_ends_with_current_layout() {
+        assert_eq!(LAYOUT_FINGERPRINTS.last(), Some(&LAYOUT_FINGERPRINT));
+        assert_ne!(LAYOUT_FINGERPRINT, FNV_OFFSET);
+    }
+
+    #[test]
+    fn fingerprint_sees_field_offsets() {
+        #[repr(C)]
+        struct A {
+            x: u32,
+            y: u64,
+        }
+        #[repr(C)]
+        struct B {
+            y: u64,
+            x: u32,
+        }
+        // Same size and alignment, different offsets: the hashes must differ.
+        assert_ne!(layout!(FNV_OFFSET, A, x, y), layout!(FNV_OFFSET, B, x, y));
+    }
+}

@@ -1,0 +1,881 @@
+//! The boundary module: every `unsafe` block of this crate lives here.
+//!
+//! It turns the raw [`abi`](crate::abi) types into safe Rust values and back, for both sides: the
+//! plugin glue behind [`export_app!`](crate::export_app) uses it, and so does the host, so the two
+//! directions of every conversion are one piece of code. App authors never need it.
+//!
+//! Rules kept throughout:
+//! * every `extern "C"` function defined here catches panics and turns them into a defined value
+//!   (an error chunk, an error outcome, or nothing), so no unwind ever crosses the boundary;
+//! * every owned pointer received is released exactly once, through the function carried next to
+//!   it, on every path including errors.
+#![allow(unsafe_code)]
+
+use std::any::Any;
+use std::ffi::c_void;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::ptr;
+use std::task::{Context, Poll};
+
+use async_ffi::{ContextExt, FfiFuture, FutureExt as _};
+use bytes::Bytes;
+use futures_core::Stream;
+use futures_util::FutureExt as _;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, StatusCode};
+
+use crate::abi::*;
+use crate::body::BodyError;
+
+// SAFETY (for all the `Send`/`Sync` impls below): the structs only carry pointers whose targets
+// the ABI contract makes thread-safe to move — bodies, buffers, responses and host contexts are
+// used by one thread at a time and their release functions may run on any thread; descriptors and
+// vtables are immutable statics.
+unsafe impl Send for AbiBuf {}
+unsafe impl Send for AbiBody {}
+unsafe impl Send for AbiResponse {}
+unsafe impl Send for AbiHandleOutcome {}
+unsafe impl Send for AbiFetchOutcome {}
+unsafe impl Send for AbiHost {}
+unsafe impl Sync for AbiHost {}
+unsafe impl Sync for HostVTable {}
+unsafe impl Sync for AppDescriptor {}
+
+/// An error found while reading what the other side handed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundaryError(pub String);
+
+impl fmt::Display for BoundaryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BoundaryError {}
+
+// ---------------------------------------------------------------------------------------------
+// Panics
+// ---------------------------------------------------------------------------------------------
+
+/// The text of a panic payload (`&str` and `String` payloads; anything else is named as such).
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+/// Runs `f`, turning a panic into its message. The payload is dropped under a second guard
+/// because a payload's own destructor may panic.
+pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let message = panic_message(&*payload);
+        if let Err(inner) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+            std::mem::forget(inner);
+        }
+        message
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Borrowed bytes and headers
+// ---------------------------------------------------------------------------------------------
+
+impl AbiStr {
+    /// Borrows `bytes` for the duration of a call.
+    pub fn new(bytes: &[u8]) -> Self {
+        AbiStr {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+        }
+    }
+
+    /// A `'static` string (descriptor fields).
+    pub const fn from_static(s: &'static str) -> Self {
+        AbiStr {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
+    }
+
+    /// Reads the bytes.
+    ///
+    /// # Safety
+    /// `ptr[..len]` must be readable for `'a` (the ABI's borrowed contract), or `len` must be 0.
+    pub unsafe fn as_bytes<'a>(&self) -> &'a [u8] {
+        if self.ptr.is_null() || self.len == 0 {
+            &[]
+        } else {
+            // SAFETY: the caller guarantees `ptr[..len]` is readable for `'a`.
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        }
+    }
+
+    /// Reads the bytes as UTF-8, naming `what` in the error.
+    ///
+    /// # Safety
+    /// As for [`AbiStr::as_bytes`].
+    pub unsafe fn to_str<'a>(&self, what: &str) -> Result<&'a str, BoundaryError> {
+        // SAFETY: forwarded to the caller.
+        let bytes = unsafe { self.as_bytes() };
+        std::str::from_utf8(bytes).map_err(|_| BoundaryError(format!("{what} is not UTF-8")))
+    }
+}
+
+/// Borrowed header array built from a [`HeaderMap`]; keep it alive while the [`AbiHeaders`]
+/// from [`HeaderList::as_abi`] is in use.
+#[derive(Debug, Default)]
+pub struct HeaderList(Vec<AbiHeader>);
+
+impl HeaderList {
+    /// Borrows every header of `map` in order (repeated names once per value).
+    pub fn new(map: &HeaderMap) -> Self {
+        HeaderList(
+            map.iter()
+                .map(|(name, value)| AbiHeader {
+                    name: AbiStr::new(name.as_str().as_bytes()),
+                    value: AbiStr::new(value.as_bytes()),
+                })
+                .collect(),
+        )
+    }
+
+    /// The ABI view of the list.
+    pub fn as_abi(&self) -> AbiHeaders {
+        AbiHeaders {
+            ptr: self.0.as_ptr(),
+            len: self.0.len(),
+        }
+    }
+}
+
+/// Copies borrowed headers into a [`HeaderMap`], validating names and values.
+///
+/// # Safety
+/// `headers` must satisfy the ABI's borrowed contract for the duration of this call.
+pub unsafe fn headers_from_abi(headers: AbiHeaders) -> Result<HeaderMap, BoundaryError> {
+    let list: &[AbiHeader] = if headers.ptr.is_null() || headers.len == 0 {
+        &[]
+    } else {
+        // SAFETY: borrowed contract: `ptr[..len]` is a readable array of `AbiHeader`.
+        unsafe { std::slice::from_raw_parts(headers.ptr, headers.len) }
+    };
+    let mut map = HeaderMap::with_capacity(list.len());
+    for header in list {
+        // SAFETY: each name and value is borrowed under the same contract as the array.
+        let (name, value) = unsafe { (header.name.as_bytes(), header.value.as_bytes()) };
+        let name = HeaderName::from_bytes(name).map_err(|_| {
+            BoundaryError(format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(name)
+            ))
+        })?;
+        let value = HeaderValue::from_bytes(value)
+            .map_err(|_| BoundaryError(format!("invalid value for header {name}")))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Owned buffers
+// ---------------------------------------------------------------------------------------------
+
+unsafe extern "C" fn release_boxed<T>(owner: *mut c_void) {
+    // SAFETY: `owner` came from `Box::<T>::into_raw` in this module and is released once.
+    let dropped = catch(|| drop(unsafe { Box::from_raw(owner.cast::<T>()) }));
+    // A destructor that panics leaks instead of unwinding into the other side.
+    let _ = dropped;
+}
+
+/// Moves `value` to the heap and returns the `(owner, release)` pair that frees it.
+fn boxed_owner<T>(value: T) -> (*mut c_void, Option<unsafe extern "C" fn(*mut c_void)>) {
+    (
+        Box::into_raw(Box::new(value)).cast(),
+        Some(release_boxed::<T>),
+    )
+}
+
+impl AbiBuf {
+    /// No bytes, nothing to release.
+    pub const fn empty() -> Self {
+        AbiBuf {
+            ptr: ptr::null(),
+            len: 0,
+            owner: ptr::null_mut(),
+            release: None,
+        }
+    }
+
+    /// Hands `bytes` over without copying; the receiver's `release` drops them here.
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        if bytes.is_empty() {
+            return AbiBuf::empty();
+        }
+        let (ptr, len) = (bytes.as_ptr(), bytes.len());
+        let (owner, release) = boxed_owner(bytes);
+        AbiBuf {
+            ptr,
+            len,
+            owner,
+            release,
+        }
+    }
+
+    /// Hands a UTF-8 message over.
+    pub fn from_string(message: String) -> Self {
+        AbiBuf::from_bytes(Bytes::from(message))
+    }
+
+    /// Takes ownership of a received buffer as [`Bytes`] without copying; dropping the `Bytes`
+    /// calls the producer's `release`.
+    ///
+    /// # Safety
+    /// `self` must satisfy the ABI's owned-buffer contract and not be released elsewhere.
+    pub unsafe fn into_bytes(self) -> Bytes {
+        if self.release.is_none() && (self.ptr.is_null() || self.len == 0) {
+            return Bytes::new();
+        }
+        Bytes::from_owner(ForeignBuf(self))
+    }
+
+    /// Copies a received message into a `String` (lossily) and releases the buffer.
+    ///
+    /// # Safety
+    /// As for [`AbiBuf::into_bytes`].
+    pub unsafe fn into_string_lossy(self) -> String {
+        // SAFETY: forwarded to the caller.
+        let bytes = unsafe { self.into_bytes() };
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// A received [`AbiBuf`] that releases itself when dropped.
+struct ForeignBuf(AbiBuf);
+
+impl AsRef<[u8]> for ForeignBuf {
+    fn as_ref(&self) -> &[u8] {
+        let view = AbiStr {
+            ptr: self.0.ptr,
+            len: self.0.len,
+        };
+        // SAFETY: an owned buffer's bytes stay readable until it is released, which only `Drop`
+        // does.
+        unsafe { view.as_bytes() }
+    }
+}
+
+impl Drop for ForeignBuf {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.release {
+            // SAFETY: the owned-buffer contract: call `release(owner)` exactly once.
+            unsafe { release(self.0.owner) };
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies
+// ---------------------------------------------------------------------------------------------
+
+/// The stream type every body crosses the boundary as.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
+
+unsafe extern "C" fn poll_stream(state: *mut c_void, cx: *mut FfiContext<'_>) -> AbiChunkPoll {
+    let polled = catch(|| {
+        // SAFETY: `state` is the `Box<ChunkStream>` made by `AbiBody::from_stream`, alive until
+        // `drop_stream`; `cx` is valid for this call (the ABI's poll contract).
+        let (stream, cx) = unsafe { (&mut *state.cast::<ChunkStream>(), &mut *cx) };
+        cx.with_context(|cx| stream.as_mut().poll_next(cx))
+    });
+    match polled {
+        Ok(Poll::Pending) => chunk(CHUNK_PENDING, AbiBuf::empty()),
+        Ok(Poll::Ready(None)) => chunk(CHUNK_END, AbiBuf::empty()),
+        Ok(Poll::Ready(Some(Ok(data)))) => chunk(CHUNK_DATA, AbiBuf::from_bytes(data)),
+        Ok(Poll::Ready(Some(Err(err)))) => chunk(CHUNK_ERROR, AbiBuf::from_string(err.to_string())),
+        Err(panic) => chunk(
+            CHUNK_ERROR,
+            AbiBuf::from_string(format!("body stream panicked: {panic}")),
+        ),
+    }
+}
+
+fn chunk(tag: u32, data: AbiBuf) -> AbiChunkPoll {
+    AbiChunkPoll { tag, data }
+}
+
+impl AbiBody {
+    /// An empty body.
+    pub const fn empty() -> Self {
+        AbiBody {
+            state: ptr::null_mut(),
+            poll_chunk: None,
+            drop: None,
+            len_hint: 0,
+        }
+    }
+
+    /// Hands a stream over; the receiver polls it through this module's glue. `len_hint` is the
+    /// exact total length when known.
+    pub fn from_stream(stream: ChunkStream, len_hint: Option<u64>) -> Self {
+        let (state, drop) = boxed_owner(stream);
+        AbiBody {
+            state,
+            poll_chunk: Some(poll_stream),
+            drop,
+            len_hint: len_hint.unwrap_or(LEN_UNKNOWN),
+        }
+    }
+
+    /// Hands one buffer over as a stream of one chunk.
+    pub fn full(data: Bytes) -> Self {
+        if data.is_empty() {
+            return AbiBody::empty();
+        }
+        let len = data.len() as u64;
+        let once = futures_util::stream::once(std::future::ready(Ok(data)));
+        AbiBody::from_stream(Box::pin(once), Some(len))
+    }
+}
+
+/// A body received from the other side, polled through its C functions. Dropping it calls the
+/// producer's `drop` exactly once.
+#[derive(Debug)]
+pub struct ForeignBody {
+    raw: AbiBody,
+    done: bool,
+}
+
+impl ForeignBody {
+    /// Takes ownership of a received body.
+    ///
+    /// # Safety
+    /// `raw` must satisfy the ABI's body contract and not be used elsewhere afterwards.
+    pub unsafe fn from_abi(raw: AbiBody) -> Self {
+        let done = raw.poll_chunk.is_none();
+        ForeignBody { raw, done }
+    }
+
+    /// Exact length in bytes when the producer knows it.
+    pub fn len_hint(&self) -> Option<u64> {
+        (self.raw.len_hint != LEN_UNKNOWN).then_some(self.raw.len_hint)
+    }
+
+    /// Whether the stream has ended (or never had data).
+    pub fn is_end(&self) -> bool {
+        self.done
+    }
+
+    /// Polls for the next chunk; empty chunks are skipped.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        loop {
+            let Some(poll) = self.raw.poll_chunk.filter(|_| !self.done) else {
+                return Poll::Ready(None);
+            };
+            let state = self.raw.state;
+            // SAFETY: the body contract: `poll_chunk(state, cx)` may be called until it returns
+            // END or ERROR, which `done` records; `cx` is valid for the call.
+            let result = cx.with_ffi_context(|fcx| unsafe { poll(state, fcx) });
+            // SAFETY: the returned buffer is owned by us under the owned-buffer contract.
+            let data = unsafe { result.data.into_bytes() };
+            return match result.tag {
+                CHUNK_PENDING => Poll::Pending,
+                CHUNK_DATA if data.is_empty() => continue,
+                CHUNK_DATA => Poll::Ready(Some(Ok(data))),
+                CHUNK_END => {
+                    self.done = true;
+                    Poll::Ready(None)
+                }
+                CHUNK_ERROR => {
+                    self.done = true;
+                    let message = String::from_utf8_lossy(&data).into_owned();
+                    Poll::Ready(Some(Err(BodyError::new(message))))
+                }
+                other => {
+                    self.done = true;
+                    Poll::Ready(Some(Err(BodyError::new(format!(
+                        "body stream returned unknown chunk tag {other}"
+                    )))))
+                }
+            };
+        }
+    }
+
+    /// Gives the raw body back without dropping it (to forward it unchanged).
+    pub fn into_abi(self) -> AbiBody {
+        let this = std::mem::ManuallyDrop::new(self);
+        AbiBody {
+            state: this.raw.state,
+            poll_chunk: if this.done { None } else { this.raw.poll_chunk },
+            drop: this.raw.drop,
+            len_hint: this.raw.len_hint,
+        }
+    }
+}
+
+impl Drop for ForeignBody {
+    fn drop(&mut self) {
+        if let Some(drop) = self.raw.drop {
+            // SAFETY: the body contract: `drop(state)` exactly once, which `Drop` guarantees.
+            unsafe { drop(self.raw.state) };
+        }
+    }
+}
+
+impl Stream for ForeignBody {
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_chunk(cx)
+    }
+}
+
+impl http_body::Body for ForeignBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        self.get_mut()
+            .poll_chunk(cx)
+            .map(|chunk| chunk.map(|r| r.map(http_body::Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.len_hint() {
+            Some(len) => http_body::SizeHint::with_exact(len),
+            None => http_body::SizeHint::default(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses (both the app's answer and an outbound fetch's result)
+// ---------------------------------------------------------------------------------------------
+
+impl AbiResponse {
+    /// Hands a response over: the headers stay in a heap block released by the receiver.
+    pub fn new(status: StatusCode, headers: HeaderMap, body: AbiBody) -> Self {
+        // The list points into the map's heap buffers, which stay put when the map moves.
+        let list = HeaderList::new(&headers);
+        let abi_headers = list.as_abi();
+        let (owner, release) = boxed_owner(ResponseStorage { list, headers });
+        AbiResponse {
+            status: status.as_u16(),
+            headers: abi_headers,
+            body,
+            owner,
+            release,
+        }
+    }
+
+    /// An empty placeholder (used next to a non-OK tag).
+    pub const fn none() -> Self {
+        AbiResponse {
+            status: 0,
+            headers: AbiHeaders {
+                ptr: ptr::null(),
+                len: 0,
+            },
+            body: AbiBody::empty(),
+            owner: ptr::null_mut(),
+            release: None,
+        }
+    }
+
+    /// Takes ownership of a received response: copies and validates status and headers, releases
+    /// the producer's storage, and wraps the body. Everything is released on error too.
+    ///
+    /// # Safety
+    /// `self` must satisfy the ABI's response contract and not be used elsewhere afterwards.
+    pub unsafe fn into_parts(self) -> Result<(StatusCode, HeaderMap, ForeignBody), BoundaryError> {
+        // SAFETY: the body moves to us under the body contract.
+        let body = unsafe { ForeignBody::from_abi(self.body) };
+        // SAFETY: headers are borrowed from `owner` until we release it just below.
+        let headers = unsafe { headers_from_abi(self.headers) };
+        if let Some(release) = self.release {
+            // SAFETY: the response contract: `release(owner)` exactly once.
+            unsafe { release(self.owner) };
+        }
+        let status = StatusCode::from_u16(self.status)
+            .map_err(|_| BoundaryError(format!("invalid status code {}", self.status)))?;
+        Ok((status, headers?, body))
+    }
+}
+
+/// Where a response's headers live until the receiver has copied them. The `list` borrows from
+/// `headers`, whose buffers do not move when the struct does. Only its destructor matters.
+#[expect(
+    dead_code,
+    reason = "kept alive for the borrowed header list, freed on release"
+)]
+struct ResponseStorage {
+    list: HeaderList,
+    headers: HeaderMap,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outcomes
+// ---------------------------------------------------------------------------------------------
+
+impl AbiHandleOutcome {
+    /// A successful handler outcome.
+    pub fn ok(response: AbiResponse) -> Self {
+        AbiHandleOutcome {
+            tag: OUTCOME_OK,
+            response,
+            message: AbiBuf::empty(),
+        }
+    }
+
+    /// A failed handler outcome (`tag` is `OUTCOME_PANICKED` or `OUTCOME_ERROR`).
+    pub fn failed(tag: u32, message: String) -> Self {
+        AbiHandleOutcome {
+            tag,
+            response: AbiResponse::none(),
+            message: AbiBuf::from_string(message),
+        }
+    }
+
+    /// Takes ownership of a received outcome.
+    ///
+    /// # Safety
+    /// `self` must satisfy the ABI's outcome contract.
+    pub unsafe fn into_result(self) -> Result<(StatusCode, HeaderMap, ForeignBody), HandleFailure> {
+        // SAFETY: the message and the response are owned by us now.
+        let message = unsafe { self.message.into_string_lossy() };
+        // SAFETY: as above.
+        let response = unsafe { self.response.into_parts() };
+        match self.tag {
+            OUTCOME_OK => response.map_err(|e| HandleFailure::Invalid(e.0)),
+            OUTCOME_PANICKED => Err(HandleFailure::Panicked(message)),
+            OUTCOME_ERROR => Err(HandleFailure::Invalid(message)),
+            other => Err(HandleFailure::Invalid(format!(
+                "unknown outcome tag {other}"
+            ))),
+        }
+    }
+}
+
+/// Why a handler produced no usable response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandleFailure {
+    /// The app panicked; the message is the panic's.
+    Panicked(String),
+    /// The app's answer (or the plugin glue) was not valid.
+    Invalid(String),
+}
+
+impl AbiFetchOutcome {
+    /// A successful fetch.
+    pub fn ok(response: AbiResponse) -> Self {
+        AbiFetchOutcome {
+            tag: FETCH_OK,
+            response,
+            message: AbiBuf::empty(),
+        }
+    }
+
+    /// A failed fetch with one of the `FETCH_*` error tags.
+    pub fn failed(tag: u32, message: String) -> Self {
+        AbiFetchOutcome {
+            tag,
+            response: AbiResponse::none(),
+            message: AbiBuf::from_string(message),
+        }
+    }
+
+    /// Takes ownership of a received outcome: the response, or the error tag and message.
+    ///
+    /// # Safety
+    /// `self` must satisfy the ABI's outcome contract.
+    pub unsafe fn into_result(self) -> Result<(StatusCode, HeaderMap, ForeignBody), (u32, String)> {
+        // SAFETY: the message and the response are owned by us now.
+        let message = unsafe { self.message.into_string_lossy() };
+        // SAFETY: as above.
+        let response = unsafe { self.response.into_parts() };
+        match self.tag {
+            FETCH_OK => response.map_err(|e| (FETCH_OTHER, format!("invalid response: {e}"))),
+            tag => Err((tag, message)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plugin side: the descriptor and the handler glue used by `export_app!`
+// ---------------------------------------------------------------------------------------------
+
+/// The app type [`export_app!`](crate::export_app) generates. Not public API.
+pub trait App {
+    /// Runs the author's handler.
+    fn handle(req: crate::Request, host: crate::Host) -> crate::__private::BoxFuture;
+}
+
+/// A plugin's descriptor, as a `static` in the plugin. Not public API.
+#[derive(Debug)]
+pub struct Descriptor(AppDescriptor);
+
+impl Descriptor {
+    /// Builds the descriptor of app `A`.
+    pub const fn new<A: App>(name: &'static str, version: &'static str) -> Self {
+        Descriptor(AppDescriptor {
+            header: DescriptorHeader {
+                magic: MAGIC,
+                abi_major: ABI_MAJOR,
+                abi_minor: ABI_MINOR,
+                layout_fingerprint: LAYOUT_FINGERPRINT,
+                size: std::mem::size_of::<AppDescriptor>() as u64,
+            },
+            name: AbiStr::from_static(name),
+            version: AbiStr::from_static(version),
+            sdk_version: AbiStr::from_static(env!("CARGO_PKG_VERSION")),
+            handle: handle_glue::<A>,
+        })
+    }
+
+    /// The pointer the exported symbol returns.
+    pub const fn as_ptr(&'static self) -> *const AppDescriptor {
+        &self.0
+    }
+}
+
+unsafe extern "C" fn handle_glue<A: App>(
+    req: *const AbiRequest,
+    body: AbiBody,
+    host: AbiHost,
+) -> FfiFuture<AbiHandleOutcome> {
+    // Take ownership first, so that both are released whatever happens next.
+    // SAFETY: `body` and `host` move to us under the ABI contract of `handle`.
+    let (body, host) = unsafe { (ForeignBody::from_abi(body), HostHandle::from_abi(host)) };
+    let started = catch(move || {
+        // SAFETY: `req` is borrowed for the duration of this call.
+        let request = unsafe { request_from_abi(&*req, body) };
+        request.map(|request| A::handle(request, crate::Host::from_handle(host)))
+    });
+    let future = match started {
+        Ok(Ok(future)) => future,
+        Ok(Err(err)) => {
+            let outcome = AbiHandleOutcome::failed(OUTCOME_ERROR, format!("bad request: {err}"));
+            return std::future::ready(outcome).into_ffi();
+        }
+        Err(panic) => {
+            let outcome = AbiHandleOutcome::failed(OUTCOME_PANICKED, panic);
+            return std::future::ready(outcome).into_ffi();
+        }
+    };
+    async move {
+        match AssertUnwindSafe(future).catch_unwind().await {
+            Ok(response) => match catch(|| response.into_abi()) {
+                Ok(response) => AbiHandleOutcome::ok(response),
+                Err(panic) => AbiHandleOutcome::failed(OUTCOME_PANICKED, panic),
+            },
+            Err(payload) => {
+                let message = panic_message(&*payload);
+                if let Err(inner) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                    std::mem::forget(inner);
+                }
+                AbiHandleOutcome::failed(OUTCOME_PANICKED, message)
+            }
+        }
+    }
+    .into_ffi()
+}
+
+/// Converts a host's fetch outcome into the SDK's result.
+pub(crate) fn fetch_result(
+    outcome: AbiFetchOutcome,
+) -> Result<crate::FetchResponse, crate::FetchError> {
+    use crate::FetchErrorKind as Kind;
+    // SAFETY: the outcome was returned by the host's fetch future and is owned by us.
+    match unsafe { outcome.into_result() } {
+        Ok((status, headers, body)) => Ok(crate::FetchResponse::new(
+            status,
+            headers,
+            crate::Body::from_foreign(body),
+        )),
+        Err((tag, message)) => {
+            let kind = match tag {
+                FETCH_INVALID_REQUEST => Kind::InvalidRequest,
+                FETCH_CONNECT => Kind::Connect,
+                FETCH_TIMEOUT => Kind::Timeout,
+                FETCH_DENIED => Kind::Denied,
+                _ => Kind::Other,
+            };
+            Err(crate::FetchError::new(kind, message))
+        }
+    }
+}
+
+/// Reads a borrowed request into an owned [`Request`](crate::Request).
+///
+/// # Safety
+/// `req` must satisfy the ABI's borrowed contract for the duration of this call.
+unsafe fn request_from_abi(
+    req: &AbiRequest,
+    body: ForeignBody,
+) -> Result<crate::Request, BoundaryError> {
+    // SAFETY: every field is borrowed for the duration of this call (the caller's contract).
+    let (method, uri, prefix, path, query, headers) = unsafe {
+        (
+            req.method.as_bytes(),
+            req.uri.as_bytes(),
+            req.mount_prefix.to_str("mount prefix")?,
+            req.path.to_str("path")?,
+            req.query.to_str("query")?,
+            headers_from_abi(req.headers)?,
+        )
+    };
+    let method =
+        http::Method::from_bytes(method).map_err(|_| BoundaryError("invalid method".to_owned()))?;
+    let uri = http::Uri::try_from(uri).map_err(|e| BoundaryError(format!("invalid URI: {e}")))?;
+    let version = match req.version {
+        HTTP_09 => http::Version::HTTP_09,
+        HTTP_10 => http::Version::HTTP_10,
+        HTTP_2 => http::Version::HTTP_2,
+        HTTP_3 => http::Version::HTTP_3,
+        _ => http::Version::HTTP_11,
+    };
+    Ok(crate::Request {
+        method,
+        uri,
+        version,
+        headers,
+        peer_addr: socket_addr_from_abi(&req.peer_addr),
+        local_addr: socket_addr_from_abi(&req.local_addr),
+        mount_prefix: prefix.to_owned(),
+        path: path.to_owned(),
+        query: query.to_owned(),
+        body: crate::Body::from_foreign(body),
+    })
+}
+
+/// Converts a socket address for the ABI.
+pub fn socket_addr_to_abi(addr: Option<std::net::SocketAddr>) -> AbiSocketAddr {
+    let mut out = AbiSocketAddr {
+        family: ADDR_NONE,
+        port: 0,
+        ip: [0; 16],
+        scope_id: 0,
+    };
+    match addr {
+        Some(std::net::SocketAddr::V4(v4)) => {
+            out.family = ADDR_V4;
+            out.port = v4.port();
+            out.ip[..4].copy_from_slice(&v4.ip().octets());
+        }
+        Some(std::net::SocketAddr::V6(v6)) => {
+            out.family = ADDR_V6;
+            out.port = v6.port();
+            out.ip = v6.ip().octets();
+            out.scope_id = v6.scope_id();
+        }
+        None => {}
+    }
+    out
+}
+
+/// Reads a socket address from the ABI (`None` for [`ADDR_NONE`] or an unknown family).
+pub fn socket_addr_from_abi(addr: &AbiSocketAddr) -> Option<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+    match addr.family {
+        ADDR_V4 => {
+            let ip = Ipv4Addr::new(addr.ip[0], addr.ip[1], addr.ip[2], addr.ip[3]);
+            Some(SocketAddrV4::new(ip, addr.port).into())
+        }
+        ADDR_V6 => {
+            let ip = Ipv6Addr::from(addr.ip);
+            Some(SocketAddrV6::new(ip, addr.port, 0, addr.scope_id).into())
+        }
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plugin side: calling the host
+// ---------------------------------------------------------------------------------------------
+
+/// One reference to the host's per-request context plus its capability table.
+#[derive(Debug)]
+pub struct HostHandle(AbiHost);
+
+impl HostHandle {
+    /// Takes ownership of a received host reference.
+    ///
+    /// # Safety
+    /// `raw` must satisfy the ABI's host contract: a valid vtable and one owned `ctx` reference.
+    pub unsafe fn from_abi(raw: AbiHost) -> Self {
+        HostHandle(raw)
+    }
+
+    fn vtable(&self) -> &HostVTable {
+        // SAFETY: the host contract: the vtable is a static in host code.
+        unsafe { &*self.0.vtable }
+    }
+
+    /// Whether the host's table is large enough to contain a function ending at `end` bytes.
+    pub fn has_capability(&self, end: usize) -> bool {
+        self.vtable().size >= end
+    }
+
+    /// Logs `message` in the host's log at a `LOG_*` level.
+    pub fn log(&self, level: u32, message: &str) {
+        // SAFETY: `ctx` is a live reference we own; `msg` is borrowed for the call.
+        unsafe { (self.vtable().log)(self.0.ctx, level, AbiStr::new(message.as_bytes())) }
+    }
+
+    /// Starts a host timer.
+    pub fn sleep(&self, nanos: u64) -> FfiFuture<u32> {
+        // SAFETY: `ctx` is a live reference we own.
+        unsafe { (self.vtable().sleep)(self.0.ctx, nanos) }
+    }
+
+    /// Starts an outbound request; `body` moves to the host.
+    pub fn fetch(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &HeaderMap,
+        body: AbiBody,
+        timeout_ms: u64,
+    ) -> FfiFuture<AbiFetchOutcome> {
+        let list = HeaderList::new(headers);
+        let req = AbiFetchRequest {
+            method: AbiStr::new(method.as_bytes()),
+            url: AbiStr::new(url.as_bytes()),
+            headers: list.as_abi(),
+            timeout_ms,
+        };
+        // SAFETY: `ctx` is a live reference we own; `req` and everything it points to outlive
+        // the call; `body` moves to the host.
+        unsafe { (self.vtable().fetch)(self.0.ctx, &req, body) }
+    }
+}
+
+impl Clone for HostHandle {
+    fn clone(&self) -> Self {
+        // SAFETY: `ctx` is a live reference; `clone_ctx` returns a new one we then own.
+        let ctx = unsafe { (self.vtable().clone_ctx)(self.0.ctx) };
+        HostHandle(AbiHost {
+            vtable: self.0.vtable,
+            ctx,
+        })
+    }
+}
+
+impl Drop for HostHandle {
+    fn drop(&mut self) {
+        // SAFETY: we own exactly one reference, released here once.
+        unsafe { (self.vtable().drop_ctx)(self.0.ctx) }
+    }
+}

@@ -1,0 +1,455 @@
+//! The host's capabilities: outbound HTTP, timers and logging.
+//!
+//! A plugin links its own copy of any async runtime it depends on, and that copy has no reactor:
+//! `tokio::time::sleep`, `tokio::spawn` or a tokio socket called from app code panics with
+//! "there is no reactor running", even though Berth's runtime is polling the app. Everything that
+//! waits on the outside world therefore goes through [`Host`], whose futures run on the host's
+//! runtime. Pure computation, `futures` combinators (`join`, `select`) and channels from
+//! runtime-agnostic crates work as usual.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_ffi::FfiFuture;
+use bytes::Bytes;
+use futures_util::future::{Either, select};
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::abi::{AbiFetchOutcome, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_TRACE, LOG_WARN};
+use crate::body::{Body, BodyError};
+use crate::ffi::HostHandle;
+
+/// The host, handed to every request: outbound HTTP, timers and logging.
+///
+/// Cloning is cheap (a reference count in the host). The futures it returns own what they need,
+/// so they can be stored, raced and joined freely; dropping one cancels the work on the host
+/// (an outbound request in flight is aborted and its connection closed).
+#[derive(Clone, Debug)]
+pub struct Host {
+    inner: Inner,
+}
+
+#[derive(Clone, Debug)]
+enum Inner {
+    Real(HostHandle),
+    #[cfg(feature = "testing")]
+    Mock(std::sync::Arc<crate::testing::MockHost>),
+}
+
+/// Log levels for [`Host::log`] and the logging macros.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// Something failed.
+    Error,
+    /// Something looks wrong.
+    Warn,
+    /// Normal operation.
+    Info,
+    /// Detail for debugging.
+    Debug,
+    /// Very fine detail.
+    Trace,
+}
+
+impl Level {
+    fn to_abi(self) -> u32 {
+        match self {
+            Level::Error => LOG_ERROR,
+            Level::Warn => LOG_WARN,
+            Level::Info => LOG_INFO,
+            Level::Debug => LOG_DEBUG,
+            Level::Trace => LOG_TRACE,
+        }
+    }
+}
+
+impl Host {
+    pub(crate) fn from_handle(handle: HostHandle) -> Self {
+        Host {
+            inner: Inner::Real(handle),
+        }
+    }
+
+    #[cfg(feature = "testing")]
+    pub(crate) fn from_mock(mock: std::sync::Arc<crate::testing::MockHost>) -> Self {
+        Host {
+            inner: Inner::Mock(mock),
+        }
+    }
+
+    /// Writes `message` to the host's log at `level`, tagged with the app's name. The
+    /// [`info!`](crate::info) family of macros formats and calls this.
+    pub fn log(&self, level: Level, message: &str) {
+        match &self.inner {
+            Inner::Real(handle) => handle.log(level.to_abi(), message),
+            #[cfg(feature = "testing")]
+            Inner::Mock(mock) => mock.record_log(level, message),
+        }
+    }
+
+    /// Waits for `duration` on the host's timer.
+    pub fn sleep(&self, duration: Duration) -> Sleep {
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        match &self.inner {
+            Inner::Real(handle) => Sleep(Some(handle.sleep(nanos))),
+            #[cfg(feature = "testing")]
+            Inner::Mock(mock) => {
+                mock.record_sleep(duration);
+                Sleep(None)
+            }
+        }
+    }
+
+    /// Runs `future`, giving up after `duration` (asyncio's `wait_for`). On time-out the future
+    /// is dropped, cancelling whatever it was waiting on.
+    pub async fn timeout<F: Future>(
+        &self,
+        duration: Duration,
+        future: F,
+    ) -> Result<F::Output, Elapsed> {
+        let future = std::pin::pin!(future);
+        match select(future, self.sleep(duration)).await {
+            Either::Left((output, _)) => Ok(output),
+            Either::Right(((), _)) => Err(Elapsed(duration)),
+        }
+    }
+
+    /// Sends an outbound HTTP request through the host's pooled client.
+    ///
+    /// Failures (bad URL, unreachable upstream, time-out) are returned as [`FetchError`] values,
+    /// never panics. Any status the upstream answers with, 5xx included, is an `Ok`.
+    pub fn fetch(&self, request: OutboundRequest) -> Fetch {
+        if let Some(name) = request.invalid_header() {
+            let message = format!("invalid header {name:?}");
+            let error = FetchError::new(FetchErrorKind::InvalidRequest, message);
+            return Fetch(FetchInner::Ready(Some(Err(error))));
+        }
+        match &self.inner {
+            Inner::Real(handle) => {
+                let timeout_ms = request.timeout.map_or(0, |t| {
+                    u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+                });
+                Fetch(FetchInner::Real(handle.fetch(
+                    request.method.as_str(),
+                    &request.url,
+                    &request.headers,
+                    request.body.into_abi(),
+                    timeout_ms,
+                )))
+            }
+            #[cfg(feature = "testing")]
+            Inner::Mock(mock) => Fetch(FetchInner::Ready(Some(mock.fetch(request)))),
+        }
+    }
+
+    /// `GET url`: shorthand for `fetch(OutboundRequest::get(url))`.
+    pub fn get(&self, url: impl Into<String>) -> Fetch {
+        self.fetch(OutboundRequest::get(url))
+    }
+}
+
+/// The future of [`Host::sleep`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct Sleep(Option<FfiFuture<u32>>);
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.get_mut().0 {
+            Some(timer) => Pin::new(timer).poll(cx).map(|_| ()),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl fmt::Debug for Sleep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sleep")
+    }
+}
+
+/// [`Host::timeout`] ran out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed(pub Duration);
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "timed out after {:?}", self.0)
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+/// The future of [`Host::fetch`]. Dropping it aborts the request on the host.
+#[must_use = "futures do nothing unless awaited"]
+pub struct Fetch(FetchInner);
+
+enum FetchInner {
+    Real(FfiFuture<AbiFetchOutcome>),
+    Ready(Option<Result<FetchResponse, FetchError>>),
+}
+
+impl Future for Fetch {
+    type Output = Result<FetchResponse, FetchError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            FetchInner::Real(future) => Pin::new(future).poll(cx).map(crate::ffi::fetch_result),
+            FetchInner::Ready(result) => Poll::Ready(result.take().unwrap_or_else(|| {
+                Err(FetchError::new(
+                    FetchErrorKind::Other,
+                    "fetch polled after completion",
+                ))
+            })),
+        }
+    }
+}
+
+impl fmt::Debug for Fetch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Fetch")
+    }
+}
+
+/// An outbound HTTP request, built for [`Host::fetch`].
+///
+/// ```
+/// use berth_app::{Method, OutboundRequest};
+/// use std::time::Duration;
+/// let req = OutboundRequest::new(Method::POST, "http://127.0.0.1:8080/items")
+///     .header("content-type", "application/json")
+///     .body(r#"{"id": 7}"#)
+///     .timeout(Duration::from_secs(5));
+/// assert_eq!(req.url(), "http://127.0.0.1:8080/items");
+/// ```
+#[derive(Debug)]
+pub struct OutboundRequest {
+    method: Method,
+    url: String,
+    headers: HeaderMap,
+    body: Body,
+    timeout: Option<Duration>,
+    invalid_header: Option<String>,
+}
+
+impl OutboundRequest {
+    /// A request with `method` to absolute `url` (`http://host:port/path?query`).
+    pub fn new(method: Method, url: impl Into<String>) -> Self {
+        OutboundRequest {
+            method,
+            url: url.into(),
+            headers: HeaderMap::new(),
+            body: Body::empty(),
+            timeout: None,
+            invalid_header: None,
+        }
+    }
+
+    /// A `GET` request.
+    pub fn get(url: impl Into<String>) -> Self {
+        OutboundRequest::new(Method::GET, url)
+    }
+
+    /// Appends a header. An invalid name or value makes the fetch fail with
+    /// [`FetchErrorKind::InvalidRequest`] instead of panicking here.
+    pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value.as_ref()),
+        ) {
+            (Ok(name), Ok(value)) => {
+                self.headers.append(name, value);
+            }
+            _ => self.invalid_header = Some(name.to_owned()),
+        }
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Body>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Limits the time until the response head arrives (default: the host's outbound timeout).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// Takes the body out (mock hosts read it).
+    pub fn take_body(&mut self) -> Body {
+        std::mem::take(&mut self.body)
+    }
+
+    /// The time limit, if one was set.
+    pub fn timeout_value(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The name of a header that could not be added, if any.
+    pub(crate) fn invalid_header(&self) -> Option<&str> {
+        self.invalid_header.as_deref()
+    }
+}
+
+/// An upstream's answer to [`Host::fetch`]; the body streams from the upstream as it is read.
+#[derive(Debug)]
+pub struct FetchResponse {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Body,
+}
+
+impl FetchResponse {
+    pub(crate) fn new(status: StatusCode, headers: HeaderMap, body: Body) -> Self {
+        FetchResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The upstream's status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The upstream's headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The body, to read chunk by chunk.
+    pub fn body_mut(&mut self) -> &mut Body {
+        &mut self.body
+    }
+
+    /// Consumes the response, returning its body (e.g. to stream it into the app's response).
+    pub fn into_body(self) -> Body {
+        self.body
+    }
+
+    /// Reads the whole body.
+    pub async fn bytes(self) -> Result<Bytes, BodyError> {
+        self.body.bytes().await
+    }
+
+    /// Reads the whole body as text (invalid UTF-8 replaced).
+    pub async fn text(self) -> Result<String, BodyError> {
+        self.body.text().await
+    }
+}
+
+/// Why an outbound request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FetchErrorKind {
+    /// The request was malformed: bad method, URL, header or scheme.
+    InvalidRequest,
+    /// No connection could be made.
+    Connect,
+    /// The time limit passed before the response head arrived.
+    Timeout,
+    /// The host's policy does not allow this request.
+    Denied,
+    /// Anything else (connection reset, protocol error, ...).
+    Other,
+}
+
+/// An outbound request failed; [`kind`](FetchError::kind) says how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchError {
+    kind: FetchErrorKind,
+    message: String,
+}
+
+impl FetchError {
+    /// An error of `kind` with a message.
+    pub fn new(kind: FetchErrorKind, message: impl Into<String>) -> Self {
+        FetchError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// How the request failed.
+    pub fn kind(&self) -> FetchErrorKind {
+        self.kind
+    }
+
+    /// Whether the time limit ran out.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == FetchErrorKind::Timeout
+    }
+
+    /// The host's description.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            FetchErrorKind::InvalidRequest => "invalid request",
+            FetchErrorKind::Connect => "connect error",
+            FetchErrorKind::Timeout => "timed out",
+            FetchErrorKind::Denied => "denied",
+            FetchErrorKind::Other => "upstream error",
+        };
+        write!(f, "{kind}: {}", self.message)
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+/// Logs at error level through a [`Host`]: `error!(host, "upstream {} failed", url)`.
+#[macro_export]
+macro_rules! error {
+    ($host:expr, $($arg:tt)+) => { $host.log($crate::Level::Error, &::std::format!($($arg)+)) };
+}
+
+/// Logs at warn level through a [`Host`]: `warn!(host, "retrying {}", url)`.
+#[macro_export]
+macro_rules! warn {
+    ($host:expr, $($arg:tt)+) => { $host.log($crate::Level::Warn, &::std::format!($($arg)+)) };
+}
+
+/// Logs at info level through a [`Host`]: `info!(host, "fetched {} bytes", n)`.
+#[macro_export]
+macro_rules! info {
+    ($host:expr, $($arg:tt)+) => { $host.log($crate::Level::Info, &::std::format!($($arg)+)) };
+}
+
+/// Logs at debug level through a [`Host`].
+#[macro_export]
+macro_rules! debug {
+    ($host:expr, $($arg:tt)+) => { $host.log($crate::Level::Debug, &::std::format!($($arg)+)) };
+}
+
+/// Logs at trace level through a [`Host`].
+#[macro_export]
+macro_rules! trace {
+    ($host:expr, $($arg:tt)+) => { $host.log($crate::Level::Trace, &::std::format!($($arg)+)) };
+}

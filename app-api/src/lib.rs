@@ -1,0 +1,128 @@
+//! Write HTTP apps for the [Berth](https://crates.io/crates/berth-app) application server.
+//!
+//! An app is one async function from a [`Request`] and a [`Host`] to a [`Response`], compiled as a
+//! `cdylib` and exported with [`export_app!`]. Berth loads the library, mounts the app at
+//! `/<name>`, and polls its futures on the server's runtime. While handling a request the app
+//! awaits outbound HTTP and timers through the [`Host`]:
+//!
+//! ```
+//! use berth_app::{Host, Request, Response, StatusCode};
+//!
+//! /// Fetches `?url=` and answers with the first 20 bytes of its body.
+//! async fn app(req: Request, host: Host) -> Response {
+//!     let Some(url) = req.query_param("url") else {
+//!         return Response::text("missing ?url=\n").with_status(StatusCode::BAD_REQUEST);
+//!     };
+//!     match host.get(url).await {
+//!         Ok(upstream) => match upstream.bytes().await {
+//!             Ok(body) => Response::bytes(body.slice(..body.len().min(20)), "application/octet-stream"),
+//!             Err(err) => Response::text(format!("{err}\n")).with_status(StatusCode::BAD_GATEWAY),
+//!         },
+//!         Err(err) => Response::text(format!("{err}\n")).with_status(StatusCode::BAD_GATEWAY),
+//!     }
+//! }
+//!
+//! berth_app::export_app!(name = "first20", version = "0.1.0", handler = app);
+//! ```
+//!
+//! The crate's `Cargo.toml` needs `crate-type = ["cdylib"]` (add `"rlib"` to unit-test the
+//! handler with the [`testing`] mock host, behind the `testing` feature).
+//!
+//! # No runtime inside the app
+//!
+//! A plugin carries its own copy of every crate it links, tokio included, and that copy has no
+//! reactor: `tokio::time::sleep`, `tokio::spawn` or tokio sockets panic with "there is no
+//! reactor running". Use [`Host::sleep`], [`Host::timeout`] and [`Host::fetch`] instead;
+//! `futures` combinators such as [`futures::future::join_all`] work as usual.
+//!
+//! # Panics
+//!
+//! A panic in the handler, or while streaming its body, is caught inside the plugin: the client
+//! gets a `500`, the host logs the message with the app's name, and the next request runs
+//! normally.
+//!
+//! # Layout
+//!
+//! * [`abi`]: the raw C ABI shared with the host (app authors never touch it);
+//! * `ffi`: the one module with `unsafe` code, converting between the ABI and the safe types;
+//! * [`Request`], [`Response`], [`Body`]: the HTTP types an app sees;
+//! * [`Host`], [`OutboundRequest`], [`FetchResponse`]: the host's capabilities;
+//! * [`testing`]: a mock host for unit tests (feature `testing`).
+#![deny(missing_docs)]
+
+pub mod abi;
+mod body;
+#[doc(hidden)]
+pub mod ffi;
+mod host;
+mod request;
+mod response;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use body::{Body, BodyError};
+pub use bytes::Bytes;
+pub use host::{
+    Elapsed, Fetch, FetchError, FetchErrorKind, FetchResponse, Host, Level, OutboundRequest, Sleep,
+};
+pub use http::{self, HeaderMap, Method, StatusCode, Uri, Version, header};
+pub use request::{Request, RequestBuilder};
+pub use response::{IntoResponse, Response};
+
+/// Runtime-agnostic future and stream combinators (`join`, `select`, `join_all`, streams).
+pub mod futures {
+    pub use futures_util::{FutureExt, StreamExt};
+    pub use futures_util::{future, stream};
+}
+
+/// Exports an async handler as a Berth app.
+///
+/// ```ignore
+/// async fn app(req: Request, host: Host) -> Response { Response::text("hi\n") }
+/// berth_app::export_app!(name = "hello", version = "0.1.0", handler = app);
+/// // `version` may be left out: it defaults to the crate's version.
+/// ```
+///
+/// The handler may return anything that implements [`IntoResponse`]. The macro emits the one
+/// symbol Berth looks for (`berth_app_descriptor`), carrying the ABI version and layout
+/// fingerprint the host checks before calling anything else.
+#[macro_export]
+macro_rules! export_app {
+    (name = $name:expr, handler = $handler:path $(,)?) => {
+        $crate::export_app!(
+            name = $name,
+            version = ::core::env!("CARGO_PKG_VERSION"),
+            handler = $handler
+        );
+    };
+    (name = $name:expr, version = $version:expr, handler = $handler:path $(,)?) => {
+        #[doc(hidden)]
+        struct __BerthApp;
+
+        impl $crate::__private::App for __BerthApp {
+            fn handle(req: $crate::Request, host: $crate::Host) -> $crate::__private::BoxFuture {
+                ::std::boxed::Box::pin(async move {
+                    $crate::IntoResponse::into_response($handler(req, host).await)
+                })
+            }
+        }
+
+        /// The Berth app descriptor (ABI entry point).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn berth_app_descriptor() -> *const $crate::abi::AppDescriptor {
+            static DESCRIPTOR: $crate::__private::Descriptor =
+                $crate::__private::Descriptor::new::<__BerthApp>($name, $version);
+            DESCRIPTOR.as_ptr()
+        }
+    };
+}
+
+/// Not public API: what [`export_app!`] expands to.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::ffi::{App, Descriptor};
+
+    /// The boxed future of a handler.
+    pub type BoxFuture =
+        std::pin::Pin<Box<dyn std::future::Future<Output = crate::Response> + Send + 'static>>;
+}

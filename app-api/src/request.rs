@@ -1,0 +1,221 @@
+//! The inbound request an app handles.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{AsHeaderName, HeaderValue};
+use http::{HeaderMap, Method, Uri, Version};
+
+use crate::body::{Body, BodyError};
+
+/// An inbound HTTP request, as routed to the app.
+///
+/// Besides the usual method, URI, headers and body it carries where the app is mounted:
+/// [`mount_prefix`](Request::mount_prefix) is the part of the path that selected the app
+/// (WSGI's `SCRIPT_NAME`) and [`path`](Request::path) the rest (WSGI's `PATH_INFO`), so an app
+/// works the same under any mount.
+#[derive(Debug)]
+pub struct Request {
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) peer_addr: Option<SocketAddr>,
+    pub(crate) local_addr: Option<SocketAddr>,
+    pub(crate) mount_prefix: String,
+    pub(crate) path: String,
+    pub(crate) query: String,
+    pub(crate) body: Body,
+}
+
+impl Request {
+    /// Starts a request for tests and tools: `uri` is the path below the mount (with an
+    /// optional query), the mount prefix is empty.
+    ///
+    /// ```
+    /// use berth_app::{Method, Request};
+    /// let req = Request::builder(Method::POST, "/items?id=7").body("hi").build();
+    /// assert_eq!(req.path(), "/items");
+    /// assert_eq!(req.query_param("id").as_deref(), Some("7"));
+    /// ```
+    pub fn builder(method: Method, uri: &str) -> RequestBuilder {
+        RequestBuilder {
+            request: Request {
+                method,
+                uri: Uri::default(),
+                version: Version::HTTP_11,
+                headers: HeaderMap::new(),
+                peer_addr: None,
+                local_addr: None,
+                mount_prefix: String::new(),
+                path: String::new(),
+                query: String::new(),
+                body: Body::empty(),
+            },
+            target: uri.to_owned(),
+        }
+    }
+
+    /// The method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The request target as the client sent it (including the mount prefix).
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The HTTP version of the client's connection.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// All headers; repeated names keep every value in order, values are byte-exact.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The first value of header `name`.
+    pub fn header(&self, name: impl AsHeaderName) -> Option<&HeaderValue> {
+        self.headers.get(name)
+    }
+
+    /// The client's address, when the connection has one.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
+    /// The server address the request arrived on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Where the app is mounted, e.g. `/hello` (WSGI's `SCRIPT_NAME`).
+    pub fn mount_prefix(&self) -> &str {
+        &self.mount_prefix
+    }
+
+    /// The path below the mount, always starting with `/` (WSGI's `PATH_INFO`), still
+    /// percent-encoded.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The raw query string (without `?`), empty when there is none.
+    pub fn query(&self) -> &str {
+        &self.query
+    }
+
+    /// Every query parameter, decoded, in order.
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    }
+
+    /// The first value of query parameter `name`, decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// Every value of query parameter `name`, decoded, in order.
+    pub fn query_params(&self, name: &str) -> Vec<String> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .filter(|(k, _)| k == name)
+            .map(|(_, v): (Cow<'_, str>, Cow<'_, str>)| v.into_owned())
+            .collect()
+    }
+
+    /// The body, to read chunk by chunk.
+    pub fn body_mut(&mut self) -> &mut Body {
+        &mut self.body
+    }
+
+    /// Takes the body out, leaving an empty one.
+    pub fn take_body(&mut self) -> Body {
+        std::mem::take(&mut self.body)
+    }
+
+    /// Consumes the request, returning its body.
+    pub fn into_body(self) -> Body {
+        self.body
+    }
+
+    /// Reads the whole body into memory.
+    pub async fn bytes(&mut self) -> Result<Bytes, BodyError> {
+        self.take_body().bytes().await
+    }
+
+    /// Reads the whole body as UTF-8 text (invalid sequences replaced).
+    pub async fn text(&mut self) -> Result<String, BodyError> {
+        self.take_body().text().await
+    }
+
+    /// Reads the whole body as JSON.
+    #[cfg(feature = "json")]
+    pub async fn json<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, BodyError> {
+        let bytes = self.bytes().await?;
+        serde_json::from_slice(&bytes).map_err(|e| BodyError::new(format!("invalid JSON: {e}")))
+    }
+}
+
+/// Builds a [`Request`] by hand, for unit tests of a handler.
+#[derive(Debug)]
+pub struct RequestBuilder {
+    request: Request,
+    target: String,
+}
+
+impl RequestBuilder {
+    /// Adds a header. Invalid names or values are programming errors in a test and panic.
+    pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        let name = http::header::HeaderName::from_bytes(name.as_bytes())
+            .unwrap_or_else(|_| panic!("invalid header name {name:?}"));
+        let value = HeaderValue::from_bytes(value.as_ref())
+            .unwrap_or_else(|_| panic!("invalid value for header {name}"));
+        self.request.headers.append(name, value);
+        self
+    }
+
+    /// Sets the mount prefix (default: none).
+    pub fn mount_prefix(mut self, prefix: &str) -> Self {
+        self.request.mount_prefix = prefix.to_owned();
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Body>) -> Self {
+        self.request.body = body.into();
+        self
+    }
+
+    /// Sets the client's address.
+    pub fn peer_addr(mut self, addr: SocketAddr) -> Self {
+        self.request.peer_addr = Some(addr);
+        self
+    }
+
+    /// Finishes the request.
+    pub fn build(self) -> Request {
+        let mut request = self.request;
+        let (path, query) = match self.target.split_once('?') {
+            Some((path, query)) => (path, query),
+            None => (self.target.as_str(), ""),
+        };
+        request.path = if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path.to_owned()
+        };
+        request.query = query.to_owned();
+        let full = format!("{}{}", request.mount_prefix, self.target);
+        request.uri = full
+            .parse()
+            .unwrap_or_else(|_| panic!("invalid request target {full:?}"));
+        request
+    }
+}
