@@ -879,3 +879,6 @@ impl Drop for HostHandle {
         unsafe { (self.vtable().drop_ctx)(self.0.ctx) }
     }
 }
+
+#[cfg(test)]
+mod tests;

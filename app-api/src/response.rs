@@ -107,6 +107,7 @@ impl Response {
         self.body
     }
 
+    #[cfg(feature = "testing")]
     pub(crate) fn into_parts(self) -> (StatusCode, HeaderMap, Body) {
         (self.status, self.headers, self.body)
     }

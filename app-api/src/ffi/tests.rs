@@ -1,0 +1,1 @@
+//! Unit tests of the ABI conversions, both directions.

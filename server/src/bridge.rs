@@ -1,0 +1,269 @@
+//! The host's boundary module: every `unsafe` block of the server lives here.
+//!
+//! It opens plugin libraries, checks their descriptor before trusting anything else in them,
+//! calls their handler, and implements the host capability table ([`HostVTable`]) that plugins
+//! call back into. The conversions between ABI values and Rust values are shared with the
+//! plugin side in [`berth_app::ffi`].
+//!
+//! Libraries are opened with `RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE` and never closed: a waker,
+//! a future or a thread-local destructor from a plugin may outlive any request, and unmapping
+//! its code would turn those into jumps into unmapped memory.
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::mem::{ManuallyDrop, size_of};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_ffi::{FfiFuture, FutureExt as _};
+use berth_app::abi::*;
+use berth_app::ffi::{ForeignBody, HandleFailure, HeaderList, catch, headers_from_abi};
+use http::{HeaderMap, StatusCode};
+use libloading::os::unix::Library;
+
+use crate::plugin::{LoadError, RequestScope};
+
+/// A loaded, checked plugin. The library stays mapped for the life of the process.
+#[derive(Debug)]
+pub struct Plugin {
+    /// The app's name from its descriptor.
+    pub name: String,
+    /// The app's version from its descriptor.
+    pub version: String,
+    /// The `berth-app` version it was built with.
+    pub sdk_version: String,
+    /// The ABI minor version it was built against.
+    pub abi_minor: u32,
+    handle:
+        unsafe extern "C" fn(*const AbiRequest, AbiBody, AbiHost) -> FfiFuture<AbiHandleOutcome>,
+    _library: ManuallyDrop<Library>,
+}
+
+/// Opens `path` and checks its descriptor.
+pub fn load(path: &Path) -> Result<Plugin, LoadError> {
+    let flags = libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_NODELETE;
+    // SAFETY: opening a library runs its initialisers. That is the trust an operator grants by
+    // putting a file in the apps directory; Berth cannot check anything before this point.
+    let library = unsafe { Library::open(Some(path), flags) }
+        .map_err(|source| LoadError::NotALibrary(crate::error_chain(&source)))?;
+    let library = ManuallyDrop::new(library);
+
+    // SAFETY: the symbol's type is fixed by the ABI (`DescriptorFn`); if the library exports a
+    // symbol of that name with another type, the descriptor checks below refuse it before any
+    // other use.
+    let descriptor_fn = unsafe { library.get::<DescriptorFn>(DESCRIPTOR_SYMBOL) }
+        .map_err(|_| LoadError::MissingSymbol)?;
+    // SAFETY: the descriptor function takes no arguments and returns a pointer to a static.
+    let descriptor = unsafe { descriptor_fn() };
+    if descriptor.is_null() || !descriptor.cast::<DescriptorHeader>().is_aligned() {
+        return Err(LoadError::BadDescriptor(
+            "null or misaligned pointer".into(),
+        ));
+    }
+    // SAFETY: every ABI version starts with the same `DescriptorHeader` prefix, read on its own
+    // before anything version-dependent.
+    let header = unsafe { descriptor.cast::<DescriptorHeader>().read() };
+    check_header(&header)?;
+    // SAFETY: the header matched this host's ABI (magic, major, minor, layout fingerprint), so
+    // the plugin's descriptor has our layout up to `size`, which covers every field we read.
+    let descriptor = unsafe { &*descriptor };
+    // SAFETY: descriptor strings point into the plugin's static memory.
+    let text = |field: &AbiStr, what: &str| {
+        unsafe { field.to_str(what) }
+            .map(str::to_owned)
+            .map_err(|e| LoadError::BadDescriptor(e.0))
+    };
+    Ok(Plugin {
+        name: text(&descriptor.name, "app name")?,
+        version: text(&descriptor.version, "app version")?,
+        sdk_version: text(&descriptor.sdk_version, "SDK version")?,
+        abi_minor: header.abi_minor,
+        handle: descriptor.handle,
+        _library: library,
+    })
+}
+
+fn check_header(header: &DescriptorHeader) -> Result<(), LoadError> {
+    if header.magic != MAGIC {
+        return Err(LoadError::BadMagic {
+            expected: MAGIC,
+            found: header.magic,
+        });
+    }
+    if header.abi_major != ABI_MAJOR {
+        return Err(LoadError::AbiMajor {
+            expected: ABI_MAJOR,
+            found: header.abi_major,
+        });
+    }
+    if header.abi_minor > ABI_MINOR {
+        return Err(LoadError::AbiMinorTooNew {
+            host: ABI_MINOR,
+            found: header.abi_minor,
+        });
+    }
+    let expected = LAYOUT_FINGERPRINTS[header.abi_minor as usize];
+    if header.layout_fingerprint != expected {
+        return Err(LoadError::Fingerprint {
+            minor: header.abi_minor,
+            expected,
+            found: header.layout_fingerprint,
+        });
+    }
+    // Every descriptor of a known minor is at least as large as minor 0's.
+    if header.size < size_of::<AppDescriptor>() as u64 {
+        return Err(LoadError::BadDescriptor(format!(
+            "descriptor is {} bytes, expected at least {}",
+            header.size,
+            size_of::<AppDescriptor>()
+        )));
+    }
+    Ok(())
+}
+
+/// The request as the host hands it to an app; every field is borrowed for the call.
+#[derive(Debug)]
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    pub uri: &'a str,
+    pub version: http::Version,
+    pub headers: &'a HeaderMap,
+    pub peer_addr: Option<std::net::SocketAddr>,
+    pub local_addr: Option<std::net::SocketAddr>,
+    pub mount_prefix: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+}
+
+impl Plugin {
+    /// Starts the app's handler. `body` and one reference to `scope` move to the plugin.
+    pub fn handle(
+        &self,
+        view: &RequestView<'_>,
+        body: AbiBody,
+        scope: Arc<RequestScope>,
+    ) -> FfiFuture<AbiHandleOutcome> {
+        let headers = HeaderList::new(view.headers);
+        let request = AbiRequest {
+            method: AbiStr::new(view.method.as_bytes()),
+            uri: AbiStr::new(view.uri.as_bytes()),
+            version: version_to_abi(view.version),
+            headers: headers.as_abi(),
+            peer_addr: berth_app::ffi::socket_addr_to_abi(view.peer_addr),
+            local_addr: berth_app::ffi::socket_addr_to_abi(view.local_addr),
+            mount_prefix: AbiStr::new(view.mount_prefix.as_bytes()),
+            path: AbiStr::new(view.path.as_bytes()),
+            query: AbiStr::new(view.query.as_bytes()),
+        };
+        let host = AbiHost {
+            vtable: &HOST_VTABLE,
+            ctx: Arc::into_raw(scope).cast_mut().cast(),
+        };
+        // SAFETY: `handle` came from a checked descriptor; `request` and what it points to live
+        // until the call returns; `body` and `host` are owned values handed over.
+        unsafe { (self.handle)(&request, body, host) }
+    }
+}
+
+/// Takes ownership of a handler's outcome.
+pub fn outcome_into_parts(
+    outcome: AbiHandleOutcome,
+) -> Result<(StatusCode, HeaderMap, ForeignBody), HandleFailure> {
+    // SAFETY: the outcome was produced by the plugin's handler future and is owned by us.
+    unsafe { outcome.into_result() }
+}
+
+fn version_to_abi(version: http::Version) -> u32 {
+    match version {
+        http::Version::HTTP_09 => HTTP_09,
+        http::Version::HTTP_10 => HTTP_10,
+        http::Version::HTTP_2 => HTTP_2,
+        http::Version::HTTP_3 => HTTP_3,
+        _ => HTTP_11,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The host capability table
+// ---------------------------------------------------------------------------------------------
+
+static HOST_VTABLE: HostVTable = HostVTable {
+    size: size_of::<HostVTable>(),
+    clone_ctx,
+    drop_ctx,
+    log,
+    sleep,
+    fetch,
+};
+
+/// Borrows the scope behind a `ctx` reference the plugin holds.
+///
+/// # Safety
+/// `ctx` must be a live reference made by `Arc::into_raw` in [`Plugin::handle`] or `clone_ctx`.
+unsafe fn scope<'a>(ctx: *mut c_void) -> &'a RequestScope {
+    // SAFETY: forwarded to the caller.
+    unsafe { &*ctx.cast::<RequestScope>() }
+}
+
+unsafe extern "C" fn clone_ctx(ctx: *mut c_void) -> *mut c_void {
+    // SAFETY: `ctx` is a live `Arc<RequestScope>` reference (the host contract).
+    unsafe { Arc::increment_strong_count(ctx.cast::<RequestScope>()) };
+    ctx
+}
+
+unsafe extern "C" fn drop_ctx(ctx: *mut c_void) {
+    // SAFETY: the plugin releases each reference it owns exactly once (the host contract).
+    let released = catch(|| unsafe { Arc::decrement_strong_count(ctx.cast::<RequestScope>()) });
+    let _ = released;
+}
+
+unsafe extern "C" fn log(ctx: *mut c_void, level: u32, message: AbiStr) {
+    let logged = catch(|| {
+        // SAFETY: `ctx` is live and `message` borrowed for this call (the host contract).
+        let (scope, message) = unsafe { (scope(ctx), message.as_bytes()) };
+        scope.log(level, &String::from_utf8_lossy(message));
+    });
+    let _ = logged;
+}
+
+unsafe extern "C" fn sleep(ctx: *mut c_void, nanos: u64) -> FfiFuture<u32> {
+    // SAFETY: `ctx` is live for this call (the host contract).
+    let scope = unsafe { scope(ctx) };
+    catch(|| scope.sleep(Duration::from_nanos(nanos)).into_ffi())
+        .unwrap_or_else(|_| std::future::ready(0).into_ffi())
+}
+
+unsafe extern "C" fn fetch(
+    ctx: *mut c_void,
+    req: *const AbiFetchRequest,
+    body: AbiBody,
+) -> FfiFuture<AbiFetchOutcome> {
+    // SAFETY: `body` moves to us (the host contract); wrapping it first guarantees its release.
+    let body = unsafe { ForeignBody::from_abi(body) };
+    let started = catch(|| {
+        // SAFETY: `ctx` is live and `req` borrowed for this call (the host contract).
+        let (scope, req) = unsafe { (scope(ctx), &*req) };
+        // SAFETY: as above, every field of `req` is borrowed for this call.
+        let parsed = unsafe {
+            (
+                req.method.to_str("method"),
+                req.url.to_str("URL"),
+                headers_from_abi(req.headers),
+            )
+        };
+        match parsed {
+            (Ok(method), Ok(url), Ok(headers)) => {
+                let timeout = (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms));
+                scope.fetch(method, url, headers, body, timeout).into_ffi()
+            }
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                std::future::ready(AbiFetchOutcome::failed(FETCH_INVALID_REQUEST, e.0)).into_ffi()
+            }
+        }
+    });
+    started.unwrap_or_else(|panic| {
+        let message = format!("host panicked starting the fetch: {panic}");
+        std::future::ready(AbiFetchOutcome::failed(FETCH_OTHER, message)).into_ffi()
+    })
+}

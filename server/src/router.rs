@@ -1,0 +1,68 @@
+//! Mapping request paths to mounted apps.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::plugin::App;
+
+/// The mount table: path prefix → app.
+#[derive(Debug, Default)]
+pub struct Router {
+    mounts: BTreeMap<String, Arc<App>>,
+}
+
+/// A request matched to an app.
+#[derive(Debug)]
+pub struct Route<'a> {
+    /// The app.
+    pub app: &'a Arc<App>,
+    /// The path below the mount, starting with `/` (`/` when the request named the mount itself).
+    pub path: &'a str,
+}
+
+impl Router {
+    /// A router mounting each app at its `mount`.
+    pub fn new(apps: impl IntoIterator<Item = App>) -> Self {
+        let mounts = apps
+            .into_iter()
+            .map(|app| (app.mount.clone(), Arc::new(app)))
+            .collect();
+        Router { mounts }
+    }
+
+    /// Finds the app with the longest mount that is a whole-segment prefix of `path`:
+    /// `/hello/a/b` and `/hello` match `/hello`, `/helloworld` does not.
+    pub fn route<'a>(&'a self, path: &'a str) -> Option<Route<'a>> {
+        let boundaries = path
+            .char_indices()
+            .filter(|&(i, c)| c == '/' && i > 0)
+            .map(|(i, _)| i)
+            .chain(std::iter::once(path.len()));
+        let mut found = None;
+        for end in boundaries {
+            if let Some(app) = self.mounts.get(&path[..end]) {
+                let below = &path[end..];
+                found = Some(Route {
+                    app,
+                    path: if below.is_empty() { "/" } else { below },
+                });
+            }
+        }
+        found
+    }
+
+    /// The mounted apps, ordered by mount.
+    pub fn apps(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.mounts.values()
+    }
+
+    /// How many apps are mounted.
+    pub fn len(&self) -> usize {
+        self.mounts.len()
+    }
+
+    /// Whether no app is mounted.
+    pub fn is_empty(&self) -> bool {
+        self.mounts.is_empty()
+    }
+}

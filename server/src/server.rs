@@ -1,0 +1,315 @@
+//! The listener, the accept loop, request dispatch and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_app::ffi::{ForeignBody, HandleFailure};
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::bridge::{RequestView, outcome_into_parts};
+use crate::config::Config;
+use crate::outbound::Outbound;
+use crate::plugin::{self, RequestScope, incoming_to_abi};
+use crate::router::Router;
+
+/// The body of every response Berth sends: its own small answers, or an app's stream.
+pub type ResponseBody = Either<Full<Bytes>, ForeignBody>;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The apps directory is missing or unreadable.
+    #[error("cannot read apps directory {}: {source}", path.display())]
+    AppsDir {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+struct State {
+    router: Router,
+    outbound: Outbound,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Loads the apps, binds the listener and serves until `shutdown` completes, then drains
+/// in-flight requests for at most `config.drain_timeout`.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let report = plugin::load_dir(&config.apps_dir).map_err(|source| ServeError::AppsDir {
+        path: config.apps_dir.clone(),
+        source,
+    })?;
+    for (file, error) in &report.failures {
+        tracing::warn!(file = %file.display(), "failed to load app: {error}");
+    }
+    for app in &report.apps {
+        tracing::info!(
+            app = &*app.name,
+            version = app.plugin.version,
+            mount = app.mount,
+            file = %app.file.display(),
+            "mounted app"
+        );
+    }
+    if report.apps.is_empty() {
+        tracing::warn!(dir = %config.apps_dir.display(), "no apps loaded");
+    }
+    let listener = bind(config.listen).map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let state = Arc::new(State {
+        router: Router::new(report.apps),
+        outbound: Outbound::new(config.outbound_timeout),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    serve(listener, state, shutdown, config.drain_timeout).await;
+    Ok(())
+}
+
+/// Binds with a large accept backlog: tokio's default of 1024 overflows in a burst of new
+/// connections, and each overflowed client waits a full second for its SYN to be retried.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(8192)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+    drain_timeout: Duration,
+) {
+    let local = listener.local_addr().ok();
+    match local {
+        Some(addr) => tracing::info!("listening on http://{addr}"),
+        None => tracing::info!("listening"),
+    }
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        spawn_connection(&builder, &graceful, &state, stream, peer, local);
+    }
+    drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        "shutting down: stopped accepting, draining in-flight requests (up to {drain_timeout:?})"
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(drain_timeout) => {
+            tracing::warn!("drain timeout of {drain_timeout:?} reached; closing remaining connections");
+        }
+    }
+}
+
+/// Serves one connection on its own task, watched by `graceful` for shutdown.
+fn spawn_connection(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    state: &Arc<State>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) {
+    // Small responses should leave at once rather than wait for Nagle's timer.
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, "cannot set TCP_NODELAY: {err}");
+    }
+    let state = Arc::clone(state);
+    let service = service_fn(move |request| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(dispatch(&state, request, peer, local).await) }
+    });
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(%peer, "connection error: {err}");
+        }
+    });
+}
+
+async fn dispatch(
+    state: &State,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let path = request.uri().path().to_owned();
+    if path == "/" {
+        return listing(&state.router);
+    }
+    let Some(route) = state.router.route(&path) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no app is mounted at {path}\n"),
+        );
+    };
+    let app = route.app;
+    let method = request.method().clone();
+    let (parts, body) = request.into_parts();
+    let uri = parts.uri.to_string();
+    let view = RequestView {
+        method: parts.method.as_str(),
+        uri: &uri,
+        version: parts.version,
+        headers: &parts.headers,
+        peer_addr: Some(peer),
+        local_addr: local,
+        mount_prefix: &app.mount,
+        path: route.path,
+        query: parts.uri.query().unwrap_or(""),
+    };
+    let scope = Arc::new(RequestScope {
+        app: Arc::clone(&app.name),
+        outbound: state.outbound.clone(),
+        runtime: state.runtime.clone(),
+    });
+    let future = app.plugin.handle(&view, incoming_to_abi(body), scope);
+    // The plugin catches its own panics; this only guards against a broken plugin glue.
+    let outcome = AssertUnwindSafe(future).catch_unwind().await;
+    let response = match outcome.map(outcome_into_parts) {
+        Ok(Ok((status, headers, body))) => {
+            let mut response = Response::new(Either::Right(body));
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
+            response
+        }
+        Ok(Err(HandleFailure::Panicked(message))) => {
+            tracing::error!(app = &*app.name, "app panicked: {message}");
+            internal_error()
+        }
+        Ok(Err(HandleFailure::Invalid(message))) => {
+            tracing::error!(
+                app = &*app.name,
+                "app returned an invalid response: {message}"
+            );
+            internal_error()
+        }
+        Err(_) => {
+            tracing::error!(
+                app = &*app.name,
+                "app's future panicked across the boundary"
+            );
+            internal_error()
+        }
+    };
+    tracing::info!(
+        app = &*app.name,
+        %method,
+        path,
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+fn listing(router: &Router) -> Response<ResponseBody> {
+    let apps: Vec<_> = router
+        .apps()
+        .map(|app| {
+            serde_json::json!({
+                "name": &*app.name,
+                "version": app.plugin.version,
+                "mount": app.mount,
+                "file": app.file.display().to_string(),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({ "apps": apps }).to_string() + "\n";
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(body))));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn text(status: StatusCode, body: String) -> Response<ResponseBody> {
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn internal_error() -> Response<ResponseBody> {
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal server error\n".to_owned(),
+    )
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop berth with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    tracing::info!("received {name}");
+}
