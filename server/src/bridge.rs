@@ -267,3 +267,67 @@ unsafe extern "C" fn fetch(
         std::future::ready(AbiFetchOutcome::failed(FETCH_OTHER, message)).into_ffi()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> DescriptorHeader {
+        DescriptorHeader {
+            magic: MAGIC,
+            abi_major: ABI_MAJOR,
+            abi_minor: ABI_MINOR,
+            layout_fingerprint: LAYOUT_FINGERPRINT,
+            size: size_of::<AppDescriptor>() as u64,
+        }
+    }
+
+    #[test]
+    fn accepts_this_hosts_abi() {
+        assert_eq!(check_header(&good()), Ok(()));
+    }
+
+    #[test]
+    fn refusals_name_expected_and_found() {
+        let cases = [
+            (
+                DescriptorHeader { magic: 7, ..good() },
+                "expected 0x4245525448415050, found 0x0000000000000007",
+            ),
+            (
+                DescriptorHeader {
+                    abi_major: 2,
+                    ..good()
+                },
+                "host expects 1, plugin has 2",
+            ),
+            (
+                DescriptorHeader {
+                    abi_minor: ABI_MINOR + 1,
+                    ..good()
+                },
+                "supports up to 0",
+            ),
+            (
+                DescriptorHeader {
+                    layout_fingerprint: 1,
+                    ..good()
+                },
+                "found 0x0000000000000001",
+            ),
+            (
+                DescriptorHeader { size: 8, ..good() },
+                "descriptor is 8 bytes",
+            ),
+        ];
+        for (header, needle) in cases {
+            let message = check_header(&header)
+                .expect_err("must be refused")
+                .to_string();
+            assert!(
+                message.contains(needle),
+                "{message:?} should contain {needle:?}"
+            );
+        }
+    }
+}

@@ -201,7 +201,13 @@ async fn dispatch(
         );
     };
     let app = route.app;
-    let method = request.method().clone();
+    let mut log = RequestLog {
+        app: &app.name,
+        method: request.method().clone(),
+        path: &path,
+        started,
+        status: None,
+    };
     let (parts, body) = request.into_parts();
     let uri = parts.uri.to_string();
     let view = RequestView {
@@ -249,15 +255,39 @@ async fn dispatch(
             internal_error()
         }
     };
-    tracing::info!(
-        app = &*app.name,
-        %method,
-        path,
-        status = response.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
+    log.status = Some(response.status());
     response
+}
+
+/// Emits the one log event per request when dropped: with the response status, or, if the
+/// request future was dropped first (the client went away), as status 499 like NGINX.
+struct RequestLog<'a> {
+    app: &'a str,
+    method: http::Method,
+    path: &'a str,
+    started: Instant,
+    status: Option<StatusCode>,
+}
+
+impl Drop for RequestLog<'_> {
+    fn drop(&mut self) {
+        let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let (app, method, path) = (self.app, &self.method, self.path);
+        match self.status {
+            Some(status) => {
+                let status = status.as_u16();
+                tracing::info!(app, %method, path, status, latency_ms, "request");
+            }
+            None => tracing::info!(
+                app,
+                %method,
+                path,
+                status = 499,
+                latency_ms,
+                "request cancelled: the client went away"
+            ),
+        }
+    }
 }
 
 fn listing(router: &Router) -> Response<ResponseBody> {

@@ -1,0 +1,27 @@
+# Two commands for a fresh machine with the Rust toolchain:
+#   make run    build the sample apps and berth, put the apps in ./apps, serve them on :8080
+#   make test   run the whole test suite (unit, doc and integration tests on the real binary)
+
+CARGO ?= cargo
+LISTEN ?= 127.0.0.1:8080
+APPS_DIR ?= apps
+SAMPLE_APPS := hello echo fetch gather
+SO := $(if $(filter Darwin,$(shell uname -s)),dylib,so)
+
+.PHONY: run apps test lint
+
+run: apps
+	$(CARGO) run --release -p berth-server --bin berth -- --apps-dir $(APPS_DIR) --listen $(LISTEN)
+
+apps:
+	$(CARGO) build --release $(addprefix -p ,$(SAMPLE_APPS))
+	mkdir -p $(APPS_DIR)
+	for app in $(SAMPLE_APPS); do cp target/release/lib$$app.$(SO) $(APPS_DIR)/$$app.$(SO); done
+
+test:
+	$(CARGO) test --workspace --all-features
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --all-features
