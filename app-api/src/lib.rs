@@ -71,7 +71,7 @@ pub use response::{IntoResponse, Response};
 
 /// Runtime-agnostic future and stream combinators (`join`, `select`, `join_all`, streams).
 pub mod futures {
-    pub use futures_util::{FutureExt, StreamExt};
+    pub use futures_util::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
     pub use futures_util::{future, stream};
 }
 
