@@ -28,7 +28,40 @@ use crate::plugin::{self, RequestScope, incoming_to_abi};
 use crate::router::Router;
 
 /// The body of every response Berth sends: its own small answers, or an app's stream.
-pub type ResponseBody = Either<Full<Bytes>, ForeignBody>;
+pub type ResponseBody = Either<Full<Bytes>, AppBody>;
+
+/// An app's response body, streamed to the client chunk by chunk as hyper asks for it. A
+/// failure mid-stream (the app's stream returned an error or panicked) is logged with the app's
+/// name; hyper then aborts the response, so the client sees it cut short rather than complete.
+#[derive(Debug)]
+pub struct AppBody {
+    inner: ForeignBody,
+    app: Arc<str>,
+}
+
+impl http_body::Body for AppBody {
+    type Data = Bytes;
+    type Error = berth_app::BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(err))) = &polled {
+            tracing::error!(app = &*self.app, "app's response body failed: {err}");
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +264,10 @@ async fn dispatch(
     let outcome = AssertUnwindSafe(future).catch_unwind().await;
     let response = match outcome.map(outcome_into_parts) {
         Ok(Ok((status, headers, body))) => {
+            let body = AppBody {
+                inner: body,
+                app: Arc::clone(&app.name),
+            };
             let mut response = Response::new(Either::Right(body));
             *response.status_mut() = status;
             *response.headers_mut() = headers;

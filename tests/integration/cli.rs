@@ -1,0 +1,108 @@
+//! Flags, environment variables, `--help` and exit codes.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Berth, Req, encode, get, run_berth, send};
+use crate::upstream::{HangEvent, HangServer};
+
+#[test]
+fn help_lists_every_flag() {
+    let (status, stdout, stderr) = run_berth(&["--help"], Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "--help exited with {status}; stderr:\n{stderr}"
+    );
+    for flag in [
+        "--apps-dir",
+        "--listen",
+        "--drain-timeout",
+        "--outbound-timeout",
+    ] {
+        assert!(
+            stdout.contains(flag),
+            "--help does not mention {flag}:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn missing_apps_dir_exits_with_2_and_names_the_path() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let missing = parent.path().join("no-such-apps-dir");
+    let mut berth = Berth::builder().apps_dir(&missing).spawn();
+    let status = berth.wait_exit_blocking(Duration::from_secs(10));
+    let stderr = berth.stderr();
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "exit status {status}; stderr:\n{stderr}"
+    );
+    let path = missing.display().to_string();
+    assert!(
+        stderr.contains(&path),
+        "stderr does not name {path}:\n{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn environment_variables_configure_the_server() {
+    // BERTH_APPS_DIR and BERTH_LISTEN instead of flags; BERTH_OUTBOUND_TIMEOUT observed through
+    // an outbound call to a server that never answers.
+    let mut hang = HangServer::start();
+    let berth = Berth::builder()
+        .app("hello")
+        .app("fixture_testkit")
+        .config_through_env()
+        .env("BERTH_OUTBOUND_TIMEOUT", "1")
+        .start();
+
+    let reply = get(&berth.url("/hello")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "Hello, world!\n");
+
+    let url = berth.url(&format!("/testkit/fetch?url={}", encode(&hang.url("/"))));
+    let started = Instant::now();
+    let reply = send(Req::get(&url)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        reply.status,
+        502,
+        "testkit/fetch of a hanging upstream: {}",
+        reply.text()
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5),
+        "BERTH_OUTBOUND_TIMEOUT=1 should fail the fetch after about 1 s, took {elapsed:?}"
+    );
+    assert_eq!(
+        hang.next_event(Duration::from_secs(1)).await,
+        Some(HangEvent::Request(0))
+    );
+}
+
+#[tokio::test]
+async fn outbound_timeout_flag_limits_outbound_requests() {
+    let mut hang = HangServer::start();
+    let berth = Berth::builder()
+        .app("fixture_testkit")
+        .args(&["--outbound-timeout", "1"])
+        .start();
+    let url = berth.url(&format!("/testkit/fetch?url={}", encode(&hang.url("/"))));
+    let started = Instant::now();
+    let reply = get(&url).await;
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert!(
+        reply.text().starts_with("fetch failed: "),
+        "{:?}",
+        reply.text()
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5),
+        "--outbound-timeout 1 should fail the fetch after about 1 s, took {elapsed:?}"
+    );
+    assert_eq!(
+        hang.next_event(Duration::from_secs(1)).await,
+        Some(HangEvent::Request(0))
+    );
+}

@@ -1,0 +1,728 @@
+//! The test harness: build artifacts once, run one real `berth` per test, talk HTTP to it.
+//!
+//! [`Berth`] owns a temporary apps directory and the child process. Its stderr (the server's log)
+//! is read line by line on a background thread into a shared buffer that tests search with
+//! [`Berth::wait_for_log`]. Dropping a [`Berth`] kills the process; if the test is failing, the
+//! captured stderr and stdout are printed so the failure explains itself.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::HeaderValue;
+use hyper::{HeaderMap, Method, Request, StatusCode, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// How long `berth` may take to print its `listening on` line.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Upper bound for any single HTTP exchange made by a test (the slowest one waits for the
+/// server's 10 s outbound timeout).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Environment variables `berth` reads; removed from the child's environment so that the
+/// developer's shell cannot change what a test sees.
+const BERTH_ENV: [&str; 4] = [
+    "BERTH_APPS_DIR",
+    "BERTH_LISTEN",
+    "BERTH_DRAIN_TIMEOUT",
+    "BERTH_OUTBOUND_TIMEOUT",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Artifacts
+// ---------------------------------------------------------------------------------------------
+
+/// The workspace root (this package lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent directory")
+        .to_path_buf()
+}
+
+/// `<target dir>/debug`, honouring `CARGO_TARGET_DIR` (relative values are relative to the
+/// workspace root, as for cargo itself).
+fn profile_dir() -> PathBuf {
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    };
+    target.join("debug")
+}
+
+/// The directory holding `berth` and the app cdylibs, built on first use.
+///
+/// Runs `cargo build --workspace` once per test process. Cargo releases the build-directory lock
+/// before it runs test binaries, so the nested build does not deadlock; it is a no-op when
+/// everything is fresh. With `BERTH_TESTS_NO_BUILD=1` the build is skipped and the artifacts must
+/// already exist.
+fn artifacts() -> &'static Path {
+    static ARTIFACTS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match ARTIFACTS.get_or_init(build_artifacts) {
+        Ok(dir) => dir,
+        Err(message) => panic!("{message}"),
+    }
+}
+
+fn build_artifacts() -> Result<PathBuf, String> {
+    if std::env::var_os("BERTH_TESTS_NO_BUILD").is_none() {
+        let output = Command::new(env!("CARGO"))
+            .args(["build", "--workspace"])
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|err| format!("cannot run `{} build --workspace`: {err}", env!("CARGO")))?;
+        if !output.status.success() {
+            return Err(format!(
+                "`cargo build --workspace` failed ({}); its output:\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+    }
+    let dir = profile_dir();
+    let bin = dir.join("berth");
+    if !bin.is_file() {
+        return Err(format!(
+            "{} does not exist: run `cargo build --workspace` first",
+            bin.display()
+        ));
+    }
+    Ok(dir)
+}
+
+/// Path of the `berth` binary.
+pub fn berth_bin() -> PathBuf {
+    artifacts().join("berth")
+}
+
+/// Path of the cdylib built from the crate whose library is named `crate_name`
+/// (`hello`, `fixture_testkit`, ...).
+pub fn cdylib(crate_name: &str) -> PathBuf {
+    let path = artifacts().join(format!(
+        "{}{crate_name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    assert!(
+        path.is_file(),
+        "{} does not exist: is `{crate_name}` a cdylib workspace member? \
+         (run `cargo build --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// The file name an app gets in the apps directory unless the test chooses one.
+pub fn default_file_name(crate_name: &str) -> String {
+    format!(
+        "{}{crate_name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Captured output
+// ---------------------------------------------------------------------------------------------
+
+/// Lines read from one of the child's pipes, plus whether the pipe has closed.
+#[derive(Debug, Default)]
+struct Captured {
+    state: Mutex<CapturedState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct CapturedState {
+    lines: Vec<String>,
+    /// Whether any line carried ANSI escape sequences (they are stripped before storing).
+    saw_ansi: bool,
+    closed: bool,
+}
+
+impl Captured {
+    /// Reads `pipe` to its end on a new thread, one line at a time.
+    fn spawn_reader(pipe: impl Read + Send + 'static) -> Arc<Self> {
+        let captured = Arc::new(Self::default());
+        let sink = Arc::clone(&captured);
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut raw = Vec::new();
+            loop {
+                raw.clear();
+                match reader.read_until(b'\n', &mut raw) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&raw);
+                        let line = line.trim_end_matches(['\n', '\r']);
+                        let clean = strip_ansi(line);
+                        let mut state = sink.lock();
+                        state.saw_ansi |= clean.len() != line.len();
+                        state.lines.push(clean);
+                        drop(state);
+                        sink.changed.notify_all();
+                    }
+                }
+            }
+            sink.lock().closed = true;
+            sink.changed.notify_all();
+        });
+        captured
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CapturedState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn text(&self) -> String {
+        let state = self.lock();
+        let mut text = state.lines.join("\n");
+        if state.saw_ansi {
+            text.push_str("\n[harness: ANSI escape sequences were stripped from this output]");
+        }
+        text
+    }
+
+    /// Blocks until a line satisfies `find` (returning its result), the pipe closes, or `timeout`.
+    fn wait_line<T>(&self, timeout: Duration, find: impl Fn(&str) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        let mut checked = 0;
+        loop {
+            if let Some(found) = state.lines[checked..].iter().find_map(|line| find(line)) {
+                return Some(found);
+            }
+            checked = state.lines.len();
+            let now = Instant::now();
+            if state.closed || now >= deadline {
+                return None;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Removes ANSI CSI escape sequences (`ESC [ ... final-byte`), which a logger may emit even when
+/// stderr is not a terminal.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if ('\u{40}'..='\u{7e}').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server under test
+// ---------------------------------------------------------------------------------------------
+
+/// Describes a `berth` process to start: which files go into its apps directory, which flags
+/// and environment it gets.
+#[derive(Debug, Default)]
+pub struct BerthBuilder {
+    /// `(crate name, file name)` of each cdylib copied into the apps directory.
+    apps: Vec<(String, String)>,
+    /// Arbitrary files written into the apps directory.
+    files: Vec<(String, Vec<u8>)>,
+    /// Use this apps directory (possibly missing) instead of the temporary one.
+    apps_dir: Option<PathBuf>,
+    /// Pass `--apps-dir`/`--listen` through `BERTH_APPS_DIR`/`BERTH_LISTEN` instead of flags.
+    config_through_env: bool,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+impl BerthBuilder {
+    /// Copies the cdylib of `crate_name` into the apps directory under its usual file name.
+    pub fn app(self, crate_name: &str) -> Self {
+        let file = default_file_name(crate_name);
+        self.app_as(crate_name, &file)
+    }
+
+    /// Copies the cdylib of `crate_name` into the apps directory as `file_name`.
+    pub fn app_as(mut self, crate_name: &str, file_name: &str) -> Self {
+        self.apps
+            .push((crate_name.to_owned(), file_name.to_owned()));
+        self
+    }
+
+    /// Writes a file with `contents` into the apps directory.
+    pub fn file(mut self, file_name: &str, contents: &[u8]) -> Self {
+        self.files.push((file_name.to_owned(), contents.to_vec()));
+        self
+    }
+
+    /// Points `--apps-dir` at `dir` instead of a fresh temporary directory.
+    pub fn apps_dir(mut self, dir: &Path) -> Self {
+        self.apps_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Configures the apps directory and listen address through the environment.
+    pub fn config_through_env(mut self) -> Self {
+        self.config_through_env = true;
+        self
+    }
+
+    /// Adds command-line arguments after `--apps-dir` and `--listen`.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|arg| (*arg).to_owned()));
+        self
+    }
+
+    /// Sets an environment variable for the child.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Starts `berth` and waits until it prints `listening on http://ADDR`.
+    pub fn start(self) -> Berth {
+        let mut berth = self.spawn();
+        berth.wait_ready();
+        berth
+    }
+
+    /// Starts `berth` without waiting for it to become ready.
+    pub fn spawn(self) -> Berth {
+        let temp = tempfile::Builder::new()
+            .prefix("berth-apps-")
+            .tempdir()
+            .expect("create a temporary apps directory");
+        for (crate_name, file_name) in &self.apps {
+            let from = cdylib(crate_name);
+            let to = temp.path().join(file_name);
+            std::fs::copy(&from, &to)
+                .unwrap_or_else(|err| panic!("copy {} to {}: {err}", from.display(), to.display()));
+        }
+        for (file_name, contents) in &self.files {
+            std::fs::write(temp.path().join(file_name), contents).expect("write apps-dir file");
+        }
+        let apps_dir = self
+            .apps_dir
+            .clone()
+            .unwrap_or_else(|| temp.path().to_path_buf());
+        let listen = "127.0.0.1:0";
+
+        let mut command = Command::new(berth_bin());
+        for key in BERTH_ENV {
+            command.env_remove(key);
+        }
+        command.env("RUST_LOG", "info");
+        if self.config_through_env {
+            command.env("BERTH_APPS_DIR", &apps_dir);
+            command.env("BERTH_LISTEN", listen);
+        } else {
+            command.arg("--apps-dir").arg(&apps_dir);
+            command.args(["--listen", listen]);
+        }
+        command.args(&self.args);
+        command.envs(self.envs.iter().map(|(k, v)| (k, v)));
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let description = format!("{command:?}");
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("spawn {description}: {err}"));
+        let stderr = Captured::spawn_reader(child.stderr.take().expect("piped stderr"));
+        let stdout = Captured::spawn_reader(child.stdout.take().expect("piped stdout"));
+        Berth {
+            child,
+            description,
+            addr: None,
+            stderr,
+            stdout,
+            exit: None,
+            _apps_dir: temp,
+        }
+    }
+}
+
+/// A running `berth` process with its own apps directory. Killed on drop.
+#[derive(Debug)]
+pub struct Berth {
+    child: Child,
+    /// The command line, for failure messages.
+    description: String,
+    /// The address parsed from the `listening on` line, once ready.
+    addr: Option<SocketAddr>,
+    stderr: Arc<Captured>,
+    stdout: Arc<Captured>,
+    /// The exit status, once observed.
+    exit: Option<ExitStatus>,
+    /// Deleted when the test ends.
+    _apps_dir: tempfile::TempDir,
+}
+
+impl Berth {
+    /// Describes a `berth` process; see [`BerthBuilder`].
+    pub fn builder() -> BerthBuilder {
+        BerthBuilder::default()
+    }
+
+    /// Starts `berth` with the given crates' cdylibs in its apps directory.
+    pub fn with_apps(crate_names: &[&str]) -> Self {
+        crate_names
+            .iter()
+            .fold(Self::builder(), |builder, name| builder.app(name))
+            .start()
+    }
+
+    fn wait_ready(&mut self) {
+        const NEEDLE: &str = "listening on http://";
+        let parsed = self.stderr.wait_line(READY_TIMEOUT, |line| {
+            let start = line.find(NEEDLE)? + NEEDLE.len();
+            let rest = &line[start..];
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            Some(rest[..end].trim_end_matches('/').to_owned())
+        });
+        let Some(text) = parsed else {
+            let status = self.child.try_wait().ok().flatten();
+            panic!(
+                "berth did not print `{NEEDLE}ADDR` within {READY_TIMEOUT:?} (exit status: \
+                 {status:?}); command: {}",
+                self.description
+            );
+        };
+        let addr = text.parse().unwrap_or_else(|err| {
+            panic!("cannot parse the listen address {text:?} from berth's log: {err}")
+        });
+        self.addr = Some(addr);
+    }
+
+    /// The address `berth` listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("berth was started with `start()`")
+    }
+
+    /// `http://ADDR{path}`; `path` starts with `/`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr())
+    }
+
+    /// Everything `berth` has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.text()
+    }
+
+    /// Lines of stderr so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().lines.clone()
+    }
+
+    /// Waits until some stderr line contains every one of `needles`; returns that line.
+    ///
+    /// Panics with the whole stderr when no such line appears within `timeout`.
+    pub async fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self
+                .stderr
+                .lock()
+                .lines
+                .iter()
+                .find(|line| needles.iter().all(|needle| line.contains(needle)))
+                .cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no stderr line of berth contains all of {needles:?} within {timeout:?}; \
+                 stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Sends SIGTERM to the process.
+    #[allow(unsafe_code)]
+    pub fn sigterm(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits in pid_t");
+        // SAFETY: `kill` has no memory-safety preconditions; `pid` is our own child, which has
+        // not been reaped yet (we only reap in `wait_exit`/`Drop`), so it cannot name a reused
+        // pid.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits for the process to exit; panics (showing stderr) after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait on berth") {
+                self.exit = Some(status);
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth did not exit within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (blocking) for the process to exit and for both pipes to close, for processes that
+    /// are expected to exit on their own (`--help`, bad configuration).
+    pub fn wait_exit_blocking(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait on berth") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth did not exit within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.exit = Some(status);
+        // The pipes close right after the exit; wait for the readers to see it.
+        let rest = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+        self.stderr.wait_line(rest, |_| None::<()>);
+        self.stdout.wait_line(rest, |_| None::<()>);
+        status
+    }
+
+    /// Everything `berth` has written to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.text()
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            // Either it is still running (kill it) or it has exited and kill fails harmlessly.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "===== berth ({}) stderr =====\n{}\n===== berth stdout =====\n{}\n=====",
+                self.description,
+                self.stderr(),
+                self.stdout()
+            );
+        }
+    }
+}
+
+/// Runs `berth` with exactly `args` (no apps directory, no listen address) until it exits.
+pub fn run_berth(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
+    let mut command = Command::new(berth_bin());
+    for key in BERTH_ENV {
+        command.env_remove(key);
+    }
+    let mut child = command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    let stdout = Captured::spawn_reader(child.stdout.take().expect("piped stdout"));
+    let stderr = Captured::spawn_reader(child.stderr.take().expect("piped stderr"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait on berth") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`berth {}` did not exit within {timeout:?}; stderr:\n{}",
+                args.join(" "),
+                stderr.text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    stdout.wait_line(Duration::from_secs(2), |_| None::<()>);
+    stderr.wait_line(Duration::from_secs(2), |_| None::<()>);
+    (status, stdout.text(), stderr.text())
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP clients
+// ---------------------------------------------------------------------------------------------
+
+/// Which protocol a request goes over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c, no upgrade).
+    Http2,
+}
+
+/// A complete response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as UTF-8 (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body parsed as JSON; panics with the body when it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|err| panic!("body is not JSON ({err}): {:?}", self.text()))
+    }
+
+    /// The `content-type` header, or `""`.
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// A request for [`send`].
+#[derive(Debug)]
+pub struct Req<'a> {
+    pub proto: Proto,
+    pub method: Method,
+    pub url: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: &'a [u8],
+}
+
+impl<'a> Req<'a> {
+    /// `GET url` over HTTP/1.1.
+    pub fn get(url: &'a str) -> Self {
+        Self {
+            proto: Proto::Http1,
+            method: Method::GET,
+            url,
+            headers: &[],
+            body: b"",
+        }
+    }
+
+    /// The same request over `proto`.
+    pub fn proto(self, proto: Proto) -> Self {
+        Self { proto, ..self }
+    }
+}
+
+/// Sends `req` on a fresh client and reads the whole response; `Err` describes a connection,
+/// protocol or body error (or the [`REQUEST_TIMEOUT`]).
+pub async fn try_send(req: Req<'_>) -> Result<Reply, String> {
+    let mut builder = hyper::Request::builder()
+        .method(req.method.clone())
+        .uri(req.url);
+    for (name, value) in req.headers {
+        builder = builder.header(*name, HeaderValue::from_str(value).expect("header value"));
+    }
+    let request: Request<Full<Bytes>> = builder
+        .body(Full::new(Bytes::copy_from_slice(req.body)))
+        .expect("valid request");
+    let mut client = Client::builder(TokioExecutor::new());
+    if req.proto == Proto::Http2 {
+        client.http2_only(true);
+    }
+    let client = client.build_http::<Full<Bytes>>();
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|err| format!("request failed: {err:?}"))?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|err| format!("body failed after status {}: {err:?}", parts.status))?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no complete response within {REQUEST_TIMEOUT:?}")))
+}
+
+/// Like [`try_send`], panicking on error.
+pub async fn send(req: Req<'_>) -> Reply {
+    let what = format!("{} {} ({:?})", req.method, req.url, req.proto);
+    try_send(req)
+        .await
+        .unwrap_or_else(|err| panic!("{what}: {err}"))
+}
+
+/// `GET url` over HTTP/1.1.
+pub async fn get(url: &str) -> Reply {
+    send(Req::get(url)).await
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, for URLs inside query strings.
+pub fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[test]
+fn strip_ansi_removes_csi_sequences() {
+    assert_eq!(
+        strip_ansi("\u{1b}[2m2025\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m listening"),
+        "2025  INFO listening"
+    );
+    assert_eq!(strip_ansi("plain"), "plain");
+}
+
+#[test]
+fn encode_escapes_url_syntax() {
+    assert_eq!(
+        encode("http://127.0.0.1:80/slow?ms=5&x=1"),
+        "http%3A%2F%2F127.0.0.1%3A80%2Fslow%3Fms%3D5%26x%3D1"
+    );
+}

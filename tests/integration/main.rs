@@ -1,0 +1,26 @@
+//! End-to-end tests for Berth: every test starts the real `berth` binary on `127.0.0.1:0` with its
+//! own temporary apps directory, talks to it over real sockets, and reads its log from stderr.
+//!
+//! Run with `cargo test -p berth-tests`. The first test to need them builds the server and the
+//! app cdylibs with `cargo build --workspace` (set `BERTH_TESTS_NO_BUILD=1` to use what is
+//! already in the target directory instead).
+//!
+//! # Layout
+//!
+//! * `harness`: finds or builds the artifacts, runs one `berth` process per test ([`Berth`]),
+//!   and the HTTP/1.1 and HTTP/2 clients the tests use;
+//! * `upstream`: servers the apps call out to: a small hyper server and a "hang" server that
+//!   never answers and reports when its peer goes away;
+//! * `cli`: flags, environment variables, `--help`, exit codes;
+//! * `loading`: the apps directory, `GET /`, bad plugin files;
+//! * `apps`: the sample apps (`hello`, `echo`, `fetch`, `gather`) over HTTP/1.1 and HTTP/2;
+//! * `lifecycle`: panics, app logging, cancellation on client disconnect, graceful shutdown.
+//!
+//! [`Berth`]: harness::Berth
+
+mod apps;
+mod cli;
+mod harness;
+mod lifecycle;
+mod loading;
+mod upstream;
