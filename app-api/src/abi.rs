@@ -317,7 +317,9 @@ pub const LOG_TRACE: u32 = 5;
 ///
 /// It only ever grows at its end (a minor version bump); `size` is the size of the table as the
 /// host built it, so a plugin built against a newer minor can tell which functions exist before
-/// calling them. Every function takes the `ctx` from the [`AbiHost`] the plugin was given.
+/// calling them. Every function takes the `ctx` from the [`AbiHost`] the plugin was given, and
+/// may be called from any thread, concurrently with the others (an app may share its host
+/// handle between futures polled on different runtime threads).
 #[repr(C)]
 #[derive(Debug)]
 pub struct HostVTable {

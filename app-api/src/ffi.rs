@@ -12,17 +12,18 @@
 #![allow(unsafe_code)]
 
 use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::ptr;
+use std::sync::Once;
 use std::task::{Context, Poll};
 
 use async_ffi::{ContextExt, FfiFuture, FutureExt as _};
 use bytes::Bytes;
 use futures_core::Stream;
-use futures_util::FutureExt as _;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 
@@ -73,13 +74,49 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// Runs `f`, turning a panic into its message. The payload is dropped under a second guard
 /// because a payload's own destructor may panic.
 pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let message = panic_message(&*payload);
+    CATCHING.with(|depth| depth.set(depth.get() + 1));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    CATCHING.with(|depth| depth.set(depth.get() - 1));
+    result.map_err(|payload| {
+        let message = LAST_PANIC
+            .with(|last| last.borrow_mut().take())
+            .unwrap_or_else(|| panic_message(&*payload));
         if let Err(inner) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
             std::mem::forget(inner);
         }
         message
     })
+}
+
+thread_local! {
+    /// How many [`catch`] scopes are active on this thread.
+    static CATCHING: Cell<u32> = const { Cell::new(0) };
+    /// The message and location of the last panic the hook saw inside a [`catch`] scope.
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Makes panics that [`catch`] will handle quiet in the plugin: instead of the plugin's own
+/// copy of std printing them to stderr (beside, and without, the host's log), the message and
+/// location are kept for the host, which logs them with the app's name. Panics anywhere else
+/// still reach the previous hook. Installed once per plugin, by the first request.
+fn install_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CATCHING.with(Cell::get) == 0 {
+                return previous(info);
+            }
+            let message = info
+                .payload_as_str()
+                .unwrap_or("panic with a non-string payload");
+            let text = match info.location() {
+                Some(at) => format!("{message} (at {}:{})", at.file(), at.line()),
+                None => message.to_owned(),
+            };
+            LAST_PANIC.with(|last| *last.borrow_mut() = Some(text));
+        }));
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -655,6 +692,7 @@ unsafe extern "C" fn handle_glue<A: App>(
     body: AbiBody,
     host: AbiHost,
 ) -> FfiFuture<AbiHandleOutcome> {
+    install_panic_hook();
     // Take ownership first, so that both are released whatever happens next.
     // SAFETY: `body` and `host` move to us under the ABI contract of `handle`.
     let (body, host) = unsafe { (ForeignBody::from_abi(body), HostHandle::from_abi(host)) };
@@ -674,19 +712,18 @@ unsafe extern "C" fn handle_glue<A: App>(
             return std::future::ready(outcome).into_ffi();
         }
     };
+    let mut future = future;
     async move {
-        match AssertUnwindSafe(future).catch_unwind().await {
-            Ok(response) => match catch(|| response.into_abi()) {
-                Ok(response) => AbiHandleOutcome::ok(response),
-                Err(panic) => AbiHandleOutcome::failed(OUTCOME_PANICKED, panic),
-            },
-            Err(payload) => {
-                let message = panic_message(&*payload);
-                if let Err(inner) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-                    std::mem::forget(inner);
-                }
-                AbiHandleOutcome::failed(OUTCOME_PANICKED, message)
-            }
+        let polled = std::future::poll_fn(|cx| match catch(|| future.as_mut().poll(cx)) {
+            Ok(poll) => poll.map(Ok),
+            Err(panic) => Poll::Ready(Err(panic)),
+        });
+        match polled
+            .await
+            .and_then(|response| catch(|| response.into_abi()))
+        {
+            Ok(response) => AbiHandleOutcome::ok(response),
+            Err(panic) => AbiHandleOutcome::failed(OUTCOME_PANICKED, panic),
         }
     }
     .into_ffi()
