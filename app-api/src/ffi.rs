@@ -107,12 +107,10 @@ fn install_panic_hook() {
             if CATCHING.with(Cell::get) == 0 {
                 return previous(info);
             }
-            let message = info
-                .payload_as_str()
-                .unwrap_or("panic with a non-string payload");
+            let message = panic_message(info.payload());
             let text = match info.location() {
                 Some(at) => format!("{message} (at {}:{})", at.file(), at.line()),
-                None => message.to_owned(),
+                None => message,
             };
             LAST_PANIC.with(|last| *last.borrow_mut() = Some(text));
         }));
