@@ -22,6 +22,7 @@ use berth_app::ffi::{ForeignBody, HandleFailure, HeaderList, catch, headers_from
 use http::{HeaderMap, StatusCode};
 use libloading::os::unix::Library;
 
+use crate::outbound::Exchange;
 use crate::plugin::{LoadError, RequestScope};
 
 /// A loaded, checked plugin. The library stays mapped for the life of the process.
@@ -255,7 +256,14 @@ unsafe extern "C" fn fetch(
         match parsed {
             (Ok(method), Ok(url), Ok(headers)) => {
                 let timeout = (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms));
-                scope.fetch(method, url, headers, body, timeout).into_ffi()
+                let exchange = Exchange {
+                    method,
+                    url,
+                    headers,
+                    body,
+                    timeout,
+                };
+                scope.fetch(exchange).into_ffi()
             }
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 std::future::ready(AbiFetchOutcome::failed(FETCH_INVALID_REQUEST, e.0)).into_ffi()

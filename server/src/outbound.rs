@@ -53,15 +53,11 @@ impl Outbound {
     /// Sends a request and waits for the response head, within the time limit.
     pub fn fetch(
         &self,
-        method: &str,
-        url: &str,
-        headers: HeaderMap,
-        body: ForeignBody,
-        timeout: Option<Duration>,
+        exchange: Exchange<'_>,
     ) -> impl Future<Output = Result<Response<Incoming>, FetchFailure>> + Send + 'static {
-        let request = build_request(method, url, headers, body);
+        let limit = exchange.timeout.unwrap_or(self.default_timeout);
+        let request = build_request(exchange);
         let client = self.client.clone();
-        let limit = timeout.unwrap_or(self.default_timeout);
         async move {
             let request = request?;
             match tokio::time::timeout(limit, client.request(request)).await {
@@ -76,12 +72,29 @@ impl Outbound {
     }
 }
 
-fn build_request(
-    method: &str,
-    url: &str,
-    headers: HeaderMap,
-    body: ForeignBody,
-) -> Result<Request<ForeignBody>, FetchFailure> {
+/// An app's outbound request as the host received it.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    /// Method, still to be validated.
+    pub method: &'a str,
+    /// Absolute URL, still to be validated.
+    pub url: &'a str,
+    /// Headers (already validated).
+    pub headers: HeaderMap,
+    /// The request body, streamed from the app.
+    pub body: ForeignBody,
+    /// The app's time limit, if it set one.
+    pub timeout: Option<Duration>,
+}
+
+fn build_request(exchange: Exchange<'_>) -> Result<Request<ForeignBody>, FetchFailure> {
+    let Exchange {
+        method,
+        url,
+        headers,
+        body,
+        ..
+    } = exchange;
     let invalid = FetchFailure::InvalidRequest;
     let method = Method::from_bytes(method.as_bytes())
         .map_err(|_| invalid(format!("invalid method {method:?}")))?;

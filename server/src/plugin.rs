@@ -8,11 +8,9 @@ use std::time::Duration;
 use berth_app::abi::{
     self, AbiBody, AbiFetchOutcome, AbiResponse, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARN,
 };
-use berth_app::ffi::ForeignBody;
-use http::HeaderMap;
 
 use crate::bridge::{self, Plugin};
-use crate::outbound::{FetchFailure, Outbound};
+use crate::outbound::{Exchange, FetchFailure, Outbound};
 
 /// Why a file in the apps directory was not loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -191,13 +189,9 @@ impl RequestScope {
     /// Runs an outbound request as a host task; dropping the returned future aborts the task.
     pub(crate) fn fetch(
         &self,
-        method: &str,
-        url: &str,
-        headers: HeaderMap,
-        body: ForeignBody,
-        timeout: Option<Duration>,
+        exchange: Exchange<'_>,
     ) -> impl Future<Output = AbiFetchOutcome> + Send + 'static {
-        let exchange = self.outbound.fetch(method, url, headers, body, timeout);
+        let exchange = self.outbound.fetch(exchange);
         let task = AbortOnDrop(self.runtime.spawn(async move {
             match exchange.await {
                 Ok(response) => {

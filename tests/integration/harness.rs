@@ -431,15 +431,25 @@ impl Berth {
         self.stderr.text()
     }
 
-    /// Lines of stderr so far.
-    pub fn stderr_lines(&self) -> Vec<String> {
-        self.stderr.lock().lines.clone()
-    }
-
     /// Waits until some stderr line contains every one of `needles`; returns that line.
     ///
     /// Panics with the whole stderr when no such line appears within `timeout`.
     pub async fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> String {
+        let what = format!("contains all of {needles:?}");
+        self.wait_for_line(&what, timeout, |line| {
+            needles.iter().all(|needle| line.contains(needle))
+        })
+        .await
+    }
+
+    /// Waits until a stderr line satisfies `matches` (described by `what` in the failure
+    /// message) and returns it; panics, showing stderr, after `timeout`.
+    pub async fn wait_for_line(
+        &self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let found = self
@@ -447,15 +457,14 @@ impl Berth {
                 .lock()
                 .lines
                 .iter()
-                .find(|line| needles.iter().all(|needle| line.contains(needle)))
+                .find(|line| matches(line))
                 .cloned();
             if let Some(line) = found {
                 return line;
             }
             assert!(
                 Instant::now() < deadline,
-                "no stderr line of berth contains all of {needles:?} within {timeout:?}; \
-                 stderr:\n{}",
+                "no stderr line of berth {what} within {timeout:?}; stderr:\n{}",
                 self.stderr()
             );
             tokio::time::sleep(Duration::from_millis(25)).await;

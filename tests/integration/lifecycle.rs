@@ -14,23 +14,14 @@ use crate::upstream::{HangEvent, HangServer, Upstream};
 /// `also` is not merely part of `needle`), and is not the panic hook's own
 /// `thread '…' panicked at …` line.
 async fn wait_for_log_with(berth: &Berth, needle: &str, also: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let found = berth.stderr_lines().into_iter().find(|line| {
+    let what = format!("contains {needle:?} together with {also:?}");
+    berth
+        .wait_for_line(&what, Duration::from_secs(5), |line| {
             line.contains(needle)
                 && line.replace(needle, "").contains(also)
                 && !line.contains("panicked at")
-        });
-        if let Some(line) = found {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no stderr line contains {needle:?} together with {also:?}; stderr:\n{}",
-            berth.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        })
+        .await
 }
 
 #[tokio::test]
