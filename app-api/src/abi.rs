@@ -61,7 +61,7 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"BERTHAPP");
 pub const ABI_MAJOR: u32 = 1;
 
 /// Compatible additions within [`ABI_MAJOR`]. See the module docs for what bumps it.
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 
 /// NUL-terminated name of the one symbol every plugin exports:
 /// `extern "C" fn() -> *const AppDescriptor`.
@@ -394,6 +394,55 @@ pub struct AppDescriptor {
         body: AbiBody,
         host: AbiHost,
     ) -> FfiFuture<AbiHandleOutcome>,
+
+    // --- ABI 1.1 ---
+    /// Runs once before the app is mounted (ASGI's lifespan startup), with the app's settings
+    /// from the host's config (borrowed for the call) and a host handle (moves to the plugin).
+    /// The app is mounted only if the outcome is [`OUTCOME_OK`]. `None`: nothing to run.
+    pub init: Option<
+        unsafe extern "C" fn(settings: AbiSettings, host: AbiHost) -> FfiFuture<AbiHookOutcome>,
+    >,
+    /// Runs once before a version of the app is retired (swapped, removed, or the server
+    /// stopping), after its last request. `None`: nothing to run.
+    pub shutdown: Option<unsafe extern "C" fn(host: AbiHost) -> FfiFuture<AbiHookOutcome>>,
+}
+
+/// Size of [`AppDescriptor`] in each minor version, index = minor: the host reads no field past
+/// the size of the plugin's minor.
+pub const DESCRIPTOR_SIZES: [u64; ABI_MINOR as usize + 1] = [
+    offset_of!(AppDescriptor, init) as u64,
+    size_of::<AppDescriptor>() as u64,
+];
+
+/// One string setting (ABI 1.1), borrowed like [`AbiStr`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AbiSetting {
+    /// Setting name (UTF-8).
+    pub key: AbiStr,
+    /// Setting value (UTF-8).
+    pub value: AbiStr,
+}
+
+/// A borrowed array of settings (ABI 1.1), valid only during the call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AbiSettings {
+    /// First setting, or null when `len == 0`.
+    pub ptr: *const AbiSetting,
+    /// Number of settings.
+    pub len: usize,
+}
+
+/// What a lifecycle hook resolves to (ABI 1.1): [`OUTCOME_OK`], or [`OUTCOME_ERROR`] (the app
+/// reported a failure) or [`OUTCOME_PANICKED`] with an owned UTF-8 `message`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiHookOutcome {
+    /// One of the `OUTCOME_*` constants.
+    pub tag: u32,
+    /// Owned by the receiver; empty for [`OUTCOME_OK`].
+    pub message: AbiBuf,
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -457,6 +506,12 @@ pub const LAYOUT_FINGERPRINT: u64 = {
         size
     );
     h = layout!(h, AppDescriptor, header, name, version, sdk_version, handle);
+    // ABI 1.1
+    h = layout!(h, AppDescriptor, init, shutdown);
+    h = layout!(h, AbiSetting, key, value);
+    h = layout!(h, AbiSettings, ptr, len);
+    h = layout!(h, AbiHookOutcome, tag, message);
+    h = layout!(h, FfiPoll<AbiHookOutcome>);
     h = layout!(h, FfiPoll<AbiHandleOutcome>);
     h = layout!(h, FfiPoll<AbiFetchOutcome>);
     h = layout!(h, FfiPoll<u32>);
@@ -473,11 +528,16 @@ pub const LAYOUT_FINGERPRINT: u64 = {
 /// a minor (append a new entry and bump [`ABI_MINOR`]) or a major (bump [`ABI_MAJOR`] and start a
 /// new list).
 #[cfg(all(target_pointer_width = "64", target_endian = "little"))]
-pub const LAYOUT_FINGERPRINTS: &[u64] = &[0x4b3b_39ac_9316_3aa1];
+pub const LAYOUT_FINGERPRINTS: &[u64] = &[0x4b3b_39ac_9316_3aa1, 0xa46a_7a9c_351a_f831];
 
-/// On other targets the layout differs; only plugins built for the same target can match.
+/// On other targets older minors' layouts were never recorded: only plugins of the current minor
+/// can match.
 #[cfg(not(all(target_pointer_width = "64", target_endian = "little")))]
-pub const LAYOUT_FINGERPRINTS: &[u64] = &[LAYOUT_FINGERPRINT];
+pub const LAYOUT_FINGERPRINTS: &[u64] = &{
+    let mut table = [0; ABI_MINOR as usize + 1];
+    table[ABI_MINOR as usize] = LAYOUT_FINGERPRINT;
+    table
+};
 
 const _: () = assert!(LAYOUT_FINGERPRINTS.len() == ABI_MINOR as usize + 1);
 const _: () = assert!(LAYOUT_FINGERPRINTS[ABI_MINOR as usize] == LAYOUT_FINGERPRINT);

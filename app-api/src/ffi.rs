@@ -39,6 +39,7 @@ unsafe impl Send for AbiBody {}
 unsafe impl Send for AbiResponse {}
 unsafe impl Send for AbiHandleOutcome {}
 unsafe impl Send for AbiFetchOutcome {}
+unsafe impl Send for AbiHookOutcome {}
 unsafe impl Send for AbiHost {}
 unsafe impl Sync for AbiHost {}
 unsafe impl Sync for HostVTable {}
@@ -603,13 +604,25 @@ impl AbiHandleOutcome {
     }
 }
 
-/// Why a handler produced no usable response.
+/// Why a handler (or hook) produced no usable result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandleFailure {
     /// The app panicked; the message is the panic's.
     Panicked(String),
     /// The app's answer (or the plugin glue) was not valid.
     Invalid(String),
+    /// The app reported a failure (a lifecycle hook returned an error).
+    Failed(String),
+}
+
+impl fmt::Display for HandleFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandleFailure::Panicked(message) => write!(f, "panicked: {message}"),
+            HandleFailure::Invalid(message) => write!(f, "invalid result: {message}"),
+            HandleFailure::Failed(message) => f.write_str(message),
+        }
+    }
 }
 
 impl AbiFetchOutcome {
@@ -653,8 +666,23 @@ impl AbiFetchOutcome {
 
 /// The app type [`export_app!`](crate::export_app) generates. Not public API.
 pub trait App {
+    /// Whether the author gave an `init` hook.
+    const HAS_INIT: bool = false;
+    /// Whether the author gave a `shutdown` hook.
+    const HAS_SHUTDOWN: bool = false;
+
     /// Runs the author's handler.
     fn handle(req: crate::Request, host: crate::Host) -> crate::__private::BoxFuture;
+
+    /// Runs the author's `init` hook.
+    fn init(_config: crate::AppConfig, _host: crate::Host) -> crate::__private::HookFuture {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Runs the author's `shutdown` hook.
+    fn shutdown(_host: crate::Host) -> crate::__private::HookFuture {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// A plugin's descriptor, as a `static` in the plugin. Not public API.
@@ -676,6 +704,16 @@ impl Descriptor {
             version: AbiStr::from_static(version),
             sdk_version: AbiStr::from_static(env!("CARGO_PKG_VERSION")),
             handle: handle_glue::<A>,
+            init: if A::HAS_INIT {
+                Some(init_glue::<A>)
+            } else {
+                None
+            },
+            shutdown: if A::HAS_SHUTDOWN {
+                Some(shutdown_glue::<A>)
+            } else {
+                None
+            },
         })
     }
 
@@ -683,6 +721,18 @@ impl Descriptor {
     pub const fn as_ptr(&'static self) -> *const AppDescriptor {
         &self.0
     }
+}
+
+/// Polls `future` to completion with every poll under [`catch`]; a panic ends it with the
+/// panic's message.
+async fn run_caught<T>(
+    mut future: std::pin::Pin<Box<dyn Future<Output = T> + Send>>,
+) -> Result<T, String> {
+    std::future::poll_fn(|cx| match catch(|| future.as_mut().poll(cx)) {
+        Ok(poll) => poll.map(Ok),
+        Err(panic) => Poll::Ready(Err(panic)),
+    })
+    .await
 }
 
 unsafe extern "C" fn handle_glue<A: App>(
@@ -710,13 +760,8 @@ unsafe extern "C" fn handle_glue<A: App>(
             return std::future::ready(outcome).into_ffi();
         }
     };
-    let mut future = future;
     async move {
-        let polled = std::future::poll_fn(|cx| match catch(|| future.as_mut().poll(cx)) {
-            Ok(poll) => poll.map(Ok),
-            Err(panic) => Poll::Ready(Err(panic)),
-        });
-        match polled
+        match run_caught(future)
             .await
             .and_then(|response| catch(|| response.into_abi()))
         {
@@ -725,6 +770,138 @@ unsafe extern "C" fn handle_glue<A: App>(
         }
     }
     .into_ffi()
+}
+
+unsafe extern "C" fn init_glue<A: App>(
+    settings: AbiSettings,
+    host: AbiHost,
+) -> FfiFuture<AbiHookOutcome> {
+    install_panic_hook();
+    // SAFETY: `host` moves to us under the ABI contract of `init`.
+    let host = unsafe { HostHandle::from_abi(host) };
+    let started = catch(move || {
+        // SAFETY: `settings` is borrowed for the duration of this call.
+        let config = unsafe { settings_from_abi(settings) };
+        config.map(|config| A::init(config, crate::Host::from_handle(host)))
+    });
+    match started {
+        Ok(Ok(future)) => run_hook(future),
+        Ok(Err(err)) => std::future::ready(AbiHookOutcome::failed(OUTCOME_ERROR, err.0)).into_ffi(),
+        Err(panic) => {
+            std::future::ready(AbiHookOutcome::failed(OUTCOME_PANICKED, panic)).into_ffi()
+        }
+    }
+}
+
+unsafe extern "C" fn shutdown_glue<A: App>(host: AbiHost) -> FfiFuture<AbiHookOutcome> {
+    install_panic_hook();
+    // SAFETY: `host` moves to us under the ABI contract of `shutdown`.
+    let host = unsafe { HostHandle::from_abi(host) };
+    match catch(move || A::shutdown(crate::Host::from_handle(host))) {
+        Ok(future) => run_hook(future),
+        Err(panic) => {
+            std::future::ready(AbiHookOutcome::failed(OUTCOME_PANICKED, panic)).into_ffi()
+        }
+    }
+}
+
+fn run_hook(future: crate::__private::HookFuture) -> FfiFuture<AbiHookOutcome> {
+    async move {
+        match run_caught(future).await {
+            Ok(Ok(())) => AbiHookOutcome::ok(),
+            Ok(Err(message)) => AbiHookOutcome::failed(OUTCOME_ERROR, message),
+            Err(panic) => AbiHookOutcome::failed(OUTCOME_PANICKED, panic),
+        }
+    }
+    .into_ffi()
+}
+
+/// Borrowed settings built from a map; keep it alive while the [`AbiSettings`] from
+/// [`SettingList::as_abi`] is in use.
+#[derive(Debug, Default)]
+pub struct SettingList(Vec<AbiSetting>);
+
+impl SettingList {
+    /// Borrows every entry of `settings`.
+    pub fn new(settings: &std::collections::BTreeMap<String, String>) -> Self {
+        SettingList(
+            settings
+                .iter()
+                .map(|(key, value)| AbiSetting {
+                    key: AbiStr::new(key.as_bytes()),
+                    value: AbiStr::new(value.as_bytes()),
+                })
+                .collect(),
+        )
+    }
+
+    /// The ABI view of the list.
+    pub fn as_abi(&self) -> AbiSettings {
+        AbiSettings {
+            ptr: self.0.as_ptr(),
+            len: self.0.len(),
+        }
+    }
+}
+
+/// Copies borrowed settings into an [`AppConfig`](crate::AppConfig).
+///
+/// # Safety
+/// `settings` must satisfy the ABI's borrowed contract for the duration of this call.
+unsafe fn settings_from_abi(settings: AbiSettings) -> Result<crate::AppConfig, BoundaryError> {
+    let list: &[AbiSetting] = if settings.ptr.is_null() || settings.len == 0 {
+        &[]
+    } else {
+        // SAFETY: borrowed contract: `ptr[..len]` is a readable array of `AbiSetting`.
+        unsafe { std::slice::from_raw_parts(settings.ptr, settings.len) }
+    };
+    let mut map = std::collections::BTreeMap::new();
+    for setting in list {
+        // SAFETY: each key and value is borrowed under the same contract as the array.
+        let (key, value) = unsafe {
+            (
+                setting.key.to_str("setting name")?,
+                setting.value.to_str("setting value")?,
+            )
+        };
+        map.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(crate::AppConfig::new(map))
+}
+
+impl AbiHookOutcome {
+    /// The hook succeeded.
+    pub fn ok() -> Self {
+        AbiHookOutcome {
+            tag: OUTCOME_OK,
+            message: AbiBuf::empty(),
+        }
+    }
+
+    /// The hook failed (`OUTCOME_ERROR`) or panicked (`OUTCOME_PANICKED`).
+    pub fn failed(tag: u32, message: String) -> Self {
+        AbiHookOutcome {
+            tag,
+            message: AbiBuf::from_string(message),
+        }
+    }
+
+    /// Takes ownership of a received outcome.
+    ///
+    /// # Safety
+    /// `self` must satisfy the ABI's outcome contract.
+    pub unsafe fn into_result(self) -> Result<(), HandleFailure> {
+        // SAFETY: the message is owned by us now.
+        let message = unsafe { self.message.into_string_lossy() };
+        match self.tag {
+            OUTCOME_OK => Ok(()),
+            OUTCOME_PANICKED => Err(HandleFailure::Panicked(message)),
+            OUTCOME_ERROR => Err(HandleFailure::Failed(message)),
+            other => Err(HandleFailure::Invalid(format!(
+                "unknown outcome tag {other}"
+            ))),
+        }
+    }
 }
 
 /// Converts a host's fetch outcome into the SDK's result.

@@ -52,6 +52,7 @@
 
 pub mod abi;
 mod body;
+mod config;
 #[doc(hidden)]
 pub mod ffi;
 mod host;
@@ -62,6 +63,7 @@ pub mod testing;
 
 pub use body::{Body, BodyError};
 pub use bytes::Bytes;
+pub use config::AppConfig;
 pub use host::{
     Elapsed, Fetch, FetchError, FetchErrorKind, FetchResponse, Host, Level, OutboundRequest, Sleep,
 };
@@ -80,40 +82,80 @@ pub mod futures {
 /// ```ignore
 /// async fn app(req: Request, host: Host) -> Response { Response::text("hi\n") }
 /// berth_app::export_app!(name = "hello", version = "0.1.0", handler = app);
-/// // `version` may be left out: it defaults to the crate's version.
 /// ```
+///
+/// * `version` may be left out: it defaults to the crate's version.
+/// * `init = f` (optional) runs once before the app is mounted, like ASGI's lifespan startup:
+///   `async fn f(config: AppConfig, host: Host) -> Result<(), E>` (or `()`), with `E:
+///   Display`. The app's settings from `berth.toml` are in `config`. An error, a panic or a
+///   time-out keeps the app from being mounted, and the reason is reported.
+/// * `shutdown = g` (optional) runs once before a version of the app is retired (replaced,
+///   removed, or the server stopping), after its last request: `async fn g(host: Host)` (or
+///   returning `Result<(), E>`).
 ///
 /// The handler may return anything that implements [`IntoResponse`]. The macro emits the one
 /// symbol Berth looks for (`berth_app_descriptor`), carrying the ABI version and layout
 /// fingerprint the host checks before calling anything else.
 #[macro_export]
 macro_rules! export_app {
-    (name = $name:expr, handler = $handler:path $(,)?) => {
-        $crate::export_app!(
-            name = $name,
-            version = ::core::env!("CARGO_PKG_VERSION"),
-            handler = $handler
-        );
-    };
-    (name = $name:expr, version = $version:expr, handler = $handler:path $(,)?) => {
+    (
+        name = $name:expr
+        $(, version = $version:expr)?
+        , handler = $handler:path
+        $(, init = $init:path)?
+        $(, shutdown = $shutdown:path)?
+        $(,)?
+    ) => {
         #[doc(hidden)]
         struct __BerthApp;
 
         impl $crate::__private::App for __BerthApp {
+            $(const HAS_INIT: bool = { let _ = $init; true };)?
+            $(const HAS_SHUTDOWN: bool = { let _ = $shutdown; true };)?
+
             fn handle(req: $crate::Request, host: $crate::Host) -> $crate::__private::BoxFuture {
                 ::std::boxed::Box::pin(async move {
                     $crate::IntoResponse::into_response($handler(req, host).await)
                 })
             }
+
+            $(
+                fn init(config: $crate::AppConfig, host: $crate::Host) -> $crate::__private::HookFuture {
+                    ::std::boxed::Box::pin(async move {
+                        $crate::__private::IntoHookResult::into_hook_result($init(config, host).await)
+                    })
+                }
+            )?
+
+            $(
+                fn shutdown(host: $crate::Host) -> $crate::__private::HookFuture {
+                    ::std::boxed::Box::pin(async move {
+                        $crate::__private::IntoHookResult::into_hook_result($shutdown(host).await)
+                    })
+                }
+            )?
         }
 
         /// The Berth app descriptor (ABI entry point).
         #[unsafe(no_mangle)]
         pub extern "C" fn berth_app_descriptor() -> *const $crate::abi::AppDescriptor {
-            static DESCRIPTOR: $crate::__private::Descriptor =
-                $crate::__private::Descriptor::new::<__BerthApp>($name, $version);
+            static DESCRIPTOR: $crate::__private::Descriptor = $crate::__private::Descriptor::new::<
+                __BerthApp,
+            >($name, $crate::__berth_version!($($version)?));
             DESCRIPTOR.as_ptr()
         }
+    };
+}
+
+/// Not public API: the version `export_app!` records when none is given.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __berth_version {
+    () => {
+        ::core::env!("CARGO_PKG_VERSION")
+    };
+    ($version:expr) => {
+        $version
     };
 }
 
@@ -125,4 +167,26 @@ pub mod __private {
     /// The boxed future of a handler.
     pub type BoxFuture =
         std::pin::Pin<Box<dyn std::future::Future<Output = crate::Response> + Send + 'static>>;
+
+    /// The boxed future of a lifecycle hook.
+    pub type HookFuture =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'static>>;
+
+    /// What an `init` or `shutdown` hook may return.
+    pub trait IntoHookResult {
+        /// Converts into the hook's outcome.
+        fn into_hook_result(self) -> Result<(), String>;
+    }
+
+    impl IntoHookResult for () {
+        fn into_hook_result(self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    impl<E: std::fmt::Display> IntoHookResult for Result<(), E> {
+        fn into_hook_result(self) -> Result<(), String> {
+            self.map_err(|e| e.to_string())
+        }
+    }
 }
