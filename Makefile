@@ -5,7 +5,7 @@
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 APPS_DIR ?= apps
-SAMPLE_APPS := hello echo fetch gather
+SAMPLE_APPS := hello echo fetch gather greeter
 SO := $(if $(filter Darwin,$(shell uname -s)),dylib,so)
 
 .PHONY: run apps test lint

@@ -38,6 +38,8 @@ pub struct Plugin {
     pub abi_minor: u32,
     handle:
         unsafe extern "C" fn(*const AbiRequest, AbiBody, AbiHost) -> FfiFuture<AbiHandleOutcome>,
+    init_hook: Option<unsafe extern "C" fn(AbiSettings, AbiHost) -> FfiFuture<AbiHookOutcome>>,
+    shutdown_hook: Option<unsafe extern "C" fn(AbiHost) -> FfiFuture<AbiHookOutcome>>,
     _library: ManuallyDrop<Library>,
 }
 
@@ -66,21 +68,46 @@ pub fn load(path: &Path) -> Result<Plugin, LoadError> {
     // before anything version-dependent.
     let header = unsafe { descriptor.cast::<DescriptorHeader>().read() };
     check_header(&header)?;
-    // SAFETY: the header matched this host's ABI (magic, major, minor, layout fingerprint), so
-    // the plugin's descriptor has our layout up to `size`, which covers every field we read.
-    let descriptor = unsafe { &*descriptor };
-    // SAFETY: descriptor strings point into the plugin's static memory.
-    let text = |field: &AbiStr, what: &str| {
-        unsafe { field.to_str(what) }
+    // The header matched this host's ABI (magic, major, a known minor, that minor's layout
+    // fingerprint), so the descriptor has our layout up to the plugin minor's size. Fields are
+    // read through raw pointers, never a reference to the whole struct, because an older
+    // minor's descriptor is shorter than ours.
+    let read_str = |field: *const AbiStr, what: &str| {
+        // SAFETY: `field` lies within the plugin minor's descriptor; the string points into the
+        // plugin's static memory.
+        unsafe { field.read().to_str(what) }
             .map(str::to_owned)
             .map_err(|e| LoadError::BadDescriptor(e.0))
     };
+    // SAFETY (for the field reads below): `descriptor` is valid and aligned, and each field read
+    // lies within the size of the plugin's minor, as checked above.
+    let (name, version, sdk_version, handle) = unsafe {
+        (
+            std::ptr::addr_of!((*descriptor).name),
+            std::ptr::addr_of!((*descriptor).version),
+            std::ptr::addr_of!((*descriptor).sdk_version),
+            std::ptr::addr_of!((*descriptor).handle).read(),
+        )
+    };
+    let (init, shutdown) = if header.abi_minor >= 1 {
+        // SAFETY: as above; these fields exist from ABI 1.1 on.
+        unsafe {
+            (
+                std::ptr::addr_of!((*descriptor).init).read(),
+                std::ptr::addr_of!((*descriptor).shutdown).read(),
+            )
+        }
+    } else {
+        (None, None)
+    };
     Ok(Plugin {
-        name: text(&descriptor.name, "app name")?,
-        version: text(&descriptor.version, "app version")?,
-        sdk_version: text(&descriptor.sdk_version, "SDK version")?,
+        name: read_str(name, "app name")?,
+        version: read_str(version, "app version")?,
+        sdk_version: read_str(sdk_version, "SDK version")?,
         abi_minor: header.abi_minor,
-        handle: descriptor.handle,
+        handle,
+        init_hook: init,
+        shutdown_hook: shutdown,
         _library: library,
     })
 }
@@ -112,12 +139,11 @@ fn check_header(header: &DescriptorHeader) -> Result<(), LoadError> {
             found: header.layout_fingerprint,
         });
     }
-    // Every descriptor of a known minor is at least as large as minor 0's.
-    if header.size < size_of::<AppDescriptor>() as u64 {
+    let expected = DESCRIPTOR_SIZES[header.abi_minor as usize];
+    if header.size < expected {
         return Err(LoadError::BadDescriptor(format!(
-            "descriptor is {} bytes, expected at least {}",
-            header.size,
-            size_of::<AppDescriptor>()
+            "descriptor is {} bytes, expected at least {expected} for ABI 1.{}",
+            header.size, header.abi_minor
         )));
     }
     Ok(())
@@ -157,14 +183,47 @@ impl Plugin {
             path: AbiStr::new(view.path.as_bytes()),
             query: AbiStr::new(view.query.as_bytes()),
         };
-        let host = AbiHost {
-            vtable: &HOST_VTABLE,
-            ctx: Arc::into_raw(scope).cast_mut().cast(),
-        };
+        let host = host_for(scope);
         // SAFETY: `handle` came from a checked descriptor; `request` and what it points to live
         // until the call returns; `body` and `host` are owned values handed over.
         unsafe { (self.handle)(&request, body, host) }
     }
+}
+
+impl Plugin {
+    /// Starts the app's `init` hook, if it has one. One reference to `scope` moves to the plugin.
+    pub fn init(
+        &self,
+        settings: &std::collections::BTreeMap<String, String>,
+        scope: Arc<RequestScope>,
+    ) -> Option<FfiFuture<AbiHookOutcome>> {
+        let init = self.init_hook?;
+        let list = berth_app::ffi::SettingList::new(settings);
+        // SAFETY: `init` came from a checked descriptor of ABI 1.1 or later; the settings live
+        // until the call returns; the host reference is handed over.
+        Some(unsafe { init(list.as_abi(), host_for(scope)) })
+    }
+
+    /// Starts the app's `shutdown` hook, if it has one.
+    pub fn shutdown(&self, scope: Arc<RequestScope>) -> Option<FfiFuture<AbiHookOutcome>> {
+        let shutdown = self.shutdown_hook?;
+        // SAFETY: as for `init`.
+        Some(unsafe { shutdown(host_for(scope)) })
+    }
+}
+
+/// Hands one reference to `scope` over as a host handle.
+fn host_for(scope: Arc<RequestScope>) -> AbiHost {
+    AbiHost {
+        vtable: &HOST_VTABLE,
+        ctx: Arc::into_raw(scope).cast_mut().cast(),
+    }
+}
+
+/// Takes ownership of a hook's outcome.
+pub fn hook_result(outcome: AbiHookOutcome) -> Result<(), HandleFailure> {
+    // SAFETY: the outcome was produced by the plugin's hook future and is owned by us.
+    unsafe { outcome.into_result() }
 }
 
 /// Takes ownership of a handler's outcome.
@@ -314,7 +373,7 @@ mod tests {
                     abi_minor: ABI_MINOR + 1,
                     ..good()
                 },
-                "supports up to 0",
+                "supports up to 1",
             ),
             (
                 DescriptorHeader {
@@ -325,7 +384,7 @@ mod tests {
             ),
             (
                 DescriptorHeader { size: 8, ..good() },
-                "descriptor is 8 bytes",
+                "descriptor is 8 bytes, expected at least 104 for ABI 1.1",
             ),
         ];
         for (header, needle) in cases {

@@ -1,85 +1,1003 @@
-//! Command-line and environment configuration.
+//! Configuration: the command line, the environment and the optional `berth.toml`.
+//!
+//! [`Cli`] is what the user typed (or set as `BERTH_*` variables); [`Config::load`] reads the
+//! config file, if there is one, and resolves every setting as: command line or environment,
+//! else the file, else the default. [`Config`] is the result the server runs with.
+//!
+//! The file is TOML and every key in it is optional:
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! apps_dir = "apps"                 # relative to the config file's directory
+//! admin_listen = "127.0.0.1:9090"   # or "off"
+//! drain_timeout = "30s"             # durations: seconds (30, 0.5) or "500ms", "30s", "2m"
+//! outbound_timeout = "30s"
+//! request_timeout = "60s"
+//! hook_timeout = "10s"
+//! watch = true
+//!
+//! [apps.hello]
+//! mount = "/hi"
+//! enabled = true
+//! request_timeout = "5s"
+//! hook_timeout = "2s"
+//! [apps.hello.settings]
+//! greeting = "Hi there"
+//! ```
+//!
+//! A key Berth does not know, a value of the wrong type or an invalid value is an error that
+//! names the file, the key and the line.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+/// The config file read when `--config` is not given, if it exists in the working directory.
+pub const DEFAULT_CONFIG_FILE: &str = "berth.toml";
+
+const DEFAULT_APPS_DIR: &str = "apps";
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Berth: serve HTTP apps compiled as Rust plugins.
 ///
 /// Every shared library in the apps directory that was built with `berth_app::export_app!` is
 /// loaded and mounted at `/<app name>`. `GET /` lists the mounted apps.
-#[derive(Debug, Clone, Parser)]
+///
+/// Every option is optional: one that is not given comes from the config file, else from its
+/// default, so [`Config::load`] can tell what the user set.
+#[derive(Debug, Clone, Default, Parser)]
 #[command(name = "berth", version, about, long_about = None)]
-pub struct Config {
-    /// Directory to load app libraries (`*.so`) from.
-    #[arg(
-        long,
-        env = "BERTH_APPS_DIR",
-        default_value = "apps",
-        value_name = "DIR"
-    )]
-    pub apps_dir: PathBuf,
+#[command(
+    after_help = "Options given here or in the environment override the config file \
+                        (--config, else ./berth.toml if it exists).\n\
+                        Durations are seconds (30, 0.5) or a duration like 500ms, 30s, 2m."
+)]
+pub struct Cli {
+    /// Config file to read; it must exist [default: ./berth.toml if it exists]
+    #[arg(long, env = "BERTH_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
 
-    /// Address to serve HTTP/1.1 and HTTP/2 (cleartext) on; port 0 picks a free port.
-    #[arg(
-        long,
-        env = "BERTH_LISTEN",
-        default_value = "127.0.0.1:8080",
-        value_name = "ADDR"
-    )]
-    pub listen: SocketAddr,
+    /// Directory to load app libraries (`*.so`) from [default: apps]
+    #[arg(long, env = "BERTH_APPS_DIR", value_name = "DIR")]
+    pub apps_dir: Option<PathBuf>,
+
+    /// Address to serve HTTP/1.1 and HTTP/2 (cleartext) on; port 0 picks a free port
+    /// [default: 127.0.0.1:8080]
+    #[arg(long, env = "BERTH_LISTEN", value_name = "ADDR", value_parser = parse_addr)]
+    pub listen: Option<SocketAddr>,
+
+    /// Address of the admin endpoint, or `off` [default: 127.0.0.1:9090]
+    #[arg(long, env = "BERTH_ADMIN_LISTEN", value_name = "ADDR|off")]
+    pub admin_listen: Option<AdminListen>,
 
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish before the process
-    /// exits anyway.
-    #[arg(long, env = "BERTH_DRAIN_TIMEOUT", default_value = "30", value_name = "SECS",
-          value_parser = parse_secs)]
-    pub drain_timeout: Duration,
+    /// exits anyway [default: 30s]
+    #[arg(long, env = "BERTH_DRAIN_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
 
-    /// Default time limit for an app's outbound request, until the response head arrives.
-    #[arg(long, env = "BERTH_OUTBOUND_TIMEOUT", default_value = "30", value_name = "SECS",
-          value_parser = parse_secs)]
-    pub outbound_timeout: Duration,
+    /// Default time limit for an app's outbound request, until the response head arrives
+    /// [default: 30s]
+    #[arg(long, env = "BERTH_OUTBOUND_TIMEOUT", value_name = "DUR",
+          value_parser = parse_positive_duration)]
+    pub outbound_timeout: Option<Duration>,
+
+    /// Default time limit for an app to answer a request; past it the client gets a 504
+    /// [default: 60s]
+    #[arg(long, env = "BERTH_REQUEST_TIMEOUT", value_name = "DUR",
+          value_parser = parse_positive_duration)]
+    pub request_timeout: Option<Duration>,
+
+    /// Do not watch the apps directory for added, changed or removed apps (watched by default)
+    #[arg(long, env = "BERTH_NO_WATCH", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_watch: bool,
 }
 
-impl Config {
-    /// A configuration with every default, serving `apps_dir` on `listen`.
-    pub fn new(apps_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
-        Config {
-            apps_dir: apps_dir.into(),
-            listen,
-            drain_timeout: Duration::from_secs(30),
-            outbound_timeout: Duration::from_secs(30),
+/// An admin endpoint address, or `off`: the value of `--admin-listen` and `admin_listen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminListen {
+    /// No admin endpoint.
+    Off,
+    /// Serve the admin endpoint on this address.
+    Addr(SocketAddr),
+}
+
+impl AdminListen {
+    /// The address, or `None` for `off`.
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            AdminListen::Off => None,
+            AdminListen::Addr(addr) => Some(addr),
         }
     }
 }
 
-/// Seconds as a non-negative decimal, e.g. `30` or `0.5`.
-fn parse_secs(value: &str) -> Result<Duration, String> {
-    let secs: f64 = value
-        .parse()
-        .map_err(|_| format!("{value:?} is not a number of seconds"))?;
+impl FromStr for AdminListen {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        if value.trim().eq_ignore_ascii_case("off") {
+            Ok(AdminListen::Off)
+        } else {
+            value.trim().parse().map(AdminListen::Addr).map_err(|_| {
+                format!(
+                    "{value:?} is neither a socket address nor `off`; expected IP:PORT like \
+                     \"127.0.0.1:9090\" or \"off\""
+                )
+            })
+        }
+    }
+}
+
+impl fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminListen::Off => f.write_str("off"),
+            AdminListen::Addr(addr) => addr.fmt(f),
+        }
+    }
+}
+
+/// The settings the server runs with: command line and environment over the config file over
+/// the defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file that was read, if any.
+    pub config_file: Option<PathBuf>,
+    /// Directory to load app libraries from (default `apps`). A relative path from the config
+    /// file is already resolved against the file's directory; one from the command line is
+    /// relative to the working directory.
+    pub apps_dir: PathBuf,
+    /// Address to serve apps on (default `127.0.0.1:8080`); port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Address of the admin endpoint (default `127.0.0.1:9090`); `None` when set to `off`.
+    pub admin_listen: Option<SocketAddr>,
+    /// On shutdown, how long in-flight requests may take to finish (default 30 s).
+    pub drain_timeout: Duration,
+    /// Default time limit for an app's outbound request, until the response head arrives
+    /// (default 30 s).
+    pub outbound_timeout: Duration,
+    /// Default time limit for an app to answer a request; past it the client gets a 504
+    /// (default 60 s). [`AppConfig::request_timeout`] overrides it per app.
+    pub request_timeout: Duration,
+    /// Default time limit for an app's init and shutdown hooks (default 10 s).
+    /// [`AppConfig::hook_timeout`] overrides it per app.
+    pub hook_timeout: Duration,
+    /// Whether to watch the apps directory for added, changed and removed apps (default true).
+    pub watch: bool,
+    /// Per-app settings from the config file's `[apps.<name>]` tables, keyed by app name. An
+    /// app without an entry gets [`AppConfig::default`]; see [`Config::app`].
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+/// One app's settings: a `[apps.<name>]` table of the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppConfig {
+    /// Path prefix to mount the app at instead of `/<name>`. Checked when loaded: it starts
+    /// with `/`, is not `/` alone, has no empty, `.` or `..` segment (so no trailing `/`), and
+    /// no `?`, `#`, whitespace or control character.
+    pub mount: Option<String>,
+    /// Whether to load the app at all (default true).
+    pub enabled: bool,
+    /// This app's request time limit, instead of [`Config::request_timeout`].
+    pub request_timeout: Option<Duration>,
+    /// This app's init and shutdown hook time limit, instead of [`Config::hook_timeout`].
+    pub hook_timeout: Option<Duration>,
+    /// String settings passed to the app's init, like an environment. Numbers and booleans in
+    /// the file are passed as their TOML text (`8080`, `true`).
+    pub settings: BTreeMap<String, String>,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            mount: None,
+            enabled: true,
+            request_timeout: None,
+            hook_timeout: None,
+            settings: BTreeMap::new(),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded. Every message names the file, and the key and
+/// line where they are known.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML, has an unknown key, a value of the wrong type or an
+    /// invalid value.
+    #[error("invalid config file {}{}: {message}", path.display(), location(*line, key.as_deref()))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line the error is on, if known.
+        line: Option<usize>,
+        /// The dotted key path, e.g. `apps.hello.mount`, if known.
+        key: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `, line 3, key `listen`` with whichever parts are known.
+fn location(line: Option<usize>, key: Option<&str>) -> String {
+    let mut text = String::new();
+    if let Some(line) = line {
+        text.push_str(&format!(", line {line}"));
+    }
+    if let Some(key) = key {
+        text.push_str(&format!(", key `{key}`"));
+    }
+    text
+}
+
+impl Config {
+    /// A configuration with every default, serving the apps in `apps_dir` on `listen`.
+    pub fn new(apps_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Config {
+            config_file: None,
+            apps_dir: apps_dir.into(),
+            listen,
+            admin_listen: Some(DEFAULT_ADMIN_LISTEN),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            outbound_timeout: DEFAULT_OUTBOUND_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            hook_timeout: DEFAULT_HOOK_TIMEOUT,
+            watch: true,
+            apps: BTreeMap::new(),
+        }
+    }
+
+    /// The settings of the app called `name`: its `[apps.<name>]` entry, or the defaults.
+    pub fn app(&self, name: &str) -> AppConfig {
+        self.apps.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Reads the config file named by `--config` (which must exist), or else `./berth.toml` if
+    /// it exists, and resolves every setting: `cli` over the file over the defaults.
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        Config::load_with_default(cli, Path::new(DEFAULT_CONFIG_FILE))
+    }
+
+    /// [`Config::load`], with `default_file` read when `--config` is not given.
+    fn load_with_default(cli: Cli, default_file: &Path) -> Result<Config, ConfigError> {
+        let (path, text) = match &cli.config {
+            Some(path) => (path.clone(), read(path)?),
+            None => match std::fs::read_to_string(default_file) {
+                Ok(text) => (default_file.to_owned(), text),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(Config::resolve(None, FileConfig::default(), cli));
+                }
+                Err(source) => {
+                    return Err(ConfigError::Read {
+                        path: default_file.to_owned(),
+                        source,
+                    });
+                }
+            },
+        };
+        let file = parse(&path, &text)?;
+        Ok(Config::resolve(Some(path), file, cli))
+    }
+
+    /// Applies `cli` over `file` over the defaults.
+    fn resolve(config_file: Option<PathBuf>, file: FileConfig, cli: Cli) -> Config {
+        let file_dir = config_file
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new(""));
+        let defaults = Config::new(DEFAULT_APPS_DIR, DEFAULT_LISTEN);
+        Config {
+            apps_dir: cli
+                .apps_dir
+                .or_else(|| file.apps_dir.map(|dir| file_dir.join(dir)))
+                .unwrap_or(defaults.apps_dir),
+            listen: cli
+                .listen
+                .or(file.listen.map(|a| a.0))
+                .unwrap_or(defaults.listen),
+            admin_listen: match cli.admin_listen.or(file.admin_listen) {
+                Some(admin) => admin.addr(),
+                None => defaults.admin_listen,
+            },
+            drain_timeout: cli
+                .drain_timeout
+                .or(file.drain_timeout.map(|d| d.0))
+                .unwrap_or(defaults.drain_timeout),
+            outbound_timeout: cli
+                .outbound_timeout
+                .or(file.outbound_timeout.map(|d| d.0))
+                .unwrap_or(defaults.outbound_timeout),
+            request_timeout: cli
+                .request_timeout
+                .or(file.request_timeout.map(|d| d.0))
+                .unwrap_or(defaults.request_timeout),
+            hook_timeout: file.hook_timeout.map_or(defaults.hook_timeout, |d| d.0),
+            watch: !cli.no_watch && file.watch.unwrap_or(defaults.watch),
+            apps: file
+                .apps
+                .into_iter()
+                .map(|(name, app)| (name, app.into()))
+                .collect(),
+            config_file,
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Parses and checks the file's text; `path` is only for the error.
+fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    let invalid = |err: toml::de::Error, key: Option<String>| {
+        let line = err.span().and_then(|span| line_of(text, span.start));
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.or_else(|| line.and_then(|line| key_on_line(text, line))),
+            line,
+            message: err.message().trim_end().to_owned(),
+        }
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|err| invalid(err, None))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let key = key_path(err.path());
+        invalid(err.into_inner(), key)
+    })
+}
+
+/// The dotted TOML key of a deserialization path, quoting keys that are not bare, e.g.
+/// `apps."my.app".mount`; `None` for the document itself.
+fn key_path(path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let mut text = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => text.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                let bare = !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if bare {
+                    text.push_str(key);
+                } else {
+                    text.push_str(&format!("{key:?}"));
+                }
+            }
+            Segment::Unknown => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push('?');
+            }
+        }
+    }
+    (!text.is_empty()).then_some(text)
+}
+
+/// The 1-based line of the byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> Option<usize> {
+    Some(text.get(..offset)?.matches('\n').count() + 1)
+}
+
+/// For a syntax error: the key assigned or the table opened on 1-based `line`, if any.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let source = text.lines().nth(line - 1)?.trim();
+    let key = if let Some(header) = source.strip_prefix('[') {
+        header.trim_start_matches('[').split(']').next()?
+    } else {
+        source.split('=').next().filter(|_| source.contains('='))?
+    };
+    let key = key.trim();
+    (!key.is_empty()).then(|| key.to_owned())
+}
+
+/// The file as written: every key optional, nothing resolved yet.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Addr>,
+    apps_dir: Option<PathBuf>,
+    admin_listen: Option<AdminListen>,
+    drain_timeout: Option<Secs>,
+    outbound_timeout: Option<PositiveSecs>,
+    request_timeout: Option<PositiveSecs>,
+    hook_timeout: Option<PositiveSecs>,
+    watch: Option<bool>,
+    #[serde(default)]
+    apps: BTreeMap<String, FileApp>,
+}
+
+/// An `[apps.<name>]` table as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApp {
+    mount: Option<Mount>,
+    enabled: Option<bool>,
+    request_timeout: Option<PositiveSecs>,
+    hook_timeout: Option<PositiveSecs>,
+    #[serde(default)]
+    settings: BTreeMap<String, Setting>,
+}
+
+impl From<FileApp> for AppConfig {
+    fn from(app: FileApp) -> Self {
+        AppConfig {
+            mount: app.mount.map(|m| m.0),
+            enabled: app.enabled.unwrap_or(true),
+            request_timeout: app.request_timeout.map(|d| d.0),
+            hook_timeout: app.hook_timeout.map(|d| d.0),
+            settings: app.settings.into_iter().map(|(k, v)| (k, v.0)).collect(),
+        }
+    }
+}
+
+/// A socket address written as a string, e.g. `"127.0.0.1:8080"`.
+#[derive(Debug)]
+struct Addr(SocketAddr);
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_addr(&text).map(Addr).map_err(de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for AdminListen {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(de::Error::custom)
+    }
+}
+
+/// A duration of 0 or more: a number of seconds or a humantime string.
+#[derive(Debug)]
+struct Secs(Duration);
+
+/// A duration of more than 0: a number of seconds or a humantime string.
+#[derive(Debug)]
+struct PositiveSecs(Duration);
+
+impl<'de> Deserialize<'de> for Secs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(DurationVisitor).map(Secs)
+    }
+}
+
+impl<'de> Deserialize<'de> for PositiveSecs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let duration = deserializer.deserialize_any(DurationVisitor)?;
+        check_positive(duration)
+            .map(PositiveSecs)
+            .map_err(de::Error::custom)
+    }
+}
+
+struct DurationVisitor;
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number of seconds (30, 0.5) or a duration string (\"500ms\", \"2m\")")
+    }
+
+    fn visit_i64<E: de::Error>(self, secs: i64) -> Result<Duration, E> {
+        u64::try_from(secs).map(Duration::from_secs).map_err(|_| {
+            E::custom(format!(
+                "{secs} is not a valid duration (0 or more seconds)"
+            ))
+        })
+    }
+
+    fn visit_u64<E: de::Error>(self, secs: u64) -> Result<Duration, E> {
+        Ok(Duration::from_secs(secs))
+    }
+
+    fn visit_f64<E: de::Error>(self, secs: f64) -> Result<Duration, E> {
+        secs_f64(secs, &secs.to_string()).map_err(E::custom)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+        parse_duration(text).map_err(E::custom)
+    }
+}
+
+/// A path prefix to mount an app at, checked by [`check_mount`].
+#[derive(Debug)]
+struct Mount(String);
+
+impl<'de> Deserialize<'de> for Mount {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mount = String::deserialize(deserializer)?;
+        check_mount(&mount)
+            .map_err(|why| de::Error::custom(format!("invalid mount {mount:?}: {why}")))?;
+        Ok(Mount(mount))
+    }
+}
+
+/// Why `mount` cannot be a mount path, if it cannot.
+fn check_mount(mount: &str) -> Result<(), &'static str> {
+    let Some(rest) = mount.strip_prefix('/') else {
+        return Err("it must start with '/'");
+    };
+    if rest.is_empty() {
+        return Err("'/' is where Berth lists the apps; mount the app under a path like \"/hi\"");
+    }
+    if mount.contains(['?', '#']) {
+        return Err("it must not contain '?' or '#'");
+    }
+    if mount.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("it must not contain whitespace or control characters");
+    }
+    if rest.split('/').any(|segment| segment.is_empty()) {
+        return Err("it must not end with '/' or contain \"//\"");
+    }
+    if rest
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Err("it must not contain \".\" or \"..\" segments");
+    }
+    Ok(())
+}
+
+/// A value of `[apps.<name>.settings]`: a string, or a number or boolean as its TOML text.
+#[derive(Debug)]
+struct Setting(String);
+
+impl<'de> Deserialize<'de> for Setting {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SettingVisitor;
+
+        impl Visitor<'_> for SettingVisitor {
+            type Value = String;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+                Ok(v.to_owned())
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+        }
+
+        deserializer.deserialize_any(SettingVisitor).map(Setting)
+    }
+}
+
+/// A socket address such as `127.0.0.1:8080` or `[::1]:8080`.
+fn parse_addr(value: &str) -> Result<SocketAddr, String> {
+    value.trim().parse().map_err(|_| {
+        format!("{value:?} is not a socket address; expected IP:PORT like \"127.0.0.1:8080\"")
+    })
+}
+
+/// A duration of 0 or more: seconds as a decimal (`30`, `0.5`) or a humantime string
+/// (`500ms`, `30s`, `2m`, `1h 30m`).
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let text = value.trim();
+    if let Ok(secs) = text.parse::<f64>() {
+        return secs_f64(secs, value);
+    }
+    humantime::parse_duration(text).map_err(|err| {
+        format!(
+            "{value:?} is not a duration ({err}); expected seconds (30, 0.5) or a duration like \
+             500ms, 30s, 2m"
+        )
+    })
+}
+
+/// [`parse_duration`], but more than 0.
+fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    parse_duration(value).and_then(check_positive)
+}
+
+fn check_positive(duration: Duration) -> Result<Duration, String> {
+    if duration.is_zero() {
+        Err("the time limit must be more than 0".to_owned())
+    } else {
+        Ok(duration)
+    }
+}
+
+/// `secs` seconds; `written` is how the user wrote it, for the error.
+fn secs_f64(secs: f64, written: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("{value:?} is not a valid duration (0 or more seconds)"))
+        .map_err(|_| format!("{written:?} is not a valid duration (0 or more seconds)"))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    #![allow(clippy::unwrap_used)]
 
-    #[test]
-    fn parses_fractional_seconds() {
-        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
-        assert!(parse_secs("-1").is_err());
-        assert!(parse_secs("soon").is_err());
+    use super::*;
+    use clap::CommandFactory;
+
+    /// A fresh empty directory for one test, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl std::ops::Deref for TempDir {
+        type Target = Path;
+
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_dir(name: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("berth-config-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// Writes `toml` to `<temp dir>/berth.toml` and loads it with `args` on the command line.
+    fn load(name: &str, toml: &str, args: &[&str]) -> Result<Config, ConfigError> {
+        let dir = temp_dir(name);
+        let file = dir.join("berth.toml");
+        std::fs::write(&file, toml).unwrap();
+        let mut argv = vec!["berth".to_owned(), "--config".to_owned()];
+        argv.push(file.to_str().unwrap().to_owned());
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        Config::load(Cli::try_parse_from(argv).unwrap())
+    }
+
+    fn load_err(name: &str, toml: &str) -> String {
+        let err = load(name, toml, &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("berth.toml"), "no file in: {message}");
+        message
     }
 
     #[test]
-    fn defaults_are_sensible() {
-        let config = Config::try_parse_from(["berth"]).expect("defaults parse");
+    fn defaults_without_a_file() {
+        let dir = temp_dir("defaults");
+        let cli = Cli::try_parse_from(["berth"]).unwrap();
+        let config = Config::load_with_default(cli, &dir.join("berth.toml")).unwrap();
+        assert_eq!(config.config_file, None);
         assert_eq!(config.apps_dir, PathBuf::from("apps"));
-        assert_eq!(config.listen.port(), 8080);
+        assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
         assert_eq!(config.drain_timeout, Duration::from_secs(30));
+        assert_eq!(config.outbound_timeout, Duration::from_secs(30));
+        assert_eq!(config.request_timeout, Duration::from_secs(60));
+        assert_eq!(config.hook_timeout, Duration::from_secs(10));
+        assert!(config.watch);
+        assert!(config.apps.is_empty());
+        assert_eq!(config.app("hello"), AppConfig::default());
+        assert!(config.app("hello").enabled);
+    }
+
+    #[test]
+    fn default_file_is_read_when_present() {
+        let dir = temp_dir("default-file");
+        let file = dir.join("berth.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\n").unwrap();
+        let cli = Cli::try_parse_from(["berth"]).unwrap();
+        let config = Config::load_with_default(cli, &file).unwrap();
+        assert_eq!(config.config_file, Some(file));
+        assert_eq!(config.listen.port(), 1);
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config = load("empty", "", &[]).unwrap();
+        assert!(config.config_file.is_some());
+        assert_eq!(config.listen.port(), 8080);
+        assert_eq!(config.request_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn file_values() {
+        let toml = r#"
+            listen = "0.0.0.0:8000"
+            apps_dir = "/srv/apps"
+            admin_listen = "127.0.0.1:9999"
+            drain_timeout = "5s"
+            outbound_timeout = "1m"
+            request_timeout = "90s"
+            hook_timeout = "3s"
+            watch = false
+
+            [apps.hello]
+            mount = "/hi/there"
+            enabled = false
+            request_timeout = "5s"
+            hook_timeout = "2s"
+            [apps.hello.settings]
+            greeting = "Hi there"
+            port = 8080
+            loud = true
+
+            [apps.other]
+        "#;
+        let config = load("file-values", toml, &[]).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:8000".parse().unwrap());
+        assert_eq!(config.apps_dir, PathBuf::from("/srv/apps"));
+        assert_eq!(config.admin_listen, Some("127.0.0.1:9999".parse().unwrap()));
+        assert_eq!(config.drain_timeout, Duration::from_secs(5));
+        assert_eq!(config.outbound_timeout, Duration::from_secs(60));
+        assert_eq!(config.request_timeout, Duration::from_secs(90));
+        assert_eq!(config.hook_timeout, Duration::from_secs(3));
+        assert!(!config.watch);
+        let hello = config.app("hello");
+        assert_eq!(hello.mount.as_deref(), Some("/hi/there"));
+        assert!(!hello.enabled);
+        assert_eq!(hello.request_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(hello.hook_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(hello.settings["greeting"], "Hi there");
+        assert_eq!(hello.settings["port"], "8080");
+        assert_eq!(hello.settings["loud"], "true");
+        assert_eq!(config.app("other"), AppConfig::default());
+    }
+
+    #[test]
+    fn cli_overrides_file() {
+        let toml = r#"
+            listen = "0.0.0.0:8000"
+            apps_dir = "from-file"
+            admin_listen = "127.0.0.1:9999"
+            drain_timeout = 5
+            outbound_timeout = 5
+            request_timeout = 5
+            watch = true
+        "#;
+        let args = [
+            "--listen",
+            "127.0.0.1:7000",
+            "--apps-dir",
+            "from-cli",
+            "--admin-listen",
+            "off",
+            "--drain-timeout",
+            "1",
+            "--outbound-timeout",
+            "2s",
+            "--request-timeout",
+            "1500ms",
+            "--no-watch",
+        ];
+        let config = load("cli-overrides", toml, &args).unwrap();
+        assert_eq!(config.listen.port(), 7000);
+        assert_eq!(config.apps_dir, PathBuf::from("from-cli"));
+        assert_eq!(config.admin_listen, None);
+        assert_eq!(config.drain_timeout, Duration::from_secs(1));
+        assert_eq!(config.outbound_timeout, Duration::from_secs(2));
+        assert_eq!(config.request_timeout, Duration::from_millis(1500));
+        assert!(!config.watch);
+    }
+
+    #[test]
+    fn cli_parses_every_option_and_reads_the_environment() {
+        let cli = Cli::try_parse_from([
+            "berth",
+            "--config",
+            "x.toml",
+            "--admin-listen",
+            "[::1]:9000",
+            "--drain-timeout",
+            "0.25",
+        ])
+        .unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("x.toml")));
+        assert_eq!(
+            cli.admin_listen,
+            Some(AdminListen::Addr("[::1]:9000".parse().unwrap()))
+        );
+        assert_eq!(cli.drain_timeout, Some(Duration::from_millis(250)));
+        assert!(!cli.no_watch);
+
+        assert!(Cli::try_parse_from(["berth", "--listen", "nope"]).is_err());
+        assert!(Cli::try_parse_from(["berth", "--request-timeout", "0"]).is_err());
+        assert!(Cli::try_parse_from(["berth", "--drain-timeout", "soon"]).is_err());
+
+        // Setting variables would race with other tests; check each option's variable instead.
+        let command = Cli::command();
+        let env = |id: &str| {
+            let arg = command.get_arguments().find(|a| a.get_id() == id).unwrap();
+            arg.get_env().unwrap().to_str().unwrap().to_owned()
+        };
+        assert_eq!(env("config"), "BERTH_CONFIG");
+        assert_eq!(env("apps_dir"), "BERTH_APPS_DIR");
+        assert_eq!(env("listen"), "BERTH_LISTEN");
+        assert_eq!(env("admin_listen"), "BERTH_ADMIN_LISTEN");
+        assert_eq!(env("drain_timeout"), "BERTH_DRAIN_TIMEOUT");
+        assert_eq!(env("outbound_timeout"), "BERTH_OUTBOUND_TIMEOUT");
+        assert_eq!(env("request_timeout"), "BERTH_REQUEST_TIMEOUT");
+        assert_eq!(env("no_watch"), "BERTH_NO_WATCH");
+        command.debug_assert();
+    }
+
+    #[test]
+    fn durations_as_numbers_and_strings() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("inf").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+
+        let toml = r#"
+            drain_timeout = 0
+            outbound_timeout = 0.5
+            request_timeout = "2m"
+            hook_timeout = "1.5"
+        "#;
+        let config = load("durations", toml, &[]).unwrap();
+        assert_eq!(config.drain_timeout, Duration::ZERO);
+        assert_eq!(config.outbound_timeout, Duration::from_millis(500));
+        assert_eq!(config.request_timeout, Duration::from_secs(120));
+        assert_eq!(config.hook_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn admin_listen_off() {
+        let config = load("admin-off", "admin_listen = \"off\"\n", &[]).unwrap();
+        assert_eq!(config.admin_listen, None);
+        let config = load(
+            "admin-on",
+            "admin_listen = \"off\"\n",
+            &["--admin-listen", "127.0.0.1:1"],
+        )
+        .unwrap();
+        assert_eq!(config.admin_listen, Some("127.0.0.1:1".parse().unwrap()));
+    }
+
+    #[test]
+    fn relative_apps_dir_is_relative_to_the_file() {
+        let dir = temp_dir("relative");
+        let file = dir.join("conf").join("berth.toml");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "apps_dir = \"../plugins\"\n").unwrap();
+        let cli = Cli::try_parse_from(["berth", "--config", file.to_str().unwrap()]).unwrap();
+        let config = Config::load(cli).unwrap();
+        assert_eq!(config.apps_dir, dir.join("conf").join("../plugins"));
+
+        // A file named without a directory: relative to the working directory, unchanged.
+        let config = Config::resolve(
+            Some(PathBuf::from("berth.toml")),
+            toml::from_str("apps_dir = \"plugins\"").unwrap(),
+            Cli::default(),
+        );
+        assert_eq!(config.apps_dir, PathBuf::from("plugins"));
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let path = temp_dir("missing").join("nope.toml");
+        let cli = Cli::try_parse_from(["berth", "--config", path.to_str().unwrap()]).unwrap();
+        let err = Config::load(cli).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+        assert!(err.to_string().contains("nope.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        let message = load_err("unknown-key", "listen = \"127.0.0.1:80\"\nlisen = \"x\"\n");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.contains("key `lisen`"), "{message}");
+        assert!(message.contains("unknown field `lisen`"), "{message}");
+    }
+
+    #[test]
+    fn unknown_app_key() {
+        let message = load_err(
+            "unknown-app-key",
+            "[apps.hello]\nmount = \"/hi\"\nmont = \"/x\"\n",
+        );
+        assert!(message.contains("line 3"), "{message}");
+        assert!(message.contains("key `apps.hello.mont`"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type() {
+        let message = load_err("wrong-type", "\n\ndrain_timeout = true\n");
+        assert!(message.contains("line 3"), "{message}");
+        assert!(message.contains("key `drain_timeout`"), "{message}");
+        assert!(
+            message.contains("invalid type: boolean `true`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn bad_address() {
+        let message = load_err("bad-address", "listen = \"nope\"\n");
+        assert!(message.contains("line 1"), "{message}");
+        assert!(message.contains("key `listen`"), "{message}");
+        assert!(message.contains("\"nope\""), "{message}");
+    }
+
+    #[test]
+    fn bad_mount() {
+        let message = load_err("bad-mount", "[apps.hello]\n\nmount = \"hi\"\n");
+        assert!(message.contains("line 3"), "{message}");
+        assert!(message.contains("key `apps.hello.mount`"), "{message}");
+        assert!(message.contains("\"hi\""), "{message}");
+        for bad in ["/", "/hi/", "/a//b", "/a?b", "/a#b", "/a b", "/a/../b", ""] {
+            assert!(check_mount(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["/hi", "/a/b", "/a-b_c.d", "/%20"] {
+            assert_eq!(check_mount(good), Ok(()), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_names_the_line_and_key() {
+        let message = load_err("syntax", "watch = true\nlisten = \"127.0.0.1:80\n");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.contains("key `listen`"), "{message}");
+    }
+
+    #[test]
+    fn zero_request_timeout_is_an_error() {
+        let message = load_err("zero", "[apps.a]\nrequest_timeout = 0\n");
+        assert!(
+            message.contains("key `apps.a.request_timeout`"),
+            "{message}"
+        );
+        assert!(message.contains("more than 0"), "{message}");
+    }
+
+    #[test]
+    fn quoted_app_names_are_quoted_in_keys() {
+        let message = load_err("quoted", "[apps.\"my.app\"]\nmount = 1\n");
+        assert!(message.contains("key `apps.\"my.app\".mount`"), "{message}");
     }
 }

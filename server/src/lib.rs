@@ -14,7 +14,7 @@
 //!
 //! # Layout
 //!
-//! * [`config`]: command line and environment;
+//! * [`config`]: command line, environment and the `berth.toml` config file;
 //! * [`plugin`]: loading the apps directory, and the per-request state apps call back into;
 //! * `bridge`: the one module with `unsafe` code — opening libraries, checking descriptors,
 //!   calling handlers, and the capability table plugins call;
@@ -22,14 +22,18 @@
 //! * [`outbound`]: the pooled HTTP client apps fetch through;
 //! * [`server`]: the listener, the accept loop, request dispatch and graceful shutdown.
 
+pub mod admin;
 mod bridge;
 pub mod config;
+pub mod loader;
 pub mod outbound;
 pub mod plugin;
+pub mod registry;
 pub mod router;
 pub mod server;
+pub mod watch;
 
-pub use config::Config;
+pub use config::{AppConfig, Cli, Config, ConfigError};
 pub use server::{ServeError, run};
 
 /// An error and its sources on one line, e.g. "client error (Connect): tcp connect error:

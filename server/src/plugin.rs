@@ -1,7 +1,6 @@
 //! Loading apps from the apps directory, and the per-request state apps call back into.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,6 @@ use berth_app::abi::{
     self, AbiBody, AbiFetchOutcome, AbiResponse, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARN,
 };
 
-use crate::bridge::{self, Plugin};
 use crate::outbound::{Exchange, FetchFailure, Outbound};
 
 /// Why a file in the apps directory was not loaded.
@@ -76,81 +74,41 @@ pub enum LoadError {
         /// The file that was loaded first.
         other: PathBuf,
     },
+    /// Another app is mounted at the same path.
+    #[error("mount {mount} is already used by app {other:?}")]
+    MountTaken {
+        /// The mount path.
+        mount: String,
+        /// The app mounted there.
+        other: String,
+    },
+    /// The file could not be read (or copied).
+    #[error("cannot read the file: {0}")]
+    Read(String),
+    /// `enabled = false` in the config file.
+    #[error("app {0:?} is disabled in the config file")]
+    Disabled(String),
+    /// The app's `init` hook failed or panicked.
+    #[error("init failed: {0}")]
+    Init(String),
+    /// The app's `init` hook did not finish in time.
+    #[error("init did not finish within {0:?}")]
+    InitTimeout(Duration),
 }
 
-/// An app that is loaded and ready to serve.
-#[derive(Debug)]
-pub struct App {
-    /// The app's name (shared with every request's log lines).
-    pub name: Arc<str>,
-    /// The path prefix it is mounted at.
-    pub mount: String,
-    /// The file it was loaded from.
-    pub file: PathBuf,
-    /// The plugin itself.
-    pub plugin: Plugin,
-}
-
-/// Loads one file as an app.
-pub fn load_app(file: &Path) -> Result<App, LoadError> {
-    let plugin = bridge::load(file)?;
-    let valid = !plugin.name.is_empty()
-        && plugin.name != "."
-        && plugin.name != ".."
-        && plugin
-            .name
+/// Checks that an app's name can be a path segment.
+pub fn check_name(name: &str) -> Result<(), LoadError> {
+    let valid = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !valid {
-        return Err(LoadError::InvalidName(plugin.name));
+    if valid {
+        Ok(())
+    } else {
+        Err(LoadError::InvalidName(name.to_owned()))
     }
-    Ok(App {
-        mount: format!("/{}", plugin.name),
-        name: Arc::from(plugin.name.as_str()),
-        file: file.to_owned(),
-        plugin,
-    })
-}
-
-/// What loading the apps directory produced: the apps, and the files that failed with why.
-#[derive(Debug, Default)]
-pub struct LoadReport {
-    /// Apps loaded successfully, in file-name order.
-    pub apps: Vec<App>,
-    /// Files that could not be loaded.
-    pub failures: Vec<(PathBuf, LoadError)>,
-}
-
-/// Loads every shared library (`*.so` on Linux) in `dir`, in file-name order. A file that fails
-/// is reported and skipped; the first of two files with the same app name wins.
-pub fn load_dir(dir: &Path) -> std::io::Result<LoadReport> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            path.extension().and_then(|e| e.to_str()) == Some(std::env::consts::DLL_EXTENSION)
-        })
-        .collect();
-    files.sort();
-    let mut report = LoadReport::default();
-    let mut by_name: HashMap<Arc<str>, PathBuf> = HashMap::new();
-    for file in files {
-        match load_app(&file) {
-            Ok(app) => {
-                if let Some(other) = by_name.get(&app.name) {
-                    let error = LoadError::Duplicate {
-                        name: app.name.to_string(),
-                        other: other.clone(),
-                    };
-                    report.failures.push((file, error));
-                } else {
-                    by_name.insert(app.name.clone(), file);
-                    report.apps.push(app);
-                }
-            }
-            Err(error) => report.failures.push((file, error)),
-        }
-    }
-    Ok(report)
 }
 
 /// Host state behind the `ctx` pointer an app receives with each request: who the app is and the

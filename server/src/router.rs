@@ -3,29 +3,29 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::plugin::App;
+use crate::registry::AppVersion;
 
 /// The mount table: path prefix → app.
 #[derive(Debug, Default)]
 pub struct Router {
-    mounts: BTreeMap<String, Arc<App>>,
+    mounts: BTreeMap<String, Arc<AppVersion>>,
 }
 
 /// A request matched to an app.
 #[derive(Debug)]
 pub struct Route<'a> {
     /// The app.
-    pub app: &'a Arc<App>,
+    pub app: &'a Arc<AppVersion>,
     /// The path below the mount, starting with `/` (`/` when the request named the mount itself).
     pub path: &'a str,
 }
 
 impl Router {
     /// A router mounting each app at its `mount`.
-    pub fn new(apps: impl IntoIterator<Item = App>) -> Self {
+    pub fn new(apps: impl IntoIterator<Item = Arc<AppVersion>>) -> Self {
         let mounts = apps
             .into_iter()
-            .map(|app| (app.mount.clone(), Arc::new(app)))
+            .map(|app| (app.mount.clone(), app))
             .collect();
         Router { mounts }
     }
@@ -52,7 +52,7 @@ impl Router {
     }
 
     /// The mounted apps, ordered by mount.
-    pub fn apps(&self) -> impl Iterator<Item = &Arc<App>> {
+    pub fn apps(&self) -> impl Iterator<Item = &Arc<AppVersion>> {
         self.mounts.values()
     }
 

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use berth_app::ffi::{ForeignBody, HandleFailure};
@@ -24,19 +25,22 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::bridge::{RequestView, outcome_into_parts};
 use crate::config::Config;
 use crate::outbound::Outbound;
-use crate::plugin::{self, RequestScope, incoming_to_abi};
+use crate::plugin::incoming_to_abi;
+use crate::registry::{InFlight, Registry, Rescan};
 use crate::router::Router;
+use crate::{admin, watch};
 
 /// The body of every response Berth sends: its own small answers, or an app's stream.
 pub type ResponseBody = Either<Full<Bytes>, AppBody>;
 
-/// An app's response body, streamed to the client chunk by chunk as hyper asks for it. A
-/// failure mid-stream (the app's stream returned an error or panicked) is logged with the app's
-/// name; hyper then aborts the response, so the client sees it cut short rather than complete.
+/// An app's response body, streamed to the client chunk by chunk as hyper asks for it. It keeps
+/// its request counted in flight on its app version until it is finished or dropped. A failure
+/// mid-stream (the app's stream returned an error or panicked) is logged with the app's name and
+/// counted as an error; hyper then aborts the response, so the client sees it cut short.
 #[derive(Debug)]
 pub struct AppBody {
     inner: ForeignBody,
-    app: Arc<str>,
+    _in_flight: InFlight,
 }
 
 impl http_body::Body for AppBody {
@@ -49,7 +53,9 @@ impl http_body::Body for AppBody {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Err(err))) = &polled {
-            tracing::error!(app = &*self.app, "app's response body failed: {err}");
+            let version = self._in_flight.version();
+            version.stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(app = &*version.name, "app's response body failed: {err}");
         }
         polled
     }
@@ -75,6 +81,9 @@ pub enum ServeError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The private directory for shadow copies of app libraries could not be created.
+    #[error("cannot create the shadow directory for app libraries: {0}")]
+    Shadow(std::io::Error),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -85,46 +94,54 @@ pub enum ServeError {
     },
 }
 
-/// What every connection shares.
-#[derive(Debug)]
-struct State {
-    router: Router,
-    outbound: Outbound,
-    runtime: tokio::runtime::Handle,
-}
-
-/// Loads the apps, binds the listener and serves until `shutdown` completes, then drains
-/// in-flight requests for at most `config.drain_timeout`.
+/// Loads the apps, binds the listeners and serves until `shutdown` completes, then drains
+/// in-flight requests for at most `config.drain_timeout` and runs the apps' shutdown hooks.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    let report = plugin::load_dir(&config.apps_dir).map_err(|source| ServeError::AppsDir {
-        path: config.apps_dir.clone(),
+    let apps_dir = config.apps_dir.clone();
+    let apps_dir_error = |source| ServeError::AppsDir {
+        path: apps_dir.clone(),
         source,
-    })?;
-    for (file, error) in &report.failures {
-        tracing::warn!(file = %file.display(), "failed to load app: {error}");
+    };
+    if !std::fs::metadata(&config.apps_dir)
+        .map_err(apps_dir_error)?
+        .is_dir()
+    {
+        let not_dir = std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory");
+        return Err(apps_dir_error(not_dir));
     }
-    for app in &report.apps {
-        tracing::info!(
-            app = &*app.name,
-            version = app.plugin.version,
-            mount = app.mount,
-            file = %app.file.display(),
-            "mounted app"
-        );
-    }
-    if report.apps.is_empty() {
-        tracing::warn!(dir = %config.apps_dir.display(), "no apps loaded");
-    }
+    let config = Arc::new(config);
+    let registry = Registry::new(Arc::clone(&config), Outbound::new(config.outbound_timeout))
+        .map_err(ServeError::Shadow)?;
+    registry.rescan(Rescan::Changed).await;
+
     let listener = bind(config.listen).map_err(|source| ServeError::Bind {
         addr: config.listen,
         source,
     })?;
-    let state = Arc::new(State {
-        router: Router::new(report.apps),
-        outbound: Outbound::new(config.outbound_timeout),
-        runtime: tokio::runtime::Handle::current(),
-    });
-    serve(listener, state, shutdown, config.drain_timeout).await;
+    if let Some(addr) = config.admin_listen {
+        let admin = bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+        tokio::spawn(admin::serve(admin, Arc::clone(&registry)));
+    }
+    // Kept alive for as long as we serve.
+    let _watcher = if config.watch {
+        watch::spawn(Arc::clone(&registry), &config.apps_dir)
+            .inspect_err(|err| {
+                tracing::warn!("cannot watch the apps directory ({err}); send SIGHUP to rescan")
+            })
+            .ok()
+    } else {
+        None
+    };
+    watch::rescan_on_sighup(Arc::clone(&registry));
+
+    serve(
+        listener,
+        Arc::clone(&registry),
+        shutdown,
+        config.drain_timeout,
+    )
+    .await;
+    registry.shutdown().await;
     Ok(())
 }
 
@@ -145,7 +162,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn serve(
     listener: TcpListener,
-    state: Arc<State>,
+    state: Arc<Registry>,
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
 ) {
@@ -191,7 +208,7 @@ async fn serve(
 fn spawn_connection(
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
-    state: &Arc<State>,
+    state: &Arc<Registry>,
     stream: TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
@@ -202,8 +219,8 @@ fn spawn_connection(
     }
     let state = Arc::clone(state);
     let service = service_fn(move |request| {
-        let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(dispatch(&state, request, peer, local).await) }
+        let registry = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(dispatch(&registry, request, peer, local).await) }
     });
     let connection = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -217,23 +234,26 @@ fn spawn_connection(
 }
 
 async fn dispatch(
-    state: &State,
+    registry: &Registry,
     request: Request<Incoming>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let path = request.uri().path().to_owned();
+    let router = registry.router();
     if path == "/" {
-        return listing(&state.router);
+        return listing(&router);
     }
-    let Some(route) = state.router.route(&path) else {
+    let Some(route) = router.route(&path) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("no app is mounted at {path}\n"),
         );
     };
-    let app = route.app;
+    // The request holds its version until its response body is done, whatever swaps happen.
+    let in_flight = route.app.begin();
+    let app = Arc::clone(in_flight.version());
     let mut log = RequestLog {
         app: &app.name,
         method: request.method().clone(),
@@ -254,44 +274,57 @@ async fn dispatch(
         path: route.path,
         query: parts.uri.query().unwrap_or(""),
     };
-    let scope = Arc::new(RequestScope {
-        app: Arc::clone(&app.name),
-        outbound: state.outbound.clone(),
-        runtime: state.runtime.clone(),
-    });
-    let future = app.plugin.handle(&view, incoming_to_abi(body), scope);
-    // The plugin catches its own panics; this only guards against a broken plugin glue.
-    let outcome = AssertUnwindSafe(future).catch_unwind().await;
-    let response = match outcome.map(outcome_into_parts) {
-        Ok(Ok((status, headers, body))) => {
-            let body = AppBody {
-                inner: body,
-                app: Arc::clone(&app.name),
-            };
-            let mut response = Response::new(Either::Right(body));
-            *response.status_mut() = status;
-            *response.headers_mut() = headers;
-            response
-        }
-        Ok(Err(HandleFailure::Panicked(message))) => {
-            tracing::error!(app = &*app.name, "app panicked: {message}");
-            internal_error()
-        }
-        Ok(Err(HandleFailure::Invalid(message))) => {
-            tracing::error!(
+    let future = app
+        .plugin
+        .handle(&view, incoming_to_abi(body), registry.scope(&app.name));
+    // The plugin catches its own panics; catch_unwind only guards against a broken plugin glue.
+    let limit = app.request_timeout;
+    let outcome = tokio::time::timeout(limit, AssertUnwindSafe(future).catch_unwind()).await;
+    let response = match outcome {
+        Err(_elapsed) => {
+            tracing::warn!(
                 app = &*app.name,
-                "app returned an invalid response: {message}"
+                "app did not answer within {limit:?}; its future was dropped"
             );
-            internal_error()
+            text(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("the app did not answer within {limit:?}\n"),
+            )
         }
-        Err(_) => {
+        Ok(Err(_)) => {
             tracing::error!(
                 app = &*app.name,
                 "app's future panicked across the boundary"
             );
             internal_error()
         }
+        Ok(Ok(outcome)) => match outcome_into_parts(outcome) {
+            Ok((status, headers, body)) => {
+                let body = AppBody {
+                    inner: body,
+                    _in_flight: in_flight,
+                };
+                let mut response = Response::new(Either::Right(body));
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                response
+            }
+            Err(HandleFailure::Panicked(message)) => {
+                tracing::error!(app = &*app.name, "app panicked: {message}");
+                internal_error()
+            }
+            Err(failure) => {
+                tracing::error!(
+                    app = &*app.name,
+                    "app returned an invalid response: {failure}"
+                );
+                internal_error()
+            }
+        },
     };
+    if response.status().is_server_error() {
+        app.stats.errors.fetch_add(1, Ordering::Relaxed);
+    }
     log.status = Some(response.status());
     response
 }

@@ -4,6 +4,10 @@
 //! is read line by line on a background thread into a shared buffer that tests search with
 //! [`Berth::wait_for_log`]. Dropping a [`Berth`] kills the process; if the test is failing, the
 //! captured stderr and stdout are printed so the failure explains itself.
+//!
+//! Each [`Berth`] gets a temporary directory holding its apps directory (`apps/`) and, when the
+//! test gives one, its config file (`berth.toml`). Its admin listener is on `127.0.0.1:0` unless
+//! the test turns it off, so tests never compete for the default admin port.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -26,14 +30,25 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// server's 10 s outbound timeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Environment variables `berth` reads; removed from the child's environment so that the
-/// developer's shell cannot change what a test sees.
-const BERTH_ENV: [&str; 4] = [
+/// Environment variables `berth` reads (or may read); removed from the child's environment so
+/// that the developer's shell cannot change what a test sees.
+const BERTH_ENV: &[&str] = &[
     "BERTH_APPS_DIR",
     "BERTH_LISTEN",
     "BERTH_DRAIN_TIMEOUT",
     "BERTH_OUTBOUND_TIMEOUT",
+    "BERTH_ADMIN_LISTEN",
+    "BERTH_CONFIG",
+    "BERTH_REQUEST_TIMEOUT",
+    "BERTH_HOOK_TIMEOUT",
+    "BERTH_NO_WATCH",
 ];
+
+/// The log line prefix of the public listener's address (`listening on http://ADDR`).
+const LISTENING: &str = "listening on http://";
+
+/// The log line prefix of the admin listener's address (`admin listening on http://ADDR`).
+const ADMIN_LISTENING: &str = "admin listening on http://";
 
 // ---------------------------------------------------------------------------------------------
 // Artifacts
@@ -240,6 +255,18 @@ fn strip_ansi(line: &str) -> String {
 // The server under test
 // ---------------------------------------------------------------------------------------------
 
+/// Where the admin listener of a `berth` under test goes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum AdminListen {
+    /// `--admin-listen 127.0.0.1:0`.
+    #[default]
+    Ephemeral,
+    /// `--admin-listen off`.
+    Off,
+    /// No flag: whatever the config file (or the default) says.
+    Unset,
+}
+
 /// Describes a `berth` process to start: which files go into its apps directory, which flags
 /// and environment it gets.
 #[derive(Debug, Default)]
@@ -254,6 +281,11 @@ pub struct BerthBuilder {
     config_through_env: bool,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    /// Contents of `berth.toml`, passed with `--config`.
+    config: Option<String>,
+    admin: AdminListen,
+    /// Pass no `--apps-dir`, `--listen` or `--admin-listen`: the config file says.
+    only_config: bool,
 }
 
 impl BerthBuilder {
@@ -300,7 +332,28 @@ impl BerthBuilder {
         self
     }
 
-    /// Starts `berth` and waits until it prints `listening on http://ADDR`.
+    /// Writes `toml` to `berth.toml` next to the apps directory (so `apps_dir = "apps"` names
+    /// it) and passes `--config` with its path.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_owned());
+        self
+    }
+
+    /// Passes `--admin-listen off` instead of `--admin-listen 127.0.0.1:0`.
+    pub fn admin_off(mut self) -> Self {
+        self.admin = AdminListen::Off;
+        self
+    }
+
+    /// Passes neither `--apps-dir`, `--listen` nor `--admin-listen`: the config file gives them.
+    pub fn only_config(mut self) -> Self {
+        self.only_config = true;
+        self.admin = AdminListen::Unset;
+        self
+    }
+
+    /// Starts `berth` and waits until it prints `listening on http://ADDR` (and, with an
+    /// ephemeral admin listener, `admin listening on http://ADDR`).
     pub fn start(self) -> Berth {
         let mut berth = self.spawn();
         berth.wait_ready();
@@ -310,35 +363,58 @@ impl BerthBuilder {
     /// Starts `berth` without waiting for it to become ready.
     pub fn spawn(self) -> Berth {
         let temp = tempfile::Builder::new()
-            .prefix("berth-apps-")
+            .prefix("berth-test-")
             .tempdir()
-            .expect("create a temporary apps directory");
+            .expect("create a temporary directory");
+        let own_apps_dir = temp.path().join("apps");
+        std::fs::create_dir(&own_apps_dir).expect("create the apps directory");
         for (crate_name, file_name) in &self.apps {
             let from = cdylib(crate_name);
-            let to = temp.path().join(file_name);
+            let to = own_apps_dir.join(file_name);
             std::fs::copy(&from, &to)
                 .unwrap_or_else(|err| panic!("copy {} to {}: {err}", from.display(), to.display()));
         }
         for (file_name, contents) in &self.files {
-            std::fs::write(temp.path().join(file_name), contents).expect("write apps-dir file");
+            std::fs::write(own_apps_dir.join(file_name), contents).expect("write apps-dir file");
         }
-        let apps_dir = self
-            .apps_dir
-            .clone()
-            .unwrap_or_else(|| temp.path().to_path_buf());
+        let apps_dir = self.apps_dir.clone().unwrap_or(own_apps_dir);
+        let config_file = self.config.as_ref().map(|toml| {
+            let path = temp.path().join("berth.toml");
+            std::fs::write(&path, toml).expect("write berth.toml");
+            path
+        });
         let listen = "127.0.0.1:0";
 
         let mut command = Command::new(berth_bin());
         for key in BERTH_ENV {
             command.env_remove(key);
         }
+        // Berth reads `./berth.toml` when it exists: run it where only the test puts one.
+        command.current_dir(temp.path());
+        // Berth's shadow copies go to a directory under TMPDIR, which it removes when it exits
+        // but not when the harness kills it: keep them in the test's own directory.
+        command.env("TMPDIR", temp.path());
         command.env("RUST_LOG", "info");
-        if self.config_through_env {
+        if let Some(path) = &config_file {
+            command.arg("--config").arg(path);
+        }
+        if self.only_config {
+            // Everything comes from the config file.
+        } else if self.config_through_env {
             command.env("BERTH_APPS_DIR", &apps_dir);
             command.env("BERTH_LISTEN", listen);
         } else {
             command.arg("--apps-dir").arg(&apps_dir);
             command.args(["--listen", listen]);
+        }
+        match self.admin {
+            AdminListen::Ephemeral => {
+                command.args(["--admin-listen", listen]);
+            }
+            AdminListen::Off => {
+                command.args(["--admin-listen", "off"]);
+            }
+            AdminListen::Unset => {}
         }
         command.args(&self.args);
         command.envs(self.envs.iter().map(|(k, v)| (k, v)));
@@ -356,10 +432,13 @@ impl BerthBuilder {
             child,
             description,
             addr: None,
+            admin_addr: None,
+            wait_for_admin: self.admin == AdminListen::Ephemeral,
+            apps_dir,
             stderr,
             stdout,
             exit: None,
-            _apps_dir: temp,
+            _temp: temp,
         }
     }
 }
@@ -372,12 +451,18 @@ pub struct Berth {
     description: String,
     /// The address parsed from the `listening on` line, once ready.
     addr: Option<SocketAddr>,
+    /// The address parsed from the `admin listening on` line, once looked for.
+    admin_addr: Option<SocketAddr>,
+    /// Whether `start()` waits for the admin listener too.
+    wait_for_admin: bool,
+    /// The directory `berth` loads apps from.
+    apps_dir: PathBuf,
     stderr: Arc<Captured>,
     stdout: Arc<Captured>,
     /// The exit status, once observed.
     exit: Option<ExitStatus>,
-    /// Deleted when the test ends.
-    _apps_dir: tempfile::TempDir,
+    /// Holds the apps directory and `berth.toml`; deleted when the test ends.
+    _temp: tempfile::TempDir,
 }
 
 impl Berth {
@@ -395,9 +480,20 @@ impl Berth {
     }
 
     fn wait_ready(&mut self) {
-        const NEEDLE: &str = "listening on http://";
+        self.addr = Some(self.wait_for_address(LISTENING, |line| !line.contains(ADMIN_LISTENING)));
+        if self.wait_for_admin {
+            self.admin_addr();
+        }
+    }
+
+    /// Waits for the first stderr line containing `needle` (and accepted by `accept`) and parses
+    /// the address that follows `needle`; panics after [`READY_TIMEOUT`].
+    fn wait_for_address(&mut self, needle: &str, accept: impl Fn(&str) -> bool) -> SocketAddr {
         let parsed = self.stderr.wait_line(READY_TIMEOUT, |line| {
-            let start = line.find(NEEDLE)? + NEEDLE.len();
+            if !accept(line) {
+                return None;
+            }
+            let start = line.find(needle)? + needle.len();
             let rest = &line[start..];
             let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
             Some(rest[..end].trim_end_matches('/').to_owned())
@@ -405,15 +501,15 @@ impl Berth {
         let Some(text) = parsed else {
             let status = self.child.try_wait().ok().flatten();
             panic!(
-                "berth did not print `{NEEDLE}ADDR` within {READY_TIMEOUT:?} (exit status: \
-                 {status:?}); command: {}",
-                self.description
+                "berth did not print `{needle}ADDR` within {READY_TIMEOUT:?} (exit status: \
+                 {status:?}); command: {}\nstderr:\n{}",
+                self.description,
+                self.stderr()
             );
         };
-        let addr = text.parse().unwrap_or_else(|err| {
-            panic!("cannot parse the listen address {text:?} from berth's log: {err}")
-        });
-        self.addr = Some(addr);
+        text.parse().unwrap_or_else(|err| {
+            panic!("cannot parse the address {text:?} after {needle:?} in berth's log: {err}")
+        })
     }
 
     /// The address `berth` listens on.
@@ -424,6 +520,37 @@ impl Berth {
     /// `http://ADDR{path}`; `path` starts with `/`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr())
+    }
+
+    /// The address of the admin listener, from its `admin listening on http://ADDR` line
+    /// (waiting for that line if it has not been seen yet).
+    pub fn admin_addr(&mut self) -> SocketAddr {
+        if let Some(addr) = self.admin_addr {
+            return addr;
+        }
+        let addr = self.wait_for_address(ADMIN_LISTENING, |_| true);
+        self.admin_addr = Some(addr);
+        addr
+    }
+
+    /// `http://ADMIN_ADDR{path}`; `path` starts with `/`. The admin address must be known: the
+    /// admin listener was started on an ephemeral port by `start()`, or [`Berth::admin_addr`]
+    /// was called.
+    pub fn admin_url(&self, path: &str) -> String {
+        let addr = self
+            .admin_addr
+            .expect("the admin address is known (ephemeral admin listener, or admin_addr())");
+        format!("http://{addr}{path}")
+    }
+
+    /// The apps directory `berth` was started with.
+    pub fn apps_dir(&self) -> &Path {
+        &self.apps_dir
+    }
+
+    /// The process id of `berth`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything `berth` has written to stderr so far.
@@ -451,14 +578,17 @@ impl Berth {
         matches: impl Fn(&str) -> bool,
     ) -> String {
         let deadline = Instant::now() + timeout;
+        let mut checked = 0;
         loop {
-            let found = self
-                .stderr
-                .lock()
-                .lines
-                .iter()
-                .find(|line| matches(line))
-                .cloned();
+            let found = {
+                let state = self.stderr.lock();
+                let found = state.lines[checked..]
+                    .iter()
+                    .find(|line| matches(line))
+                    .cloned();
+                checked = state.lines.len();
+                found
+            };
             if let Some(line) = found {
                 return line;
             }
@@ -471,15 +601,29 @@ impl Berth {
         }
     }
 
+    /// The stderr lines so far (ANSI sequences stripped).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().lines.clone()
+    }
+
     /// Sends SIGTERM to the process.
-    #[allow(unsafe_code)]
     pub fn sigterm(&self) {
+        self.signal(libc::SIGTERM, "SIGTERM");
+    }
+
+    /// Sends SIGHUP to the process (a full rescan of the apps directory).
+    pub fn sighup(&self) {
+        self.signal(libc::SIGHUP, "SIGHUP");
+    }
+
+    #[allow(unsafe_code)]
+    fn signal(&self, signal: libc::c_int, name: &str) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits in pid_t");
         // SAFETY: `kill` has no memory-safety preconditions; `pid` is our own child, which has
         // not been reaped yet (we only reap in `wait_exit`/`Drop`), so it cannot name a reused
         // pid.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({name}): {}", std::io::Error::last_os_error());
     }
 
     /// Waits for the process to exit; panics (showing stderr) after `timeout`.
@@ -704,6 +848,15 @@ pub async fn send(req: Req<'_>) -> Reply {
 /// `GET url` over HTTP/1.1.
 pub async fn get(url: &str) -> Reply {
     send(Req::get(url)).await
+}
+
+/// `POST url` over HTTP/1.1 with an empty body.
+pub async fn post(url: &str) -> Reply {
+    send(Req {
+        method: Method::POST,
+        ..Req::get(url)
+    })
+    .await
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, for URLs inside query strings.

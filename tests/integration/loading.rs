@@ -144,3 +144,23 @@ async fn index_over_http2() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["apps"][0]["mount"], "/hello");
 }
+
+/// The versioning rule's promise: a minor bump only appends, so a plugin built against ABI 1.0
+/// (a shorter descriptor, 1.0's layout fingerprint, no lifecycle hooks) loads and serves in a
+/// 1.1 host, and the admin API reports its ABI.
+#[tokio::test]
+async fn a_plugin_built_for_an_older_minor_abi_loads_and_serves() {
+    let berth = Berth::with_apps(&["fixture_abi_1_0"]);
+    let reply = get(&berth.url("/legacy/anything")).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text().as_str()),
+        (200, "legacy plugin on ABI 1.0\n")
+    );
+    let status = get(&berth.admin_url("/apps")).await.json();
+    let app = &status["apps"][0];
+    assert_eq!(
+        (app["name"].as_str(), app["abi"].as_str()),
+        (Some("legacy"), Some("1.0")),
+        "{status}"
+    );
+}

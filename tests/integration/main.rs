@@ -14,13 +14,20 @@
 //! * `cli`: flags, environment variables, `--help`, exit codes;
 //! * `loading`: the apps directory, `GET /`, bad plugin files;
 //! * `apps`: the sample apps (`hello`, `echo`, `fetch`, `gather`) over HTTP/1.1 and HTTP/2;
-//! * `lifecycle`: panics, app logging, cancellation on client disconnect, graceful shutdown.
+//! * `lifecycle`: panics, app logging, cancellation on client disconnect, graceful shutdown;
+//! * `reload`: watching the apps directory, swaps under load, retiring old versions, broken
+//!   replacements, removal, the memory cost of swaps;
+//! * `app_config`: `berth.toml`, app settings and `init`/`shutdown` hooks, config errors;
+//! * `admin`: the admin listener's `/healthz`, `/readyz`, `/apps` and reload endpoint.
 //!
 //! [`Berth`]: harness::Berth
 
+mod admin;
+mod app_config;
 mod apps;
 mod cli;
 mod harness;
 mod lifecycle;
 mod loading;
+mod reload;
 mod upstream;

@@ -1,0 +1,544 @@
+//! The live set of apps: loading, hot swapping, retiring, and what the admin API reports.
+//!
+//! The routing table is an immutable [`Router`] behind an [`ArcSwap`]: a request loads the
+//! current table once and clones the `Arc` of the version it is routed to, so a swap replaces
+//! the table atomically for new requests while requests in flight keep their version alive.
+//! Each request holds an [`InFlight`] guard until its response body is finished; a replaced or
+//! removed version is *retired* — its `shutdown` hook run — only once its count of requests in
+//! flight reaches zero. Its library stays mapped (see `bridge`), so nothing a retired version
+//! left behind (a waker, a thread-local destructor) can jump into unmapped code.
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use futures_util::FutureExt as _;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::bridge::{Plugin, hook_result};
+use crate::config::Config;
+use crate::loader::{ShadowDir, check_complete, is_library_path, read_image};
+use crate::outbound::Outbound;
+use crate::plugin::{LoadError, RequestScope, check_name};
+use crate::router::Router;
+
+/// Request counters of one app, kept across its versions.
+#[derive(Debug, Default)]
+pub struct AppStats {
+    /// Requests routed to the app.
+    pub requests: AtomicU64,
+    /// Requests that ended in a 5xx (panics, time-outs, invalid answers included).
+    pub errors: AtomicU64,
+    /// Requests whose response has not finished yet.
+    pub in_flight: AtomicUsize,
+}
+
+/// One loaded version of an app.
+#[derive(Debug)]
+pub struct AppVersion {
+    /// Unique per load, in load order.
+    pub id: u64,
+    /// The app's name.
+    pub name: Arc<str>,
+    /// Where it is mounted.
+    pub mount: String,
+    /// The file it was loaded from (in the apps directory).
+    pub file: PathBuf,
+    /// SHA-256 of the file's contents when loaded.
+    pub file_hash: String,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// Time limit for its requests until the response head.
+    pub request_timeout: Duration,
+    /// Time limit for its lifecycle hooks.
+    pub hook_timeout: Duration,
+    /// The plugin.
+    pub plugin: Plugin,
+    /// The app's counters (shared with its other versions).
+    pub stats: Arc<AppStats>,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+impl AppVersion {
+    /// Counts a request in; the guard counts it out when dropped (after its response body).
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            version: Arc::clone(self),
+        }
+    }
+
+    /// Requests on this version whose response has not finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn summary(&self) -> Value {
+        json!({
+            "id": self.id,
+            "name": &*self.name,
+            "version": self.plugin.version,
+            "mount": self.mount,
+            "file": self.file.display().to_string(),
+            "file_hash": self.file_hash,
+            "loaded_at": humantime::format_rfc3339_seconds(self.loaded_at).to_string(),
+            "sdk_version": self.plugin.sdk_version,
+            "abi": format!("{}.{}", berth_app::abi::ABI_MAJOR, self.plugin.abi_minor),
+        })
+    }
+}
+
+/// A request in flight on a version; see [`AppVersion::begin`].
+#[derive(Debug)]
+pub struct InFlight {
+    version: Arc<AppVersion>,
+}
+
+impl InFlight {
+    /// The version the request runs on.
+    pub fn version(&self) -> &Arc<AppVersion> {
+        &self.version
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.version.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.version.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.version.idle.notify_waiters();
+        }
+    }
+}
+
+/// The last load failure of a file.
+#[derive(Debug, Clone)]
+struct Failure {
+    error: LoadError,
+    hash: Option<String>,
+    at: SystemTime,
+}
+
+/// All apps, their versions, and the machinery to change them while serving.
+#[derive(Debug)]
+pub struct Registry {
+    config: Arc<Config>,
+    router: ArcSwap<Router>,
+    outbound: Outbound,
+    runtime: tokio::runtime::Handle,
+    shadow: ShadowDir,
+    /// One rescan at a time: file events, SIGHUP and admin reloads all go through it.
+    rescan_lock: tokio::sync::Mutex<()>,
+    failures: Mutex<BTreeMap<PathBuf, Failure>>,
+    stats: Mutex<HashMap<Arc<str>, Arc<AppStats>>>,
+    retiring: Mutex<Vec<Arc<AppVersion>>>,
+    retire_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    retired: AtomicU64,
+    next_id: AtomicU64,
+    ready: AtomicBool,
+}
+
+/// Which files a rescan loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rescan<'a> {
+    /// New and changed files (file events).
+    Changed,
+    /// Those, and files that failed before even if unchanged (SIGHUP: after fixing what made
+    /// an `init` fail, for example).
+    RetryFailed,
+    /// Those, and this app's file even if unchanged, as a new version (the admin reload).
+    App(&'a str),
+}
+
+/// What a rescan did with one file.
+pub type Outcome = Result<Arc<AppVersion>, LoadError>;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Registry {
+    /// An empty registry for `config`; [`Registry::rescan`] loads the apps.
+    pub fn new(config: Arc<Config>, outbound: Outbound) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Registry {
+            config,
+            router: ArcSwap::from_pointee(Router::default()),
+            outbound,
+            runtime: tokio::runtime::Handle::current(),
+            shadow: ShadowDir::new()?,
+            rescan_lock: tokio::sync::Mutex::new(()),
+            failures: Mutex::new(BTreeMap::new()),
+            stats: Mutex::new(HashMap::new()),
+            retiring: Mutex::new(Vec::new()),
+            retire_tasks: Mutex::new(Vec::new()),
+            retired: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+            ready: AtomicBool::new(false),
+        }))
+    }
+
+    /// The current routing table.
+    pub fn router(&self) -> Arc<Router> {
+        self.router.load_full()
+    }
+
+    /// Whether the initial load has finished.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// A per-request (or per-hook) host context for `app`.
+    pub fn scope(&self, app: &Arc<str>) -> Arc<RequestScope> {
+        Arc::new(RequestScope {
+            app: Arc::clone(app),
+            outbound: self.outbound.clone(),
+            runtime: self.runtime.clone(),
+        })
+    }
+
+    /// Brings the mounted apps in line with the apps directory: loads new files, swaps changed
+    /// ones, unmounts removed ones. A file that fails keeps the version already serving (if
+    /// any) and is reported, and the same broken contents are not retried unless `scope` says
+    /// so. [`Rescan::App`] touches that app's file only. Returns what happened to each file it
+    /// tried to load.
+    pub async fn rescan(self: &Arc<Self>, scope: Rescan<'_>) -> BTreeMap<PathBuf, Outcome> {
+        let _one_at_a_time = self.rescan_lock.lock().await;
+        let mut outcomes = BTreeMap::new();
+        let current = self.router();
+        let mut mounts: BTreeMap<String, Arc<AppVersion>> = current
+            .apps()
+            .map(|v| (v.mount.clone(), Arc::clone(v)))
+            .collect();
+        let mut retire = Vec::new();
+        let files = if let Rescan::App(name) = scope {
+            let Some(file) = current
+                .apps()
+                .find(|v| *v.name == *name)
+                .map(|v| v.file.clone())
+            else {
+                return outcomes;
+            };
+            if !file.is_file() {
+                let error = LoadError::Read(format!("{} no longer exists", file.display()));
+                outcomes.insert(file, Err(error));
+                return outcomes;
+            }
+            vec![file]
+        } else {
+            let files = match list_apps(&self.config.apps_dir) {
+                Ok(files) => files,
+                Err(err) => {
+                    tracing::error!(
+                        dir = %self.config.apps_dir.display(),
+                        "cannot read the apps directory; keeping the mounted apps: {err}"
+                    );
+                    return outcomes;
+                }
+            };
+            // Files that are gone: unmount what they provided.
+            mounts.retain(|_, version| {
+                let present = files.contains(&version.file);
+                if !present {
+                    tracing::info!(app = &*version.name, id = version.id, file = %version.file.display(), "unmounted app: its file was removed");
+                    retire.push(Arc::clone(version));
+                }
+                present
+            });
+            lock(&self.failures).retain(|file, _| files.contains(file));
+            files
+        };
+
+        for file in &files {
+            let loaded = mounts.values().find(|v| &v.file == file).cloned();
+            let forced = match scope {
+                Rescan::Changed => false,
+                Rescan::RetryFailed => loaded.is_none(),
+                Rescan::App(name) => loaded.as_ref().is_some_and(|v| *v.name == *name),
+            };
+            match self.load_file(file, loaded.as_ref(), forced, &mounts).await {
+                None => {}
+                Some(Ok(version)) => {
+                    if let Some(old) = &loaded {
+                        // The file now provides a different app: the old one goes.
+                        if old.name != version.name {
+                            mounts.remove(&old.mount);
+                            retire.push(Arc::clone(old));
+                        }
+                    }
+                    if let Some(old) = mounts.insert(version.mount.clone(), Arc::clone(&version)) {
+                        tracing::info!(app = &*version.name, old_id = old.id, new_id = version.id, version = version.plugin.version, file = %file.display(), "swapped app: new requests go to the new version");
+                        retire.push(old);
+                    } else {
+                        tracing::info!(app = &*version.name, id = version.id, version = version.plugin.version, mount = version.mount, file = %file.display(), "mounted app");
+                    }
+                    lock(&self.failures).remove(file);
+                    outcomes.insert(file.clone(), Ok(version));
+                }
+                Some(Err((error, hash))) => {
+                    match &loaded {
+                        Some(old) => {
+                            tracing::warn!(app = &*old.name, file = %file.display(), "failed to load app; the running version keeps serving: {error}")
+                        }
+                        None => {
+                            tracing::warn!(file = %file.display(), "failed to load app: {error}")
+                        }
+                    }
+                    let failure = Failure {
+                        error: error.clone(),
+                        hash,
+                        at: SystemTime::now(),
+                    };
+                    lock(&self.failures).insert(file.clone(), failure);
+                    outcomes.insert(file.clone(), Err(error));
+                }
+            }
+        }
+
+        self.router
+            .store(Arc::new(Router::new(mounts.into_values())));
+        for version in retire {
+            self.retire(version);
+        }
+        if !self.ready.swap(true, Ordering::SeqCst) && self.router().is_empty() {
+            tracing::warn!(dir = %self.config.apps_dir.display(), "no apps loaded");
+        }
+        outcomes
+    }
+
+    /// Loads one file unless it is unchanged (`None`). On failure, returns the error and the
+    /// hash of the contents that failed, so that the same broken file is not retried on every
+    /// event.
+    async fn load_file(
+        self: &Arc<Self>,
+        file: &Path,
+        loaded: Option<&Arc<AppVersion>>,
+        forced: bool,
+        mounts: &BTreeMap<String, Arc<AppVersion>>,
+    ) -> Option<Result<Arc<AppVersion>, (LoadError, Option<String>)>> {
+        let image = match read_image(file) {
+            Ok(image) => image,
+            Err(error) => return Some(Err((error, None))),
+        };
+        if !forced {
+            if loaded.is_some_and(|v| v.file_hash == image.hash) {
+                return None;
+            }
+            let failed_before = lock(&self.failures)
+                .get(file)
+                .is_some_and(|f| f.hash.as_deref() == Some(&image.hash));
+            if failed_before {
+                return None;
+            }
+        }
+        let hash = image.hash.clone();
+        Some(
+            self.load_version(file, image, loaded, mounts)
+                .await
+                .map_err(|error| (error, Some(hash))),
+        )
+    }
+
+    async fn load_version(
+        self: &Arc<Self>,
+        file: &Path,
+        image: crate::loader::FileImage,
+        loaded: Option<&Arc<AppVersion>>,
+        mounts: &BTreeMap<String, Arc<AppVersion>>,
+    ) -> Result<Arc<AppVersion>, LoadError> {
+        check_complete(&image.bytes)?;
+        let plugin = self.shadow.open(file, &image.bytes)?;
+        check_name(&plugin.name)?;
+        let app_config = self.config.app(&plugin.name);
+        if !app_config.enabled {
+            return Err(LoadError::Disabled(plugin.name));
+        }
+        let mount = app_config
+            .mount
+            .clone()
+            .unwrap_or_else(|| format!("/{}", plugin.name));
+        // Another file's app with the same name, or another app on the same mount, wins: it was
+        // there first.
+        let replacing = |v: &Arc<AppVersion>| loaded.is_some_and(|l| Arc::ptr_eq(l, v));
+        if let Some(other) = mounts
+            .values()
+            .find(|v| *v.name == plugin.name && v.file != file)
+        {
+            return Err(LoadError::Duplicate {
+                name: plugin.name,
+                other: other.file.clone(),
+            });
+        }
+        if let Some(other) = mounts
+            .get(&mount)
+            .filter(|v| *v.name != plugin.name && !replacing(v))
+        {
+            return Err(LoadError::MountTaken {
+                mount,
+                other: other.name.to_string(),
+            });
+        }
+        let name: Arc<str> = Arc::from(plugin.name.as_str());
+        let hook_timeout = app_config.hook_timeout.unwrap_or(self.config.hook_timeout);
+        if let Some(init) = plugin.init(&app_config.settings, self.scope(&name)) {
+            let started = std::time::Instant::now();
+            match tokio::time::timeout(hook_timeout, AssertUnwindSafe(init).catch_unwind()).await {
+                Err(_) => return Err(LoadError::InitTimeout(hook_timeout)),
+                Ok(Err(_)) => {
+                    return Err(LoadError::Init("the plugin's init future panicked".into()));
+                }
+                Ok(Ok(outcome)) => {
+                    hook_result(outcome).map_err(|failure| LoadError::Init(failure.to_string()))?
+                }
+            }
+            tracing::debug!(app = &*name, elapsed = ?started.elapsed(), "init finished");
+        }
+        let stats = Arc::clone(lock(&self.stats).entry(Arc::clone(&name)).or_default());
+        Ok(Arc::new(AppVersion {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            name,
+            mount,
+            file: file.to_owned(),
+            file_hash: image.hash,
+            loaded_at: SystemTime::now(),
+            request_timeout: app_config
+                .request_timeout
+                .unwrap_or(self.config.request_timeout),
+            hook_timeout,
+            plugin,
+            stats,
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }))
+    }
+
+    /// Retires `version` in the background: waits for its last request, then runs its
+    /// `shutdown` hook.
+    fn retire(self: &Arc<Self>, version: Arc<AppVersion>) {
+        lock(&self.retiring).push(Arc::clone(&version));
+        let registry = Arc::clone(self);
+        let task = self.runtime.spawn(async move {
+            version.wait_idle().await;
+            registry.run_shutdown(&version).await;
+            lock(&registry.retiring).retain(|v| !Arc::ptr_eq(v, &version));
+            registry.retired.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(app = &*version.name, id = version.id, version = version.plugin.version, file = %version.file.display(), "retired app version: its last request finished");
+        });
+        let mut tasks = lock(&self.retire_tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    async fn run_shutdown(&self, version: &AppVersion) {
+        let Some(shutdown) = version.plugin.shutdown(self.scope(&version.name)) else {
+            return;
+        };
+        let limit = version.hook_timeout;
+        let app = &*version.name;
+        match tokio::time::timeout(limit, AssertUnwindSafe(shutdown).catch_unwind()).await {
+            Err(_) => tracing::warn!(app, "shutdown did not finish within {limit:?}"),
+            Ok(Err(_)) => tracing::error!(app, "the plugin's shutdown future panicked"),
+            Ok(Ok(outcome)) => {
+                if let Err(failure) = hook_result(outcome) {
+                    tracing::warn!(app, "shutdown failed: {failure}");
+                }
+            }
+        }
+    }
+
+    /// At process exit, after the drain: runs every mounted version's `shutdown` hook (requests
+    /// the drain gave up on are abandoned, not waited for), and gives versions still retiring
+    /// one hook time limit to finish.
+    pub async fn shutdown(self: &Arc<Self>) {
+        let router = self.router();
+        self.router.store(Arc::new(Router::default()));
+        let hooks = router.apps().map(|version| self.run_shutdown(version));
+        futures_util::future::join_all(hooks).await;
+        let tasks = std::mem::take(&mut *lock(&self.retire_tasks));
+        let pending = futures_util::future::join_all(tasks);
+        if tokio::time::timeout(self.config.hook_timeout, pending)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some retired app versions still had requests in flight at exit");
+        }
+    }
+
+    /// The name of the file that provides `app`, if it is mounted.
+    pub fn file_of(&self, app: &str) -> Option<PathBuf> {
+        self.router()
+            .apps()
+            .find(|v| &*v.name == app)
+            .map(|v| v.file.clone())
+    }
+
+    /// Every app, failure and retiring version, for the admin API.
+    pub fn status(&self) -> Value {
+        let failures = lock(&self.failures).clone();
+        let router = self.router();
+        let apps: Vec<Value> = router
+            .apps()
+            .map(|v| {
+                let mut entry = v.summary();
+                entry["requests"] = v.stats.requests.load(Ordering::Relaxed).into();
+                entry["errors"] = v.stats.errors.load(Ordering::Relaxed).into();
+                entry["in_flight"] = v.stats.in_flight.load(Ordering::Relaxed).into();
+                entry["last_error"] = failures
+                    .get(&v.file)
+                    .map_or(Value::Null, |f| f.error.to_string().into());
+                entry
+            })
+            .collect();
+        let failed: Vec<Value> = failures
+            .iter()
+            .map(|(file, f)| {
+                json!({
+                    "file": file.display().to_string(),
+                    "error": f.error.to_string(),
+                    "at": humantime::format_rfc3339_seconds(f.at).to_string(),
+                })
+            })
+            .collect();
+        let retiring: Vec<Value> = lock(&self.retiring)
+            .iter()
+            .map(|v| json!({"name": &*v.name, "id": v.id, "version": v.plugin.version, "in_flight": v.in_flight()}))
+            .collect();
+        json!({
+            "apps": apps,
+            "failed": failed,
+            "retiring": retiring,
+            "retired": self.retired.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The admin view of one version.
+    pub fn describe(&self, version: &AppVersion) -> Value {
+        version.summary()
+    }
+}
+
+/// The shared libraries in `dir`, sorted.
+fn list_apps(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| is_library_path(path) && path.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
