@@ -4,14 +4,16 @@
 
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
+# The sample fetch, gather and proxy apps call back into this machine; every other upstream is denied.
+ALLOW_OUTBOUND ?= http://127.0.0.1:*,http://localhost:*
 APPS_DIR ?= apps
-SAMPLE_APPS := hello echo fetch gather greeter
+SAMPLE_APPS := hello echo fetch gather greeter upload proxy clock
 SO := $(if $(filter Darwin,$(shell uname -s)),dylib,so)
 
 .PHONY: run apps test lint
 
 run: apps
-	$(CARGO) run --release -p berth-server --bin berth -- --apps-dir $(APPS_DIR) --listen $(LISTEN)
+	$(CARGO) run --release -p berth-server --bin berth -- --apps-dir $(APPS_DIR) --listen $(LISTEN) --allow-outbound "$(ALLOW_OUTBOUND)"
 
 apps:
 	$(CARGO) build --release $(addprefix -p ,$(SAMPLE_APPS))

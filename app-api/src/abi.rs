@@ -61,7 +61,7 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"BERTHAPP");
 pub const ABI_MAJOR: u32 = 1;
 
 /// Compatible additions within [`ABI_MAJOR`]. See the module docs for what bumps it.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 
 /// NUL-terminated name of the one symbol every plugin exports:
 /// `extern "C" fn() -> *const AppDescriptor`.
@@ -343,7 +343,21 @@ pub struct HostVTable {
         req: *const AbiFetchRequest,
         body: AbiBody,
     ) -> FfiFuture<AbiFetchOutcome>,
+
+    // --- ABI 1.2 ---
+    /// Milliseconds left until the deadline of the request (or hook) this `ctx` serves, or
+    /// [`NO_DEADLINE`]. The host also bounds every outbound call by it.
+    pub time_left_ms: unsafe extern "C" fn(ctx: *mut c_void) -> u64,
+    /// The largest outbound response body, in bytes, the app may read whole into memory
+    /// (`FetchResponse::bytes`); streaming a body is not limited by it. [`NO_LIMIT`]: none.
+    pub max_buffered_response: unsafe extern "C" fn(ctx: *mut c_void) -> u64,
 }
+
+/// [`HostVTable::max_buffered_response`] when there is no limit.
+pub const NO_LIMIT: u64 = u64::MAX;
+
+/// [`HostVTable::time_left_ms`] when there is no deadline.
+pub const NO_DEADLINE: u64 = u64::MAX;
 
 /// A handle on the host: its table plus one reference to a per-request context. Owned by the
 /// receiver, which releases the reference with `vtable.drop_ctx(ctx)` when done.
@@ -411,6 +425,7 @@ pub struct AppDescriptor {
 /// the size of the plugin's minor.
 pub const DESCRIPTOR_SIZES: [u64; ABI_MINOR as usize + 1] = [
     offset_of!(AppDescriptor, init) as u64,
+    size_of::<AppDescriptor>() as u64,
     size_of::<AppDescriptor>() as u64,
 ];
 
@@ -512,6 +527,8 @@ pub const LAYOUT_FINGERPRINT: u64 = {
     h = layout!(h, AbiSettings, ptr, len);
     h = layout!(h, AbiHookOutcome, tag, message);
     h = layout!(h, FfiPoll<AbiHookOutcome>);
+    // ABI 1.2
+    h = layout!(h, HostVTable, time_left_ms, max_buffered_response);
     h = layout!(h, FfiPoll<AbiHandleOutcome>);
     h = layout!(h, FfiPoll<AbiFetchOutcome>);
     h = layout!(h, FfiPoll<u32>);
@@ -528,7 +545,11 @@ pub const LAYOUT_FINGERPRINT: u64 = {
 /// a minor (append a new entry and bump [`ABI_MINOR`]) or a major (bump [`ABI_MAJOR`] and start a
 /// new list).
 #[cfg(all(target_pointer_width = "64", target_endian = "little"))]
-pub const LAYOUT_FINGERPRINTS: &[u64] = &[0x4b3b_39ac_9316_3aa1, 0xa46a_7a9c_351a_f831];
+pub const LAYOUT_FINGERPRINTS: &[u64] = &[
+    0x4b3b_39ac_9316_3aa1,
+    0xa46a_7a9c_351a_f831,
+    0x083d_708b_54d1_fd41,
+];
 
 /// On other targets older minors' layouts were never recorded: only plugins of the current minor
 /// can match.

@@ -907,15 +907,17 @@ impl AbiHookOutcome {
 /// Converts a host's fetch outcome into the SDK's result.
 pub(crate) fn fetch_result(
     outcome: AbiFetchOutcome,
+    buffer_limit: Option<u64>,
 ) -> Result<crate::FetchResponse, crate::FetchError> {
     use crate::FetchErrorKind as Kind;
     // SAFETY: the outcome was returned by the host's fetch future and is owned by us.
     match unsafe { outcome.into_result() } {
-        Ok((status, headers, body)) => Ok(crate::FetchResponse::new(
-            status,
-            headers,
-            crate::Body::from_foreign(body),
-        )),
+        Ok((status, headers, body)) => {
+            Ok(
+                crate::FetchResponse::new(status, headers, crate::Body::from_foreign(body))
+                    .with_buffer_limit(buffer_limit),
+            )
+        }
         Err((tag, message)) => {
             let kind = match tag {
                 FETCH_INVALID_REQUEST => Kind::InvalidRequest,
@@ -1038,6 +1040,33 @@ impl HostHandle {
     /// Whether the host's table is large enough to contain a function ending at `end` bytes.
     pub fn has_capability(&self, end: usize) -> bool {
         self.vtable().size >= end
+    }
+
+    /// Time left until the request's deadline; `None` without one, or from a host older than
+    /// ABI 1.2.
+    pub fn time_left(&self) -> Option<std::time::Duration> {
+        let end = std::mem::offset_of!(HostVTable, time_left_ms) + std::mem::size_of::<usize>();
+        if !self.has_capability(end) {
+            return None;
+        }
+        // SAFETY: the table is large enough to hold `time_left_ms` (checked above); `ctx` is a
+        // live reference we own.
+        let millis = unsafe { (self.vtable().time_left_ms)(self.0.ctx) };
+        (millis != NO_DEADLINE).then(|| std::time::Duration::from_millis(millis))
+    }
+
+    /// The largest outbound response body the app may buffer; `None` without a limit, or from
+    /// a host older than ABI 1.2.
+    pub fn max_buffered_response(&self) -> Option<u64> {
+        let end =
+            std::mem::offset_of!(HostVTable, max_buffered_response) + std::mem::size_of::<usize>();
+        if !self.has_capability(end) {
+            return None;
+        }
+        // SAFETY: the table is large enough to hold the function (checked above); `ctx` is a
+        // live reference we own.
+        let limit = unsafe { (self.vtable().max_buffered_response)(self.0.ctx) };
+        (limit != NO_LIMIT).then_some(limit)
     }
 
     /// Logs `message` in the host's log at a `LOG_*` level.

@@ -91,6 +91,17 @@ impl Host {
         }
     }
 
+    /// Time left before the host gives up on this request (its `request_timeout`), if it has
+    /// a deadline. Every outbound call is bounded by it too, so no call outlives its request;
+    /// an app can use it to skip work it cannot finish in time.
+    pub fn time_left(&self) -> Option<Duration> {
+        match &self.inner {
+            Inner::Real(handle) => handle.time_left(),
+            #[cfg(feature = "testing")]
+            Inner::Mock(mock) => mock.time_left(),
+        }
+    }
+
     /// Waits for `duration` on the host's timer.
     pub fn sleep(&self, duration: Duration) -> Sleep {
         let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
@@ -133,13 +144,15 @@ impl Host {
                 let timeout_ms = request.timeout.map_or(0, |t| {
                     u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
                 });
-                Fetch(FetchInner::Real(handle.fetch(
+                let limit = handle.max_buffered_response();
+                let future = handle.fetch(
                     request.method.as_str(),
                     &request.url,
                     &request.headers,
                     request.body.into_abi(),
                     timeout_ms,
-                )))
+                );
+                Fetch(FetchInner::Real(future, limit))
             }
             #[cfg(feature = "testing")]
             Inner::Mock(mock) => Fetch(FetchInner::Ready(Some(mock.fetch(request)))),
@@ -190,7 +203,7 @@ impl std::error::Error for Elapsed {}
 pub struct Fetch(FetchInner);
 
 enum FetchInner {
-    Real(FfiFuture<AbiFetchOutcome>),
+    Real(FfiFuture<AbiFetchOutcome>, Option<u64>),
     Ready(Option<Result<FetchResponse, FetchError>>),
 }
 
@@ -199,7 +212,12 @@ impl Future for Fetch {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.get_mut().0 {
-            FetchInner::Real(future) => Pin::new(future).poll(cx).map(crate::ffi::fetch_result),
+            FetchInner::Real(future, limit) => {
+                let limit = *limit;
+                Pin::new(future)
+                    .poll(cx)
+                    .map(|outcome| crate::ffi::fetch_result(outcome, limit))
+            }
             FetchInner::Ready(result) => Poll::Ready(result.take().unwrap_or_else(|| {
                 Err(FetchError::new(
                     FetchErrorKind::Other,
@@ -319,6 +337,7 @@ pub struct FetchResponse {
     status: StatusCode,
     headers: HeaderMap,
     body: Body,
+    buffer_limit: Option<u64>,
 }
 
 impl FetchResponse {
@@ -327,7 +346,13 @@ impl FetchResponse {
             status,
             headers,
             body,
+            buffer_limit: None,
         }
+    }
+
+    pub(crate) fn with_buffer_limit(mut self, limit: Option<u64>) -> Self {
+        self.buffer_limit = limit;
+        self
     }
 
     /// The upstream's status.
@@ -350,14 +375,21 @@ impl FetchResponse {
         self.body
     }
 
-    /// Reads the whole body.
+    /// Reads the whole body into memory, up to the host's limit for buffered responses
+    /// (`outbound_max_buffered`; a larger body is an error: stream it with
+    /// [`into_body`](FetchResponse::into_body) instead).
     pub async fn bytes(self) -> Result<Bytes, BodyError> {
-        self.body.bytes().await
+        let limit = self
+            .buffer_limit
+            .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+        self.body.bytes_limited(limit).await
     }
 
-    /// Reads the whole body as text (invalid UTF-8 replaced).
+    /// Reads the whole body as text (invalid UTF-8 replaced), within the same limit as
+    /// [`bytes`](FetchResponse::bytes).
     pub async fn text(self) -> Result<String, BodyError> {
-        self.body.text().await
+        let bytes = self.bytes().await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }
 

@@ -36,6 +36,7 @@ type FetchFn = dyn Fn(OutboundRequest) -> Result<Response, FetchError> + Send + 
 /// virtual clock), and records log lines.
 pub struct MockHost {
     fetch: Option<Box<FetchFn>>,
+    time_left: Option<Duration>,
     logs: Mutex<Vec<(Level, String)>>,
     slept: Mutex<Duration>,
 }
@@ -45,6 +46,7 @@ impl MockHost {
     pub fn new() -> Self {
         MockHost {
             fetch: None,
+            time_left: None,
             logs: Mutex::new(Vec::new()),
             slept: Mutex::new(Duration::ZERO),
         }
@@ -57,6 +59,17 @@ impl MockHost {
     {
         self.fetch = Some(Box::new(handler));
         self
+    }
+
+    /// Reports `time_left` from [`Host::time_left`](crate::Host::time_left) (default: no
+    /// deadline).
+    pub fn with_time_left(mut self, time_left: Duration) -> Self {
+        self.time_left = Some(time_left);
+        self
+    }
+
+    pub(crate) fn time_left(&self) -> Option<Duration> {
+        self.time_left
     }
 
     /// Runs `handler` on `request` to completion with this host.

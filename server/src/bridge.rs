@@ -255,7 +255,23 @@ static HOST_VTABLE: HostVTable = HostVTable {
     log,
     sleep,
     fetch,
+    time_left_ms,
+    max_buffered_response,
 };
+
+unsafe extern "C" fn max_buffered_response(ctx: *mut c_void) -> u64 {
+    // SAFETY: `ctx` is live for this call (the host contract).
+    unsafe { scope(ctx) }.policy.max_buffered
+}
+
+unsafe extern "C" fn time_left_ms(ctx: *mut c_void) -> u64 {
+    // SAFETY: `ctx` is live for this call (the host contract).
+    let scope = unsafe { scope(ctx) };
+    scope.deadline.map_or(NO_DEADLINE, |deadline| {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        u64::try_from(left.as_millis()).unwrap_or(NO_DEADLINE - 1)
+    })
+}
 
 /// Borrows the scope behind a `ctx` reference the plugin holds.
 ///
@@ -373,7 +389,7 @@ mod tests {
                     abi_minor: ABI_MINOR + 1,
                     ..good()
                 },
-                "supports up to 1",
+                "supports up to 2",
             ),
             (
                 DescriptorHeader {
@@ -384,7 +400,7 @@ mod tests {
             ),
             (
                 DescriptorHeader { size: 8, ..good() },
-                "descriptor is 8 bytes, expected at least 104 for ABI 1.1",
+                "descriptor is 8 bytes, expected at least 104 for ABI 1.2",
             ),
         ];
         for (header, needle) in cases {

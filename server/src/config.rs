@@ -36,6 +36,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
+
+use crate::allowlist::Allowlist;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 /// The config file read when `--config` is not given, if it exists in the working directory.
@@ -98,6 +100,42 @@ pub struct Cli {
     #[arg(long, env = "BERTH_REQUEST_TIMEOUT", value_name = "DUR",
           value_parser = parse_positive_duration)]
     pub request_timeout: Option<Duration>,
+
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key); ALPN offers h2 and
+    /// http/1.1
+    #[arg(long, env = "BERTH_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert
+    #[arg(long, env = "BERTH_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Extra CA certificates (PEM) to trust for apps' outbound HTTPS, besides the bundled roots
+    #[arg(long, env = "BERTH_OUTBOUND_CA_FILE", value_name = "PEM")]
+    pub outbound_ca_file: Option<PathBuf>,
+
+    /// Upstreams every app without its own `allowed_outbound_hosts` may call, comma-separated:
+    /// `*`, `scheme://host[:port]`, `https://*.example.com` [default: none]
+    #[arg(long, env = "BERTH_ALLOW_OUTBOUND", value_name = "LIST", value_parser = parse_allow_list)]
+    pub allow_outbound: Option<Allowlist>,
+
+    /// Largest request body an app accepts; larger ones get 413 [default: 10MiB]
+    #[arg(long, env = "BERTH_MAX_BODY_SIZE", value_name = "SIZE", value_parser = parse_size)]
+    pub max_body_size: Option<u64>,
+
+    /// Most connections served at once; more wait in the listen backlog [default: 4096]
+    #[arg(long, env = "BERTH_MAX_CONNECTIONS", value_name = "N", value_parser = parse_count)]
+    pub max_connections: Option<usize>,
+
+    /// Time a client has to send a request's headers (slow clients are cut off) [default: 10s]
+    #[arg(long, env = "BERTH_HEADER_READ_TIMEOUT", value_name = "DUR",
+          value_parser = parse_positive_duration)]
+    pub header_read_timeout: Option<Duration>,
+
+    /// How long an idle keep-alive connection stays open [default: 60s]
+    #[arg(long, env = "BERTH_KEEPALIVE_TIMEOUT", value_name = "DUR",
+          value_parser = parse_positive_duration)]
+    pub keepalive_timeout: Option<Duration>,
 
     /// Do not watch the apps directory for added, changed or removed apps (watched by default)
     #[arg(long, env = "BERTH_NO_WATCH", value_parser = clap::builder::FalseyValueParser::new())]
@@ -179,6 +217,85 @@ pub struct Config {
     /// Per-app settings from the config file's `[apps.<name>]` tables, keyed by app name. An
     /// app without an entry gets [`AppConfig::default`]; see [`Config::app`].
     pub apps: BTreeMap<String, AppConfig>,
+    /// Serve HTTPS with this certificate and key instead of cleartext.
+    pub tls: Option<TlsFiles>,
+    /// Limits that protect the server from slow, large or numerous clients.
+    pub limits: Limits,
+    /// Outbound HTTP settings.
+    pub outbound: OutboundConfig,
+}
+
+/// The PEM files of the TLS certificate chain and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Limits on what clients may do, each with a default that is safe on the open internet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Time a client has to send a request's headers (default 10 s): slow-loris clients are cut
+    /// off.
+    pub header_read_timeout: Duration,
+    /// Largest request head, in bytes (default 64 KiB); larger ones get 431.
+    pub max_header_size: usize,
+    /// Largest request body, in bytes (default 10 MiB); per app `max_body_size`. Larger ones
+    /// get 413 without being read into memory.
+    pub max_body_size: u64,
+    /// How long an idle keep-alive connection stays open (default 60 s).
+    pub keepalive_timeout: Duration,
+    /// Most connections served at once (default 4096); more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Most concurrent streams per HTTP/2 connection (default 128).
+    pub h2_max_concurrent_streams: u32,
+    /// Time a client has to finish the TLS handshake (default 10 s).
+    pub tls_handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_size: 64 * 1024,
+            max_body_size: 10 * 1024 * 1024,
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            h2_max_concurrent_streams: 128,
+            tls_handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How apps reach upstreams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundConfig {
+    /// Time limit to connect (default 5 s), inside the request's time limit.
+    pub connect_timeout: Duration,
+    /// Most outbound requests one app has in flight at once (default 64); waiting for a
+    /// permit counts inside the request's time limit. Per app `outbound_max_concurrency`.
+    pub max_concurrency: usize,
+    /// The largest response body an app may read whole into memory (default 16 MiB); per app
+    /// `outbound_max_buffered`. Streaming a body is not limited by it.
+    pub max_buffered: u64,
+    /// Extra CA certificates (PEM) trusted besides the bundled roots.
+    pub ca_file: Option<PathBuf>,
+    /// Upstreams an app without its own list may call (default: none).
+    pub allowed_hosts: Allowlist,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            connect_timeout: Duration::from_secs(5),
+            max_concurrency: 64,
+            max_buffered: 16 * 1024 * 1024,
+            ca_file: None,
+            allowed_hosts: Allowlist::default(),
+        }
+    }
 }
 
 /// One app's settings: a `[apps.<name>]` table of the config file.
@@ -197,6 +314,14 @@ pub struct AppConfig {
     /// String settings passed to the app's init, like an environment. Numbers and booleans in
     /// the file are passed as their TOML text (`8080`, `true`).
     pub settings: BTreeMap<String, String>,
+    /// This app's largest request body, instead of [`Limits::max_body_size`].
+    pub max_body_size: Option<u64>,
+    /// Upstreams this app may call, instead of [`OutboundConfig::allowed_hosts`].
+    pub allowed_outbound_hosts: Option<Allowlist>,
+    /// This app's outbound concurrency cap, instead of [`OutboundConfig::max_concurrency`].
+    pub outbound_max_concurrency: Option<usize>,
+    /// This app's buffered response limit, instead of [`OutboundConfig::max_buffered`].
+    pub outbound_max_buffered: Option<u64>,
 }
 
 impl Default for AppConfig {
@@ -207,6 +332,10 @@ impl Default for AppConfig {
             request_timeout: None,
             hook_timeout: None,
             settings: BTreeMap::new(),
+            max_body_size: None,
+            allowed_outbound_hosts: None,
+            outbound_max_concurrency: None,
+            outbound_max_buffered: None,
         }
     }
 }
@@ -265,6 +394,9 @@ impl Config {
             hook_timeout: DEFAULT_HOOK_TIMEOUT,
             watch: true,
             apps: BTreeMap::new(),
+            tls: None,
+            limits: Limits::default(),
+            outbound: OutboundConfig::default(),
         }
     }
 
@@ -286,7 +418,7 @@ impl Config {
             None => match std::fs::read_to_string(default_file) {
                 Ok(text) => (default_file.to_owned(), text),
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    return Ok(Config::resolve(None, FileConfig::default(), cli));
+                    return Config::resolve(None, FileConfig::default(), cli);
                 }
                 Err(source) => {
                     return Err(ConfigError::Read {
@@ -297,17 +429,99 @@ impl Config {
             },
         };
         let file = parse(&path, &text)?;
-        Ok(Config::resolve(Some(path), file, cli))
+        Config::resolve(Some(path), file, cli)
     }
 
-    /// Applies `cli` over `file` over the defaults.
-    fn resolve(config_file: Option<PathBuf>, file: FileConfig, cli: Cli) -> Config {
+    /// Applies `cli` over `file` over the defaults. The only error is a certificate without a
+    /// key or the reverse.
+    fn resolve(
+        config_file: Option<PathBuf>,
+        file: FileConfig,
+        cli: Cli,
+    ) -> Result<Config, ConfigError> {
         let file_dir = config_file
             .as_deref()
             .and_then(Path::parent)
-            .unwrap_or(Path::new(""));
+            .unwrap_or(Path::new(""))
+            .to_owned();
+        let in_file_dir = |path: PathBuf| file_dir.join(path);
         let defaults = Config::new(DEFAULT_APPS_DIR, DEFAULT_LISTEN);
-        Config {
+        let tls_cert = cli.tls_cert.or(file.tls_cert.map(in_file_dir));
+        let tls_key = cli.tls_key.or(file.tls_key.map(in_file_dir));
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (cert, _) => {
+                return Err(ConfigError::Invalid {
+                    path: config_file.unwrap_or_else(|| PathBuf::from("<command line>")),
+                    line: None,
+                    key: Some(
+                        if cert.is_some() {
+                            "tls_key"
+                        } else {
+                            "tls_cert"
+                        }
+                        .to_owned(),
+                    ),
+                    message: "tls_cert and tls_key (--tls-cert, --tls-key) go together".to_owned(),
+                });
+            }
+        };
+        let limits = Limits {
+            header_read_timeout: cli
+                .header_read_timeout
+                .or(file.header_read_timeout.map(|d| d.0))
+                .unwrap_or(defaults.limits.header_read_timeout),
+            max_header_size: file
+                .max_header_size
+                .map_or(defaults.limits.max_header_size, |s| {
+                    usize::try_from(s.0).unwrap_or(usize::MAX)
+                }),
+            max_body_size: cli
+                .max_body_size
+                .or(file.max_body_size.map(|s| s.0))
+                .unwrap_or(defaults.limits.max_body_size),
+            keepalive_timeout: cli
+                .keepalive_timeout
+                .or(file.keepalive_timeout.map(|d| d.0))
+                .unwrap_or(defaults.limits.keepalive_timeout),
+            max_connections: cli
+                .max_connections
+                .or(file.max_connections.map(|n| n.0))
+                .unwrap_or(defaults.limits.max_connections),
+            h2_max_concurrent_streams: file
+                .h2_max_concurrent_streams
+                .map_or(defaults.limits.h2_max_concurrent_streams, |n| {
+                    u32::try_from(n.0).unwrap_or(u32::MAX)
+                }),
+            tls_handshake_timeout: file
+                .tls_handshake_timeout
+                .map_or(defaults.limits.tls_handshake_timeout, |d| d.0),
+        };
+        let outbound = OutboundConfig {
+            connect_timeout: file
+                .outbound_connect_timeout
+                .map_or(defaults.outbound.connect_timeout, |d| d.0),
+            max_concurrency: file
+                .outbound_max_concurrency
+                .map_or(defaults.outbound.max_concurrency, |n| n.0),
+            max_buffered: file
+                .outbound_max_buffered
+                .map_or(defaults.outbound.max_buffered, |s| s.0),
+            ca_file: cli
+                .outbound_ca_file
+                .or(file.outbound_ca_file.map(|p| file_dir.join(p))),
+            // An empty `BERTH_ALLOW_OUTBOUND=` counts as not given.
+            allowed_hosts: cli
+                .allow_outbound
+                .filter(|list| !list.is_empty())
+                .or(file.allowed_outbound_hosts.map(|h| h.0))
+                .unwrap_or_default(),
+        };
+        Ok(Config {
+            tls,
+            limits,
+            outbound,
             apps_dir: cli
                 .apps_dir
                 .or_else(|| file.apps_dir.map(|dir| file_dir.join(dir)))
@@ -340,7 +554,7 @@ impl Config {
                 .map(|(name, app)| (name, app.into()))
                 .collect(),
             config_file,
-        }
+        })
     }
 }
 
@@ -433,6 +647,20 @@ struct FileConfig {
     watch: Option<bool>,
     #[serde(default)]
     apps: BTreeMap<String, FileApp>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_handshake_timeout: Option<PositiveSecs>,
+    header_read_timeout: Option<PositiveSecs>,
+    keepalive_timeout: Option<PositiveSecs>,
+    max_header_size: Option<Size>,
+    max_body_size: Option<Size>,
+    max_connections: Option<Count>,
+    h2_max_concurrent_streams: Option<Count>,
+    outbound_connect_timeout: Option<PositiveSecs>,
+    outbound_max_concurrency: Option<Count>,
+    outbound_max_buffered: Option<Size>,
+    outbound_ca_file: Option<PathBuf>,
+    allowed_outbound_hosts: Option<Hosts>,
 }
 
 /// An `[apps.<name>]` table as written.
@@ -445,11 +673,19 @@ struct FileApp {
     hook_timeout: Option<PositiveSecs>,
     #[serde(default)]
     settings: BTreeMap<String, Setting>,
+    max_body_size: Option<Size>,
+    allowed_outbound_hosts: Option<Hosts>,
+    outbound_max_concurrency: Option<Count>,
+    outbound_max_buffered: Option<Size>,
 }
 
 impl From<FileApp> for AppConfig {
     fn from(app: FileApp) -> Self {
         AppConfig {
+            max_body_size: app.max_body_size.map(|s| s.0),
+            allowed_outbound_hosts: app.allowed_outbound_hosts.map(|h| h.0),
+            outbound_max_concurrency: app.outbound_max_concurrency.map(|n| n.0),
+            outbound_max_buffered: app.outbound_max_buffered.map(|s| s.0),
             mount: app.mount.map(|m| m.0),
             enabled: app.enabled.unwrap_or(true),
             request_timeout: app.request_timeout.map(|d| d.0),
@@ -607,6 +843,118 @@ impl<'de> Deserialize<'de> for Setting {
 
         deserializer.deserialize_any(SettingVisitor).map(Setting)
     }
+}
+
+/// A size in bytes: a whole number, or a string with a unit (`"64KiB"`, `"10MiB"`, `"1GB"`).
+#[derive(Debug)]
+struct Size(u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+
+        impl Visitor<'_> for SizeVisitor {
+            type Value = u64;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size in bytes (65536) or with a unit (\"64KiB\", \"10MiB\")")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+                u64::try_from(v).map_err(|_| E::custom(format!("{v} is not a size")))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+                Ok(v)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+                parse_size(v).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_any(SizeVisitor).map(Size)
+    }
+}
+
+/// A count of at least 1.
+#[derive(Debug)]
+struct Count(usize);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(deserializer)?;
+        usize::try_from(n)
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Count)
+            .ok_or_else(|| de::Error::custom(format!("{n} is not a count of at least 1")))
+    }
+}
+
+/// An `allowed_outbound_hosts` list, each entry checked.
+#[derive(Debug)]
+struct Hosts(Allowlist);
+
+impl<'de> Deserialize<'de> for Hosts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let entries = Vec::<String>::deserialize(deserializer)?;
+        Allowlist::parse(&entries)
+            .map(Hosts)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// A size: bytes, or a number with a unit: `k`/`KB` (1000), `KiB` (1024), `MB`, `MiB`, `GB`,
+/// `GiB`.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let text = value.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit_size: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{value:?} is not a size; expected bytes (65536) or a size like 64KiB, 10MiB, 1GB"
+            ));
+        }
+    };
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a size; expected a number before the unit"))?;
+    let bytes = number * unit_size as f64;
+    if !(0.0..=u64::MAX as f64).contains(&bytes) {
+        return Err(format!("{value:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// A count of at least 1 on the command line.
+fn parse_count(value: &str) -> Result<usize, String> {
+    value
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{value:?} is not a whole number of at least 1"))
+}
+
+/// A comma-separated allowlist on the command line.
+fn parse_allow_list(value: &str) -> Result<Allowlist, String> {
+    let entries: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    Allowlist::parse(&entries)
 }
 
 /// A socket address such as `127.0.0.1:8080` or `[::1]:8080`.
@@ -914,7 +1262,8 @@ mod tests {
             Some(PathBuf::from("berth.toml")),
             toml::from_str("apps_dir = \"plugins\"").unwrap(),
             Cli::default(),
-        );
+        )
+        .unwrap();
         assert_eq!(config.apps_dir, PathBuf::from("plugins"));
     }
 

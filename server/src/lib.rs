@@ -23,14 +23,17 @@
 //! * [`server`]: the listener, the accept loop, request dispatch and graceful shutdown.
 
 pub mod admin;
+pub mod allowlist;
 mod bridge;
 pub mod config;
+mod conn;
 pub mod loader;
 pub mod outbound;
 pub mod plugin;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod watch;
 
 pub use config::{AppConfig, Cli, Config, ConfigError};

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         Err(err) => {
             tracing::error!("{err}");
             match err {
-                ServeError::AppsDir { .. } => ExitCode::from(2),
+                ServeError::AppsDir { .. } | ServeError::Tls(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }

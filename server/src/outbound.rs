@@ -1,13 +1,20 @@
 //! Outbound HTTP for apps: one pooled hyper client shared by every app.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
 
 use berth_app::ffi::ForeignBody;
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::ClientConfig;
+
+use crate::plugin::OutboundPolicy;
 
 /// Why an outbound request failed; each becomes a `FETCH_*` tag for the app.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +28,9 @@ pub enum FetchFailure {
     /// The time limit passed before the response head.
     #[error("no response within {0:?}")]
     Timeout(Duration),
+    /// The app may not call this upstream; no connection was made.
+    #[error("{0}")]
+    Denied(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -29,17 +39,15 @@ pub enum FetchFailure {
 /// The shared outbound client. Cheap to clone (the pool is shared).
 #[derive(Debug, Clone)]
 pub struct Outbound {
-    client: Client<HttpConnector, ForeignBody>,
+    client: Client<HttpsConnector<HttpConnector>, ForeignBody>,
     default_timeout: Duration,
 }
 
 impl Outbound {
     /// A pooled client whose requests time out after `default_timeout` unless the app sets its
     /// own limit.
-    pub fn new(default_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(default_timeout));
+    pub fn new(default_timeout: Duration, connect_timeout: Duration, tls: ClientConfig) -> Self {
+        let connector = crate::tls::https_connector(tls, connect_timeout);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
@@ -50,24 +58,57 @@ impl Outbound {
         }
     }
 
-    /// Sends a request and waits for the response head, within the time limit.
+    /// Sends a request for `app` under its `policy` and waits for the response head, within
+    /// the request's own time limit. The inbound request's deadline needs no timer here: when it
+    /// passes, the host drops the app's future (answering 504), and with it this exchange and
+    /// its connection, so no outbound call outlives its request. Returns the response and the
+    /// concurrency permit, to be held until its body is done.
     pub fn fetch(
         &self,
+        app: &str,
         exchange: Exchange<'_>,
-    ) -> impl Future<Output = Result<Response<Incoming>, FetchFailure>> + Send + 'static {
+        policy: &OutboundPolicy,
+    ) -> impl Future<Output = Result<(Response<Incoming>, OwnedSemaphorePermit), FetchFailure>>
+    + Send
+    + 'static {
         let limit = exchange.timeout.unwrap_or(self.default_timeout);
-        let request = build_request(exchange);
+        let request = build_request(exchange).and_then(|request| {
+            if policy.allowlist.allows(request.uri()) {
+                Ok(request)
+            } else {
+                let uri = request.uri();
+                let origin = format!(
+                    "{}://{}",
+                    uri.scheme_str().unwrap_or("?"),
+                    uri.authority().map_or("?", |a| a.as_str())
+                );
+                Err(FetchFailure::Denied(format!(
+                    "app {app:?} may not call {origin}: it is not in the app's allowed_outbound_hosts"
+                )))
+            }
+        });
+        let permits = Arc::clone(&policy.permits);
         let client = self.client.clone();
         async move {
             let request = request?;
-            match tokio::time::timeout(limit, client.request(request)).await {
-                Err(_) => Err(FetchFailure::Timeout(limit)),
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(err)) if err.is_connect() => {
-                    Err(FetchFailure::Connect(crate::error_chain(&err)))
-                }
-                Ok(Err(err)) => Err(FetchFailure::Other(crate::error_chain(&err))),
-            }
+            // Waiting for a permit counts inside the time limit.
+            let exchange = async {
+                let permit = permits
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| FetchFailure::Other("the app is being retired".into()))?;
+                let response = client.request(request).await.map_err(|err| {
+                    if err.is_connect() {
+                        FetchFailure::Connect(crate::error_chain(&err))
+                    } else {
+                        FetchFailure::Other(crate::error_chain(&err))
+                    }
+                })?;
+                Ok((response, permit))
+            };
+            tokio::time::timeout(limit, exchange)
+                .await
+                .unwrap_or(Err(FetchFailure::Timeout(limit)))
         }
     }
 }
@@ -102,13 +143,12 @@ fn build_request(exchange: Exchange<'_>) -> Result<Request<ForeignBody>, FetchFa
         .parse()
         .map_err(|e| invalid(format!("invalid URL {url:?}: {e}")))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
+        Some("http" | "https") => {}
+        _ => {
             return Err(invalid(format!(
-                "HTTPS is not supported yet for outbound requests: {url}"
+                "URL must be absolute http:// or https://: {url:?}"
             )));
         }
-        _ => return Err(invalid(format!("URL must be absolute http://: {url:?}"))),
     }
     if uri.host().is_none() {
         return Err(invalid(format!("URL has no host: {url:?}")));

@@ -111,6 +111,37 @@ pub fn check_name(name: &str) -> Result<(), LoadError> {
     }
 }
 
+/// An app's outbound rules: the upstreams it may call, and a cap on its requests in flight.
+#[derive(Debug)]
+pub struct OutboundPolicy {
+    /// Upstreams the app may call.
+    pub allowlist: crate::allowlist::Allowlist,
+    /// One permit per outbound request in flight.
+    pub permits: Arc<tokio::sync::Semaphore>,
+    /// The largest response body the app may read whole into memory.
+    pub max_buffered: u64,
+}
+
+impl OutboundPolicy {
+    /// The policy of an app with `app` settings under `config`.
+    pub fn new(config: &crate::config::Config, app: &crate::config::AppConfig) -> Self {
+        let allowlist = app
+            .allowed_outbound_hosts
+            .clone()
+            .unwrap_or_else(|| config.outbound.allowed_hosts.clone());
+        let cap = app
+            .outbound_max_concurrency
+            .unwrap_or(config.outbound.max_concurrency);
+        OutboundPolicy {
+            allowlist,
+            permits: Arc::new(tokio::sync::Semaphore::new(cap)),
+            max_buffered: app
+                .outbound_max_buffered
+                .unwrap_or(config.outbound.max_buffered),
+        }
+    }
+}
+
 /// Host state behind the `ctx` pointer an app receives with each request: who the app is and the
 /// services it may call. Reference-counted across the boundary.
 #[derive(Debug)]
@@ -119,6 +150,11 @@ pub struct RequestScope {
     pub app: Arc<str>,
     /// The outbound HTTP client.
     pub outbound: Outbound,
+    /// What the app may call, and how much at once.
+    pub policy: Arc<OutboundPolicy>,
+    /// When the request (or hook) this scope serves must be done: then the host drops the
+    /// app's future, and with it every outbound call it made.
+    pub deadline: Option<tokio::time::Instant>,
     /// The host's runtime, so capabilities work even when called off a runtime thread.
     pub runtime: tokio::runtime::Handle,
 }
@@ -149,12 +185,18 @@ impl RequestScope {
         &self,
         exchange: Exchange<'_>,
     ) -> impl Future<Output = AbiFetchOutcome> + Send + 'static {
-        let exchange = self.outbound.fetch(exchange);
+        let exchange = self.outbound.fetch(&self.app, exchange, &self.policy);
         let task = AbortOnDrop(self.runtime.spawn(async move {
             match exchange.await {
-                Ok(response) => {
+                Ok((response, permit)) => {
                     let (parts, body) = response.into_parts();
-                    let body = incoming_to_abi(body);
+                    let len = http_body::Body::size_hint(&body).exact();
+                    // The permit is released when the app is done with the body.
+                    let stream = futures_util::StreamExt::map(data_stream(body), move |chunk| {
+                        let _held = &permit;
+                        chunk
+                    });
+                    let body = AbiBody::from_stream(Box::pin(stream), len);
                     AbiFetchOutcome::ok(AbiResponse::new(parts.status, parts.headers, body))
                 }
                 Err(failure) => failure.into_outcome(),
@@ -174,6 +216,7 @@ impl FetchFailure {
             FetchFailure::InvalidRequest(_) => abi::FETCH_INVALID_REQUEST,
             FetchFailure::Connect(_) => abi::FETCH_CONNECT,
             FetchFailure::Timeout(_) => abi::FETCH_TIMEOUT,
+            FetchFailure::Denied(_) => abi::FETCH_DENIED,
             FetchFailure::Other(_) => abi::FETCH_OTHER,
         };
         AbiFetchOutcome::failed(tag, self.to_string())
@@ -183,12 +226,47 @@ impl FetchFailure {
 /// Hands a hyper body to an app as a stream of data chunks (trailers are not passed on). The
 /// app pulls each chunk, so hyper reads from the socket only as fast as the app consumes.
 pub fn incoming_to_abi(body: hyper::body::Incoming) -> AbiBody {
-    use futures_util::TryStreamExt as _;
-    use http_body::Body as _;
-    let len = body.size_hint().exact();
-    let stream = http_body_util::BodyDataStream::new(body)
-        .map_err(|e| berth_app::BodyError::new(e.to_string()));
+    let len = http_body::Body::size_hint(&body).exact();
+    AbiBody::from_stream(Box::pin(data_stream(body)), len)
+}
+
+/// Like [`incoming_to_abi`] for a request body limited to `limit` bytes: past it the app's
+/// stream fails (nothing more is read from the client) and `exceeded` is set, so that the host
+/// answers 413 whatever the app made of the error.
+pub fn limited_incoming_to_abi(
+    body: hyper::body::Incoming,
+    limit: u64,
+    exceeded: Arc<std::sync::atomic::AtomicBool>,
+) -> AbiBody {
+    use futures_util::StreamExt as _;
+    let len = http_body::Body::size_hint(&body).exact();
+    let mut seen: u64 = 0;
+    let stream = data_stream(body).scan(false, move |failed, chunk| {
+        if *failed {
+            return std::future::ready(None);
+        }
+        let chunk = chunk.and_then(|chunk| {
+            seen += chunk.len() as u64;
+            if seen > limit {
+                exceeded.store(true, std::sync::atomic::Ordering::SeqCst);
+                Err(berth_app::BodyError::new(format!(
+                    "request body is larger than the limit of {limit} bytes"
+                )))
+            } else {
+                Ok(chunk)
+            }
+        });
+        *failed = chunk.is_err();
+        std::future::ready(Some(chunk))
+    });
     AbiBody::from_stream(Box::pin(stream), len)
+}
+
+fn data_stream(
+    body: hyper::body::Incoming,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, berth_app::BodyError>> + Send {
+    use futures_util::TryStreamExt as _;
+    http_body_util::BodyDataStream::new(body).map_err(|e| berth_app::BodyError::new(e.to_string()))
 }
 
 /// A spawned task that is aborted when this handle is dropped.

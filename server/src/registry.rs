@@ -24,7 +24,7 @@ use crate::bridge::{Plugin, hook_result};
 use crate::config::Config;
 use crate::loader::{ShadowDir, check_complete, is_library_path, read_image};
 use crate::outbound::Outbound;
-use crate::plugin::{LoadError, RequestScope, check_name};
+use crate::plugin::{LoadError, OutboundPolicy, RequestScope, check_name};
 use crate::router::Router;
 
 /// Request counters of one app, kept across its versions.
@@ -57,6 +57,10 @@ pub struct AppVersion {
     pub request_timeout: Duration,
     /// Time limit for its lifecycle hooks.
     pub hook_timeout: Duration,
+    /// Largest request body it accepts.
+    pub max_body_size: u64,
+    /// What it may call outbound.
+    pub outbound: Arc<OutboundPolicy>,
     /// The plugin.
     pub plugin: Plugin,
     /// The app's counters (shared with its other versions).
@@ -204,11 +208,19 @@ impl Registry {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// A per-request (or per-hook) host context for `app`.
-    pub fn scope(&self, app: &Arc<str>) -> Arc<RequestScope> {
+    /// A per-request (or per-hook) host context for `app`, whose outbound calls end by
+    /// `deadline` at the latest.
+    pub fn scope(
+        &self,
+        app: &Arc<str>,
+        policy: &Arc<OutboundPolicy>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Arc<RequestScope> {
         Arc::new(RequestScope {
             app: Arc::clone(app),
             outbound: self.outbound.clone(),
+            policy: Arc::clone(policy),
+            deadline,
             runtime: self.runtime.clone(),
         })
     }
@@ -396,7 +408,12 @@ impl Registry {
         }
         let name: Arc<str> = Arc::from(plugin.name.as_str());
         let hook_timeout = app_config.hook_timeout.unwrap_or(self.config.hook_timeout);
-        if let Some(init) = plugin.init(&app_config.settings, self.scope(&name)) {
+        let outbound = Arc::new(OutboundPolicy::new(&self.config, &app_config));
+        let deadline = tokio::time::Instant::now() + hook_timeout;
+        if let Some(init) = plugin.init(
+            &app_config.settings,
+            self.scope(&name, &outbound, Some(deadline)),
+        ) {
             let started = std::time::Instant::now();
             match tokio::time::timeout(hook_timeout, AssertUnwindSafe(init).catch_unwind()).await {
                 Err(_) => return Err(LoadError::InitTimeout(hook_timeout)),
@@ -421,6 +438,10 @@ impl Registry {
                 .request_timeout
                 .unwrap_or(self.config.request_timeout),
             hook_timeout,
+            max_body_size: app_config
+                .max_body_size
+                .unwrap_or(self.config.limits.max_body_size),
+            outbound,
             plugin,
             stats,
             in_flight: AtomicUsize::new(0),
@@ -446,10 +467,12 @@ impl Registry {
     }
 
     async fn run_shutdown(&self, version: &AppVersion) {
-        let Some(shutdown) = version.plugin.shutdown(self.scope(&version.name)) else {
+        let limit = version.hook_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
+        let scope = self.scope(&version.name, &version.outbound, Some(deadline));
+        let Some(shutdown) = version.plugin.shutdown(scope) else {
             return;
         };
-        let limit = version.hook_timeout;
         let app = &*version.name;
         match tokio::time::timeout(limit, AssertUnwindSafe(shutdown).catch_unwind()).await {
             Err(_) => tracing::warn!(app, "shutdown did not finish within {limit:?}"),

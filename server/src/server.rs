@@ -17,18 +17,20 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::bridge::{RequestView, outcome_into_parts};
 use crate::config::Config;
+use crate::config::Limits;
 use crate::outbound::Outbound;
-use crate::plugin::incoming_to_abi;
+use crate::plugin::limited_incoming_to_abi;
 use crate::registry::{InFlight, Registry, Rescan};
 use crate::router::Router;
-use crate::{admin, watch};
+use crate::{admin, conn, tls, watch};
+use tokio_rustls::TlsAcceptor;
 
 /// The body of every response Berth sends: its own small answers, or an app's stream.
 pub type ResponseBody = Either<Full<Bytes>, AppBody>;
@@ -81,6 +83,9 @@ pub enum ServeError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The TLS certificate, key or extra CA file is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The private directory for shadow copies of app libraries could not be created.
     #[error("cannot create the shadow directory for app libraries: {0}")]
     Shadow(std::io::Error),
@@ -110,8 +115,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         return Err(apps_dir_error(not_dir));
     }
     let config = Arc::new(config);
-    let registry = Registry::new(Arc::clone(&config), Outbound::new(config.outbound_timeout))
-        .map_err(ServeError::Shadow)?;
+    let client_tls = tls::client_config(config.outbound.ca_file.as_deref())?;
+    let acceptor = match &config.tls {
+        Some(files) => Some(TlsAcceptor::from(tls::server_config(
+            &files.cert,
+            &files.key,
+        )?)),
+        None => None,
+    };
+    let outbound = Outbound::new(
+        config.outbound_timeout,
+        config.outbound.connect_timeout,
+        client_tls,
+    );
+    let registry = Registry::new(Arc::clone(&config), outbound).map_err(ServeError::Shadow)?;
     registry.rescan(Rescan::Changed).await;
 
     let listener = bind(config.listen).map_err(|source| ServeError::Bind {
@@ -134,13 +151,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     watch::rescan_on_sighup(Arc::clone(&registry));
 
-    serve(
-        listener,
-        Arc::clone(&registry),
-        shutdown,
-        config.drain_timeout,
-    )
-    .await;
+    serve(listener, acceptor, Arc::clone(&registry), &config, shutdown).await;
     registry.shutdown().await;
     Ok(())
 }
@@ -162,21 +173,30 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn serve(
     listener: TcpListener,
-    state: Arc<Registry>,
+    acceptor: Option<TlsAcceptor>,
+    registry: Arc<Registry>,
+    config: &Config,
     shutdown: impl Future<Output = ()>,
-    drain_timeout: Duration,
 ) {
     let local = listener.local_addr().ok();
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
     match local {
-        Some(addr) => tracing::info!("listening on http://{addr}"),
+        Some(addr) => tracing::info!("listening on {scheme}://{addr}"),
         None => tracing::info!("listening"),
     }
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(conn::builder(&config.limits));
     let graceful = GracefulShutdown::new();
+    // Past the limit, new connections wait in the kernel's listen backlog until one closes.
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_closed) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -189,9 +209,16 @@ async fn serve(
             },
             () = &mut shutdown => break,
         };
-        spawn_connection(&builder, &graceful, &state, stream, peer, local);
+        let connection = Connection {
+            registry: Arc::clone(&registry),
+            peer,
+            local,
+            limits: config.limits.clone(),
+        };
+        connection.spawn(&builder, &graceful, acceptor.clone(), stream, slot);
     }
     drop(listener);
+    let drain_timeout = config.drain_timeout;
     tracing::info!(
         connections = graceful.count(),
         "shutting down: stopped accepting, draining in-flight requests (up to {drain_timeout:?})"
@@ -204,41 +231,88 @@ async fn serve(
     }
 }
 
-/// Serves one connection on its own task, watched by `graceful` for shutdown.
-fn spawn_connection(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    state: &Arc<Registry>,
-    stream: TcpStream,
+/// What serving one connection needs.
+struct Connection {
+    registry: Arc<Registry>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
-) {
-    // Small responses should leave at once rather than wait for Nagle's timer.
-    if let Err(err) = stream.set_nodelay(true) {
-        tracing::debug!(%peer, "cannot set TCP_NODELAY: {err}");
-    }
-    let state = Arc::clone(state);
-    let service = service_fn(move |request| {
-        let registry = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(dispatch(&registry, request, peer, local).await) }
-    });
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .into_owned();
-    let connection = graceful.watch(connection);
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::debug!(%peer, "connection error: {err}");
-        }
-    });
+    limits: Limits,
 }
 
-async fn dispatch(
-    registry: &Registry,
-    request: Request<Incoming>,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
-) -> Response<ResponseBody> {
+impl Connection {
+    /// Serves the connection on its own task (after the TLS handshake, with `acceptor`),
+    /// watched by `graceful` for shutdown; `slot` is its place under the connection limit,
+    /// freed when it ends.
+    fn spawn(
+        self,
+        builder: &Arc<auto::Builder<TokioExecutor>>,
+        graceful: &GracefulShutdown,
+        acceptor: Option<TlsAcceptor>,
+        stream: TcpStream,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        // Small responses should leave at once rather than wait for Nagle's timer.
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(peer = %self.peer, "cannot set TCP_NODELAY: {err}");
+        }
+        let builder = Arc::clone(builder);
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            match acceptor {
+                None => self.serve(&builder, watcher, TokioIo::new(stream)).await,
+                Some(acceptor) => {
+                    let limit = self.limits.tls_handshake_timeout;
+                    match tls::accept(&acceptor, stream, limit).await {
+                        Ok((stream, _h2)) => {
+                            self.serve(&builder, watcher, TokioIo::new(stream)).await;
+                        }
+                        Err(err) => {
+                            tracing::debug!(peer = %self.peer, "TLS handshake failed: {err}")
+                        }
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+
+    /// Serves HTTP on `io` until the connection ends, with the keep-alive idle timeout and
+    /// request tracking.
+    async fn serve<I>(
+        self,
+        builder: &auto::Builder<TokioExecutor>,
+        watcher: hyper_util::server::graceful::Watcher,
+        io: I,
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let peer = self.peer;
+        let activity = Arc::new(conn::Activity::default());
+        let io = conn::IdleIo::new(
+            io,
+            Arc::clone(&activity),
+            self.limits.keepalive_timeout,
+            self.limits.header_read_timeout,
+        );
+        let this = Arc::new(self);
+        let service = service_fn(move |request| {
+            let this = Arc::clone(&this);
+            let guard = activity.begin();
+            async move {
+                let response = dispatch(&this, request).await;
+                Ok::<_, Infallible>(response.map(|body| conn::Tracked::new(body, guard)))
+            }
+        });
+        let connection = builder.serve_connection_with_upgrades(io, service);
+        if let Err(err) = watcher.watch(connection.into_owned()).await {
+            tracing::debug!(%peer, "connection error: {err}");
+        }
+    }
+}
+
+async fn dispatch(connection: &Connection, request: Request<Incoming>) -> Response<ResponseBody> {
+    let registry = &connection.registry;
+    let (peer, local) = (connection.peer, connection.local);
     let started = Instant::now();
     let path = request.uri().path().to_owned();
     let router = registry.router();
@@ -261,7 +335,20 @@ async fn dispatch(
         started,
         status: None,
     };
+    let max_body = app.max_body_size;
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_body) {
+        // Refused before the app runs and before a byte of the body is read.
+        let response = too_large(max_body);
+        log.status = Some(response.status());
+        return response;
+    }
     let (parts, body) = request.into_parts();
+    let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = limited_incoming_to_abi(body, max_body, Arc::clone(&exceeded));
     let uri = parts.uri.to_string();
     let view = RequestView {
         method: parts.method.as_str(),
@@ -274,9 +361,9 @@ async fn dispatch(
         path: route.path,
         query: parts.uri.query().unwrap_or(""),
     };
-    let future = app
-        .plugin
-        .handle(&view, incoming_to_abi(body), registry.scope(&app.name));
+    let deadline = tokio::time::Instant::now() + app.request_timeout;
+    let scope = registry.scope(&app.name, &app.outbound, Some(deadline));
+    let future = app.plugin.handle(&view, body, scope);
     // The plugin catches its own panics; catch_unwind only guards against a broken plugin glue.
     let limit = app.request_timeout;
     let outcome = tokio::time::timeout(limit, AssertUnwindSafe(future).catch_unwind()).await;
@@ -322,10 +409,29 @@ async fn dispatch(
             }
         },
     };
+    // Whatever the app answered after its body stream failed at the limit, the client sent too
+    // much: say so.
+    let response = if exceeded.load(Ordering::SeqCst) {
+        too_large(max_body)
+    } else {
+        response
+    };
     if response.status().is_server_error() {
         app.stats.errors.fetch_add(1, Ordering::Relaxed);
     }
     log.status = Some(response.status());
+    response
+}
+
+fn too_large(limit: u64) -> Response<ResponseBody> {
+    let mut response = text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than the limit of {limit} bytes\n"),
+    );
+    // The rest of the body is not read: the connection cannot be reused.
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

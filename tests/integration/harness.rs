@@ -42,10 +42,17 @@ const BERTH_ENV: &[&str] = &[
     "BERTH_REQUEST_TIMEOUT",
     "BERTH_HOOK_TIMEOUT",
     "BERTH_NO_WATCH",
+    "BERTH_TLS_CERT",
+    "BERTH_TLS_KEY",
+    "BERTH_OUTBOUND_CA_FILE",
 ];
 
-/// The log line prefix of the public listener's address (`listening on http://ADDR`).
+/// The log line prefix of the public listener's address (`listening on http://ADDR`, or
+/// `listening on https://ADDR` when it serves TLS).
 const LISTENING: &str = "listening on http://";
+
+/// The log line prefix of the public listener's address when it serves TLS.
+const LISTENING_TLS: &str = "listening on https://";
 
 /// The log line prefix of the admin listener's address (`admin listening on http://ADDR`).
 const ADMIN_LISTENING: &str = "admin listening on http://";
@@ -281,6 +288,8 @@ pub struct BerthBuilder {
     config_through_env: bool,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    /// Variables removed from the child's environment (after `envs` and the harness defaults).
+    envs_removed: Vec<String>,
     /// Contents of `berth.toml`, passed with `--config`.
     config: Option<String>,
     admin: AdminListen,
@@ -332,6 +341,13 @@ impl BerthBuilder {
         self
     }
 
+    /// Removes an environment variable from the child's environment, including one the harness
+    /// sets itself (`BERTH_ALLOW_OUTBOUND`).
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.envs_removed.push(key.to_owned());
+        self
+    }
+
     /// Writes `toml` to `berth.toml` next to the apps directory (so `apps_dir = "apps"` names
     /// it) and passes `--config` with its path.
     pub fn config(mut self, toml: &str) -> Self {
@@ -352,8 +368,8 @@ impl BerthBuilder {
         self
     }
 
-    /// Starts `berth` and waits until it prints `listening on http://ADDR` (and, with an
-    /// ephemeral admin listener, `admin listening on http://ADDR`).
+    /// Starts `berth` and waits until it prints `listening on http://ADDR` (or `https://ADDR`)
+    /// and, with an ephemeral admin listener, `admin listening on http://ADDR`.
     pub fn start(self) -> Berth {
         let mut berth = self.spawn();
         berth.wait_ready();
@@ -395,6 +411,9 @@ impl BerthBuilder {
         // but not when the harness kills it: keep them in the test's own directory.
         command.env("TMPDIR", temp.path());
         command.env("RUST_LOG", "info");
+        // Outbound is denied by default; most tests fetch from their own upstreams. Tests of the
+        // allowlist override this with `.env("BERTH_ALLOW_OUTBOUND", "")` or per-app lists.
+        command.env("BERTH_ALLOW_OUTBOUND", "*");
         if let Some(path) = &config_file {
             command.arg("--config").arg(path);
         }
@@ -418,6 +437,9 @@ impl BerthBuilder {
         }
         command.args(&self.args);
         command.envs(self.envs.iter().map(|(k, v)| (k, v)));
+        for key in &self.envs_removed {
+            command.env_remove(key);
+        }
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -432,6 +454,7 @@ impl BerthBuilder {
             child,
             description,
             addr: None,
+            tls: false,
             admin_addr: None,
             wait_for_admin: self.admin == AdminListen::Ephemeral,
             apps_dir,
@@ -451,6 +474,8 @@ pub struct Berth {
     description: String,
     /// The address parsed from the `listening on` line, once ready.
     addr: Option<SocketAddr>,
+    /// Whether that line said `https://`.
+    tls: bool,
     /// The address parsed from the `admin listening on` line, once looked for.
     admin_addr: Option<SocketAddr>,
     /// Whether `start()` waits for the admin listener too.
@@ -480,36 +505,49 @@ impl Berth {
     }
 
     fn wait_ready(&mut self) {
-        self.addr = Some(self.wait_for_address(LISTENING, |line| !line.contains(ADMIN_LISTENING)));
+        let public = |line: &str| !line.contains("admin listening on ");
+        let (which, addr) = self.wait_for_address(&[LISTENING, LISTENING_TLS], public);
+        self.addr = Some(addr);
+        self.tls = which == 1;
         if self.wait_for_admin {
             self.admin_addr();
         }
     }
 
-    /// Waits for the first stderr line containing `needle` (and accepted by `accept`) and parses
-    /// the address that follows `needle`; panics after [`READY_TIMEOUT`].
-    fn wait_for_address(&mut self, needle: &str, accept: impl Fn(&str) -> bool) -> SocketAddr {
+    /// Waits for the first stderr line containing one of `needles` (and accepted by `accept`)
+    /// and parses the address that follows it; returns which needle matched and the address.
+    /// Panics after [`READY_TIMEOUT`].
+    fn wait_for_address(
+        &mut self,
+        needles: &[&str],
+        accept: impl Fn(&str) -> bool,
+    ) -> (usize, SocketAddr) {
         let parsed = self.stderr.wait_line(READY_TIMEOUT, |line| {
             if !accept(line) {
                 return None;
             }
-            let start = line.find(needle)? + needle.len();
-            let rest = &line[start..];
-            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-            Some(rest[..end].trim_end_matches('/').to_owned())
+            needles.iter().enumerate().find_map(|(which, needle)| {
+                let start = line.find(needle)? + needle.len();
+                let rest = &line[start..];
+                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                Some((which, rest[..end].trim_end_matches('/').to_owned()))
+            })
         });
-        let Some(text) = parsed else {
+        let Some((which, text)) = parsed else {
             let status = self.child.try_wait().ok().flatten();
             panic!(
-                "berth did not print `{needle}ADDR` within {READY_TIMEOUT:?} (exit status: \
+                "berth did not print `{}ADDR` within {READY_TIMEOUT:?} (exit status: \
                  {status:?}); command: {}\nstderr:\n{}",
+                needles.join("ADDR` or `"),
                 self.description,
                 self.stderr()
             );
         };
-        text.parse().unwrap_or_else(|err| {
+        let needle = needles[which];
+        let addr = text.parse().unwrap_or_else(|err| {
             panic!("cannot parse the address {text:?} after {needle:?} in berth's log: {err}")
-        })
+        });
+        (which, addr)
     }
 
     /// The address `berth` listens on.
@@ -517,9 +555,15 @@ impl Berth {
         self.addr.expect("berth was started with `start()`")
     }
 
-    /// `http://ADDR{path}`; `path` starts with `/`.
+    /// `http://ADDR{path}` (`https://` when berth serves TLS); `path` starts with `/`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr())
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr())
+    }
+
+    /// Whether berth said it serves TLS (`listening on https://ADDR`).
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The address of the admin listener, from its `admin listening on http://ADDR` line
@@ -528,7 +572,7 @@ impl Berth {
         if let Some(addr) = self.admin_addr {
             return addr;
         }
-        let addr = self.wait_for_address(ADMIN_LISTENING, |_| true);
+        let (_, addr) = self.wait_for_address(&[ADMIN_LISTENING], |_| true);
         self.admin_addr = Some(addr);
         addr
     }
@@ -551,6 +595,17 @@ impl Berth {
     /// The process id of `berth`.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process is still running (it has not exited, crashed or been killed).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.try_wait().expect("try_wait on berth") {
+            Some(status) => {
+                self.exit = Some(status);
+                false
+            }
+            None => true,
+        }
     }
 
     /// Everything `berth` has written to stderr so far.

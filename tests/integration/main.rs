@@ -18,7 +18,15 @@
 //! * `reload`: watching the apps directory, swaps under load, retiring old versions, broken
 //!   replacements, removal, the memory cost of swaps;
 //! * `app_config`: `berth.toml`, app settings and `init`/`shutdown` hooks, config errors;
-//! * `admin`: the admin listener's `/healthz`, `/readyz`, `/apps` and reload endpoint.
+//! * `admin`: the admin listener's `/healthz`, `/readyz`, `/apps` and reload endpoint;
+//! * `streaming`: `upload`, `proxy` and `clock`: 1 GiB each way in bounded memory, server-sent
+//!   events over time, and a stream stopped when its client leaves;
+//! * `tls`: HTTPS on the listener (HTTP/1.1 and HTTP/2 by ALPN), certificate errors at start,
+//!   apps fetching from an HTTPS upstream signed by an extra CA;
+//! * `limits`: slow-loris clients, oversized heads and bodies (431, 413), the request timeout
+//!   (504), the keep-alive idle timeout, a connection flood past the connection limit;
+//! * `outbound`: the outbound allowlist (no connection for a denied host, whatever the `Host`
+//!   header), the inbound deadline bounding outbound calls, the outbound concurrency cap.
 //!
 //! [`Berth`]: harness::Berth
 
@@ -28,6 +36,10 @@ mod apps;
 mod cli;
 mod harness;
 mod lifecycle;
+mod limits;
 mod loading;
+mod outbound;
 mod reload;
+mod streaming;
+mod tls;
 mod upstream;

@@ -3,15 +3,21 @@
 //!
 //! * [`Upstream`]: a small hyper HTTP/1.1 server with fixed routes;
 //! * [`HangServer`]: accepts, reads the request, never answers, and reports when the client
-//!   closes the connection.
+//!   closes the connection;
+//! * [`StreamingUpstream`]: answers every request with a large body generated chunk by chunk
+//!   as the client reads it (never held in memory whole).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use futures_util::{Stream, StreamExt};
+use http_body_util::{Full, StreamBody};
+use hyper::body::Frame;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -66,17 +72,21 @@ fn stop(stop: &mut Option<oneshot::Sender<()>>, thread: &mut Option<JoinHandle<(
 /// A real HTTP/1.1 server for the apps to fetch from.
 ///
 /// Routes: `/small` (200, [`small_body`]), `/slow?ms=N` (200 `slow N\n` after N ms, N capped at
-/// 20 000), `/status?code=N` (status N, body `status N\n`), anything else 404.
+/// 20 000), `/status?code=N` (status N, body `status N\n`), anything else 404. It counts the
+/// connections it accepts ([`Upstream::connections`]), so a test can tell that none was made.
 #[derive(Debug)]
 pub struct Upstream {
     addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Upstream {
     pub fn start() -> Self {
-        let (addr, stop, thread) = spawn_server(|listener, mut stopped| async move {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        let (addr, stop, thread) = spawn_server(move |listener, mut stopped| async move {
             for _ in 0..MAX_CONNECTIONS {
                 let stream = tokio::select! {
                     _ = &mut stopped => return,
@@ -85,6 +95,7 @@ impl Upstream {
                         Err(_) => continue,
                     },
                 };
+                counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service_fn(route))
@@ -95,6 +106,7 @@ impl Upstream {
         });
         Self {
             addr,
+            accepted,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -103,6 +115,16 @@ impl Upstream {
     /// `http://ADDR{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// How many connections it has accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 }
 
@@ -229,6 +251,71 @@ impl HangServer {
 }
 
 impl Drop for HangServer {
+    fn drop(&mut self) {
+        stop(&mut self.stop, &mut self.thread);
+    }
+}
+
+/// A server whose every response is `200` with `content-length: len`, `content-type:
+/// application/octet-stream` and a body streamed from a fresh `chunks()` stream, which must
+/// yield exactly `len` bytes. hyper pulls the next chunk only when the socket can take it, so
+/// the body is generated as fast as the client reads.
+#[derive(Debug)]
+pub struct StreamingUpstream {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StreamingUpstream {
+    pub fn start<F, S>(len: u64, chunks: F) -> Self
+    where
+        F: Fn() -> S + Clone + Send + 'static,
+        S: Stream<Item = Bytes> + Send + 'static,
+    {
+        let (addr, stop, thread) = spawn_server(move |listener, mut stopped| async move {
+            for _ in 0..MAX_CONNECTIONS {
+                let stream = tokio::select! {
+                    _ = &mut stopped => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                };
+                let chunks = chunks.clone();
+                let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let body = StreamBody::new(
+                        chunks().map(|chunk| Ok::<_, Infallible>(Frame::data(chunk))),
+                    );
+                    let response = Response::builder()
+                        .header(hyper::header::CONTENT_LENGTH, len)
+                        .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+                        .body(body)
+                        .expect("valid response");
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            let _ = stopped.await;
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for StreamingUpstream {
     fn drop(&mut self) {
         stop(&mut self.stop, &mut self.thread);
     }

@@ -593,8 +593,8 @@ fn fetch_result_maps_tags_to_kinds() {
         (99, Kind::Other),
     ];
     for (tag, kind) in cases {
-        let err =
-            fetch_result(AbiFetchOutcome::failed(tag, format!("tag {tag}"))).expect_err("failed");
+        let err = fetch_result(AbiFetchOutcome::failed(tag, format!("tag {tag}")), None)
+            .expect_err("failed");
         assert_eq!(
             (err.kind(), err.message()),
             (kind, format!("tag {tag}").as_str())
@@ -605,7 +605,7 @@ fn fetch_result_maps_tags_to_kinds() {
         HeaderMap::new(),
         AbiBody::full(Bytes::from("upstream")),
     ));
-    let response = fetch_result(ok).expect("ok");
+    let response = fetch_result(ok, None).expect("ok");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(block_on(response.text()).expect("body"), "upstream");
 }
@@ -712,7 +712,17 @@ static FAKE_VTABLE: HostVTable = HostVTable {
     log: fake_log,
     sleep: fake_sleep,
     fetch: fake_fetch,
+    time_left_ms: fake_time_left_ms,
+    max_buffered_response: fake_max_buffered_response,
 };
+
+unsafe extern "C" fn fake_max_buffered_response(_ctx: *mut c_void) -> u64 {
+    NO_LIMIT
+}
+
+unsafe extern "C" fn fake_time_left_ms(_ctx: *mut c_void) -> u64 {
+    1500
+}
 
 struct GlueApp;
 

@@ -1,0 +1,232 @@
+//! Which upstreams an app may call: `allowed_outbound_hosts` (Spin's model).
+//!
+//! An entry is `*` (anything, for development) or `scheme://host[:port]` where the scheme is
+//! `http`, `https` or `*`, the host is a name or IP address (case-insensitive), `*.domain` (any
+//! subdomain of `domain`, not `domain` itself) or `*`, and the port is a number or `*`
+//! (omitted: the scheme's default port). A request is matched on the URL the app asked for —
+//! never on a `Host` header it set — so a header cannot smuggle a request past the list.
+
+use std::fmt;
+
+use http::Uri;
+
+/// One parsed entry of an allowlist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    scheme: Option<String>,
+    host: HostMatch,
+    port: Option<u16>,
+    text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostMatch {
+    Any,
+    Exact(String),
+    Subdomain(String),
+}
+
+/// An app's allowlist. Empty denies every outbound request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowlist(Vec<HostPattern>);
+
+impl HostPattern {
+    /// Parses one entry; the error says what is wrong with it.
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let text = entry.trim();
+        if text == "*" {
+            return Ok(HostPattern {
+                scheme: None,
+                host: HostMatch::Any,
+                port: None,
+                text: text.to_owned(),
+            });
+        }
+        let (scheme, rest) = text.split_once("://").ok_or_else(|| {
+            format!(
+                "{entry:?} must be `*` or `scheme://host[:port]`, e.g. \"https://api.example.com\""
+            )
+        })?;
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "*" => None,
+            s @ ("http" | "https") => Some(s.to_owned()),
+            other => {
+                return Err(format!(
+                    "{entry:?}: unsupported scheme {other:?}; use http, https or *"
+                ));
+            }
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.contains('?') || rest.contains('@') {
+            return Err(format!(
+                "{entry:?}: give only scheme://host[:port], no path, query or user"
+            ));
+        }
+        let (host, port) =
+            split_host_port(rest).ok_or_else(|| format!("{entry:?}: invalid host or port"))?;
+        let port = match port {
+            None => match scheme.as_deref() {
+                Some("http") => Some(80),
+                Some("https") => Some(443),
+                _ => None,
+            },
+            Some("*") => None,
+            Some(port) => Some(
+                port.parse::<u16>()
+                    .map_err(|_| format!("{entry:?}: invalid port {port:?}"))?,
+            ),
+        };
+        let host = host.to_ascii_lowercase();
+        let host = if host == "*" {
+            HostMatch::Any
+        } else if let Some(domain) = host.strip_prefix("*.") {
+            if domain.is_empty() || domain.contains('*') {
+                return Err(format!("{entry:?}: a wildcard host is `*.domain`"));
+            }
+            HostMatch::Subdomain(domain.to_owned())
+        } else if host.is_empty() || host.contains('*') {
+            return Err(format!("{entry:?}: a wildcard host is `*.domain` or `*`"));
+        } else {
+            HostMatch::Exact(host)
+        };
+        Ok(HostPattern {
+            scheme,
+            host,
+            port,
+            text: text.to_owned(),
+        })
+    }
+
+    fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
+        let scheme_ok = self.scheme.as_deref().is_none_or(|s| s == scheme);
+        let port_ok = self.port.is_none_or(|p| p == port);
+        let host_ok = match &self.host {
+            HostMatch::Any => true,
+            HostMatch::Exact(exact) => exact == host,
+            HostMatch::Subdomain(domain) => host
+                .strip_suffix(domain.as_str())
+                .is_some_and(|prefix| prefix.len() > 1 && prefix.ends_with('.')),
+        };
+        scheme_ok && host_ok && port_ok
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// `host[:port]`, with IPv6 literals in brackets.
+fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => None,
+            port => Some(port.strip_prefix(':')?),
+        };
+        return Some((host, port));
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) => Some((host, Some(port))),
+        None => Some((text, None)),
+    }
+}
+
+impl Allowlist {
+    /// Parses every entry.
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
+        entries
+            .iter()
+            .map(|e| HostPattern::parse(e.as_ref()))
+            .collect::<Result<_, _>>()
+            .map(Allowlist)
+    }
+
+    /// Whether the list lets an app call `uri` (an absolute URL).
+    pub fn allows(&self, uri: &Uri) -> bool {
+        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+            return false;
+        };
+        let scheme = scheme.to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        self.0.iter().any(|p| p.matches(&scheme, &host, port))
+    }
+
+    /// Whether the list is empty (every request denied).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(entries: &[&str], url: &str) -> bool {
+        let list = Allowlist::parse(entries).expect("valid entries");
+        list.allows(&url.parse().expect("valid URL"))
+    }
+
+    #[test]
+    fn empty_denies_everything() {
+        assert!(!allows(&[], "http://127.0.0.1/"));
+    }
+
+    #[test]
+    fn star_allows_everything() {
+        assert!(allows(&["*"], "http://127.0.0.1:9/x"));
+        assert!(allows(&["*"], "https://example.com/"));
+    }
+
+    #[test]
+    fn exact_entries_match_scheme_host_and_port() {
+        let list = ["http://127.0.0.1:8080"];
+        assert!(allows(&list, "http://127.0.0.1:8080/a?b"));
+        assert!(!allows(&list, "http://127.0.0.1:8081/"));
+        assert!(!allows(&list, "https://127.0.0.1:8080/"));
+        assert!(!allows(&list, "http://127.0.0.2:8080/"));
+        // No port: the scheme's default.
+        assert!(allows(
+            &["https://API.example.com"],
+            "https://api.example.com/v1"
+        ));
+        assert!(!allows(
+            &["https://api.example.com"],
+            "https://api.example.com:8443/"
+        ));
+        assert!(allows(&["http://localhost:*"], "http://localhost:1234/"));
+        assert!(allows(&["*://localhost:9000"], "https://localhost:9000/"));
+        assert!(allows(&["http://[::1]:80"], "http://[::1]/"));
+    }
+
+    #[test]
+    fn wildcard_domains_match_subdomains_only() {
+        let list = ["https://*.example.com"];
+        assert!(allows(&list, "https://a.example.com/"));
+        assert!(allows(&list, "https://a.b.example.com/"));
+        assert!(!allows(&list, "https://example.com/"));
+        assert!(!allows(&list, "https://badexample.com/"));
+        assert!(!allows(&list, "https://example.com.evil.net/"));
+    }
+
+    #[test]
+    fn bad_entries_say_why() {
+        for (entry, needle) in [
+            ("example.com", "scheme://host"),
+            ("ftp://example.com", "unsupported scheme"),
+            ("http://example.com/path", "no path"),
+            ("http://example.com:http", "invalid port"),
+            ("http://ex*ample.com", "wildcard"),
+        ] {
+            let error = HostPattern::parse(entry).expect_err(entry);
+            assert!(error.contains(needle), "{entry}: {error}");
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! One client connection: protocol limits, the keep-alive idle timeout, and request tracking.
+//!
+//! hyper has no idle timeout for keep-alive connections (hyper #2355), and its header read
+//! timeout also runs while a kept-alive connection waits for its next request, cutting idle
+//! connections at the header timeout. [`IdleIo`] does both jobs under hyper instead: a
+//! connection with no request in flight and no bytes moving for the keep-alive timeout reads
+//! as closed by the client, and hyper ends it cleanly; once the first byte of a request
+//! arrives, the request head must be complete within the header timeout (bytes trickling in do
+//! not extend it: slow-loris clients are cut off). A request in flight (a slow app, a long
+//! stream) keeps its connection open whatever the timer says.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::config::Limits;
+
+/// The connection builder with Berth's limits applied to both protocols.
+pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // `IdleIo` times request heads; hyper's timer would also cut idle keep-alive connections.
+        .header_read_timeout(None)
+        // hyper answers 431 when a request head does not fit; it needs at least 8 KiB.
+        .max_buf_size(limits.max_header_size.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Requests in flight on one connection.
+#[derive(Debug, Default)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    /// Counts a request in until the guard is dropped (with its response body).
+    pub fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        ActivityGuard(Arc::clone(self))
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// See [`Activity::begin`].
+#[derive(Debug)]
+pub struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request counted in flight on its connection until it is
+    /// finished or dropped.
+    #[derive(Debug)]
+    pub struct Tracked<B> {
+        #[pin]
+        inner: B,
+        guard: ActivityGuard,
+    }
+}
+
+impl<B> Tracked<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, guard: ActivityGuard) -> Self {
+        Tracked { inner, guard }
+    }
+}
+
+impl<B: http_body::Body<Data = Bytes>> http_body::Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A connection's I/O that reads as end-of-stream once it has been idle (no request in
+/// flight, no bytes either way) for the keep-alive timeout.
+#[derive(Debug)]
+pub struct IdleIo<I> {
+    io: I,
+    activity: Arc<Activity>,
+    keepalive: Duration,
+    header_timeout: Duration,
+    /// Bytes of a request have arrived and its head is not complete yet (no request in flight).
+    reading_head: bool,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<I> IdleIo<I> {
+    /// Wraps `io`, counting requests through `activity`. The first request head must arrive
+    /// within `header_timeout` of the connection opening.
+    pub fn new(
+        io: I,
+        activity: Arc<Activity>,
+        keepalive: Duration,
+        header_timeout: Duration,
+    ) -> Self {
+        IdleIo {
+            io,
+            activity,
+            keepalive,
+            header_timeout,
+            reading_head: true,
+            timer: Box::pin(tokio::time::sleep(header_timeout)),
+        }
+    }
+
+    /// Bytes moved or a request is in flight: the connection gets a fresh keep-alive period,
+    /// unless a request head is still being read (its deadline stands). A request in flight
+    /// means its head is complete.
+    fn touch(&mut self) {
+        if self.activity.busy() {
+            self.reading_head = false;
+        }
+        if !self.reading_head {
+            self.timer.as_mut().reset(Instant::now() + self.keepalive);
+        }
+    }
+}
+
+impl<I: Read + Unpin> Read for IdleIo<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Poll::Ready(result) = Pin::new(&mut this.io).poll_read(cx, buf) {
+            if !this.activity.busy() && !this.reading_head {
+                // The first bytes of the next request: its head has a deadline.
+                this.reading_head = true;
+                this.timer
+                    .as_mut()
+                    .reset(Instant::now() + this.header_timeout);
+            }
+            return Poll::Ready(result);
+        }
+        let busy = this.activity.busy();
+        if busy {
+            this.touch();
+        }
+        // Always registered, so that a connection whose request has just finished is woken
+        // when its keep-alive period ends.
+        if this.timer.as_mut().poll(cx).is_ready() && !busy {
+            // Idle too long, or a head too slow: end of stream, which hyper treats as the
+            // client closing.
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
+    }
+}
+
+impl<I: Write + Unpin> Write for IdleIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        if written.is_ready() {
+            this.touch();
+        }
+        written
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if written.is_ready() {
+            this.touch();
+        }
+        written
+    }
+}
