@@ -869,6 +869,17 @@ pub async fn try_send(req: Req<'_>) -> Result<Reply, String> {
         client.http2_only(true);
     }
     let client = client.build_http::<Full<Bytes>>();
+    exchange(&client, request).await
+}
+
+/// Sends `request` with `client` and reads the whole response, within [`REQUEST_TIMEOUT`].
+pub async fn exchange<C, B>(client: &Client<C, B>, request: Request<B>) -> Result<Reply, String>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let exchange = async {
         let response = client
             .request(request)

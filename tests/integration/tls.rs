@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_rustls::HttpsConnector;
@@ -27,11 +27,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
-use crate::harness::{Berth, Reply, encode, try_send};
+use crate::harness::{Berth, Reply, encode, exchange, try_send};
 use crate::upstream::small_body;
-
-/// Upper bound for one HTTPS exchange made by a test.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a process that should refuse to start may take to exit.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -158,27 +155,7 @@ async fn https_get(pki: &Pki, url: &str, alpn: &[&[u8]]) -> Result<Reply, String
     let connector = HttpsConnector::from((http, pki.client_config(alpn)));
     let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
     let request = Request::get(url).body(Empty::new()).expect("valid request");
-    let exchange = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|err| format!("request failed: {err:?}"))?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|err| format!("body failed after status {}: {err:?}", parts.status))?
-            .to_bytes();
-        Ok(Reply {
-            status: parts.status,
-            version: parts.version,
-            headers: parts.headers,
-            body,
-        })
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .unwrap_or_else(|_| Err(format!("no complete response within {REQUEST_TIMEOUT:?}")))
+    exchange(&client, request).await
 }
 
 /// `https://localhost:PORT{path}` for a berth serving TLS.
