@@ -1,6 +1,7 @@
 # Two commands for a fresh machine with the Rust toolchain:
 #   make run    build the sample apps and berth, put the apps in ./apps, serve them on :8080
 #   make test   run the whole test suite (unit, doc and integration tests on the real binary)
+#   make bench  Berth vs. native hyper, uvicorn and aiohttp; writes BENCHMARKS.md (~20 min)
 
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
@@ -10,7 +11,7 @@ APPS_DIR ?= apps
 SAMPLE_APPS := hello echo fetch gather greeter upload proxy clock
 SO := $(if $(filter Darwin,$(shell uname -s)),dylib,so)
 
-.PHONY: run apps test lint
+.PHONY: run apps test lint bench
 
 run: apps
 	$(CARGO) run --release -p berth-server --bin berth -- --apps-dir $(APPS_DIR) --listen $(LISTEN) --allow-outbound "$(ALLOW_OUTBOUND)"
@@ -27,3 +28,8 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --all-features
+
+# Installs wrk, h2load and nginx (apt) and the Python peers (a throwaway virtualenv) when missing,
+# builds in release mode, measures, and writes BENCHMARKS.md and bench/results.svg.
+bench:
+	python3 bench/run.py

@@ -20,13 +20,15 @@
 //!   calling handlers, and the capability table plugins call;
 //! * [`router`]: path prefix → app;
 //! * [`outbound`]: the pooled HTTP client apps fetch through;
-//! * [`server`]: the listener, the accept loop, request dispatch and graceful shutdown.
+//! * [`server`]: the listener, the accept loop, request dispatch and graceful shutdown;
+//! * [`embed`]: embedding and benchmarking — load one app and call it without the HTTP server.
 
 pub mod admin;
 pub mod allowlist;
 mod bridge;
 pub mod config;
 mod conn;
+pub mod embed;
 pub mod loader;
 pub mod outbound;
 pub mod plugin;

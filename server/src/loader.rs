@@ -33,12 +33,16 @@ pub struct ShadowDir {
 }
 
 impl ShadowDir {
-    /// Creates `berth-shadow-<pid>` in the system's temporary directory, first removing the ones left
-    /// by Berth processes that no longer exist (killed before they could clean up).
+    /// Creates `berth-shadow-<pid>-<n>` in the system's temporary directory, first removing the
+    /// ones left by Berth processes that no longer exist (killed before they could clean up).
+    /// `n` numbers the directories of one process, so that dropping one (an embedded
+    /// [`LoadedApp`](crate::embed::LoadedApp), say) never removes another's.
     pub fn new() -> std::io::Result<Self> {
+        static INSTANCES: AtomicU64 = AtomicU64::new(1);
         let tmp = std::env::temp_dir();
         remove_stale(&tmp);
-        let dir = tmp.join(format!("berth-shadow-{}", std::process::id()));
+        let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        let dir = tmp.join(format!("berth-shadow-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         Ok(ShadowDir {
             dir,
@@ -68,14 +72,17 @@ impl ShadowDir {
     }
 }
 
-/// Removes `berth-shadow-<pid>` directories in `tmp` whose process is gone.
+/// Removes `berth-shadow-<pid>[-<n>]` directories in `tmp` whose process is gone.
 fn remove_stale(tmp: &Path) {
     let Ok(entries) = std::fs::read_dir(tmp) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let pid = name.to_str().and_then(|n| n.strip_prefix("berth-shadow-"));
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("berth-shadow-"))
+            .and_then(|rest| rest.split('-').next());
         let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };

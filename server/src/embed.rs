@@ -1,0 +1,275 @@
+//! Embedding and benchmarking: call an app without the HTTP server.
+//!
+//! [`LoadedApp`] loads one app library the way the server does — the file is read once, checked
+//! to be a complete image, opened from a private shadow copy, and its descriptor checked — and
+//! calls its handler through the same boundary code (`bridge`'s `Plugin::handle` with a
+//! [`RequestScope`], the outcome taken back with the same conversions), with no listener,
+//! router or connection in between. It is what the boundary micro-benchmark (`cargo bench -p
+//! berth-server --bench boundary`) measures, and a way to drive an app from a test or another
+//! program.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use berth_server::embed::LoadedApp;
+//!
+//! let app = LoadedApp::load("target/release/libhello.so".as_ref())?;
+//! app.init().await?; // runs the app's `init` hook, if it has one
+//! let uri = "/?name=Ada".parse()?;
+//! let (status, _headers, body) = app
+//!     .call(&http::Method::GET, &uri, &http::HeaderMap::new(), bytes::Bytes::new())
+//!     .await?;
+//! assert_eq!((status.as_u16(), &body[..]), (200, &b"Hello, world!\n"[..]));
+//! # Ok(()) }
+//! ```
+//!
+//! Calls must run inside a tokio runtime (the app's timers and outbound requests run on it;
+//! `enable_all` if the app sleeps or fetches). Unlike the server, nothing here imposes a time
+//! limit: wrap a call in `tokio::time::timeout` for one; dropping its future cancels the app's
+//! work as a client disconnecting would. The app sees an empty mount prefix and the URI's path
+//! as its path, no peer address, and HTTP/1.1.
+//!
+//! This module has no `unsafe` code: everything that touches the ABI is in `bridge`.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::Arc;
+
+use berth_app::abi::AbiBody;
+use berth_app::ffi::{ForeignBody, HandleFailure};
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use http::{HeaderMap, Method, StatusCode, Uri};
+
+use crate::bridge::{Plugin, RequestView, hook_result, outcome_into_parts};
+use crate::config::Config;
+use crate::loader::{ShadowDir, check_complete, read_image};
+use crate::outbound::Outbound;
+use crate::plugin::{LoadError, OutboundPolicy, RequestScope, check_name};
+
+/// One app library, loaded and checked, ready to be called.
+///
+/// The library stays mapped for the life of the process, like every library the server loads.
+#[derive(Debug)]
+pub struct LoadedApp {
+    plugin: Plugin,
+    /// The app's name, shared with every request scope (log lines are tagged with it).
+    name: Arc<str>,
+    /// `[apps.<name>.settings]`, handed to `init`.
+    settings: BTreeMap<String, String>,
+    /// What the app may call outbound, and how much at once.
+    policy: Arc<OutboundPolicy>,
+    /// The pooled client the app's fetches go through.
+    outbound: Outbound,
+}
+
+/// Why a call to an app produced no response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The call was made outside a tokio runtime.
+    #[error("no tokio runtime: call apps from within one (their timers and fetches run on it)")]
+    NoRuntime,
+    /// The app panicked (in its handler, its hook, or across the boundary).
+    #[error("app {app} panicked: {message}")]
+    Panicked {
+        /// The app's name.
+        app: String,
+        /// The panic's message, with its location when the plugin caught it.
+        message: String,
+    },
+    /// The app's answer was not a valid response.
+    #[error("app {app} returned an invalid response: {message}")]
+    Invalid {
+        /// The app's name.
+        app: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// A lifecycle hook reported a failure.
+    #[error("app {app} failed: {message}")]
+    Failed {
+        /// The app's name.
+        app: String,
+        /// The hook's error.
+        message: String,
+    },
+    /// The response body's stream failed part way.
+    #[error("app {app}'s response body failed: {message}")]
+    Body {
+        /// The app's name.
+        app: String,
+        /// The stream's error.
+        message: String,
+    },
+}
+
+impl LoadedApp {
+    /// Loads the app library at `path` with the default configuration (no outbound upstream
+    /// allowed, no settings).
+    pub fn load(path: &Path) -> Result<LoadedApp, LoadError> {
+        let config = Config::new(".", std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        LoadedApp::load_with(path, &config)
+    }
+
+    /// Loads the app library at `path` with `config`'s outbound rules and the app's
+    /// `[apps.<name>]` entry (its settings, allowlist and limits; `enabled = false` refuses
+    /// it). The `init` hook is not run: call [`LoadedApp::init`].
+    pub fn load_with(path: &Path, config: &Config) -> Result<LoadedApp, LoadError> {
+        let image = read_image(path)?;
+        check_complete(&image.bytes)?;
+        let shadow = ShadowDir::new()
+            .map_err(|e| LoadError::Read(format!("cannot create a shadow directory: {e}")))?;
+        // The copy is unlinked once open; the directory is not needed after this load.
+        let plugin = shadow.open(path, &image.bytes)?;
+        check_name(&plugin.name)?;
+        let app_config = config.app(&plugin.name);
+        if !app_config.enabled {
+            return Err(LoadError::Disabled(plugin.name));
+        }
+        let tls = crate::tls::client_config(config.outbound.ca_file.as_deref())
+            .map_err(|e| LoadError::Read(format!("outbound TLS configuration: {e}")))?;
+        let outbound = Outbound::new(
+            config.outbound_timeout,
+            config.outbound.connect_timeout,
+            tls,
+        );
+        Ok(LoadedApp {
+            name: Arc::from(plugin.name.as_str()),
+            settings: app_config.settings.clone(),
+            policy: Arc::new(OutboundPolicy::new(config, &app_config)),
+            outbound,
+            plugin,
+        })
+    }
+
+    /// The app's name from its descriptor.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The app's version from its descriptor.
+    pub fn version(&self) -> &str {
+        &self.plugin.version
+    }
+
+    /// Runs the app's `init` hook with its settings, if it has one. Call it once, before the
+    /// first request, as the server does before mounting an app.
+    pub async fn init(&self) -> Result<(), LoadError> {
+        let scope = self.scope().map_err(|e| LoadError::Init(e.to_string()))?;
+        let Some(init) = self.plugin.init(&self.settings, scope) else {
+            return Ok(());
+        };
+        match AssertUnwindSafe(init).catch_unwind().await {
+            Err(_) => Err(LoadError::Init("the plugin's init future panicked".into())),
+            Ok(outcome) => hook_result(outcome).map_err(|f| LoadError::Init(f.to_string())),
+        }
+    }
+
+    /// Runs the app's `shutdown` hook, if it has one.
+    pub async fn shutdown(&self) -> Result<(), CallError> {
+        let Some(shutdown) = self.plugin.shutdown(self.scope()?) else {
+            return Ok(());
+        };
+        match AssertUnwindSafe(shutdown).catch_unwind().await {
+            Err(_) => Err(self.failure(HandleFailure::Panicked(
+                "the plugin's shutdown future panicked".into(),
+            ))),
+            Ok(outcome) => hook_result(outcome).map_err(|f| self.failure(f)),
+        }
+    }
+
+    /// Calls the app with one request and reads its whole response: status, headers and body.
+    ///
+    /// This is the server's dispatch minus routing and HTTP: the request view is borrowed
+    /// across the boundary, the plugin's `handle` starts the app's future, that future is
+    /// polled here, and the outcome and every body chunk are taken back through the ABI.
+    pub async fn call(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), CallError> {
+        let scope = self.scope()?;
+        // An origin-form URI (`/path?query`, what servers receive) is borrowed as it is;
+        // anything else is formatted.
+        let uri_text = match uri.path_and_query() {
+            Some(pq) if uri.scheme().is_none() && uri.authority().is_none() => {
+                Cow::Borrowed(pq.as_str())
+            }
+            _ => Cow::Owned(uri.to_string()),
+        };
+        let future = {
+            let view = RequestView {
+                method: method.as_str(),
+                uri: &uri_text,
+                version: http::Version::HTTP_11,
+                headers,
+                peer_addr: None,
+                local_addr: None,
+                mount_prefix: "",
+                path: uri.path(),
+                query: uri.query().unwrap_or(""),
+            };
+            self.plugin.handle(&view, AbiBody::full(body), scope)
+        };
+        // The plugin catches its own panics; this only guards against broken plugin glue.
+        let outcome = AssertUnwindSafe(future)
+            .catch_unwind()
+            .await
+            .map_err(|_| self.failure(HandleFailure::Panicked("across the boundary".into())))?;
+        let (status, headers, mut body) =
+            outcome_into_parts(outcome).map_err(|f| self.failure(f))?;
+        let body = read_all(&mut body).await.map_err(|e| CallError::Body {
+            app: self.name.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok((status, headers, body))
+    }
+
+    /// A host context for one request or hook, like the registry's (without a deadline).
+    fn scope(&self) -> Result<Arc<RequestScope>, CallError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| CallError::NoRuntime)?;
+        Ok(Arc::new(RequestScope {
+            app: Arc::clone(&self.name),
+            outbound: self.outbound.clone(),
+            policy: Arc::clone(&self.policy),
+            deadline: None,
+            runtime,
+        }))
+    }
+
+    fn failure(&self, failure: HandleFailure) -> CallError {
+        let app = self.name.to_string();
+        match failure {
+            HandleFailure::Panicked(message) => CallError::Panicked { app, message },
+            HandleFailure::Invalid(message) => CallError::Invalid { app, message },
+            HandleFailure::Failed(message) => CallError::Failed { app, message },
+        }
+    }
+}
+
+/// Reads a body to its end; a body of one chunk is returned without copying.
+async fn read_all(body: &mut ForeignBody) -> Result<Bytes, berth_app::BodyError> {
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    while let Some(chunk) = std::future::poll_fn(|cx| body.poll_chunk(cx)).await {
+        let chunk = chunk?;
+        match &first {
+            None => first = Some(chunk),
+            Some(head) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(head);
+                }
+                rest.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        rest.freeze()
+    })
+}
