@@ -295,7 +295,9 @@ class Server:
 
     def start(self, rec, tmp):
         cmd = ["taskset", "-c", self.cpu, *self.argv]
-        rec.note(cmd)
+        # The one variable a variant sets (Berth with RUST_LOG=warn) is part of its command.
+        rust_log = (self.env or {}).get("RUST_LOG")
+        rec.note(([f"RUST_LOG={rust_log}"] if rust_log else []) + cmd)
         self.log_path = tmp / f"{self.name}.log"
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
