@@ -18,7 +18,8 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::ptr;
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
 use std::task::{Context, Poll};
 
 use async_ffi::{ContextExt, FfiFuture, FutureExt as _};
@@ -163,30 +164,76 @@ impl AbiStr {
     }
 }
 
-/// Borrowed header array built from a [`HeaderMap`]; keep it alive while the [`AbiHeaders`]
-/// from [`HeaderList::as_abi`] is in use.
-#[derive(Debug, Default)]
-pub struct HeaderList(Vec<AbiHeader>);
+/// Borrowed header array built from a [`HeaderMap`]; keep it alive, and where it is, while the
+/// [`AbiHeaders`] from [`HeaderList::as_abi`] is in use. Up to [`HeaderList::INLINE`] headers
+/// live in the list itself, so most requests and responses cross without allocating for it.
+#[derive(Debug)]
+pub struct HeaderList {
+    len: usize,
+    inline: [AbiHeader; HeaderList::INLINE],
+    spilled: Vec<AbiHeader>,
+}
 
 impl HeaderList {
+    /// How many headers fit without a heap allocation.
+    pub const INLINE: usize = 8;
+
+    const NONE: AbiHeader = AbiHeader {
+        name: AbiStr::from_static(""),
+        value: AbiStr::from_static(""),
+    };
+
     /// Borrows every header of `map` in order (repeated names once per value).
     pub fn new(map: &HeaderMap) -> Self {
-        HeaderList(
-            map.iter()
-                .map(|(name, value)| AbiHeader {
-                    name: AbiStr::new(name.as_str().as_bytes()),
-                    value: AbiStr::new(value.as_bytes()),
-                })
-                .collect(),
-        )
+        let borrow = |(name, value): (&http::HeaderName, &HeaderValue)| AbiHeader {
+            name: AbiStr::new(name.as_str().as_bytes()),
+            value: AbiStr::new(value.as_bytes()),
+        };
+        let mut list = HeaderList::empty();
+        if map.len() <= Self::INLINE {
+            for (slot, header) in list.inline.iter_mut().zip(map.iter()) {
+                *slot = borrow(header);
+            }
+            list.len = map.len();
+        } else {
+            list.spilled = map.iter().map(borrow).collect();
+        }
+        list
+    }
+
+    /// No headers.
+    pub const fn empty() -> Self {
+        HeaderList {
+            len: 0,
+            inline: [Self::NONE; Self::INLINE],
+            spilled: Vec::new(),
+        }
     }
 
     /// The ABI view of the list.
     pub fn as_abi(&self) -> AbiHeaders {
+        let items = if self.spilled.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled[..]
+        };
         AbiHeaders {
-            ptr: self.0.as_ptr(),
-            len: self.0.len(),
+            ptr: items.as_ptr(),
+            len: items.len(),
         }
+    }
+}
+
+/// The borrowed array behind `headers`.
+///
+/// # Safety
+/// `headers` must satisfy the ABI's borrowed contract for as long as the slice is used.
+unsafe fn header_slice<'a>(headers: AbiHeaders) -> &'a [AbiHeader] {
+    if headers.ptr.is_null() || headers.len == 0 {
+        &[]
+    } else {
+        // SAFETY: borrowed contract: `ptr[..len]` is a readable array of `AbiHeader`.
+        unsafe { std::slice::from_raw_parts(headers.ptr, headers.len) }
     }
 }
 
@@ -195,12 +242,8 @@ impl HeaderList {
 /// # Safety
 /// `headers` must satisfy the ABI's borrowed contract for the duration of this call.
 pub unsafe fn headers_from_abi(headers: AbiHeaders) -> Result<HeaderMap, BoundaryError> {
-    let list: &[AbiHeader] = if headers.ptr.is_null() || headers.len == 0 {
-        &[]
-    } else {
-        // SAFETY: borrowed contract: `ptr[..len]` is a readable array of `AbiHeader`.
-        unsafe { std::slice::from_raw_parts(headers.ptr, headers.len) }
-    };
+    // SAFETY: forwarded to the caller.
+    let list = unsafe { header_slice(headers) };
     let mut map = HeaderMap::with_capacity(list.len());
     for header in list {
         // SAFETY: each name and value is borrowed under the same contract as the array.
@@ -231,10 +274,12 @@ unsafe extern "C" fn release_boxed<T>(owner: *mut c_void) {
 
 /// Moves `value` to the heap and returns the `(owner, release)` pair that frees it.
 fn boxed_owner<T>(value: T) -> (*mut c_void, Option<unsafe extern "C" fn(*mut c_void)>) {
-    (
-        Box::into_raw(Box::new(value)).cast(),
-        Some(release_boxed::<T>),
-    )
+    owner_of(Box::new(value))
+}
+
+/// The `(owner, release)` pair that frees `boxed`.
+fn owner_of<T>(boxed: Box<T>) -> (*mut c_void, Option<unsafe extern "C" fn(*mut c_void)>) {
+    (Box::into_raw(boxed).cast(), Some(release_boxed::<T>))
 }
 
 impl AbiBuf {
@@ -368,15 +413,58 @@ impl AbiBody {
         }
     }
 
-    /// Hands one buffer over as a stream of one chunk.
+    /// Hands one buffer over as a stream of one chunk. The body's state and the chunk's owner
+    /// are one reference-counted block, so a whole body costs one allocation.
     pub fn full(data: Bytes) -> Self {
         if data.is_empty() {
             return AbiBody::empty();
         }
         let len = data.len() as u64;
-        let once = futures_util::stream::once(std::future::ready(Ok(data)));
-        AbiBody::from_stream(Box::pin(once), Some(len))
+        let state = Arc::new(FullBody {
+            data,
+            taken: AtomicBool::new(false),
+        });
+        AbiBody {
+            state: Arc::into_raw(state).cast_mut().cast(),
+            poll_chunk: Some(poll_full),
+            drop: Some(release_full),
+            len_hint: len,
+        }
     }
+}
+
+/// The state of [`AbiBody::full`]: the bytes, and whether the one chunk has been handed out.
+/// The body and the chunk each hold a reference.
+struct FullBody {
+    data: Bytes,
+    taken: AtomicBool,
+}
+
+unsafe extern "C" fn poll_full(state: *mut c_void, _cx: *mut FfiContext<'_>) -> AbiChunkPoll {
+    // Nothing here can panic: no `catch` needed.
+    let full = state.cast::<FullBody>().cast_const();
+    // SAFETY: `state` is the `Arc<FullBody>` made by `AbiBody::full`, alive until
+    // `release_full` drops the body's reference.
+    let body = unsafe { &*full };
+    if body.taken.swap(true, Ordering::Relaxed) {
+        return chunk(CHUNK_END, AbiBuf::empty());
+    }
+    // SAFETY: as above; the chunk gets a reference of its own, released with the chunk.
+    unsafe { Arc::increment_strong_count(full) };
+    let data = AbiBuf {
+        ptr: body.data.as_ptr(),
+        len: body.data.len(),
+        owner: state,
+        release: Some(release_full),
+    };
+    chunk(CHUNK_DATA, data)
+}
+
+/// Drops one reference to a [`FullBody`]: the body's (its `drop`) or its chunk's (`release`).
+unsafe extern "C" fn release_full(state: *mut c_void) {
+    // SAFETY: `state` came from `Arc::into_raw` in `AbiBody::full` and each reference is
+    // released once. Dropping `Bytes` cannot panic.
+    unsafe { Arc::decrement_strong_count(state.cast::<FullBody>().cast_const()) };
 }
 
 /// A body received from the other side, polled through its C functions. Dropping it calls the
@@ -503,10 +591,14 @@ impl http_body::Body for ForeignBody {
 impl AbiResponse {
     /// Hands a response over: the headers stay in a heap block released by the receiver.
     pub fn new(status: StatusCode, headers: HeaderMap, body: AbiBody) -> Self {
-        // The list points into the map's heap buffers, which stay put when the map moves.
-        let list = HeaderList::new(&headers);
-        let abi_headers = list.as_abi();
-        let (owner, release) = boxed_owner(ResponseStorage { list, headers });
+        let mut storage = Box::new(ResponseStorage {
+            headers,
+            list: HeaderList::empty(),
+        });
+        // The list borrows the map beside it in the same block, which does not move.
+        storage.list = HeaderList::new(&storage.headers);
+        let abi_headers = storage.list.as_abi();
+        let (owner, release) = owner_of(storage);
         AbiResponse {
             status: status.as_u16(),
             headers: abi_headers,
@@ -551,14 +643,10 @@ impl AbiResponse {
 }
 
 /// Where a response's headers live until the receiver has copied them. The `list` borrows from
-/// `headers`, whose buffers do not move when the struct does. Only its destructor matters.
-#[expect(
-    dead_code,
-    reason = "kept alive for the borrowed header list, freed on release"
-)]
+/// `headers` in the same heap block. Freed by the receiver's `release`.
 struct ResponseStorage {
-    list: HeaderList,
     headers: HeaderMap,
+    list: HeaderList,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -671,8 +759,8 @@ pub trait App {
     /// Whether the author gave a `shutdown` hook.
     const HAS_SHUTDOWN: bool = false;
 
-    /// Runs the author's handler.
-    fn handle(req: crate::Request, host: crate::Host) -> crate::__private::BoxFuture;
+    /// Starts the author's handler; `export_app!` implements it with [`serve`].
+    fn handle(req: crate::Request, host: crate::Host) -> FfiFuture<AbiHandleOutcome>;
 
     /// Runs the author's `init` hook.
     fn init(_config: crate::AppConfig, _host: crate::Host) -> crate::__private::HookFuture {
@@ -725,9 +813,8 @@ impl Descriptor {
 
 /// Polls `future` to completion with every poll under [`catch`]; a panic ends it with the
 /// panic's message.
-async fn run_caught<T>(
-    mut future: std::pin::Pin<Box<dyn Future<Output = T> + Send>>,
-) -> Result<T, String> {
+async fn run_caught<F: Future>(future: F) -> Result<F::Output, String> {
+    let mut future = std::pin::pin!(future);
     std::future::poll_fn(|cx| match catch(|| future.as_mut().poll(cx)) {
         Ok(poll) => poll.map(Ok),
         Err(panic) => Poll::Ready(Err(panic)),
@@ -749,17 +836,21 @@ unsafe extern "C" fn handle_glue<A: App>(
         let request = unsafe { request_from_abi(&*req, body) };
         request.map(|request| A::handle(request, crate::Host::from_handle(host)))
     });
-    let future = match started {
-        Ok(Ok(future)) => future,
-        Ok(Err(err)) => {
-            let outcome = AbiHandleOutcome::failed(OUTCOME_ERROR, format!("bad request: {err}"));
-            return std::future::ready(outcome).into_ffi();
-        }
-        Err(panic) => {
-            let outcome = AbiHandleOutcome::failed(OUTCOME_PANICKED, panic);
-            return std::future::ready(outcome).into_ffi();
-        }
+    let failed = match started {
+        Ok(Ok(future)) => return future,
+        Ok(Err(err)) => AbiHandleOutcome::failed(OUTCOME_ERROR, format!("bad request: {err}")),
+        Err(panic) => AbiHandleOutcome::failed(OUTCOME_PANICKED, panic),
     };
+    std::future::ready(failed).into_ffi()
+}
+
+/// The future the host polls for one request: the author's `future` with every poll under
+/// [`catch`], and its response handed over in ABI form. Generic over the author's future, so
+/// that it is stored inline: async-ffi's box is the only allocation.
+pub fn serve<F>(future: F) -> FfiFuture<AbiHandleOutcome>
+where
+    F: Future<Output = crate::Response> + Send + 'static,
+{
     async move {
         match run_caught(future)
             .await
@@ -947,9 +1038,14 @@ unsafe fn request_from_abi(
             req.mount_prefix.to_str("mount prefix")?,
             req.path.to_str("path")?,
             req.query.to_str("query")?,
-            headers_from_abi(req.headers)?,
+            header_slice(req.headers),
         )
     };
+    // SAFETY: each name and value is borrowed under the same contract as the array.
+    let pairs = headers
+        .iter()
+        .map(|header| unsafe { (header.name.as_bytes(), header.value.as_bytes()) });
+    let headers = crate::request::Headers::from_raw(pairs).map_err(BoundaryError)?;
     let method =
         http::Method::from_bytes(method).map_err(|_| BoundaryError("invalid method".to_owned()))?;
     let uri = http::Uri::try_from(uri).map_err(|e| BoundaryError(format!("invalid URI: {e}")))?;
@@ -967,9 +1063,7 @@ unsafe fn request_from_abi(
         headers,
         peer_addr: socket_addr_from_abi(&req.peer_addr),
         local_addr: socket_addr_from_abi(&req.local_addr),
-        mount_prefix: prefix.to_owned(),
-        path: path.to_owned(),
-        query: query.to_owned(),
+        location: crate::request::Location::new(prefix, path, query),
         body: crate::Body::from_foreign(body),
     })
 }

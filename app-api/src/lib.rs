@@ -113,8 +113,8 @@ macro_rules! export_app {
             $(const HAS_INIT: bool = { let _ = $init; true };)?
             $(const HAS_SHUTDOWN: bool = { let _ = $shutdown; true };)?
 
-            fn handle(req: $crate::Request, host: $crate::Host) -> $crate::__private::BoxFuture {
-                ::std::boxed::Box::pin(async move {
+            fn handle(req: $crate::Request, host: $crate::Host) -> $crate::__private::HandleFuture {
+                $crate::__private::serve(async move {
                     $crate::IntoResponse::into_response($handler(req, host).await)
                 })
             }
@@ -162,11 +162,10 @@ macro_rules! __berth_version {
 /// Not public API: what [`export_app!`] expands to.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::ffi::{App, Descriptor};
+    pub use crate::ffi::{App, Descriptor, serve};
 
-    /// The boxed future of a handler.
-    pub type BoxFuture =
-        std::pin::Pin<Box<dyn std::future::Future<Output = crate::Response> + Send + 'static>>;
+    /// A handler's future in ABI form, as [`serve`] makes it.
+    pub type HandleFuture = async_ffi::FfiFuture<crate::abi::AbiHandleOutcome>;
 
     /// The boxed future of a lifecycle hook.
     pub type HookFuture =

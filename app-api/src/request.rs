@@ -20,13 +20,147 @@ pub struct Request {
     pub(crate) method: Method,
     pub(crate) uri: Uri,
     pub(crate) version: Version,
-    pub(crate) headers: HeaderMap,
+    pub(crate) headers: Headers,
     pub(crate) peer_addr: Option<SocketAddr>,
     pub(crate) local_addr: Option<SocketAddr>,
-    pub(crate) mount_prefix: String,
-    pub(crate) path: String,
-    pub(crate) query: String,
+    pub(crate) location: Location,
     pub(crate) body: Body,
+}
+
+/// Request headers as the host sent them, checked and copied into one buffer. The
+/// [`HeaderMap`] is built the first time the app asks for it: an app that reads no header
+/// pays for no map, and one that does gets its values without a copy each.
+#[derive(Debug, Default)]
+pub(crate) struct Headers {
+    /// Each header as its name's and its value's length (`u32`, native order), then the name,
+    /// then the value.
+    raw: Bytes,
+    map: std::sync::OnceLock<HeaderMap>,
+}
+
+impl Headers {
+    /// Checks and copies `headers` (name, value): names must be HTTP tokens, values free of
+    /// control characters but tab, as [`HeaderName`](http::HeaderName) and [`HeaderValue`]
+    /// require.
+    pub(crate) fn from_raw<'a, I>(headers: I) -> Result<Self, String>
+    where
+        I: Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
+    {
+        let mut size = 0;
+        for (name, value) in headers.clone() {
+            let too_long = u32::try_from(name.len().max(value.len())).is_err();
+            // Folds rather than `all`, so that the compiler can check many bytes at a time.
+            let token = name.iter().fold(true, |ok, &b| ok & TOKEN[usize::from(b)]);
+            if name.is_empty() || too_long || !token {
+                return Err(format!(
+                    "invalid header name {:?}",
+                    String::from_utf8_lossy(name)
+                ));
+            }
+            let visible = |b: u8| (b >= 0x20) & (b != 0x7f) | (b == b'\t');
+            if !value.iter().fold(true, |ok, &b| ok & visible(b)) {
+                return Err(format!(
+                    "invalid value for header {}",
+                    String::from_utf8_lossy(name)
+                ));
+            }
+            size += 8 + name.len() + value.len();
+        }
+        let mut raw = Vec::with_capacity(size);
+        for (name, value) in headers {
+            // Both lengths fit in u32: checked above.
+            raw.extend_from_slice(&(name.len() as u32).to_ne_bytes());
+            raw.extend_from_slice(&(value.len() as u32).to_ne_bytes());
+            raw.extend_from_slice(name);
+            raw.extend_from_slice(value);
+        }
+        Ok(Headers {
+            raw: Bytes::from(raw),
+            map: std::sync::OnceLock::new(),
+        })
+    }
+
+    pub(crate) fn map(&self) -> &HeaderMap {
+        self.map.get_or_init(|| self.parse())
+    }
+
+    fn map_mut(&mut self) -> &mut HeaderMap {
+        self.map();
+        self.map.get_mut().expect("initialised just above")
+    }
+
+    fn parse(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        let mut at = 0;
+        let len_at = |at: usize| {
+            let bytes = self
+                .raw
+                .get(at..at + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok());
+            bytes.map_or(0, |b| u32::from_ne_bytes(b) as usize)
+        };
+        while at < self.raw.len() {
+            let (name_len, value_len) = (len_at(at), len_at(at + 4));
+            let name_at = at + 8;
+            let value_at = name_at + name_len;
+            at = value_at + value_len;
+            let name = http::HeaderName::from_bytes(&self.raw[name_at..value_at]);
+            let value = HeaderValue::from_maybe_shared(self.raw.slice(value_at..at));
+            // Both were checked in `from_raw`.
+            if let (Ok(name), Ok(value)) = (name, value) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+}
+
+/// RFC 9110's `tchar`, by byte: what a header name may be made of.
+const TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'!' | b'#'..=b'\'' | b'*' | b'+' | b'-' | b'.' | b'^'..=b'`' | b'|' | b'~');
+        b += 1;
+    }
+    table
+};
+
+/// The mount prefix, the path below it and the query, kept in one string: one allocation per
+/// request instead of three.
+#[derive(Debug, Default)]
+pub(crate) struct Location {
+    text: String,
+    prefix_end: usize,
+    path_end: usize,
+}
+
+impl Location {
+    pub(crate) fn new(prefix: &str, path: &str, query: &str) -> Self {
+        let mut text = String::with_capacity(prefix.len() + path.len() + query.len());
+        text.push_str(prefix);
+        text.push_str(path);
+        text.push_str(query);
+        Location {
+            text,
+            prefix_end: prefix.len(),
+            path_end: prefix.len() + path.len(),
+        }
+    }
+
+    fn prefix(&self) -> &str {
+        &self.text[..self.prefix_end]
+    }
+
+    fn path(&self) -> &str {
+        &self.text[self.prefix_end..self.path_end]
+    }
+
+    fn query(&self) -> &str {
+        &self.text[self.path_end..]
+    }
 }
 
 impl Request {
@@ -45,14 +179,13 @@ impl Request {
                 method,
                 uri: Uri::default(),
                 version: Version::HTTP_11,
-                headers: HeaderMap::new(),
+                headers: Headers::default(),
                 peer_addr: None,
                 local_addr: None,
-                mount_prefix: String::new(),
-                path: String::new(),
-                query: String::new(),
+                location: Location::default(),
                 body: Body::empty(),
             },
+            mount_prefix: String::new(),
             target: uri.to_owned(),
         }
     }
@@ -74,12 +207,12 @@ impl Request {
 
     /// All headers; repeated names keep every value in order, values are byte-exact.
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        self.headers.map()
     }
 
     /// The first value of header `name`.
     pub fn header(&self, name: impl AsHeaderName) -> Option<&HeaderValue> {
-        self.headers.get(name)
+        self.headers.map().get(name)
     }
 
     /// The client's address, when the connection has one.
@@ -94,37 +227,37 @@ impl Request {
 
     /// Where the app is mounted, e.g. `/hello` (WSGI's `SCRIPT_NAME`).
     pub fn mount_prefix(&self) -> &str {
-        &self.mount_prefix
+        self.location.prefix()
     }
 
     /// The path below the mount, always starting with `/` (WSGI's `PATH_INFO`), still
     /// percent-encoded.
     pub fn path(&self) -> &str {
-        &self.path
+        self.location.path()
     }
 
     /// The raw query string (without `?`), empty when there is none.
     pub fn query(&self) -> &str {
-        &self.query
+        self.location.query()
     }
 
     /// Every query parameter, decoded, in order.
     pub fn query_pairs(&self) -> Vec<(String, String)> {
-        form_urlencoded::parse(self.query.as_bytes())
+        form_urlencoded::parse(self.query().as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect()
     }
 
     /// The first value of query parameter `name`, decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        form_urlencoded::parse(self.query.as_bytes())
+        form_urlencoded::parse(self.query().as_bytes())
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
     }
 
     /// Every value of query parameter `name`, decoded, in order.
     pub fn query_params(&self, name: &str) -> Vec<String> {
-        form_urlencoded::parse(self.query.as_bytes())
+        form_urlencoded::parse(self.query().as_bytes())
             .filter(|(k, _)| k == name)
             .map(|(_, v): (Cow<'_, str>, Cow<'_, str>)| v.into_owned())
             .collect()
@@ -167,6 +300,7 @@ impl Request {
 #[derive(Debug)]
 pub struct RequestBuilder {
     request: Request,
+    mount_prefix: String,
     target: String,
 }
 
@@ -177,13 +311,13 @@ impl RequestBuilder {
             .unwrap_or_else(|_| panic!("invalid header name {name:?}"));
         let value = HeaderValue::from_bytes(value.as_ref())
             .unwrap_or_else(|_| panic!("invalid value for header {name}"));
-        self.request.headers.append(name, value);
+        self.request.headers.map_mut().append(name, value);
         self
     }
 
     /// Sets the mount prefix (default: none).
     pub fn mount_prefix(mut self, prefix: &str) -> Self {
-        self.request.mount_prefix = prefix.to_owned();
+        prefix.clone_into(&mut self.mount_prefix);
         self
     }
 
@@ -206,13 +340,9 @@ impl RequestBuilder {
             Some((path, query)) => (path, query),
             None => (self.target.as_str(), ""),
         };
-        request.path = if path.is_empty() {
-            "/".to_owned()
-        } else {
-            path.to_owned()
-        };
-        request.query = query.to_owned();
-        let full = format!("{}{}", request.mount_prefix, self.target);
+        let path = if path.is_empty() { "/" } else { path };
+        request.location = Location::new(&self.mount_prefix, path, query);
+        let full = format!("{}{}", self.mount_prefix, self.target);
         request.uri = full
             .parse()
             .unwrap_or_else(|_| panic!("invalid request target {full:?}"));

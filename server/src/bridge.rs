@@ -163,6 +163,17 @@ pub struct RequestView<'a> {
     pub query: &'a str,
 }
 
+/// The request target as an app sees it: an origin-form URI (`/path?query`, what servers
+/// receive) borrowed as it is, anything else formatted.
+pub fn request_target(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
+    match uri.path_and_query() {
+        Some(pq) if uri.scheme().is_none() && uri.authority().is_none() => {
+            std::borrow::Cow::Borrowed(pq.as_str())
+        }
+        _ => std::borrow::Cow::Owned(uri.to_string()),
+    }
+}
+
 impl Plugin {
     /// Starts the app's handler. `body` and one reference to `scope` move to the plugin.
     pub fn handle(
@@ -261,7 +272,7 @@ static HOST_VTABLE: HostVTable = HostVTable {
 
 unsafe extern "C" fn max_buffered_response(ctx: *mut c_void) -> u64 {
     // SAFETY: `ctx` is live for this call (the host contract).
-    unsafe { scope(ctx) }.policy.max_buffered
+    unsafe { scope(ctx) }.services.policy.max_buffered
 }
 
 unsafe extern "C" fn time_left_ms(ctx: *mut c_void) -> u64 {

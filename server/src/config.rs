@@ -15,6 +15,7 @@
 //! request_timeout = "60s"
 //! hook_timeout = "10s"
 //! watch = true
+//! access_log = false                # one log line per request (off by default)
 //!
 //! [apps.hello]
 //! mount = "/hi"
@@ -140,6 +141,10 @@ pub struct Cli {
     /// Do not watch the apps directory for added, changed or removed apps (watched by default)
     #[arg(long, env = "BERTH_NO_WATCH", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_watch: bool,
+
+    /// Log one line per request: app, method, path, status, latency (off by default)
+    #[arg(long, env = "BERTH_ACCESS_LOG", value_parser = clap::builder::FalseyValueParser::new())]
+    pub access_log: bool,
 }
 
 /// An admin endpoint address, or `off`: the value of `--admin-listen` and `admin_listen`.
@@ -214,6 +219,9 @@ pub struct Config {
     pub hook_timeout: Duration,
     /// Whether to watch the apps directory for added, changed and removed apps (default true).
     pub watch: bool,
+    /// Whether to log one `info` event per request, under the target `berth::access` (default
+    /// false, as in gunicorn and granian: at full load the line costs more than the request).
+    pub access_log: bool,
     /// Per-app settings from the config file's `[apps.<name>]` tables, keyed by app name. An
     /// app without an entry gets [`AppConfig::default`]; see [`Config::app`].
     pub apps: BTreeMap<String, AppConfig>,
@@ -393,6 +401,7 @@ impl Config {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             hook_timeout: DEFAULT_HOOK_TIMEOUT,
             watch: true,
+            access_log: false,
             apps: BTreeMap::new(),
             tls: None,
             limits: Limits::default(),
@@ -548,6 +557,7 @@ impl Config {
                 .unwrap_or(defaults.request_timeout),
             hook_timeout: file.hook_timeout.map_or(defaults.hook_timeout, |d| d.0),
             watch: !cli.no_watch && file.watch.unwrap_or(defaults.watch),
+            access_log: cli.access_log || file.access_log.unwrap_or(defaults.access_log),
             apps: file
                 .apps
                 .into_iter()
@@ -645,6 +655,7 @@ struct FileConfig {
     request_timeout: Option<PositiveSecs>,
     hook_timeout: Option<PositiveSecs>,
     watch: Option<bool>,
+    access_log: Option<bool>,
     #[serde(default)]
     apps: BTreeMap<String, FileApp>,
     tls_cert: Option<PathBuf>,
@@ -1085,6 +1096,7 @@ mod tests {
         assert!(config.config_file.is_some());
         assert_eq!(config.listen.port(), 8080);
         assert_eq!(config.request_timeout, Duration::from_secs(60));
+        assert!(!config.access_log);
     }
 
     #[test]
@@ -1098,6 +1110,7 @@ mod tests {
             request_timeout = "90s"
             hook_timeout = "3s"
             watch = false
+            access_log = true
 
             [apps.hello]
             mount = "/hi/there"
@@ -1120,6 +1133,7 @@ mod tests {
         assert_eq!(config.request_timeout, Duration::from_secs(90));
         assert_eq!(config.hook_timeout, Duration::from_secs(3));
         assert!(!config.watch);
+        assert!(config.access_log);
         let hello = config.app("hello");
         assert_eq!(hello.mount.as_deref(), Some("/hi/there"));
         assert!(!hello.enabled);
@@ -1156,6 +1170,7 @@ mod tests {
             "--request-timeout",
             "1500ms",
             "--no-watch",
+            "--access-log",
         ];
         let config = load("cli-overrides", toml, &args).unwrap();
         assert_eq!(config.listen.port(), 7000);
@@ -1165,6 +1180,7 @@ mod tests {
         assert_eq!(config.outbound_timeout, Duration::from_secs(2));
         assert_eq!(config.request_timeout, Duration::from_millis(1500));
         assert!(!config.watch);
+        assert!(config.access_log);
     }
 
     #[test]
@@ -1205,6 +1221,7 @@ mod tests {
         assert_eq!(env("outbound_timeout"), "BERTH_OUTBOUND_TIMEOUT");
         assert_eq!(env("request_timeout"), "BERTH_REQUEST_TIMEOUT");
         assert_eq!(env("no_watch"), "BERTH_NO_WATCH");
+        assert_eq!(env("access_log"), "BERTH_ACCESS_LOG");
         command.debug_assert();
     }
 

@@ -30,11 +30,10 @@
 //!
 //! This module has no `unsafe` code: everything that touches the ABI is in `bridge`.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use berth_app::abi::AbiBody;
 use berth_app::ffi::{ForeignBody, HandleFailure};
@@ -42,11 +41,11 @@ use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use http::{HeaderMap, Method, StatusCode, Uri};
 
-use crate::bridge::{Plugin, RequestView, hook_result, outcome_into_parts};
+use crate::bridge::{Plugin, RequestView, hook_result, outcome_into_parts, request_target};
 use crate::config::Config;
 use crate::loader::{ShadowDir, check_complete, read_image};
 use crate::outbound::Outbound;
-use crate::plugin::{LoadError, OutboundPolicy, RequestScope, check_name};
+use crate::plugin::{AppServices, LoadError, OutboundPolicy, RequestScope, check_name};
 
 /// One app library, loaded and checked, ready to be called.
 ///
@@ -59,9 +58,11 @@ pub struct LoadedApp {
     /// `[apps.<name>.settings]`, handed to `init`.
     settings: BTreeMap<String, String>,
     /// What the app may call outbound, and how much at once.
-    policy: Arc<OutboundPolicy>,
+    policy: OutboundPolicy,
     /// The pooled client the app's fetches go through.
     outbound: Outbound,
+    /// The services every call shares, made on the first call with that call's runtime.
+    services: OnceLock<Arc<AppServices>>,
 }
 
 /// Why a call to an app produced no response.
@@ -138,8 +139,9 @@ impl LoadedApp {
         Ok(LoadedApp {
             name: Arc::from(plugin.name.as_str()),
             settings: app_config.settings.clone(),
-            policy: Arc::new(OutboundPolicy::new(config, &app_config)),
+            policy: OutboundPolicy::new(config, &app_config),
             outbound,
+            services: OnceLock::new(),
             plugin,
         })
     }
@@ -193,14 +195,7 @@ impl LoadedApp {
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), CallError> {
         let scope = self.scope()?;
-        // An origin-form URI (`/path?query`, what servers receive) is borrowed as it is;
-        // anything else is formatted.
-        let uri_text = match uri.path_and_query() {
-            Some(pq) if uri.scheme().is_none() && uri.authority().is_none() => {
-                Cow::Borrowed(pq.as_str())
-            }
-            _ => Cow::Owned(uri.to_string()),
-        };
+        let uri_text = request_target(uri);
         let future = {
             let view = RequestView {
                 method: method.as_str(),
@@ -229,16 +224,19 @@ impl LoadedApp {
         Ok((status, headers, body))
     }
 
-    /// A host context for one request or hook, like the registry's (without a deadline).
+    /// A host context for one request or hook, like the server's (without a deadline). The
+    /// app's timers and fetches run on the runtime of the first call.
     fn scope(&self) -> Result<Arc<RequestScope>, CallError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| CallError::NoRuntime)?;
-        Ok(Arc::new(RequestScope {
-            app: Arc::clone(&self.name),
-            outbound: self.outbound.clone(),
-            policy: Arc::clone(&self.policy),
-            deadline: None,
-            runtime,
-        }))
+        let services = self.services.get_or_init(|| {
+            Arc::new(AppServices {
+                app: Arc::clone(&self.name),
+                outbound: self.outbound.clone(),
+                policy: self.policy.clone(),
+                runtime,
+            })
+        });
+        Ok(RequestScope::new(services, None))
     }
 
     fn failure(&self, failure: HandleFailure) -> CallError {

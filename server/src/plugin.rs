@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use berth_app::abi::{
@@ -112,7 +113,8 @@ pub fn check_name(name: &str) -> Result<(), LoadError> {
 }
 
 /// An app's outbound rules: the upstreams it may call, and a cap on its requests in flight.
-#[derive(Debug)]
+/// Clones share the cap.
+#[derive(Debug, Clone)]
 pub struct OutboundPolicy {
     /// Upstreams the app may call.
     pub allowlist: crate::allowlist::Allowlist,
@@ -142,26 +144,52 @@ impl OutboundPolicy {
     }
 }
 
-/// Host state behind the `ctx` pointer an app receives with each request: who the app is and the
-/// services it may call. Reference-counted across the boundary.
+/// What every request of one app version shares: who the app is and the services it may call.
+/// Built once per load, so that a request's own state ([`RequestScope`]) is one small block.
 #[derive(Debug)]
-pub struct RequestScope {
+pub struct AppServices {
     /// The app's name, for log lines.
     pub app: Arc<str>,
     /// The outbound HTTP client.
     pub outbound: Outbound,
     /// What the app may call, and how much at once.
-    pub policy: Arc<OutboundPolicy>,
-    /// When the request (or hook) this scope serves must be done: then the host drops the
-    /// app's future, and with it every outbound call it made.
-    pub deadline: Option<tokio::time::Instant>,
+    pub policy: OutboundPolicy,
     /// The host's runtime, so capabilities work even when called off a runtime thread.
     pub runtime: tokio::runtime::Handle,
 }
 
+/// Host state behind the `ctx` pointer an app receives with each request (or hook).
+/// Reference-counted across the boundary.
+#[derive(Debug)]
+pub struct RequestScope {
+    /// The app version's shared services.
+    pub services: Arc<AppServices>,
+    /// When the request (or hook) this scope serves must be done: then the host drops the
+    /// app's future, and with it every outbound call it made.
+    pub deadline: Option<tokio::time::Instant>,
+    /// Set when the request body went over its size limit, so that the host answers 413
+    /// whatever the app made of the failed stream. Kept here, in the one allocation every
+    /// request makes anyway, rather than in a block of its own.
+    pub body_exceeded: AtomicBool,
+}
+
 impl RequestScope {
+    /// A scope for one request (or hook) of the app behind `services`.
+    pub fn new(services: &Arc<AppServices>, deadline: Option<tokio::time::Instant>) -> Arc<Self> {
+        Arc::new(RequestScope {
+            services: Arc::clone(services),
+            deadline,
+            body_exceeded: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the request body went over its limit.
+    pub fn body_exceeded(&self) -> bool {
+        self.body_exceeded.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn log(&self, level: u32, message: &str) {
-        let app = &*self.app;
+        let app = &*self.services.app;
         match level {
             LOG_ERROR => tracing::error!(target: "berth::app", app, "{message}"),
             LOG_WARN => tracing::warn!(target: "berth::app", app, "{message}"),
@@ -172,7 +200,7 @@ impl RequestScope {
     }
 
     pub(crate) fn sleep(&self, duration: Duration) -> impl Future<Output = u32> + Send + 'static {
-        let _guard = self.runtime.enter();
+        let _guard = self.services.runtime.enter();
         let timer = tokio::time::sleep(duration);
         async move {
             timer.await;
@@ -185,8 +213,11 @@ impl RequestScope {
         &self,
         exchange: Exchange<'_>,
     ) -> impl Future<Output = AbiFetchOutcome> + Send + 'static {
-        let exchange = self.outbound.fetch(&self.app, exchange, &self.policy);
-        let task = AbortOnDrop(self.runtime.spawn(async move {
+        let services = &self.services;
+        let exchange = services
+            .outbound
+            .fetch(&services.app, exchange, &services.policy);
+        let task = AbortOnDrop(services.runtime.spawn(async move {
             match exchange.await {
                 Ok((response, permit)) => {
                     let (parts, body) = response.into_parts();
@@ -231,14 +262,18 @@ pub fn incoming_to_abi(body: hyper::body::Incoming) -> AbiBody {
 }
 
 /// Like [`incoming_to_abi`] for a request body limited to `limit` bytes: past it the app's
-/// stream fails (nothing more is read from the client) and `exceeded` is set, so that the host
-/// answers 413 whatever the app made of the error.
+/// stream fails (nothing more is read from the client) and the scope's `body_exceeded` is set,
+/// so that the host answers 413 whatever the app made of the error. A request without a body
+/// (most GETs) crosses as the empty body, with nothing allocated.
 pub fn limited_incoming_to_abi(
     body: hyper::body::Incoming,
     limit: u64,
-    exceeded: Arc<std::sync::atomic::AtomicBool>,
+    scope: Arc<RequestScope>,
 ) -> AbiBody {
     use futures_util::StreamExt as _;
+    if http_body::Body::is_end_stream(&body) {
+        return AbiBody::empty();
+    }
     let len = http_body::Body::size_hint(&body).exact();
     let mut seen: u64 = 0;
     let stream = data_stream(body).scan(false, move |failed, chunk| {
@@ -248,7 +283,7 @@ pub fn limited_incoming_to_abi(
         let chunk = chunk.and_then(|chunk| {
             seen += chunk.len() as u64;
             if seen > limit {
-                exceeded.store(true, std::sync::atomic::Ordering::SeqCst);
+                scope.body_exceeded.store(true, Ordering::SeqCst);
                 Err(berth_app::BodyError::new(format!(
                     "request body is larger than the limit of {limit} bytes"
                 )))

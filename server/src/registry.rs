@@ -24,7 +24,7 @@ use crate::bridge::{Plugin, hook_result};
 use crate::config::Config;
 use crate::loader::{ShadowDir, check_complete, is_library_path, read_image};
 use crate::outbound::Outbound;
-use crate::plugin::{LoadError, OutboundPolicy, RequestScope, check_name};
+use crate::plugin::{AppServices, LoadError, OutboundPolicy, RequestScope, check_name};
 use crate::router::Router;
 
 /// Request counters of one app, kept across its versions.
@@ -59,8 +59,8 @@ pub struct AppVersion {
     pub hook_timeout: Duration,
     /// Largest request body it accepts.
     pub max_body_size: u64,
-    /// What it may call outbound.
-    pub outbound: Arc<OutboundPolicy>,
+    /// Its name, outbound client and rules, shared by all its requests.
+    pub services: Arc<AppServices>,
     /// The plugin.
     pub plugin: Plugin,
     /// The app's counters (shared with its other versions).
@@ -203,24 +203,24 @@ impl Registry {
         self.router.load_full()
     }
 
+    /// The current routing table, borrowed without touching its reference count: for a
+    /// lookup that ends before the next `.await` (a request keeps its app version through
+    /// [`AppVersion::begin`], not through the table).
+    pub fn current_router(&self) -> arc_swap::Guard<Arc<Router>> {
+        self.router.load()
+    }
+
     /// Whether the initial load has finished.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// A per-request (or per-hook) host context for `app`, whose outbound calls end by
-    /// `deadline` at the latest.
-    pub fn scope(
-        &self,
-        app: &Arc<str>,
-        policy: &Arc<OutboundPolicy>,
-        deadline: Option<tokio::time::Instant>,
-    ) -> Arc<RequestScope> {
-        Arc::new(RequestScope {
+    /// The services of a version of `app` about to be loaded with `app_config`.
+    fn services(&self, app: &Arc<str>, app_config: &crate::config::AppConfig) -> Arc<AppServices> {
+        Arc::new(AppServices {
             app: Arc::clone(app),
             outbound: self.outbound.clone(),
-            policy: Arc::clone(policy),
-            deadline,
+            policy: OutboundPolicy::new(&self.config, app_config),
             runtime: self.runtime.clone(),
         })
     }
@@ -408,11 +408,11 @@ impl Registry {
         }
         let name: Arc<str> = Arc::from(plugin.name.as_str());
         let hook_timeout = app_config.hook_timeout.unwrap_or(self.config.hook_timeout);
-        let outbound = Arc::new(OutboundPolicy::new(&self.config, &app_config));
+        let services = self.services(&name, &app_config);
         let deadline = tokio::time::Instant::now() + hook_timeout;
         if let Some(init) = plugin.init(
             &app_config.settings,
-            self.scope(&name, &outbound, Some(deadline)),
+            RequestScope::new(&services, Some(deadline)),
         ) {
             let started = std::time::Instant::now();
             match tokio::time::timeout(hook_timeout, AssertUnwindSafe(init).catch_unwind()).await {
@@ -441,7 +441,7 @@ impl Registry {
             max_body_size: app_config
                 .max_body_size
                 .unwrap_or(self.config.limits.max_body_size),
-            outbound,
+            services,
             plugin,
             stats,
             in_flight: AtomicUsize::new(0),
@@ -469,7 +469,7 @@ impl Registry {
     async fn run_shutdown(&self, version: &AppVersion) {
         let limit = version.hook_timeout;
         let deadline = tokio::time::Instant::now() + limit;
-        let scope = self.scope(&version.name, &version.outbound, Some(deadline));
+        let scope = RequestScope::new(&version.services, Some(deadline));
         let Some(shutdown) = version.plugin.shutdown(scope) else {
             return;
         };

@@ -13,11 +13,11 @@ pub struct Router {
 
 /// A request matched to an app.
 #[derive(Debug)]
-pub struct Route<'a> {
+pub struct Route<'r, 'p> {
     /// The app.
-    pub app: &'a Arc<AppVersion>,
+    pub app: &'r Arc<AppVersion>,
     /// The path below the mount, starting with `/` (`/` when the request named the mount itself).
-    pub path: &'a str,
+    pub path: &'p str,
 }
 
 impl Router {
@@ -32,7 +32,7 @@ impl Router {
 
     /// Finds the app with the longest mount that is a whole-segment prefix of `path`:
     /// `/hello/a/b` and `/hello` match `/hello`, `/helloworld` does not.
-    pub fn route<'a>(&'a self, path: &'a str) -> Option<Route<'a>> {
+    pub fn route<'r, 'p>(&'r self, path: &'p str) -> Option<Route<'r, 'p>> {
         let boundaries = path
             .char_indices()
             .filter(|&(i, c)| c == '/' && i > 0)

@@ -22,12 +22,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::bridge::{RequestView, outcome_into_parts};
+use crate::bridge::{RequestView, outcome_into_parts, request_target};
 use crate::config::Config;
 use crate::config::Limits;
 use crate::outbound::Outbound;
-use crate::plugin::limited_incoming_to_abi;
-use crate::registry::{InFlight, Registry, Rescan};
+use crate::plugin::{RequestScope, limited_incoming_to_abi};
+use crate::registry::{AppVersion, InFlight, Registry, Rescan};
 use crate::router::Router;
 use crate::{admin, conn, tls, watch};
 use tokio_rustls::TlsAcceptor;
@@ -214,6 +214,7 @@ async fn serve(
             peer,
             local,
             limits: config.limits.clone(),
+            access_log: config.access_log,
         };
         connection.spawn(&builder, &graceful, acceptor.clone(), stream, slot);
     }
@@ -237,6 +238,8 @@ struct Connection {
     peer: SocketAddr,
     local: Option<SocketAddr>,
     limits: Limits,
+    /// Log every request (`--access-log`).
+    access_log: bool,
 }
 
 impl Connection {
@@ -299,7 +302,7 @@ impl Connection {
             let this = Arc::clone(&this);
             let guard = activity.begin();
             async move {
-                let response = dispatch(&this, request).await;
+                let response = Box::pin(dispatch(&this, request)).await;
                 Ok::<_, Infallible>(response.map(|body| conn::Tracked::new(body, guard)))
             }
         });
@@ -311,64 +314,100 @@ impl Connection {
 }
 
 async fn dispatch(connection: &Connection, request: Request<Incoming>) -> Response<ResponseBody> {
-    let registry = &connection.registry;
-    let (peer, local) = (connection.peer, connection.local);
-    let started = Instant::now();
-    let path = request.uri().path().to_owned();
-    let router = registry.router();
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
     if path == "/" {
-        return listing(&router);
+        return listing(&connection.registry.router());
     }
-    let Some(route) = router.route(&path) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no app is mounted at {path}\n"),
-        );
-    };
     // The request holds its version until its response body is done, whatever swaps happen.
-    let in_flight = route.app.begin();
-    let app = Arc::clone(in_flight.version());
-    let mut log = RequestLog {
-        app: &app.name,
-        method: request.method().clone(),
-        path: &path,
-        started,
-        status: None,
+    let (in_flight, below) = {
+        let router = connection.registry.current_router();
+        let Some(route) = router.route(path) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no app is mounted at {path}\n"),
+            );
+        };
+        (route.app.begin(), route.path)
     };
-    let max_body = app.max_body_size;
-    let declared = request
-        .headers()
+    let mut log = connection.access_log.then(|| RequestLog {
+        app: Arc::clone(&in_flight.version().name),
+        method: parts.method.clone(),
+        path,
+        started: Instant::now(),
+        status: None,
+    });
+    let app = in_flight.version();
+    let declared = parts
+        .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max_body) {
+    let response = if declared.is_some_and(|len| len > app.max_body_size) {
         // Refused before the app runs and before a byte of the body is read.
-        let response = too_large(max_body);
+        too_large(app.max_body_size)
+    } else {
+        let started = start(connection, &parts, body, app, below);
+        finish(started, in_flight).await
+    };
+    if let Some(log) = &mut log {
         log.status = Some(response.status());
-        return response;
     }
-    let (parts, body) = request.into_parts();
-    let exceeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let body = limited_incoming_to_abi(body, max_body, Arc::clone(&exceeded));
-    let uri = parts.uri.to_string();
+    response
+}
+
+/// A request handed to its app: the app's future and the request's host state.
+struct Started {
+    future: async_ffi::FfiFuture<berth_app::abi::AbiHandleOutcome>,
+    scope: Arc<RequestScope>,
+    deadline: tokio::time::Instant,
+}
+
+/// Hands the request to `app`. Kept out of the async `dispatch` so that its borrowed views
+/// never become part of the request's future, which hyper moves around once per request.
+fn start(
+    connection: &Connection,
+    parts: &http::request::Parts,
+    body: Incoming,
+    app: &AppVersion,
+    below: &str,
+) -> Started {
+    let max_body = app.max_body_size;
+    let deadline = tokio::time::Instant::now() + app.request_timeout;
+    let scope = RequestScope::new(&app.services, Some(deadline));
+    let body = limited_incoming_to_abi(body, max_body, Arc::clone(&scope));
+    let uri = request_target(&parts.uri);
     let view = RequestView {
         method: parts.method.as_str(),
         uri: &uri,
         version: parts.version,
         headers: &parts.headers,
-        peer_addr: Some(peer),
-        local_addr: local,
+        peer_addr: Some(connection.peer),
+        local_addr: connection.local,
         mount_prefix: &app.mount,
-        path: route.path,
+        path: below,
         query: parts.uri.query().unwrap_or(""),
     };
-    let deadline = tokio::time::Instant::now() + app.request_timeout;
-    let scope = registry.scope(&app.name, &app.outbound, Some(deadline));
-    let future = app.plugin.handle(&view, body, scope);
+    let future = app.plugin.handle(&view, body, Arc::clone(&scope));
+    Started {
+        future,
+        scope,
+        deadline,
+    }
+}
+
+/// Waits for the app's answer until the request's deadline and turns it into the response.
+async fn finish(started: Started, in_flight: InFlight) -> Response<ResponseBody> {
+    let Started {
+        future,
+        scope,
+        deadline,
+    } = started;
     // The plugin catches its own panics; catch_unwind only guards against a broken plugin glue.
-    let limit = app.request_timeout;
-    let outcome = tokio::time::timeout(limit, AssertUnwindSafe(future).catch_unwind()).await;
+    let outcome = WithDeadline::new(AssertUnwindSafe(future).catch_unwind(), deadline).await;
+    let app = in_flight.version();
     let response = match outcome {
-        Err(_elapsed) => {
+        None => {
+            let limit = app.request_timeout;
             tracing::warn!(
                 app = &*app.name,
                 "app did not answer within {limit:?}; its future was dropped"
@@ -378,14 +417,17 @@ async fn dispatch(connection: &Connection, request: Request<Incoming>) -> Respon
                 format!("the app did not answer within {limit:?}\n"),
             )
         }
-        Ok(Err(_)) => {
+        Some(Err(_)) => {
             tracing::error!(
                 app = &*app.name,
                 "app's future panicked across the boundary"
             );
             internal_error()
         }
-        Ok(Ok(outcome)) => match outcome_into_parts(outcome) {
+        Some(Ok(outcome)) => match outcome_into_parts(outcome) {
+            // Whatever the app answered after its body stream failed at the limit, the client
+            // sent too much: say so.
+            Ok(_) if scope.body_exceeded() => too_large(app.max_body_size),
             Ok((status, headers, body)) => {
                 let body = AppBody {
                     inner: body,
@@ -394,7 +436,7 @@ async fn dispatch(connection: &Connection, request: Request<Incoming>) -> Respon
                 let mut response = Response::new(Either::Right(body));
                 *response.status_mut() = status;
                 *response.headers_mut() = headers;
-                response
+                return response;
             }
             Err(HandleFailure::Panicked(message)) => {
                 tracing::error!(app = &*app.name, "app panicked: {message}");
@@ -409,18 +451,56 @@ async fn dispatch(connection: &Connection, request: Request<Incoming>) -> Respon
             }
         },
     };
-    // Whatever the app answered after its body stream failed at the limit, the client sent too
-    // much: say so.
-    let response = if exceeded.load(Ordering::SeqCst) {
-        too_large(max_body)
+    let response = if scope.body_exceeded() {
+        too_large(app.max_body_size)
     } else {
         response
     };
     if response.status().is_server_error() {
         app.stats.errors.fetch_add(1, Ordering::Relaxed);
     }
-    log.status = Some(response.status());
     response
+}
+
+pin_project_lite::pin_project! {
+    /// `future`, or `None` once `deadline` passes. Unlike `tokio::time::timeout` it sets no
+    /// timer when the future is ready at its first poll, as most apps' answers are, and keeps
+    /// the timer (a large value) out of line, so that the request's future stays small.
+    struct WithDeadline<F> {
+        #[pin]
+        future: F,
+        timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+        deadline: tokio::time::Instant,
+    }
+}
+
+impl<F> WithDeadline<F> {
+    fn new(future: F, deadline: tokio::time::Instant) -> Self {
+        WithDeadline {
+            future,
+            timer: None,
+            deadline,
+        }
+    }
+}
+
+impl<F: Future> Future for WithDeadline<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        if let std::task::Poll::Ready(output) = this.future.poll(cx) {
+            return std::task::Poll::Ready(Some(output));
+        }
+        let deadline = *this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().poll(cx).map(|()| None)
+    }
 }
 
 fn too_large(limit: u64) -> Response<ResponseBody> {
@@ -435,10 +515,11 @@ fn too_large(limit: u64) -> Response<ResponseBody> {
     response
 }
 
-/// Emits the one log event per request when dropped: with the response status, or, if the
-/// request future was dropped first (the client went away), as status 499 like NGINX.
+/// With `--access-log`, emits the one log event per request when dropped: with the response
+/// status, or, if the request future was dropped first (the client went away), as status 499
+/// like NGINX.
 struct RequestLog<'a> {
-    app: &'a str,
+    app: Arc<str>,
     method: http::Method,
     path: &'a str,
     started: Instant,
@@ -448,13 +529,14 @@ struct RequestLog<'a> {
 impl Drop for RequestLog<'_> {
     fn drop(&mut self) {
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let (app, method, path) = (self.app, &self.method, self.path);
+        let (app, method, path) = (&*self.app, &self.method, self.path);
         match self.status {
             Some(status) => {
                 let status = status.as_u16();
-                tracing::info!(app, %method, path, status, latency_ms, "request");
+                tracing::info!(target: "berth::access", app, %method, path, status, latency_ms, "request");
             }
             None => tracing::info!(
+                target: "berth::access",
                 app,
                 %method,
                 path,

@@ -210,3 +210,48 @@ async fn gather_overlaps_its_waits() {
         "gather took {elapsed:?}: its sleep and fetches should overlap ({got})"
     );
 }
+
+/// The access log is off by default, as in gunicorn and granian; `--access-log` writes one line
+/// per request with the app, method, path, status and latency, and 499 for a request whose
+/// client went away before the answer.
+#[tokio::test]
+async fn the_access_log_is_opt_in() {
+    let quiet = Berth::with_apps(&["hello"]);
+    assert_eq!(get(&quiet.url("/hello")).await.status, 200);
+
+    let logged = Berth::builder()
+        .app("hello")
+        .app("gather")
+        .args(&["--access-log"])
+        .start();
+    assert_eq!(get(&logged.url("/hello/a?b=1")).await.status, 200);
+    let line = logged
+        .wait_for_log(&["berth::access", "status=200"], Duration::from_secs(5))
+        .await;
+    for field in [
+        "app=\"hello\"",
+        "method=GET",
+        "path=\"/hello/a\"",
+        "latency_ms=",
+    ] {
+        assert!(line.contains(field), "{field} missing from {line:?}");
+    }
+    let gone = tokio::time::timeout(
+        Duration::from_millis(300),
+        get(&logged.url("/gather?sleep_ms=5000")),
+    )
+    .await;
+    assert!(gone.is_err(), "the slow request should still be waiting");
+    logged
+        .wait_for_log(
+            &["berth::access", "app=\"gather\"", "status=499"],
+            Duration::from_secs(5),
+        )
+        .await;
+
+    assert!(
+        !quiet.stderr().contains("berth::access"),
+        "no access log without --access-log:\n{}",
+        quiet.stderr()
+    );
+}

@@ -75,15 +75,6 @@ async fn app_logs_reach_stderr_with_the_app_name() {
 }
 
 #[tokio::test]
-async fn every_request_is_logged() {
-    let berth = Berth::with_apps(&["hello"]);
-    assert_eq!(get(&berth.url("/hello")).await.status, 200);
-    berth
-        .wait_for_log(&["hello", "GET", "200"], Duration::from_secs(5))
-        .await;
-}
-
-#[tokio::test]
 async fn testkit_fetch_reports_the_upstream_status() {
     let upstream = Upstream::start();
     let berth = Berth::with_apps(&["fixture_testkit"]);

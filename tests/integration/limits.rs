@@ -312,7 +312,7 @@ async fn an_oversized_header_gets_431_and_a_large_one_under_the_limit_is_served(
 async fn a_body_over_the_limit_gets_413_declared_or_chunked() {
     let berth = Berth::builder()
         .app("fixture_testkit")
-        .args(&["--max-body-size", "1KiB"])
+        .args(&["--max-body-size", "1KiB", "--access-log"])
         .start();
     let addr = berth.addr();
 

@@ -727,8 +727,8 @@ unsafe extern "C" fn fake_time_left_ms(_ctx: *mut c_void) -> u64 {
 struct GlueApp;
 
 impl App for GlueApp {
-    fn handle(mut req: crate::Request, host: crate::Host) -> crate::__private::BoxFuture {
-        Box::pin(async move {
+    fn handle(mut req: crate::Request, host: crate::Host) -> crate::__private::HandleFuture {
+        crate::__private::serve(async move {
             if req.path() == "/panic" {
                 panic!("boom in the handler");
             }
