@@ -237,6 +237,21 @@ unsafe fn header_slice<'a>(headers: AbiHeaders) -> &'a [AbiHeader] {
     }
 }
 
+/// Checks borrowed headers and copies them into one buffer, to be parsed into a
+/// [`HeaderMap`] if the app asks for one.
+///
+/// # Safety
+/// `headers` must satisfy the ABI's borrowed contract for the duration of this call.
+unsafe fn lazy_headers(headers: AbiHeaders) -> Result<crate::headers::Headers, BoundaryError> {
+    // SAFETY: forwarded to the caller.
+    let list = unsafe { header_slice(headers) };
+    // SAFETY: each name and value is borrowed under the same contract as the array.
+    let pairs = list
+        .iter()
+        .map(|header| unsafe { (header.name.as_bytes(), header.value.as_bytes()) });
+    crate::headers::Headers::from_raw(pairs).map_err(BoundaryError)
+}
+
 /// Copies borrowed headers into a [`HeaderMap`], validating names and values.
 ///
 /// # Safety
@@ -628,10 +643,23 @@ impl AbiResponse {
     /// # Safety
     /// `self` must satisfy the ABI's response contract and not be used elsewhere afterwards.
     pub unsafe fn into_parts(self) -> Result<(StatusCode, HeaderMap, ForeignBody), BoundaryError> {
+        // SAFETY: forwarded to the caller; the headers are read while still borrowed.
+        unsafe { self.into_parts_with(|headers| headers_from_abi(headers)) }
+    }
+
+    /// [`AbiResponse::into_parts`] with the headers read by `read_headers`, which is called
+    /// while they are still borrowed.
+    ///
+    /// # Safety
+    /// As for [`AbiResponse::into_parts`]; `read_headers` must not keep the borrowed headers.
+    unsafe fn into_parts_with<H>(
+        self,
+        read_headers: impl FnOnce(AbiHeaders) -> Result<H, BoundaryError>,
+    ) -> Result<(StatusCode, H, ForeignBody), BoundaryError> {
         // SAFETY: the body moves to us under the body contract.
         let body = unsafe { ForeignBody::from_abi(self.body) };
-        // SAFETY: headers are borrowed from `owner` until we release it just below.
-        let headers = unsafe { headers_from_abi(self.headers) };
+        // Headers are borrowed from `owner` until we release it just below.
+        let headers = read_headers(self.headers);
         if let Some(release) = self.release {
             // SAFETY: the response contract: `release(owner)` exactly once.
             unsafe { release(self.owner) };
@@ -737,10 +765,23 @@ impl AbiFetchOutcome {
     /// # Safety
     /// `self` must satisfy the ABI's outcome contract.
     pub unsafe fn into_result(self) -> Result<(StatusCode, HeaderMap, ForeignBody), (u32, String)> {
+        // SAFETY: forwarded to the caller; the headers are read while still borrowed.
+        unsafe { self.into_result_with(|headers| headers_from_abi(headers)) }
+    }
+
+    /// [`AbiFetchOutcome::into_result`] with the headers read by `read_headers`.
+    ///
+    /// # Safety
+    /// As for [`AbiFetchOutcome::into_result`]; `read_headers` must not keep the borrowed
+    /// headers.
+    unsafe fn into_result_with<H>(
+        self,
+        read_headers: impl FnOnce(AbiHeaders) -> Result<H, BoundaryError>,
+    ) -> Result<(StatusCode, H, ForeignBody), (u32, String)> {
         // SAFETY: the message and the response are owned by us now.
         let message = unsafe { self.message.into_string_lossy() };
         // SAFETY: as above.
-        let response = unsafe { self.response.into_parts() };
+        let response = unsafe { self.response.into_parts_with(read_headers) };
         match self.tag {
             FETCH_OK => response.map_err(|e| (FETCH_OTHER, format!("invalid response: {e}"))),
             tag => Err((tag, message)),
@@ -811,15 +852,29 @@ impl Descriptor {
     }
 }
 
-/// Polls `future` to completion with every poll under [`catch`]; a panic ends it with the
-/// panic's message.
-async fn run_caught<F: Future>(future: F) -> Result<F::Output, String> {
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(|cx| match catch(|| future.as_mut().poll(cx)) {
-        Ok(poll) => poll.map(Ok),
-        Err(panic) => Poll::Ready(Err(panic)),
-    })
-    .await
+pin_project_lite::pin_project! {
+    /// `future` with every poll under [`catch`]; a panic ends it with the panic's message.
+    ///
+    /// A combinator rather than an `async fn`: an async fn that takes a future and pins it
+    /// keeps two slots of the future's size in its own state, and the request's whole future
+    /// is moved into async-ffi's box, so every byte here is copied once per request and held
+    /// for as long as the request waits.
+    struct Caught<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for Caught<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = self.project().future;
+        match catch(|| future.poll(cx)) {
+            Ok(poll) => poll.map(Ok),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 unsafe extern "C" fn handle_glue<A: App>(
@@ -845,22 +900,24 @@ unsafe extern "C" fn handle_glue<A: App>(
 }
 
 /// The future the host polls for one request: the author's `future` with every poll under
-/// [`catch`], and its response handed over in ABI form. Generic over the author's future, so
+/// [`catch`], and its answer handed over in ABI form. Generic over the author's future, so
 /// that it is stored inline: async-ffi's box is the only allocation.
 pub fn serve<F>(future: F) -> FfiFuture<AbiHandleOutcome>
 where
-    F: Future<Output = crate::Response> + Send + 'static,
+    F: Future + Send + 'static,
+    F::Output: crate::IntoResponse,
 {
-    async move {
-        match run_caught(future)
-            .await
-            .and_then(|response| catch(|| response.into_abi()))
-        {
-            Ok(response) => AbiHandleOutcome::ok(response),
-            Err(panic) => AbiHandleOutcome::failed(OUTCOME_PANICKED, panic),
-        }
-    }
-    .into_ffi()
+    use futures_util::FutureExt as _;
+    Caught { future }
+        .map(|answer| {
+            let converted = answer
+                .and_then(|answer| catch(|| crate::IntoResponse::into_response(answer).into_abi()));
+            match converted {
+                Ok(response) => AbiHandleOutcome::ok(response),
+                Err(panic) => AbiHandleOutcome::failed(OUTCOME_PANICKED, panic),
+            }
+        })
+        .into_ffi()
 }
 
 unsafe extern "C" fn init_glue<A: App>(
@@ -897,14 +954,14 @@ unsafe extern "C" fn shutdown_glue<A: App>(host: AbiHost) -> FfiFuture<AbiHookOu
 }
 
 fn run_hook(future: crate::__private::HookFuture) -> FfiFuture<AbiHookOutcome> {
-    async move {
-        match run_caught(future).await {
+    use futures_util::FutureExt as _;
+    Caught { future }
+        .map(|result| match result {
             Ok(Ok(())) => AbiHookOutcome::ok(),
             Ok(Err(message)) => AbiHookOutcome::failed(OUTCOME_ERROR, message),
             Err(panic) => AbiHookOutcome::failed(OUTCOME_PANICKED, panic),
-        }
-    }
-    .into_ffi()
+        })
+        .into_ffi()
 }
 
 /// Borrowed settings built from a map; keep it alive while the [`AbiSettings`] from
@@ -1001,8 +1058,9 @@ pub(crate) fn fetch_result(
     buffer_limit: Option<u64>,
 ) -> Result<crate::FetchResponse, crate::FetchError> {
     use crate::FetchErrorKind as Kind;
-    // SAFETY: the outcome was returned by the host's fetch future and is owned by us.
-    match unsafe { outcome.into_result() } {
+    // SAFETY: the outcome was returned by the host's fetch future and is owned by us; its
+    // headers are copied before they are released.
+    match unsafe { outcome.into_result_with(|headers| lazy_headers(headers)) } {
         Ok((status, headers, body)) => {
             Ok(
                 crate::FetchResponse::new(status, headers, crate::Body::from_foreign(body))
@@ -1038,14 +1096,9 @@ unsafe fn request_from_abi(
             req.mount_prefix.to_str("mount prefix")?,
             req.path.to_str("path")?,
             req.query.to_str("query")?,
-            header_slice(req.headers),
+            lazy_headers(req.headers)?,
         )
     };
-    // SAFETY: each name and value is borrowed under the same contract as the array.
-    let pairs = headers
-        .iter()
-        .map(|header| unsafe { (header.name.as_bytes(), header.value.as_bytes()) });
-    let headers = crate::request::Headers::from_raw(pairs).map_err(BoundaryError)?;
     let method =
         http::Method::from_bytes(method).map_err(|_| BoundaryError("invalid method".to_owned()))?;
     let uri = http::Uri::try_from(uri).map_err(|e| BoundaryError(format!("invalid URI: {e}")))?;

@@ -335,13 +335,13 @@ impl OutboundRequest {
 #[derive(Debug)]
 pub struct FetchResponse {
     status: StatusCode,
-    headers: HeaderMap,
+    headers: crate::headers::Headers,
     body: Body,
     buffer_limit: Option<u64>,
 }
 
 impl FetchResponse {
-    pub(crate) fn new(status: StatusCode, headers: HeaderMap, body: Body) -> Self {
+    pub(crate) fn new(status: StatusCode, headers: crate::headers::Headers, body: Body) -> Self {
         FetchResponse {
             status,
             headers,
@@ -362,7 +362,7 @@ impl FetchResponse {
 
     /// The upstream's headers.
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        self.headers.map()
     }
 
     /// The body, to read chunk by chunk.

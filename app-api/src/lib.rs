@@ -55,6 +55,7 @@ mod body;
 mod config;
 #[doc(hidden)]
 pub mod ffi;
+mod headers;
 mod host;
 mod request;
 mod response;
@@ -114,9 +115,7 @@ macro_rules! export_app {
             $(const HAS_SHUTDOWN: bool = { let _ = $shutdown; true };)?
 
             fn handle(req: $crate::Request, host: $crate::Host) -> $crate::__private::HandleFuture {
-                $crate::__private::serve(async move {
-                    $crate::IntoResponse::into_response($handler(req, host).await)
-                })
+                $crate::__private::serve($handler(req, host))
             }
 
             $(

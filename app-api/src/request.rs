@@ -20,113 +20,12 @@ pub struct Request {
     pub(crate) method: Method,
     pub(crate) uri: Uri,
     pub(crate) version: Version,
-    pub(crate) headers: Headers,
+    pub(crate) headers: crate::headers::Headers,
     pub(crate) peer_addr: Option<SocketAddr>,
     pub(crate) local_addr: Option<SocketAddr>,
     pub(crate) location: Location,
     pub(crate) body: Body,
 }
-
-/// Request headers as the host sent them, checked and copied into one buffer. The
-/// [`HeaderMap`] is built the first time the app asks for it: an app that reads no header
-/// pays for no map, and one that does gets its values without a copy each.
-#[derive(Debug, Default)]
-pub(crate) struct Headers {
-    /// Each header as its name's and its value's length (`u32`, native order), then the name,
-    /// then the value.
-    raw: Bytes,
-    map: std::sync::OnceLock<HeaderMap>,
-}
-
-impl Headers {
-    /// Checks and copies `headers` (name, value): names must be HTTP tokens, values free of
-    /// control characters but tab, as [`HeaderName`](http::HeaderName) and [`HeaderValue`]
-    /// require.
-    pub(crate) fn from_raw<'a, I>(headers: I) -> Result<Self, String>
-    where
-        I: Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
-    {
-        let mut size = 0;
-        for (name, value) in headers.clone() {
-            let too_long = u32::try_from(name.len().max(value.len())).is_err();
-            // Folds rather than `all`, so that the compiler can check many bytes at a time.
-            let token = name.iter().fold(true, |ok, &b| ok & TOKEN[usize::from(b)]);
-            if name.is_empty() || too_long || !token {
-                return Err(format!(
-                    "invalid header name {:?}",
-                    String::from_utf8_lossy(name)
-                ));
-            }
-            let visible = |b: u8| (b >= 0x20) & (b != 0x7f) | (b == b'\t');
-            if !value.iter().fold(true, |ok, &b| ok & visible(b)) {
-                return Err(format!(
-                    "invalid value for header {}",
-                    String::from_utf8_lossy(name)
-                ));
-            }
-            size += 8 + name.len() + value.len();
-        }
-        let mut raw = Vec::with_capacity(size);
-        for (name, value) in headers {
-            // Both lengths fit in u32: checked above.
-            raw.extend_from_slice(&(name.len() as u32).to_ne_bytes());
-            raw.extend_from_slice(&(value.len() as u32).to_ne_bytes());
-            raw.extend_from_slice(name);
-            raw.extend_from_slice(value);
-        }
-        Ok(Headers {
-            raw: Bytes::from(raw),
-            map: std::sync::OnceLock::new(),
-        })
-    }
-
-    pub(crate) fn map(&self) -> &HeaderMap {
-        self.map.get_or_init(|| self.parse())
-    }
-
-    fn map_mut(&mut self) -> &mut HeaderMap {
-        self.map();
-        self.map.get_mut().expect("initialised just above")
-    }
-
-    fn parse(&self) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        let mut at = 0;
-        let len_at = |at: usize| {
-            let bytes = self
-                .raw
-                .get(at..at + 4)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok());
-            bytes.map_or(0, |b| u32::from_ne_bytes(b) as usize)
-        };
-        while at < self.raw.len() {
-            let (name_len, value_len) = (len_at(at), len_at(at + 4));
-            let name_at = at + 8;
-            let value_at = name_at + name_len;
-            at = value_at + value_len;
-            let name = http::HeaderName::from_bytes(&self.raw[name_at..value_at]);
-            let value = HeaderValue::from_maybe_shared(self.raw.slice(value_at..at));
-            // Both were checked in `from_raw`.
-            if let (Ok(name), Ok(value)) = (name, value) {
-                map.append(name, value);
-            }
-        }
-        map
-    }
-}
-
-/// RFC 9110's `tchar`, by byte: what a header name may be made of.
-const TOKEN: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(c, b'!' | b'#'..=b'\'' | b'*' | b'+' | b'-' | b'.' | b'^'..=b'`' | b'|' | b'~');
-        b += 1;
-    }
-    table
-};
 
 /// The mount prefix, the path below it and the query, kept in one string: one allocation per
 /// request instead of three.
@@ -179,7 +78,7 @@ impl Request {
                 method,
                 uri: Uri::default(),
                 version: Version::HTTP_11,
-                headers: Headers::default(),
+                headers: crate::headers::Headers::default(),
                 peer_addr: None,
                 local_addr: None,
                 location: Location::default(),

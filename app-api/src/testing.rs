@@ -127,7 +127,11 @@ impl MockHost {
             )
         })?;
         let (status, headers, body) = handler(request)?.into_parts();
-        Ok(FetchResponse::new(status, headers, body))
+        Ok(FetchResponse::new(
+            status,
+            crate::headers::Headers::from_map(headers),
+            body,
+        ))
     }
 }
 

@@ -7,11 +7,6 @@ use berth_server::{Cli, Config, ServeError};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// Apps allocate with their own allocator (each plugin links its own std); this one serves the
-/// host's side of every request.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))

@@ -39,7 +39,8 @@ pub enum FetchFailure {
 /// The shared outbound client. Cheap to clone (the pool is shared).
 #[derive(Debug, Clone)]
 pub struct Outbound {
-    client: Client<HttpsConnector<HttpConnector>, ForeignBody>,
+    /// Shared, so that a request's future holds a pointer rather than a copy of the client.
+    client: Arc<Client<HttpsConnector<HttpConnector>, ForeignBody>>,
     default_timeout: Duration,
 }
 
@@ -53,7 +54,7 @@ impl Outbound {
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
         Outbound {
-            client,
+            client: Arc::new(client),
             default_timeout,
         }
     }
@@ -88,7 +89,7 @@ impl Outbound {
             }
         });
         let permits = Arc::clone(&policy.permits);
-        let client = self.client.clone();
+        let client = Arc::clone(&self.client);
         async move {
             let request = request?;
             // Waiting for a permit counts inside the time limit.

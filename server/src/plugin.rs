@@ -208,7 +208,9 @@ impl RequestScope {
         }
     }
 
-    /// Runs an outbound request as a host task; dropping the returned future aborts the task.
+    /// Runs an outbound request: in the caller's task when the app polls it on the host's
+    /// runtime, as it does unless it runs an executor of its own, else as a host task. Dropping
+    /// the returned future cancels the request either way.
     pub(crate) fn fetch(
         &self,
         exchange: Exchange<'_>,
@@ -217,7 +219,7 @@ impl RequestScope {
         let exchange = services
             .outbound
             .fetch(&services.app, exchange, &services.policy);
-        let task = AbortOnDrop(services.runtime.spawn(async move {
+        let outcome = async move {
             match exchange.await {
                 Ok((response, permit)) => {
                     let (parts, body) = response.into_parts();
@@ -232,12 +234,16 @@ impl RequestScope {
                 }
                 Err(failure) => failure.into_outcome(),
             }
-        }));
-        async move {
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return futures_util::future::Either::Left(outcome);
+        }
+        let task = AbortOnDrop(services.runtime.spawn(outcome));
+        futures_util::future::Either::Right(async move {
             task.await.unwrap_or_else(|join_error| {
                 FetchFailure::Other(format!("outbound task failed: {join_error}")).into_outcome()
             })
-        }
+        })
     }
 }
 

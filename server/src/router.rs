@@ -13,11 +13,20 @@ pub struct Router {
 
 /// A request matched to an app.
 #[derive(Debug)]
-pub struct Route<'r, 'p> {
+pub struct Route<'r> {
     /// The app.
     pub app: &'r Arc<AppVersion>,
-    /// The path below the mount, starting with `/` (`/` when the request named the mount itself).
-    pub path: &'p str,
+    /// The length of the mount at the start of the request's path.
+    pub mount_len: usize,
+}
+
+/// The part of `path` below a mount of `mount_len` bytes, starting with `/` (`/` when the
+/// request named the mount itself).
+pub fn below_mount(path: &str, mount_len: usize) -> &str {
+    match path.get(mount_len..) {
+        Some(below) if !below.is_empty() => below,
+        _ => "/",
+    }
 }
 
 impl Router {
@@ -32,7 +41,7 @@ impl Router {
 
     /// Finds the app with the longest mount that is a whole-segment prefix of `path`:
     /// `/hello/a/b` and `/hello` match `/hello`, `/helloworld` does not.
-    pub fn route<'r, 'p>(&'r self, path: &'p str) -> Option<Route<'r, 'p>> {
+    pub fn route<'r>(&'r self, path: &str) -> Option<Route<'r>> {
         let boundaries = path
             .char_indices()
             .filter(|&(i, c)| c == '/' && i > 0)
@@ -41,10 +50,9 @@ impl Router {
         let mut found = None;
         for end in boundaries {
             if let Some(app) = self.mounts.get(&path[..end]) {
-                let below = &path[end..];
                 found = Some(Route {
                     app,
-                    path: if below.is_empty() { "/" } else { below },
+                    mount_len: end,
                 });
             }
         }

@@ -28,7 +28,7 @@ use crate::config::Limits;
 use crate::outbound::Outbound;
 use crate::plugin::{RequestScope, limited_incoming_to_abi};
 use crate::registry::{AppVersion, InFlight, Registry, Rescan};
-use crate::router::Router;
+use crate::router::{Router, below_mount};
 use crate::{admin, conn, tls, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -264,15 +264,20 @@ impl Connection {
             match acceptor {
                 None => self.serve(&builder, watcher, TokioIo::new(stream)).await,
                 Some(acceptor) => {
-                    let limit = self.limits.tls_handshake_timeout;
-                    match tls::accept(&acceptor, stream, limit).await {
-                        Ok((stream, _h2)) => {
-                            self.serve(&builder, watcher, TokioIo::new(stream)).await;
+                    // Out of line: a TLS session is large, and every plain connection's task
+                    // would otherwise be sized for one.
+                    Box::pin(async move {
+                        let limit = self.limits.tls_handshake_timeout;
+                        match tls::accept(&acceptor, stream, limit).await {
+                            Ok((stream, _h2)) => {
+                                self.serve(&builder, watcher, TokioIo::new(stream)).await;
+                            }
+                            Err(err) => {
+                                tracing::debug!(peer = %self.peer, "TLS handshake failed: {err}")
+                            }
                         }
-                        Err(err) => {
-                            tracing::debug!(peer = %self.peer, "TLS handshake failed: {err}")
-                        }
-                    }
+                    })
+                    .await;
                 }
             }
             drop(slot);
@@ -299,10 +304,10 @@ impl Connection {
         );
         let this = Arc::new(self);
         let service = service_fn(move |request| {
-            let this = Arc::clone(&this);
             let guard = activity.begin();
+            let answer = dispatch(&this, request);
             async move {
-                let response = Box::pin(dispatch(&this, request)).await;
+                let response = answer.await;
                 Ok::<_, Infallible>(response.map(|body| conn::Tracked::new(body, guard)))
             }
         });
@@ -313,46 +318,50 @@ impl Connection {
     }
 }
 
-async fn dispatch(connection: &Connection, request: Request<Incoming>) -> Response<ResponseBody> {
+/// Routes `request` and starts its app at once, without waiting: the returned future only
+/// waits for the answer. Everything about the request's head is done and dropped here, so the
+/// future hyper keeps for as long as the request waits holds none of it.
+fn dispatch(
+    connection: &Connection,
+    request: Request<Incoming>,
+) -> impl Future<Output = Response<ResponseBody>> + Send + use<> {
+    use futures_util::future::Either as Answer;
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     if path == "/" {
-        return listing(&connection.registry.router());
+        return Answer::Left(std::future::ready(listing(&connection.registry.router())));
     }
     // The request holds its version until its response body is done, whatever swaps happen.
-    let (in_flight, below) = {
+    let (in_flight, mount_len) = {
         let router = connection.registry.current_router();
         let Some(route) = router.route(path) else {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("no app is mounted at {path}\n"),
-            );
+            let message = format!("no app is mounted at {path}\n");
+            return Answer::Left(std::future::ready(text(StatusCode::NOT_FOUND, message)));
         };
-        (route.app.begin(), route.path)
+        (route.app.begin(), route.mount_len)
     };
+    let app = in_flight.version();
     let mut log = connection.access_log.then(|| RequestLog {
-        app: Arc::clone(&in_flight.version().name),
+        app: Arc::clone(&app.name),
         method: parts.method.clone(),
-        path,
+        path: path.to_owned(),
         started: Instant::now(),
         status: None,
     });
-    let app = in_flight.version();
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let response = if declared.is_some_and(|len| len > app.max_body_size) {
+    if declared.is_some_and(|len| len > app.max_body_size) {
         // Refused before the app runs and before a byte of the body is read.
-        too_large(app.max_body_size)
-    } else {
-        let started = start(connection, &parts, body, app, below);
-        finish(started, in_flight).await
-    };
-    if let Some(log) = &mut log {
-        log.status = Some(response.status());
+        let response = too_large(app.max_body_size);
+        if let Some(log) = &mut log {
+            log.status = Some(response.status());
+        }
+        return Answer::Left(std::future::ready(response));
     }
-    response
+    let started = start(connection, parts, body, app, mount_len, log);
+    Answer::Right(answer(started, in_flight))
 }
 
 /// A request handed to its app: the app's future and the request's host state.
@@ -360,16 +369,17 @@ struct Started {
     future: async_ffi::FfiFuture<berth_app::abi::AbiHandleOutcome>,
     scope: Arc<RequestScope>,
     deadline: tokio::time::Instant,
+    log: Option<RequestLog>,
 }
 
-/// Hands the request to `app`. Kept out of the async `dispatch` so that its borrowed views
-/// never become part of the request's future, which hyper moves around once per request.
+/// Hands the request to `app`, which copies what it keeps.
 fn start(
     connection: &Connection,
-    parts: &http::request::Parts,
+    parts: http::request::Parts,
     body: Incoming,
     app: &AppVersion,
-    below: &str,
+    mount_len: usize,
+    log: Option<RequestLog>,
 ) -> Started {
     let max_body = app.max_body_size;
     let deadline = tokio::time::Instant::now() + app.request_timeout;
@@ -384,7 +394,7 @@ fn start(
         peer_addr: Some(connection.peer),
         local_addr: connection.local,
         mount_prefix: &app.mount,
-        path: below,
+        path: below_mount(parts.uri.path(), mount_len),
         query: parts.uri.query().unwrap_or(""),
     };
     let future = app.plugin.handle(&view, body, Arc::clone(&scope));
@@ -392,18 +402,33 @@ fn start(
         future,
         scope,
         deadline,
+        log,
     }
 }
 
-/// Waits for the app's answer until the request's deadline and turns it into the response.
-async fn finish(started: Started, in_flight: InFlight) -> Response<ResponseBody> {
+/// Waits for the app's answer until the request's deadline.
+async fn answer(started: Started, in_flight: InFlight) -> Response<ResponseBody> {
     let Started {
         future,
         scope,
         deadline,
+        mut log,
     } = started;
     // The plugin catches its own panics; catch_unwind only guards against a broken plugin glue.
     let outcome = WithDeadline::new(AssertUnwindSafe(future).catch_unwind(), deadline).await;
+    let response = respond(outcome, &scope, in_flight);
+    if let Some(log) = &mut log {
+        log.status = Some(response.status());
+    }
+    response
+}
+
+/// Turns the app's outcome (`None`: the deadline passed) into the response.
+fn respond(
+    outcome: Option<std::thread::Result<berth_app::abi::AbiHandleOutcome>>,
+    scope: &RequestScope,
+    in_flight: InFlight,
+) -> Response<ResponseBody> {
     let app = in_flight.version();
     let response = match outcome {
         None => {
@@ -518,18 +543,18 @@ fn too_large(limit: u64) -> Response<ResponseBody> {
 /// With `--access-log`, emits the one log event per request when dropped: with the response
 /// status, or, if the request future was dropped first (the client went away), as status 499
 /// like NGINX.
-struct RequestLog<'a> {
+struct RequestLog {
     app: Arc<str>,
     method: http::Method,
-    path: &'a str,
+    path: String,
     started: Instant,
     status: Option<StatusCode>,
 }
 
-impl Drop for RequestLog<'_> {
+impl Drop for RequestLog {
     fn drop(&mut self) {
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let (app, method, path) = (&*self.app, &self.method, self.path);
+        let (app, method, path) = (&*self.app, &self.method, &*self.path);
         match self.status {
             Some(status) => {
                 let status = status.as_u16();

@@ -1,10 +1,11 @@
-//! The `fetch` app compiled straight into a hyper server: per request, GET `--upstream` with
-//! hyper-util's pooled legacy client (set up like Berth's outbound client: `TCP_NODELAY`, 90 s
-//! idle pool timeout) and answer its first 20 bytes, reading no more chunks than it needs and
-//! giving up after 10 s, as the app does.
+//! The `fetch` app compiled straight into a hyper server: per request, decode `?url=` from the
+//! query (or take `--upstream` when there is none), GET it with hyper-util's pooled legacy
+//! client (set up like Berth's outbound client: `TCP_NODELAY`, 90 s idle pool timeout) and
+//! answer its first 20 bytes, reading no more chunks than it needs and giving up after 10 s, as
+//! the app does.
 //!
-//! Run with: `cargo run --release -p berth-bench --bin native-fetch -- --listen 127.0.0.1:8082
-//! --upstream http://127.0.0.1:8000/small.txt`.
+//! Run with: `cargo run --release -p berth-bench --bin native-fetch -- --listen 127.0.0.1:8082`,
+//! then `curl 'http://127.0.0.1:8082/fetch?url=http%3A%2F%2F127.0.0.1%3A8000%2Fsmall.txt'`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -24,9 +25,9 @@ struct Args {
     /// The address to serve HTTP/1.1 and HTTP/2 cleartext on.
     #[arg(long, default_value = "127.0.0.1:8082")]
     listen: SocketAddr,
-    /// The URL to GET for every request (plain HTTP).
+    /// The URL to GET for requests without `?url=` (plain HTTP).
     #[arg(long)]
-    upstream: Uri,
+    upstream: Option<Uri>,
 }
 
 type Pooled = Client<HttpConnector, Empty<Bytes>>;
@@ -43,10 +44,23 @@ fn main() -> ExitCode {
         .pool_idle_timeout(Duration::from_secs(90))
         .build(connector);
     let upstream = args.upstream;
-    let served = berth_bench::serve(args.listen, move |_request| {
+    let served = berth_bench::serve(args.listen, move |request| {
         let client = client.clone();
-        let upstream = upstream.clone();
+        // The app's `req.query_param("url")`, then the URL parsed as the host parses it.
+        let query = request.uri().query().unwrap_or("");
+        let param = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "url");
+        let upstream = match param {
+            Some((_, url)) => Uri::try_from(url.into_owned()).ok(),
+            None => upstream.clone(),
+        };
         async move {
+            let Some(upstream) = upstream else {
+                return berth_bench::respond(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain; charset=utf-8",
+                    "missing or invalid ?url= parameter\n",
+                );
+            };
             let fetched = tokio::time::timeout(
                 Duration::from_secs(10),
                 first_bytes(&client, upstream, HEAD),
