@@ -17,8 +17,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -184,7 +183,7 @@ async fn serve(
         Some(addr) => tracing::info!("listening on {scheme}://{addr}"),
         None => tracing::info!("listening"),
     }
-    let builder = Arc::new(conn::builder(&config.limits));
+    let protocols = Arc::new(conn::Protocols::new(&config.limits));
     let graceful = GracefulShutdown::new();
     // Past the limit, new connections wait in the kernel's listen backlog until one closes.
     let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
@@ -216,7 +215,7 @@ async fn serve(
             limits: config.limits.clone(),
             access_log: config.access_log,
         };
-        connection.spawn(&builder, &graceful, acceptor.clone(), stream, slot);
+        connection.spawn(&protocols, &graceful, acceptor.clone(), stream, slot);
     }
     drop(listener);
     let drain_timeout = config.drain_timeout;
@@ -248,7 +247,7 @@ impl Connection {
     /// freed when it ends.
     fn spawn(
         self,
-        builder: &Arc<auto::Builder<TokioExecutor>>,
+        protocols: &Arc<conn::Protocols>,
         graceful: &GracefulShutdown,
         acceptor: Option<TlsAcceptor>,
         stream: TcpStream,
@@ -258,19 +257,38 @@ impl Connection {
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(peer = %self.peer, "cannot set TCP_NODELAY: {err}");
         }
-        let builder = Arc::clone(builder);
+        let protocols = Arc::clone(protocols);
         let watcher = graceful.watcher();
+        // The first request head is due this long after the connection opens, TLS handshake
+        // and protocol detection included.
+        let first_head = tokio::time::Instant::now() + self.limits.header_read_timeout;
         tokio::spawn(async move {
             match acceptor {
-                None => self.serve(&builder, watcher, TokioIo::new(stream)).await,
+                None => {
+                    let sniffed =
+                        tokio::time::timeout_at(first_head, conn::opens_with_h2_preface(&stream));
+                    match sniffed.await {
+                        Ok(Ok(h2)) => {
+                            let io = TokioIo::new(stream);
+                            self.serve(&protocols, watcher, io, h2, first_head).await;
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(peer = %self.peer, "connection error: {err}")
+                        }
+                        Err(_elapsed) => {
+                            tracing::debug!(peer = %self.peer, "no request before the header timeout")
+                        }
+                    }
+                }
                 Some(acceptor) => {
                     // Out of line: a TLS session is large, and every plain connection's task
                     // would otherwise be sized for one.
                     Box::pin(async move {
                         let limit = self.limits.tls_handshake_timeout;
                         match tls::accept(&acceptor, stream, limit).await {
-                            Ok((stream, _h2)) => {
-                                self.serve(&builder, watcher, TokioIo::new(stream)).await;
+                            Ok((stream, h2)) => {
+                                let io = TokioIo::new(stream);
+                                self.serve(&protocols, watcher, io, h2, first_head).await;
                             }
                             Err(err) => {
                                 tracing::debug!(peer = %self.peer, "TLS handshake failed: {err}")
@@ -284,13 +302,15 @@ impl Connection {
         });
     }
 
-    /// Serves HTTP on `io` until the connection ends, with the keep-alive idle timeout and
-    /// request tracking.
+    /// Serves HTTP/2 (`h2`) or HTTP/1.1 on `io` until the connection ends, with the keep-alive
+    /// idle timeout and request tracking.
     async fn serve<I>(
         self,
-        builder: &auto::Builder<TokioExecutor>,
+        protocols: &conn::Protocols,
         watcher: hyper_util::server::graceful::Watcher,
         io: I,
+        h2: bool,
+        first_head: tokio::time::Instant,
     ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -301,6 +321,7 @@ impl Connection {
             Arc::clone(&activity),
             self.limits.keepalive_timeout,
             self.limits.header_read_timeout,
+            first_head,
         );
         let this = Arc::new(self);
         let service = service_fn(move |request| {
@@ -311,8 +332,14 @@ impl Connection {
                 Ok::<_, Infallible>(response.map(|body| conn::Tracked::new(body, guard)))
             }
         });
-        let connection = builder.serve_connection_with_upgrades(io, service);
-        if let Err(err) = watcher.watch(connection.into_owned()).await {
+        let served = if h2 {
+            let connection = protocols.http2.serve_connection(io, service);
+            watcher.watch(connection).await
+        } else {
+            let connection = protocols.http1.serve_connection(io, service);
+            watcher.watch(connection).await
+        };
+        if let Err(err) = served {
             tracing::debug!(%peer, "connection error: {err}");
         }
     }

@@ -106,3 +106,32 @@ async fn outbound_timeout_flag_limits_outbound_requests() {
         Some(HangEvent::Request(0))
     );
 }
+
+/// Berth raises its soft open-file limit to the hard one at start, and warns when even that is
+/// too low for `--max-connections` (each connection may hold an outbound socket too).
+#[tokio::test]
+async fn raises_the_open_file_limit_and_warns_when_it_is_low() {
+    let berth = Berth::builder()
+        .app("hello")
+        .args(&["--max-connections", "100000000"])
+        .start();
+    berth
+        .wait_for_log(
+            &["open-file limit is", "--max-connections"],
+            Duration::from_secs(5),
+        )
+        .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", berth.pid()))
+        .expect("read /proc/<pid>/limits");
+    let open_files = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("an open-files line");
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers.len(), 2, "{open_files}");
+    assert_eq!(
+        numbers[0], numbers[1],
+        "soft limit not raised: {open_files}"
+    );
+    assert_eq!(get(&berth.url("/hello")).await.status, 200);
+}
