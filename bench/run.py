@@ -1477,6 +1477,7 @@ def main():
     else:
         out = (args.out or ROOT / "BENCHMARKS.md").resolve()
         svg = BENCH / "results.svg"
+    out.parent.mkdir(parents=True, exist_ok=True)
     code = 0
     try:
         suite.run()

@@ -259,7 +259,9 @@ unsafe fn lazy_headers(headers: AbiHeaders) -> Result<crate::headers::Headers, B
 pub unsafe fn headers_from_abi(headers: AbiHeaders) -> Result<HeaderMap, BoundaryError> {
     // SAFETY: forwarded to the caller.
     let list = unsafe { header_slice(headers) };
-    let mut map = HeaderMap::with_capacity(list.len());
+    // Room for the few headers a server adds on the way out (HTTP/2: content-length, date), so
+    // that they do not make the map grow.
+    let mut map = HeaderMap::with_capacity(list.len() + 2);
     for header in list {
         // SAFETY: each name and value is borrowed under the same contract as the array.
         let (name, value) = unsafe { (header.name.as_bytes(), header.value.as_bytes()) };

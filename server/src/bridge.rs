@@ -170,7 +170,16 @@ pub fn request_target(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
         Some(pq) if uri.scheme().is_none() && uri.authority().is_none() => {
             std::borrow::Cow::Borrowed(pq.as_str())
         }
-        _ => std::borrow::Cow::Owned(uri.to_string()),
+        _ => {
+            // Sized up front: formatting into an empty string grows it three times.
+            let len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+                + uri.authority().map_or(0, |a| a.as_str().len())
+                + uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+            let mut text = String::with_capacity(len);
+            // Writing to a String cannot fail.
+            let _ = std::fmt::Write::write_fmt(&mut text, format_args!("{uri}"));
+            std::borrow::Cow::Owned(text)
+        }
     }
 }
 

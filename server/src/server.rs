@@ -325,12 +325,13 @@ impl Connection {
         );
         let this = Arc::new(self);
         let service = service_fn(move |request| {
+            use futures_util::FutureExt as _;
             let guard = activity.begin();
-            let answer = dispatch(&this, request);
-            async move {
-                let response = answer.await;
+            // A combinator, not an async block: the future hyper holds per request (and, for
+            // HTTP/2, spawns as a task per stream) stays as small as the answer's own.
+            dispatch(&this, request).map(move |response| {
                 Ok::<_, Infallible>(response.map(|body| conn::Tracked::new(body, guard)))
-            }
+            })
         });
         let served = if h2 {
             let connection = protocols.http2.serve_connection(io, service);
