@@ -490,6 +490,10 @@ unsafe extern "C" fn release_full(state: *mut c_void) {
 pub struct ForeignBody {
     raw: AbiBody,
     done: bool,
+    /// Bytes still to come when the producer gave an exact length, else `LEN_UNKNOWN`. At 0 the
+    /// body reports its end without another poll: hyper then ends an HTTP/2 stream with the
+    /// last data frame instead of sending an empty one after it.
+    remaining: u64,
 }
 
 impl ForeignBody {
@@ -499,12 +503,17 @@ impl ForeignBody {
     /// `raw` must satisfy the ABI's body contract and not be used elsewhere afterwards.
     pub unsafe fn from_abi(raw: AbiBody) -> Self {
         let done = raw.poll_chunk.is_none();
-        ForeignBody { raw, done }
+        let remaining = raw.len_hint;
+        ForeignBody {
+            raw,
+            done,
+            remaining,
+        }
     }
 
-    /// Exact length in bytes when the producer knows it.
+    /// Exact length in bytes of what is still to come, when the producer knows it.
     pub fn len_hint(&self) -> Option<u64> {
-        (self.raw.len_hint != LEN_UNKNOWN).then_some(self.raw.len_hint)
+        (self.remaining != LEN_UNKNOWN).then_some(self.remaining)
     }
 
     /// Whether the stream has ended (or never had data).
@@ -527,7 +536,12 @@ impl ForeignBody {
             return match result.tag {
                 CHUNK_PENDING => Poll::Pending,
                 CHUNK_DATA if data.is_empty() => continue,
-                CHUNK_DATA => Poll::Ready(Some(Ok(data))),
+                CHUNK_DATA => {
+                    if self.remaining != LEN_UNKNOWN {
+                        self.remaining = self.remaining.saturating_sub(data.len() as u64);
+                    }
+                    Poll::Ready(Some(Ok(data)))
+                }
                 CHUNK_END => {
                     self.done = true;
                     Poll::Ready(None)
@@ -554,7 +568,7 @@ impl ForeignBody {
             state: this.raw.state,
             poll_chunk: if this.done { None } else { this.raw.poll_chunk },
             drop: this.raw.drop,
-            len_hint: this.raw.len_hint,
+            len_hint: this.remaining,
         }
     }
 }
@@ -590,7 +604,7 @@ impl http_body::Body for ForeignBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done || self.remaining == 0
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -98,13 +98,22 @@ impl Headers {
 }
 
 /// Whether `value` is free of control characters (tab is fine), as [`HeaderValue`] requires.
-/// Written as one reduction without branches, which the compiler turns into vector code.
 fn visible(value: &[u8]) -> bool {
-    let bad = value.iter().fold(0u8, |bad, &b| {
-        bad | (u8::from(b < 0x20) & u8::from(b != b'\t')) | u8::from(b == 0x7f)
-    });
-    bad == 0
+    // A fold, not `all`: no branch per byte.
+    value.iter().fold(true, |ok, &b| ok & VALUE[usize::from(b)])
 }
+
+/// What a header value may be made of, by byte.
+const VALUE: [bool; 256] = {
+    let mut table = [true; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b == 0x09;
+        b += 1;
+    }
+    table[0x7f] = false;
+    table
+};
 
 /// RFC 9110's `tchar`, by byte: what a header name may be made of.
 const TOKEN: [bool; 256] = {
@@ -118,3 +127,47 @@ const TOKEN: [bool; 256] = {
     }
     table
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visible_agrees_with_header_value_on_every_byte_and_position() {
+        for len in [1, 7, 8, 9, 16, 23] {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut value = vec![b'a'; len];
+                    value[at] = b;
+                    assert_eq!(
+                        visible(&value),
+                        HeaderValue::from_bytes(&value).is_ok(),
+                        "byte {b:#04x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn raw_headers_are_checked_copied_and_parsed_on_demand() {
+        let pairs: [(&[u8], &[u8]); 3] = [
+            (b"host", b"example.com"),
+            (b"x-dup", b"one"),
+            (b"x-dup", b"two\tthree"),
+        ];
+        let headers = Headers::from_raw(pairs.iter().copied()).expect("valid");
+        let map = headers.map();
+        assert_eq!(map.len(), 3);
+        assert_eq!(map["host"], "example.com");
+        let dups: Vec<_> = map.get_all("x-dup").iter().collect();
+        assert_eq!(dups, ["one", "two\tthree"]);
+
+        let bad_name: [(&[u8], &[u8]); 1] = [(b"bad name", b"v")];
+        let err = Headers::from_raw(bad_name.iter().copied()).expect_err("refused");
+        assert_eq!(err, "invalid header name \"bad name\"");
+        let bad_value: [(&[u8], &[u8]); 1] = [(b"x-a", b"line\r\nbreak")];
+        let err = Headers::from_raw(bad_value.iter().copied()).expect_err("refused");
+        assert_eq!(err, "invalid value for header x-a");
+    }
+}

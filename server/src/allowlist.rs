@@ -148,11 +148,8 @@ impl Allowlist {
         let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
             return false;
         };
-        let scheme = scheme.to_ascii_lowercase();
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let scheme = lowercase(scheme);
+        let host = lowercase(host.trim_start_matches('[').trim_end_matches(']'));
         let port = uri
             .port_u16()
             .unwrap_or(if scheme == "https" { 443 } else { 80 });
@@ -162,6 +159,15 @@ impl Allowlist {
     /// Whether the list is empty (every request denied).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// `text` in lower case, copied only when it has an upper-case letter (checked on every fetch).
+fn lowercase(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(text.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(text)
     }
 }
 

@@ -407,7 +407,9 @@ fn foreign_body_forwards_unchanged() {
     assert_eq!(block_on(body.next()), Some(Ok(Bytes::from("a"))));
     // Handing the rest on (e.g. an upstream body streamed into the app's response).
     let forwarded = receive(body.into_abi());
-    assert_eq!(forwarded.len_hint(), Some(2));
+    // What is left, not the original length: a content-length from the old hint would promise
+    // a byte that never comes.
+    assert_eq!(forwarded.len_hint(), Some(1));
     assert_eq!(read_all(forwarded), (vec![Bytes::from("b")], None));
 
     // A finished body forwards as a finished one and is never polled again.
@@ -906,4 +908,27 @@ fn exhausted_body_stays_ended() {
     assert_eq!(body.poll_chunk(&mut cx), Poll::Ready(None));
     assert!(body.is_end());
     assert_eq!(body.poll_chunk(&mut cx), Poll::Ready(None));
+}
+
+#[test]
+fn a_body_of_known_length_ends_after_its_last_byte() {
+    use http_body::Body as _;
+    // hyper asks `is_end_stream` after each chunk: true at the last byte lets HTTP/2 end the
+    // stream with that data frame instead of an empty one after it.
+    let mut body = receive(AbiBody::full(Bytes::from("xy")));
+    assert!(!body.is_end_stream());
+    assert_eq!(http_body::Body::size_hint(&body).exact(), Some(2));
+    assert_eq!(block_on(body.next()), Some(Ok(Bytes::from("xy"))));
+    assert!(body.is_end_stream());
+    assert_eq!(http_body::Body::size_hint(&body).exact(), Some(0));
+    // Polled anyway, it ends.
+    assert_eq!(block_on(body.next()), None);
+
+    // Without a known length only the producer's END ends it.
+    let chunks = vec![Ok(Bytes::from("a"))];
+    let mut body = receive(AbiBody::from_stream(stream_of(chunks), None));
+    assert_eq!(block_on(body.next()), Some(Ok(Bytes::from("a"))));
+    assert!(!body.is_end_stream());
+    assert_eq!(block_on(body.next()), None);
+    assert!(body.is_end_stream());
 }
