@@ -28,9 +28,11 @@ fn raise_open_file_limit(max_connections: usize) {
 
 fn main() -> ExitCode {
     // Lines are written by a thread of their own, so that a request never waits for stderr
-    // (a pipe whose reader is slow, a file on a busy disk). Nothing is dropped: past 128k
-    // queued lines, logging waits. The guard flushes what is queued when `main` returns.
+    // (a pipe whose reader is slow, a file on a busy disk). Nothing is dropped: past 16k queued
+    // lines, logging waits (the default of 128k preallocates 4 MB of queue). The guard flushes
+    // what is queued when `main` returns.
     let (stderr, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(16 * 1024)
         .lossy(false)
         .thread_name("berth-log")
         .finish(std::io::stderr());
