@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Instructions per request, counted by callgrind: a repeatable figure on noisy machines.
+
+Wall-clock benchmarks on these shared 2-core machines swing by ±20% from one minute to the next;
+the instructions a server executes per request do not (callgrind counts them, whatever else the
+machine is doing). This is the loop used to decide what to optimize; `bench/run.py` stays the
+source of the published figures.
+
+    cargo build --release -p berth-server -p hello -p fetch -p gather -p berth-bench
+    python3 bench/instructions.py                       # Berth + hello and native-hello, HTTP/1.1
+    python3 bench/instructions.py --h2 --top 30         # HTTP/2 (16 streams), the 30 costliest functions
+    python3 bench/instructions.py --fetch http://127.0.0.1:8000/small.txt   # fetch, against an upstream you run
+
+Each server runs under `valgrind --tool=callgrind`; after a warm-up of 500 requests its counters
+are zeroed, `h2load` sends `--n` requests over 8 connections, and the counters are dumped. Only
+the server's user-space instructions are counted (not the kernel's). Needs valgrind and h2load
+(Debian: valgrind, nghttp2-client).
+"""
+
+import argparse
+import collections
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASE = ROOT / "target" / "release"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def self_costs(path):
+    """Instructions per function (exclusive), from a callgrind output file written with
+    uncompressed names: cost lines under `fn=`, minus the lines that give a call's cost."""
+    costs = collections.Counter()
+    fn, call_cost_next = None, False
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("fn="):
+            fn = line[3:]
+        elif line.startswith("calls="):
+            call_cost_next = True
+        elif line[:1] in set("0123456789+-*"):
+            parts = line.split()
+            if len(parts) >= 2 and not call_cost_next:
+                costs[fn] += int(parts[1])
+            call_cost_next = False
+    return costs
+
+
+def measure(name, argv, path, n, h2, top):
+    out = Path(tempfile.mkdtemp(prefix="berth-callgrind-")) / "callgrind.out"
+    port = free_port()
+    cmd = ["valgrind", "--tool=callgrind", "--compress-strings=no", "--compress-pos=no",
+           f"--callgrind-out-file={out}", *[a.replace("PORT", str(port)) for a in argv]]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}{path}"
+    try:
+        for _ in range(150):
+            try:
+                urllib.request.urlopen(url, timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            sys.exit(f"{name} did not answer {url}")
+        load = ["h2load", "-c", "8", *(["-m", "16"] if h2 else ["--h1"])]
+        subprocess.run([*load, "-n", "500", url], capture_output=True, check=True)
+        subprocess.run(["callgrind_control", "-z", str(server.pid)], capture_output=True, check=True)
+        done = subprocess.run([*load, "-n", str(n), url], capture_output=True, text=True, check=True)
+        subprocess.run(["callgrind_control", "-d", str(server.pid)], capture_output=True, check=True)
+        time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    if f"{n} succeeded" not in done.stdout:
+        sys.exit(f"{name}: not every request succeeded:\n{done.stdout[-800:]}")
+    dump = min(out.parent.glob("callgrind.out.*"), key=lambda p: p.name)
+    costs = self_costs(dump)
+    total = sum(costs.values())
+    print(f"{name}: {total / n:,.0f} instructions per request ({n:,} requests, {'HTTP/2' if h2 else 'HTTP/1.1'})")
+    for fn, cost in costs.most_common(top):
+        print(f"  {cost / n:8,.0f}  {fn[:140]}")
+    shutil.rmtree(out.parent, ignore_errors=True)
+    return total / n
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=4000, help="requests to count (default 4000)")
+    parser.add_argument("--h2", action="store_true", help="HTTP/2 with 16 streams per connection")
+    parser.add_argument("--top", type=int, default=0, help="list this many costliest functions")
+    parser.add_argument("--fetch", metavar="URL", help="measure the fetch app against this upstream")
+    args = parser.parse_args()
+    for tool in ("valgrind", "callgrind_control", "h2load"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing (Debian: apt-get install valgrind nghttp2-client)")
+
+    apps = Path(tempfile.mkdtemp(prefix="berth-callgrind-apps-"))
+    for app in ("hello", "fetch"):
+        shutil.copy(RELEASE / f"lib{app}.so", apps / f"{app}.so")
+    berth = [str(RELEASE / "berth"), "--apps-dir", str(apps), "--listen", "127.0.0.1:PORT",
+             "--admin-listen", "off", "--allow-outbound", "http://127.0.0.1:*"]
+    if args.fetch:
+        path = "/fetch?url=" + urllib.parse.quote(args.fetch, safe="")
+        native = [str(RELEASE / "native-fetch"), "--listen", "127.0.0.1:PORT"]
+    else:
+        path = "/hello"
+        native = [str(RELEASE / "native-hello"), "--listen", "127.0.0.1:PORT"]
+    ours = measure("Berth", berth, path, args.n, args.h2, args.top)
+    theirs = measure("native", native, path, args.n, args.h2, args.top)
+    print(f"Berth / native: {ours / theirs:.2f}×")
+    shutil.rmtree(apps, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
