@@ -131,6 +131,15 @@ impl Body {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// The bytes of a body held whole in memory (empty for an empty body), or the body itself.
+    pub(crate) fn into_full(self) -> Result<Bytes, Body> {
+        match self.kind {
+            Kind::Empty => Ok(Bytes::new()),
+            Kind::Full(bytes) => Ok(bytes),
+            kind => Err(Body { kind }),
+        }
+    }
+
     pub(crate) fn into_abi(self) -> AbiBody {
         match self.kind {
             Kind::Empty => AbiBody::empty(),

@@ -164,39 +164,73 @@ impl AbiStr {
     }
 }
 
+/// Header storage a [`HeaderList`] can borrow from: a [`HeaderMap`], or a response's few
+/// inline headers.
+pub(crate) trait HeaderSource: Send + Sync + 'static {
+    fn count(&self) -> usize;
+    fn pairs(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)>;
+}
+
+impl HeaderSource for HeaderMap {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.iter()
+    }
+}
+
+impl HeaderSource for crate::response::ResponseHeaders {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.iter()
+    }
+}
+
 /// Borrowed header array built from a [`HeaderMap`]; keep it alive, and where it is, while the
 /// [`AbiHeaders`] from [`HeaderList::as_abi`] is in use. Up to [`HeaderList::INLINE`] headers
 /// live in the list itself, so most requests and responses cross without allocating for it.
 #[derive(Debug)]
-pub struct HeaderList {
+pub struct HeaderList<const N: usize = 8> {
     len: usize,
-    inline: [AbiHeader; HeaderList::INLINE],
+    inline: [AbiHeader; N],
     spilled: Vec<AbiHeader>,
 }
 
 impl HeaderList {
+    /// Borrows every header of `map` in order (repeated names once per value).
+    pub fn new(map: &HeaderMap) -> Self {
+        Self::borrow(map)
+    }
+}
+
+impl<const N: usize> HeaderList<N> {
     /// How many headers fit without a heap allocation.
-    pub const INLINE: usize = 8;
+    pub const INLINE: usize = N;
 
     const NONE: AbiHeader = AbiHeader {
         name: AbiStr::from_static(""),
         value: AbiStr::from_static(""),
     };
 
-    /// Borrows every header of `map` in order (repeated names once per value).
-    pub fn new(map: &HeaderMap) -> Self {
+    fn borrow<H: HeaderSource + ?Sized>(headers: &H) -> Self {
         let borrow = |(name, value): (&http::HeaderName, &HeaderValue)| AbiHeader {
             name: AbiStr::new(name.as_str().as_bytes()),
             value: AbiStr::new(value.as_bytes()),
         };
         let mut list = HeaderList::empty();
-        if map.len() <= Self::INLINE {
-            for (slot, header) in list.inline.iter_mut().zip(map.iter()) {
+        let len = headers.count();
+        if len <= Self::INLINE {
+            for (slot, header) in list.inline.iter_mut().zip(headers.pairs()) {
                 *slot = borrow(header);
             }
-            list.len = map.len();
+            list.len = len;
         } else {
-            list.spilled = map.iter().map(borrow).collect();
+            list.spilled = headers.pairs().map(borrow).collect();
         }
         list
     }
@@ -205,7 +239,7 @@ impl HeaderList {
     pub const fn empty() -> Self {
         HeaderList {
             len: 0,
-            inline: [Self::NONE; Self::INLINE],
+            inline: [Self::NONE; N],
             spilled: Vec::new(),
         }
     }
@@ -436,31 +470,46 @@ impl AbiBody {
         if data.is_empty() {
             return AbiBody::empty();
         }
-        let len = data.len() as u64;
-        let state = Arc::new(FullBody {
+        FullBody::share(&Arc::new(FullBody::new(data, ())))
+    }
+}
+
+/// The state of a body of one chunk: the bytes, whether the chunk has been handed out, and
+/// `extra`, anything else that lives as long (a response's header storage). The body, its
+/// chunk and the response each hold a reference.
+struct FullBody<X> {
+    data: Bytes,
+    taken: AtomicBool,
+    extra: X,
+}
+
+impl<X: Send + Sync + 'static> FullBody<X> {
+    fn new(data: Bytes, extra: X) -> Self {
+        FullBody {
             data,
             taken: AtomicBool::new(false),
-        });
+            extra,
+        }
+    }
+
+    /// A body that polls `this` (empty if there is no data), holding a reference of its own.
+    fn share(this: &Arc<Self>) -> AbiBody {
+        if this.data.is_empty() {
+            return AbiBody::empty();
+        }
         AbiBody {
-            state: Arc::into_raw(state).cast_mut().cast(),
-            poll_chunk: Some(poll_full),
-            drop: Some(release_full),
-            len_hint: len,
+            state: Arc::into_raw(Arc::clone(this)).cast_mut().cast(),
+            poll_chunk: Some(poll_full::<X>),
+            drop: Some(release_full::<X>),
+            len_hint: this.data.len() as u64,
         }
     }
 }
 
-/// The state of [`AbiBody::full`]: the bytes, and whether the one chunk has been handed out.
-/// The body and the chunk each hold a reference.
-struct FullBody {
-    data: Bytes,
-    taken: AtomicBool,
-}
-
-unsafe extern "C" fn poll_full(state: *mut c_void, _cx: *mut FfiContext<'_>) -> AbiChunkPoll {
+unsafe extern "C" fn poll_full<X>(state: *mut c_void, _cx: *mut FfiContext<'_>) -> AbiChunkPoll {
     // Nothing here can panic: no `catch` needed.
-    let full = state.cast::<FullBody>().cast_const();
-    // SAFETY: `state` is the `Arc<FullBody>` made by `AbiBody::full`, alive until
+    let full = state.cast::<FullBody<X>>().cast_const();
+    // SAFETY: `state` is an `Arc<FullBody<X>>` reference made by `FullBody::share`, alive until
     // `release_full` drops the body's reference.
     let body = unsafe { &*full };
     if body.taken.swap(true, Ordering::Relaxed) {
@@ -472,16 +521,20 @@ unsafe extern "C" fn poll_full(state: *mut c_void, _cx: *mut FfiContext<'_>) -> 
         ptr: body.data.as_ptr(),
         len: body.data.len(),
         owner: state,
-        release: Some(release_full),
+        release: Some(release_full::<X>),
     };
     chunk(CHUNK_DATA, data)
 }
 
-/// Drops one reference to a [`FullBody`]: the body's (its `drop`) or its chunk's (`release`).
-unsafe extern "C" fn release_full(state: *mut c_void) {
-    // SAFETY: `state` came from `Arc::into_raw` in `AbiBody::full` and each reference is
-    // released once. Dropping `Bytes` cannot panic.
-    unsafe { Arc::decrement_strong_count(state.cast::<FullBody>().cast_const()) };
+/// Drops one reference to a [`FullBody`]: the body's (its `drop`), its chunk's or its
+/// response's (their `release`).
+unsafe extern "C" fn release_full<X>(state: *mut c_void) {
+    let full = state.cast::<FullBody<X>>().cast_const();
+    // SAFETY: `state` came from `Arc::into_raw` in `FullBody::share` or
+    // `AbiResponse::with_full_body`, and each reference is released once.
+    let last = catch(|| unsafe { Arc::decrement_strong_count(full) });
+    // A destructor that panics leaks instead of unwinding into the other side.
+    let _ = last;
 }
 
 /// A body received from the other side, polled through its C functions. Dropping it calls the
@@ -622,12 +675,21 @@ impl http_body::Body for ForeignBody {
 impl AbiResponse {
     /// Hands a response over: the headers stay in a heap block released by the receiver.
     pub fn new(status: StatusCode, headers: HeaderMap, body: AbiBody) -> Self {
-        let mut storage = Box::new(ResponseStorage {
+        Self::with_headers::<_, { HeaderList::<8>::INLINE }>(status, headers, body)
+    }
+
+    /// [`AbiResponse::new`] for any header storage, with room for `N` headers beside it.
+    pub(crate) fn with_headers<H: HeaderSource, const N: usize>(
+        status: StatusCode,
+        headers: H,
+        body: AbiBody,
+    ) -> Self {
+        let mut storage = Box::new(ResponseHead::<H, N> {
             headers,
             list: HeaderList::empty(),
         });
-        // The list borrows the map beside it in the same block, which does not move.
-        storage.list = HeaderList::new(&storage.headers);
+        // The list borrows the headers beside it in the same block, which does not move.
+        storage.list = HeaderList::borrow(&storage.headers);
         let abi_headers = storage.list.as_abi();
         let (owner, release) = owner_of(storage);
         AbiResponse {
@@ -636,6 +698,37 @@ impl AbiResponse {
             body,
             owner,
             release,
+        }
+    }
+
+    /// A response whose body is `data`, held whole: headers, body state and bytes are one
+    /// reference-counted block, which the response, its body and the body's one chunk share,
+    /// so that the whole answer costs one allocation.
+    pub(crate) fn with_full_body<H: HeaderSource, const N: usize>(
+        status: StatusCode,
+        headers: H,
+        data: Bytes,
+    ) -> Self {
+        let head = ResponseHead::<H, N> {
+            headers,
+            list: HeaderList::empty(),
+        };
+        let mut block = Arc::new(FullBody::new(data, head));
+        let abi_headers = match Arc::get_mut(&mut block) {
+            Some(full) => {
+                // The list borrows the headers beside it in the same block, which does not move.
+                full.extra.list = HeaderList::borrow(&full.extra.headers);
+                full.extra.list.as_abi()
+            }
+            None => unreachable!("a new Arc has one reference"),
+        };
+        let body = FullBody::share(&block);
+        AbiResponse {
+            status: status.as_u16(),
+            headers: abi_headers,
+            body,
+            owner: Arc::into_raw(block).cast_mut().cast(),
+            release: Some(release_full::<ResponseHead<H, N>>),
         }
     }
 
@@ -688,10 +781,16 @@ impl AbiResponse {
 
 /// Where a response's headers live until the receiver has copied them. The `list` borrows from
 /// `headers` in the same heap block. Freed by the receiver's `release`.
-struct ResponseStorage {
-    headers: HeaderMap,
-    list: HeaderList,
+struct ResponseHead<H, const N: usize> {
+    headers: H,
+    list: HeaderList<N>,
 }
+
+// SAFETY: `list` only points into `headers` (or at static strings), which move and are
+// shared with it; `H` itself is `Send + Sync` (`HeaderSource`).
+unsafe impl<H: HeaderSource, const N: usize> Send for ResponseHead<H, N> {}
+// SAFETY: as above; nothing in `list` is written through.
+unsafe impl<H: HeaderSource, const N: usize> Sync for ResponseHead<H, N> {}
 
 // ---------------------------------------------------------------------------------------------
 // Outcomes
@@ -1105,19 +1204,21 @@ unsafe fn request_from_abi(
     body: ForeignBody,
 ) -> Result<crate::Request, BoundaryError> {
     // SAFETY: every field is borrowed for the duration of this call (the caller's contract).
-    let (method, uri, prefix, path, query, headers) = unsafe {
+    let (method, target, prefix, path, query, headers) = unsafe {
         (
             req.method.as_bytes(),
             req.uri.as_bytes(),
-            req.mount_prefix.to_str("mount prefix")?,
-            req.path.to_str("path")?,
-            req.query.to_str("query")?,
+            req.mount_prefix.as_bytes(),
+            req.path.as_bytes(),
+            req.query.as_bytes(),
             lazy_headers(req.headers)?,
         )
     };
     let method =
         http::Method::from_bytes(method).map_err(|_| BoundaryError("invalid method".to_owned()))?;
-    let uri = http::Uri::try_from(uri).map_err(|e| BoundaryError(format!("invalid URI: {e}")))?;
+    let location = crate::request::Location::new(target, prefix, path, query).map_err(|_| {
+        BoundaryError("request target, mount prefix, path or query is not UTF-8".to_owned())
+    })?;
     let version = match req.version {
         HTTP_09 => http::Version::HTTP_09,
         HTTP_10 => http::Version::HTTP_10,
@@ -1127,12 +1228,11 @@ unsafe fn request_from_abi(
     };
     Ok(crate::Request {
         method,
-        uri,
         version,
         headers,
         peer_addr: socket_addr_from_abi(&req.peer_addr),
         local_addr: socket_addr_from_abi(&req.local_addr),
-        location: crate::request::Location::new(prefix, path, query),
+        location,
         body: crate::Body::from_foreign(body),
     })
 }

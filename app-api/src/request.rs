@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::header::{AsHeaderName, HeaderValue};
@@ -18,7 +19,6 @@ use crate::body::{Body, BodyError};
 #[derive(Debug)]
 pub struct Request {
     pub(crate) method: Method,
-    pub(crate) uri: Uri,
     pub(crate) version: Version,
     pub(crate) headers: crate::headers::Headers,
     pub(crate) peer_addr: Option<SocketAddr>,
@@ -27,30 +27,50 @@ pub struct Request {
     pub(crate) body: Body,
 }
 
-/// The mount prefix, the path below it and the query, kept in one string: one allocation per
-/// request instead of three.
+/// The request target, the mount prefix, the path below it and the query, kept in one string:
+/// one allocation per request instead of four. The target becomes a [`Uri`] only when the app
+/// asks for one; most apps read the path and query instead.
 #[derive(Debug, Default)]
 pub(crate) struct Location {
     text: String,
+    target_end: usize,
     prefix_end: usize,
     path_end: usize,
+    uri: OnceLock<Uri>,
 }
 
 impl Location {
-    pub(crate) fn new(prefix: &str, path: &str, query: &str) -> Self {
-        let mut text = String::with_capacity(prefix.len() + path.len() + query.len());
-        text.push_str(prefix);
-        text.push_str(path);
-        text.push_str(query);
-        Location {
-            text,
-            prefix_end: prefix.len(),
-            path_end: prefix.len() + path.len(),
+    /// Copies the four parts, which must be UTF-8 (one check over all of them).
+    pub(crate) fn new(
+        target: &[u8],
+        prefix: &[u8],
+        path: &[u8],
+        query: &[u8],
+    ) -> Result<Self, std::string::FromUtf8Error> {
+        let mut text = Vec::with_capacity(target.len() + prefix.len() + path.len() + query.len());
+        for part in [target, prefix, path, query] {
+            text.extend_from_slice(part);
         }
+        let target_end = target.len();
+        let prefix_end = target_end + prefix.len();
+        Ok(Location {
+            text: String::from_utf8(text)?,
+            target_end,
+            prefix_end,
+            path_end: prefix_end + path.len(),
+            uri: OnceLock::new(),
+        })
+    }
+
+    fn uri(&self) -> &Uri {
+        // The host hands over the target hyper parsed, so this parses; were it not to, the
+        // app sees `/` rather than a panic.
+        self.uri
+            .get_or_init(|| self.text[..self.target_end].parse().unwrap_or_default())
     }
 
     fn prefix(&self) -> &str {
-        &self.text[..self.prefix_end]
+        &self.text[self.target_end..self.prefix_end]
     }
 
     fn path(&self) -> &str {
@@ -76,7 +96,6 @@ impl Request {
         RequestBuilder {
             request: Request {
                 method,
-                uri: Uri::default(),
                 version: Version::HTTP_11,
                 headers: crate::headers::Headers::default(),
                 peer_addr: None,
@@ -96,7 +115,7 @@ impl Request {
 
     /// The request target as the client sent it (including the mount prefix).
     pub fn uri(&self) -> &Uri {
-        &self.uri
+        self.location.uri()
     }
 
     /// The HTTP version of the client's connection.
@@ -240,11 +259,15 @@ impl RequestBuilder {
             None => (self.target.as_str(), ""),
         };
         let path = if path.is_empty() { "/" } else { path };
-        request.location = Location::new(&self.mount_prefix, path, query);
         let full = format!("{}{}", self.mount_prefix, self.target);
-        request.uri = full
+        let uri: Uri = full
             .parse()
             .unwrap_or_else(|_| panic!("invalid request target {full:?}"));
+        let parts = [&full, &self.mount_prefix, path, query].map(str::as_bytes);
+        let mut location = Location::new(parts[0], parts[1], parts[2], parts[3])
+            .unwrap_or_else(|_| unreachable!("every part is a str"));
+        location.uri = OnceLock::from(uri);
+        request.location = location;
         request
     }
 }

@@ -1,5 +1,7 @@
 //! The response an app returns.
 
+use std::sync::OnceLock;
+
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 
@@ -18,7 +20,7 @@ use crate::body::Body;
 #[derive(Debug)]
 pub struct Response {
     status: StatusCode,
-    headers: HeaderMap,
+    headers: ResponseHeaders,
     body: Body,
 }
 
@@ -27,19 +29,20 @@ impl Response {
     pub fn new(status: StatusCode) -> Self {
         Response {
             status,
-            headers: HeaderMap::new(),
+            headers: ResponseHeaders::default(),
             body: Body::empty(),
         }
     }
 
-    /// `200 OK` with a `text/plain; charset=utf-8` body.
-    pub fn text(text: impl Into<String>) -> Self {
+    /// `200 OK` with a `text/plain; charset=utf-8` body: a `String`, or a `&'static str`,
+    /// which is sent without being copied.
+    pub fn text(text: impl Into<Body>) -> Self {
         Response::new(StatusCode::OK)
             .with_header(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             )
-            .with_body(text.into())
+            .with_body(text)
     }
 
     /// `200 OK` with raw bytes and the given content type.
@@ -89,12 +92,12 @@ impl Response {
 
     /// The headers.
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        self.headers.map()
     }
 
     /// The headers, to change.
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
-        &mut self.headers
+        self.headers.map_mut()
     }
 
     /// The body, to read (in tests).
@@ -108,12 +111,95 @@ impl Response {
     }
 
     #[cfg(feature = "testing")]
-    pub(crate) fn into_parts(self) -> (StatusCode, HeaderMap, Body) {
-        (self.status, self.headers, self.body)
+    pub(crate) fn into_parts(mut self) -> (StatusCode, HeaderMap, Body) {
+        let headers = std::mem::take(self.headers.map_mut());
+        (self.status, headers, self.body)
     }
 
     pub(crate) fn into_abi(self) -> AbiResponse {
-        AbiResponse::new(self.status, self.headers, self.body.into_abi())
+        match self.body.into_full() {
+            Ok(data) => AbiResponse::with_full_body::<_, 4>(self.status, self.headers, data),
+            Err(body) => {
+                AbiResponse::with_headers::<_, 4>(self.status, self.headers, body.into_abi())
+            }
+        }
+    }
+}
+
+/// A response's headers. The first few set by name stay inline, so a response with a couple of
+/// headers (most have a content type and perhaps one more) costs no allocation for them: a
+/// `HeaderMap` allocates twice for its first entry, which a hello-world app felt as much as
+/// the rest of its answer. The map is built only when the app asks for one. Kept small, as
+/// the response moves through the handler's future several times.
+#[derive(Debug, Default)]
+pub(crate) struct ResponseHeaders {
+    /// Distinct names, filled from the front; empty once `map` holds every header.
+    inline: [Option<(HeaderName, HeaderValue)>; ResponseHeaders::INLINE],
+    /// Every header when `mapped`; else, once built, a copy of `inline` for readers.
+    map: OnceLock<Box<HeaderMap>>,
+    mapped: bool,
+}
+
+impl ResponseHeaders {
+    const INLINE: usize = 2;
+
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) {
+        if !self.mapped {
+            // A reader's copy of `inline` is about to be stale.
+            self.map = OnceLock::new();
+            for slot in &mut self.inline {
+                match slot {
+                    Some((held, old)) if *held == name => {
+                        *old = value;
+                        return;
+                    }
+                    Some(_) => {}
+                    None => {
+                        *slot = Some((name, value));
+                        return;
+                    }
+                }
+            }
+        }
+        self.map_mut().insert(name, value);
+    }
+
+    fn map(&self) -> &HeaderMap {
+        self.map.get_or_init(|| {
+            let inline = self.inline.iter().map_while(Option::clone);
+            Box::new(inline.collect())
+        })
+    }
+
+    fn map_mut(&mut self) -> &mut HeaderMap {
+        if !self.mapped {
+            let mut map = HeaderMap::with_capacity(ResponseHeaders::INLINE + 1);
+            map.extend(self.inline.iter_mut().map_while(Option::take));
+            self.map = OnceLock::from(Box::new(map));
+            self.mapped = true;
+        }
+        match self.map.get_mut() {
+            Some(map) => map,
+            None => unreachable!("set above when not mapped yet"),
+        }
+    }
+
+    /// How many values there are (a repeated name once per value).
+    pub(crate) fn len(&self) -> usize {
+        match self.map.get() {
+            Some(map) if self.mapped => map.len(),
+            _ => self.inline.iter().map_while(Option::as_ref).count(),
+        }
+    }
+
+    /// Every value in order, a repeated name once per value.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        let inline = self.inline.iter().map_while(|slot| {
+            let (name, value) = slot.as_ref()?;
+            Some((name, value))
+        });
+        let map = self.map.get().filter(|_| self.mapped);
+        inline.chain(map.into_iter().flat_map(|map| map.iter()))
     }
 }
 
@@ -157,5 +243,75 @@ impl<T: IntoResponse, E: IntoResponse> IntoResponse for Result<T, E> {
             Ok(ok) => ok.into_response(),
             Err(err) => err.into_response(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderValue, SERVER};
+
+    use super::*;
+
+    fn pairs(headers: &ResponseHeaders) -> Vec<(String, String)> {
+        let listed: Vec<_> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().expect("ascii").to_owned()))
+            .collect();
+        assert_eq!(listed.len(), headers.len());
+        listed
+    }
+
+    #[test]
+    fn inline_headers_replace_by_name_and_keep_their_order() {
+        let response = Response::text("hi")
+            .with_header(CACHE_CONTROL, HeaderValue::from_static("no-cache"))
+            .with_header(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        assert!(!response.headers.mapped, "two names stay inline");
+        assert_eq!(
+            pairs(&response.headers),
+            [("content-type", "text/html"), ("cache-control", "no-cache")]
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+        assert_eq!(response.headers()[CONTENT_TYPE], "text/html");
+    }
+
+    #[test]
+    fn more_headers_than_fit_inline_move_to_a_map_in_order() {
+        let response = Response::text("hi")
+            .with_header(CACHE_CONTROL, HeaderValue::from_static("no-cache"))
+            .with_header(ETAG, HeaderValue::from_static("\"1\""))
+            .with_header(CACHE_CONTROL, HeaderValue::from_static("max-age=1"));
+        assert!(response.headers.mapped);
+        assert_eq!(
+            pairs(&response.headers),
+            [
+                ("content-type", "text/plain; charset=utf-8"),
+                ("cache-control", "max-age=1"),
+                ("etag", "\"1\""),
+            ]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+    }
+
+    #[test]
+    fn a_read_view_does_not_go_stale_when_a_header_changes() {
+        let mut response = Response::text("hi");
+        assert_eq!(response.headers().len(), 1);
+        response = response.with_header(SERVER, HeaderValue::from_static("berth"));
+        assert_eq!(response.headers()[SERVER], "berth");
+        assert_eq!(response.headers().len(), 2);
+        response
+            .headers_mut()
+            .append(SERVER, HeaderValue::from_static("again"));
+        assert_eq!(response.headers().get_all(SERVER).iter().count(), 2);
+        assert_eq!(pairs(&response.headers).len(), 3);
+    }
+
+    #[test]
+    fn static_text_is_not_copied() {
+        static TEXT: &str = "Hello, world!\n";
+        let body = Response::text(TEXT).into_body();
+        let bytes = body.into_full().expect("a full body");
+        assert_eq!(bytes.as_ptr(), TEXT.as_ptr());
     }
 }

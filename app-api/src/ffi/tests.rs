@@ -452,6 +452,55 @@ fn response_round_trips() {
     assert_eq!(read_all(body), (vec![Bytes::from("short and stout")], None));
 }
 
+#[test]
+fn a_whole_answer_is_one_block_freed_after_its_last_holder_in_any_order() {
+    let drops = Drops::default();
+    let answer = || {
+        crate::Response::text(drops.bytes(b"hello"))
+            .with_header(
+                http::header::ETAG,
+                HeaderValue::from_bytes(b"\"v1\"").expect("value"),
+            )
+            .into_abi()
+    };
+
+    // Headers released first, then the body read to its end and dropped.
+    // SAFETY: just made, received once.
+    let (status, headers, body) = unsafe { answer().into_parts() }.expect("valid");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["etag"], "\"v1\"");
+    assert_eq!(headers[CONTENT_TYPE], "text/plain; charset=utf-8");
+    assert_eq!(body.len_hint(), Some(5));
+    assert_eq!(drops.count(), 0, "the body still holds the block");
+    assert_eq!(read_all(body), (vec![Bytes::from("hello")], None));
+    assert_eq!(drops.count(), 1);
+
+    // The chunk outlives the body and the response.
+    let abi = answer();
+    let chunk = poll_raw(&abi.body);
+    assert_eq!(chunk.tag, CHUNK_DATA);
+    // SAFETY: just made, received once.
+    let parts = unsafe { abi.into_parts() }.expect("valid");
+    drop(parts);
+    assert_eq!(drops.count(), 1, "the chunk still holds the block");
+    // SAFETY: the chunk is ours under the owned-buffer contract.
+    let data = unsafe { chunk.data.into_bytes() };
+    assert_eq!(data, "hello");
+    drop(data);
+    assert_eq!(drops.count(), 2);
+
+    // An empty answer with headers only: no body, and the headers are still freed.
+    // SAFETY: just made, received once.
+    let (_, headers, body) = unsafe {
+        crate::Response::new(StatusCode::NO_CONTENT)
+            .into_abi()
+            .into_parts()
+    }
+    .expect("valid");
+    assert!(headers.is_empty());
+    assert!(body.is_end());
+}
+
 static RESPONSE_RELEASES: AtomicUsize = AtomicUsize::new(0);
 
 unsafe extern "C" fn count_response_release(owner: *mut c_void) {
