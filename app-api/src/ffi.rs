@@ -383,6 +383,10 @@ impl AbiBuf {
     pub unsafe fn into_string_lossy(self) -> String {
         // SAFETY: forwarded to the caller.
         let bytes = unsafe { self.into_bytes() };
+        if bytes.is_empty() {
+            // Every successful outcome carries an empty message.
+            return String::new();
+        }
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }

@@ -150,6 +150,36 @@ mod tests {
     }
 
     #[test]
+    fn visible_agrees_with_header_value_on_mixed_values() {
+        // Bytes on either side of every boundary, mixed at random (a fixed sequence).
+        const EDGES: [u8; 12] = [
+            0x00, 0x01, 0x08, 0x09, 0x0a, 0x1f, 0x20, 0x21, 0x7e, 0x7f, 0x80, 0xff,
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..50_000 {
+            let len = (next() % 40) as usize;
+            let value: Vec<u8> = (0..len)
+                .map(|_| match next() % 4 {
+                    0 => EDGES[(next() % 12) as usize],
+                    1 => (next() % 256) as u8,
+                    _ => b'a' + (next() % 26) as u8,
+                })
+                .collect();
+            assert_eq!(
+                visible(&value),
+                HeaderValue::from_bytes(&value).is_ok(),
+                "{value:02x?}"
+            );
+        }
+    }
+
+    #[test]
     fn raw_headers_are_checked_copied_and_parsed_on_demand() {
         let pairs: [(&[u8], &[u8]); 3] = [
             (b"host", b"example.com"),

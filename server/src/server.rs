@@ -369,12 +369,14 @@ fn dispatch(
         (route.app.begin(), route.mount_len)
     };
     let app = in_flight.version();
-    let mut log = connection.access_log.then(|| RequestLog {
-        app: Arc::clone(&app.name),
-        method: parts.method.clone(),
-        path: path.to_owned(),
-        started: Instant::now(),
-        status: None,
+    let mut log = connection.access_log.then(|| {
+        Box::new(RequestLog {
+            app: Arc::clone(&app.name),
+            method: parts.method.clone(),
+            path: path.to_owned(),
+            started: Instant::now(),
+            status: None,
+        })
     });
     let declared = parts
         .headers
@@ -397,7 +399,9 @@ struct Started {
     future: async_ffi::FfiFuture<berth_app::abi::AbiHandleOutcome>,
     scope: Arc<RequestScope>,
     deadline: tokio::time::Instant,
-    log: Option<RequestLog>,
+    /// Boxed: the request's future is moved (for HTTP/2, into a task of its own) and holds this
+    /// for as long as the app takes; without the access log it is one word.
+    log: Option<Box<RequestLog>>,
 }
 
 /// Hands the request to `app`, which copies what it keeps.
@@ -407,7 +411,7 @@ fn start(
     body: Incoming,
     app: &AppVersion,
     mount_len: usize,
-    log: Option<RequestLog>,
+    log: Option<Box<RequestLog>>,
 ) -> Started {
     let max_body = app.max_body_size;
     let deadline = tokio::time::Instant::now() + app.request_timeout;

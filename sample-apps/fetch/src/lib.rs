@@ -15,7 +15,7 @@ type Failure = (StatusCode, String);
 async fn app(req: Request, host: Host) -> Result<Response, Failure> {
     let url = req
         .query_param("url")
-        .ok_or((StatusCode::BAD_REQUEST, "missing ?url= parameter\n".into()))?;
+        .ok_or_else(|| (StatusCode::BAD_REQUEST, "missing ?url= parameter\n".into()))?;
     let head = host
         .timeout(Duration::from_secs(10), first_bytes(&host, &url, 20))
         .await
