@@ -10,6 +10,7 @@ use berth_app::abi::{
 };
 
 use crate::outbound::{Exchange, FetchFailure, Outbound};
+use crate::relay::Relayed;
 
 /// Why a file in the apps directory was not loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -229,21 +230,21 @@ impl RequestScope {
                         let _held = &permit;
                         chunk
                     });
-                    let body = AbiBody::from_stream(Box::pin(stream), len);
+                    let body = AbiBody::from_stream(Box::pin(Relayed::new(stream)), len);
                     AbiFetchOutcome::ok(AbiResponse::new(parts.status, parts.headers, body))
                 }
                 Err(failure) => failure.into_outcome(),
             }
         };
         if tokio::runtime::Handle::try_current().is_ok() {
-            return futures_util::future::Either::Left(outcome);
+            return Relayed::new(futures_util::future::Either::Left(outcome));
         }
         let task = AbortOnDrop(services.runtime.spawn(outcome));
-        futures_util::future::Either::Right(async move {
+        Relayed::new(futures_util::future::Either::Right(async move {
             task.await.unwrap_or_else(|join_error| {
                 FetchFailure::Other(format!("outbound task failed: {join_error}")).into_outcome()
             })
-        })
+        }))
     }
 }
 
@@ -260,15 +261,9 @@ impl FetchFailure {
     }
 }
 
-/// Hands a hyper body to an app as a stream of data chunks (trailers are not passed on). The
-/// app pulls each chunk, so hyper reads from the socket only as fast as the app consumes.
-pub fn incoming_to_abi(body: hyper::body::Incoming) -> AbiBody {
-    let len = http_body::Body::size_hint(&body).exact();
-    AbiBody::from_stream(Box::pin(data_stream(body)), len)
-}
-
-/// Like [`incoming_to_abi`] for a request body limited to `limit` bytes: past it the app's
-/// stream fails (nothing more is read from the client) and the scope's `body_exceeded` is set,
+/// Hands a request body to an app as a stream of data chunks (trailers are not passed on),
+/// limited to `limit` bytes. The app pulls each chunk, so hyper reads from the socket only as
+/// fast as the app consumes. Past the limit the app's stream fails (nothing more is read from the client) and the scope's `body_exceeded` is set,
 /// so that the host answers 413 whatever the app made of the error. A request without a body
 /// (most GETs) crosses as the empty body, with nothing allocated.
 pub fn limited_incoming_to_abi(
@@ -300,7 +295,7 @@ pub fn limited_incoming_to_abi(
         *failed = chunk.is_err();
         std::future::ready(Some(chunk))
     });
-    AbiBody::from_stream(Box::pin(stream), len)
+    AbiBody::from_stream(Box::pin(Relayed::new(stream)), len)
 }
 
 fn data_stream(

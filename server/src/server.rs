@@ -18,12 +18,12 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::bridge::{RequestView, outcome_into_parts, request_target};
 use crate::config::Config;
 use crate::config::Limits;
+use crate::drain::{self, Drain};
 use crate::outbound::Outbound;
 use crate::plugin::{RequestScope, limited_incoming_to_abi};
 use crate::registry::{AppVersion, InFlight, Registry, Rescan};
@@ -184,7 +184,7 @@ async fn serve(
         None => tracing::info!("listening"),
     }
     let protocols = Arc::new(conn::Protocols::new(&config.limits));
-    let graceful = GracefulShutdown::new();
+    let graceful = Drain::new();
     // Past the limit, new connections wait in the kernel's listen backlog until one closes.
     let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -248,7 +248,7 @@ impl Connection {
     fn spawn(
         self,
         protocols: &Arc<conn::Protocols>,
-        graceful: &GracefulShutdown,
+        graceful: &Drain,
         acceptor: Option<TlsAcceptor>,
         stream: TcpStream,
         slot: tokio::sync::OwnedSemaphorePermit,
@@ -307,7 +307,7 @@ impl Connection {
     async fn serve<I>(
         self,
         protocols: &conn::Protocols,
-        watcher: hyper_util::server::graceful::Watcher,
+        watcher: drain::Watcher,
         io: I,
         h2: bool,
         first_head: tokio::time::Instant,

@@ -199,6 +199,37 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
 }
 
 #[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    let mut berth = Berth::with_apps(&["hello"]);
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(berth.addr()).await.expect("connect");
+        stream
+            .write_all(b"GET /hello HTTP/1.1\r\nhost: berth\r\n\r\n")
+            .await
+            .expect("send");
+        let mut head = vec![0; 1024];
+        let n = stream.read(&mut head).await.expect("response");
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+        idle.push(stream);
+    }
+    berth.sigterm();
+    let sigterm_at = Instant::now();
+    for mut stream in idle {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest));
+        closed
+            .await
+            .expect("an idle connection is closed when draining starts, not at its keep-alive end")
+            .expect("clean close");
+        assert!(rest.is_empty(), "nothing more was sent: {rest:?}");
+    }
+    let status = berth.wait_exit(Duration::from_secs(3)).await;
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    eprintln!("idle connections closed, exit {:?} after SIGTERM", sigterm_at.elapsed());
+}
+
+#[tokio::test]
 async fn drain_timeout_bounds_the_shutdown() {
     let mut berth = Berth::builder()
         .app("fixture_testkit")
