@@ -415,6 +415,53 @@ impl Drop for ForeignBuf {
     }
 }
 
+/// A chunk of a body received from the other side, read where it is and released when dropped.
+/// Making it a [`Bytes`] ([`ForeignChunk::into_bytes`]) costs an allocation; a server that
+/// only writes the chunk out can take it as it is ([`ForeignBody::poll_chunk_in_place`]).
+#[derive(Debug)]
+pub struct ForeignChunk {
+    buf: ForeignBuf,
+    /// How much of it has been consumed ([`bytes::Buf::advance`]).
+    at: usize,
+}
+
+impl ForeignChunk {
+    /// The chunk as [`Bytes`], without copying it.
+    pub fn into_bytes(self) -> Bytes {
+        let at = self.at;
+        let mut bytes = if self.buf.0.release.is_none() && self.buf.as_ref().is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::from_owner(self.buf)
+        };
+        bytes::Buf::advance(&mut bytes, at);
+        bytes
+    }
+}
+
+impl bytes::Buf for ForeignChunk {
+    fn remaining(&self) -> usize {
+        self.buf.as_ref().len() - self.at
+    }
+
+    fn chunk(&self) -> &[u8] {
+        &self.buf.as_ref()[self.at..]
+    }
+
+    fn advance(&mut self, cnt: usize) {
+        assert!(cnt <= self.remaining(), "advanced past the end of a chunk");
+        self.at += cnt;
+    }
+}
+
+impl fmt::Debug for ForeignBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ForeignBuf")
+            .field("len", &self.0.len)
+            .finish_non_exhaustive()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bodies
 // ---------------------------------------------------------------------------------------------
@@ -580,6 +627,15 @@ impl ForeignBody {
 
     /// Polls for the next chunk; empty chunks are skipped.
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        self.poll_chunk_in_place(cx)
+            .map(|chunk| chunk.map(|chunk| chunk.map(ForeignChunk::into_bytes)))
+    }
+
+    /// [`ForeignBody::poll_chunk`], with each chunk left where the producer has it.
+    pub fn poll_chunk_in_place(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<ForeignChunk, BodyError>>> {
         loop {
             let Some(poll) = self.raw.poll_chunk.filter(|_| !self.done) else {
                 return Poll::Ready(None);
@@ -588,16 +644,17 @@ impl ForeignBody {
             // SAFETY: the body contract: `poll_chunk(state, cx)` may be called until it returns
             // END or ERROR, which `done` records; `cx` is valid for the call.
             let result = cx.with_ffi_context(|fcx| unsafe { poll(state, fcx) });
-            // SAFETY: the returned buffer is owned by us under the owned-buffer contract.
-            let data = unsafe { result.data.into_bytes() };
+            // The returned buffer is ours under the owned-buffer contract: released on drop.
+            let data = ForeignBuf(result.data);
             return match result.tag {
                 CHUNK_PENDING => Poll::Pending,
-                CHUNK_DATA if data.is_empty() => continue,
+                CHUNK_DATA if data.as_ref().is_empty() => continue,
                 CHUNK_DATA => {
+                    let len = data.as_ref().len() as u64;
                     if self.remaining != LEN_UNKNOWN {
-                        self.remaining = self.remaining.saturating_sub(data.len() as u64);
+                        self.remaining = self.remaining.saturating_sub(len);
                     }
-                    Poll::Ready(Some(Ok(data)))
+                    Poll::Ready(Some(Ok(ForeignChunk { buf: data, at: 0 })))
                 }
                 CHUNK_END => {
                     self.done = true;
@@ -605,7 +662,7 @@ impl ForeignBody {
                 }
                 CHUNK_ERROR => {
                     self.done = true;
-                    let message = String::from_utf8_lossy(&data).into_owned();
+                    let message = String::from_utf8_lossy(data.as_ref()).into_owned();
                     Poll::Ready(Some(Err(BodyError::new(message))))
                 }
                 other => {

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
@@ -129,14 +128,14 @@ impl<B> Tracked<B> {
     }
 }
 
-impl<B: http_body::Body<Data = Bytes>> http_body::Body for Tracked<B> {
-    type Data = Bytes;
+impl<B: http_body::Body> http_body::Body for Tracked<B> {
+    type Data = B::Data;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
         self.project().inner.poll_frame(cx)
     }
 
@@ -168,6 +167,11 @@ pub struct IdleIo<I> {
     deadline: Instant,
     /// Fires at or before `deadline`.
     timer: Pin<Box<Sleep>>,
+    /// The waker the timer was last polled with, while that poll still stands (it returned
+    /// `Pending` and the timer has not moved since). The same task polling again need not
+    /// poll the timer, only look whether it has fired: a tokio timer poll, with its budget
+    /// and waker bookkeeping, was 1% of a keep-alive request.
+    timer_waker: Option<std::task::Waker>,
 }
 
 impl<I> IdleIo<I> {
@@ -189,6 +193,7 @@ impl<I> IdleIo<I> {
             reading_head: true,
             deadline,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
+            timer_waker: None,
         }
     }
 
@@ -197,6 +202,7 @@ impl<I> IdleIo<I> {
         self.deadline = deadline;
         if deadline < self.timer.deadline() {
             self.timer.as_mut().reset(deadline);
+            self.timer_waker = None;
         }
     }
 
@@ -234,6 +240,14 @@ impl<I: Read + Unpin> Read for IdleIo<I> {
         }
         // Always registered, so that a connection whose request has just finished is woken
         // when its keep-alive period ends.
+        let registered = this
+            .timer_waker
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if registered && !this.timer.is_elapsed() {
+            return Poll::Pending;
+        }
+        this.timer_waker = None;
         while this.timer.as_mut().poll(cx).is_ready() {
             if this.deadline > this.timer.deadline() {
                 // Activity moved the deadline since the timer was armed.
@@ -249,6 +263,7 @@ impl<I: Read + Unpin> Read for IdleIo<I> {
                 return Poll::Ready(Ok(()));
             }
         }
+        this.timer_waker = Some(cx.waker().clone());
         Poll::Pending
     }
 }

@@ -42,9 +42,11 @@ impl Router {
     /// Finds the app with the longest mount that is a whole-segment prefix of `path`:
     /// `/hello/a/b` and `/hello` match `/hello`, `/helloworld` does not.
     pub fn route<'r>(&'r self, path: &str) -> Option<Route<'r>> {
+        // Bytes, not chars: `/` is ASCII, so every position found is a char boundary.
         let boundaries = path
-            .char_indices()
-            .filter(|&(i, c)| c == '/' && i > 0)
+            .bytes()
+            .enumerate()
+            .filter(|&(i, b)| b == b'/' && i > 0)
             .map(|(i, _)| i)
             .chain(std::iter::once(path.len()));
         let mut found = None;

@@ -32,7 +32,41 @@ use crate::{admin, conn, tls, watch};
 use tokio_rustls::TlsAcceptor;
 
 /// The body of every response Berth sends: its own small answers, or an app's stream.
-pub type ResponseBody = Either<Full<Bytes>, AppBody>;
+pub type ResponseBody = Either<Full<Chunk>, AppBody>;
+
+/// A piece of a response body: bytes of the host's own, or a chunk the app still holds, which
+/// is written out where it is and released once sent (wrapping it in [`Bytes`] would cost an
+/// allocation per chunk).
+#[derive(Debug)]
+pub enum Chunk {
+    /// The host's own bytes.
+    Own(Bytes),
+    /// A chunk of an app's body.
+    App(berth_app::ffi::ForeignChunk),
+}
+
+impl bytes::Buf for Chunk {
+    fn remaining(&self) -> usize {
+        match self {
+            Chunk::Own(bytes) => bytes.remaining(),
+            Chunk::App(chunk) => chunk.remaining(),
+        }
+    }
+
+    fn chunk(&self) -> &[u8] {
+        match self {
+            Chunk::Own(bytes) => bytes.chunk(),
+            Chunk::App(chunk) => chunk.chunk(),
+        }
+    }
+
+    fn advance(&mut self, cnt: usize) {
+        match self {
+            Chunk::Own(bytes) => bytes.advance(cnt),
+            Chunk::App(chunk) => chunk.advance(cnt),
+        }
+    }
+}
 
 /// An app's response body, streamed to the client chunk by chunk as hyper asks for it. It keeps
 /// its request counted in flight on its app version until it is finished or dropped. A failure
@@ -45,28 +79,28 @@ pub struct AppBody {
 }
 
 impl http_body::Body for AppBody {
-    type Data = Bytes;
+    type Data = Chunk;
     type Error = berth_app::BodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Chunk>, Self::Error>>> {
+        let polled = self.inner.poll_chunk_in_place(cx);
         if let std::task::Poll::Ready(Some(Err(err))) = &polled {
             let version = self._in_flight.version();
             version.stats.errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(app = &*version.name, "app's response body failed: {err}");
         }
-        polled
+        polled.map(|chunk| chunk.map(|chunk| chunk.map(|c| http_body::Frame::data(Chunk::App(c)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        http_body::Body::is_end_stream(&self.inner)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        http_body::Body::size_hint(&self.inner)
     }
 }
 
@@ -378,10 +412,8 @@ fn dispatch(
             status: None,
         })
     });
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // hyper has read Content-Length already: no header lookup.
+    let declared = http_body::Body::size_hint(&body).exact();
     if declared.is_some_and(|len| len > app.max_body_size) {
         // Refused before the app runs and before a byte of the body is read.
         let response = too_large(app.max_body_size);
@@ -618,7 +650,7 @@ fn listing(router: &Router) -> Response<ResponseBody> {
         })
         .collect();
     let body = serde_json::json!({ "apps": apps }).to_string() + "\n";
-    let mut response = Response::new(Either::Left(Full::new(Bytes::from(body))));
+    let mut response = Response::new(Either::Left(Full::new(Chunk::Own(Bytes::from(body)))));
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -626,7 +658,7 @@ fn listing(router: &Router) -> Response<ResponseBody> {
 }
 
 fn text(status: StatusCode, body: String) -> Response<ResponseBody> {
-    let mut response = Response::new(Either::Left(Full::new(Bytes::from(body))));
+    let mut response = Response::new(Either::Left(Full::new(Chunk::Own(Bytes::from(body)))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,

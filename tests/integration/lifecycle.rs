@@ -226,7 +226,10 @@ async fn sigterm_closes_idle_keep_alive_connections_at_once() {
     }
     let status = berth.wait_exit(Duration::from_secs(3)).await;
     assert_eq!(status.code(), Some(0), "exit status {status}");
-    eprintln!("idle connections closed, exit {:?} after SIGTERM", sigterm_at.elapsed());
+    eprintln!(
+        "idle connections closed, exit {:?} after SIGTERM",
+        sigterm_at.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -233,6 +233,40 @@ fn buf_is_zero_copy_and_released_exactly_once() {
 }
 
 #[test]
+fn a_chunk_read_in_place_is_released_once_whether_written_out_or_made_bytes() {
+    use bytes::Buf as _;
+    let drops = Drops::default();
+    let stream = stream_of(vec![
+        Ok(drops.bytes(b"first chunk")),
+        Ok(drops.bytes(b"second")),
+    ]);
+    let mut body = receive(AbiBody::from_stream(stream, None));
+    let mut cx = Context::from_waker(Waker::noop());
+
+    let Poll::Ready(Some(Ok(mut first))) = body.poll_chunk_in_place(&mut cx) else {
+        panic!("a chunk");
+    };
+    assert_eq!(first.remaining(), 11);
+    first.advance(6);
+    assert_eq!(first.chunk(), b"chunk");
+    // Made `Bytes` after a partial write: only what is left.
+    let rest = first.into_bytes();
+    assert_eq!(rest, "chunk");
+    assert_eq!(drops.count(), 0, "the Bytes holds the chunk");
+    drop(rest);
+    assert_eq!(drops.count(), 1);
+
+    let Poll::Ready(Some(Ok(mut second))) = body.poll_chunk_in_place(&mut cx) else {
+        panic!("a chunk");
+    };
+    second.advance(6);
+    assert_eq!(second.remaining(), 0);
+    drop(second);
+    assert_eq!(drops.count(), 2);
+    assert!(matches!(body.poll_chunk_in_place(&mut cx), Poll::Ready(None)));
+}
+
+#[test]
 fn static_buf_without_release_is_read_in_place() {
     static TEXT: &[u8] = b"static";
     let buf = AbiBuf {
