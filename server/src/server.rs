@@ -388,17 +388,23 @@ fn dispatch(
     request: Request<Incoming>,
 ) -> impl Future<Output = Response<ResponseBody>> + Send + use<> {
     use futures_util::future::Either as Answer;
+    // Boxed: the host's own answers (404, 413, the listing) are rare, and the future hyper
+    // keeps per request (for HTTP/2, spawns per stream) is sized for its largest variant.
+    let now = |response: Response<ResponseBody>| {
+        let boxed = std::future::ready(Box::new(response));
+        Answer::Left(futures_util::FutureExt::map(boxed, |response| *response))
+    };
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     if path == "/" {
-        return Answer::Left(std::future::ready(listing(&connection.registry.router())));
+        return now(listing(&connection.registry.router()));
     }
     // The request holds its version until its response body is done, whatever swaps happen.
     let (in_flight, mount_len) = {
         let router = connection.registry.current_router();
         let Some(route) = router.route(path) else {
             let message = format!("no app is mounted at {path}\n");
-            return Answer::Left(std::future::ready(text(StatusCode::NOT_FOUND, message)));
+            return now(text(StatusCode::NOT_FOUND, message));
         };
         (route.app.begin(), route.mount_len)
     };
@@ -420,7 +426,7 @@ fn dispatch(
         if let Some(log) = &mut log {
             log.status = Some(response.status());
         }
-        return Answer::Left(std::future::ready(response));
+        return now(response);
     }
     let started = start(connection, parts, body, app, mount_len, log);
     Answer::Right(answer(started, in_flight))

@@ -263,7 +263,10 @@ fn a_chunk_read_in_place_is_released_once_whether_written_out_or_made_bytes() {
     assert_eq!(second.remaining(), 0);
     drop(second);
     assert_eq!(drops.count(), 2);
-    assert!(matches!(body.poll_chunk_in_place(&mut cx), Poll::Ready(None)));
+    assert!(matches!(
+        body.poll_chunk_in_place(&mut cx),
+        Poll::Ready(None)
+    ));
 }
 
 #[test]
