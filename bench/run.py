@@ -19,8 +19,10 @@ release mode, starts every server itself on 127.0.0.1, and measures:
   Berth + `gather?sleep_ms=1000` and native-sleep: successes, wall time, p99, peak RSS.
 
 Each server runs pinned to CPU 0 (`taskset -c 0`); the load generator and nginx run pinned to
-CPU 1. Every figure is the median of `--runs` runs, and each ratio is taken against the native
-baseline measured in the same run. The report goes to BENCHMARKS.md, the chart to
+CPU 1. Within a run, every case is measured on all servers back to back (servers of a scenario
+are started together; the order alternates between runs), so that each ratio compares figures
+taken seconds apart. Every figure is the median of `--runs` runs, and each ratio is the median
+of the per-run ratios to the native baseline. The report goes to BENCHMARKS.md, the chart to
 bench/results.svg.
 
 `--smoke` runs every scenario once for about 2 s (fan-out with 200 requests, the boundary
@@ -33,6 +35,7 @@ Only the standard library is used here. Linux only (taskset, /proc).
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -585,6 +588,7 @@ class Suite:
             key: free_port()
             for key in (
                 "berth",
+                "berth-logged",
                 "native-hello",
                 "native-fetch",
                 "native-sleep",
@@ -609,7 +613,7 @@ class Suite:
             "--apps-dir",
             "apps",
             "--listen",
-            f"127.0.0.1:{self.ports['berth']}",
+            f"127.0.0.1:{self.ports[key]}",
             "--admin-listen",
             "off",
             "--allow-outbound",
@@ -617,7 +621,7 @@ class Suite:
             *flags,
         ]
         return Server(
-            key, argv, self.ports["berth"], check_path, expect, cwd=self.tmp, env=self.server_env()
+            key, argv, self.ports[key], check_path, expect, cwd=self.tmp, env=self.server_env()
         )
 
     def peers(self, check_path, expect):
@@ -804,26 +808,42 @@ class Suite:
             quiet=True,
         )
 
+    def interleaved(self, servers, run):
+        """Starts every server of a scenario at once (idle ones cost nothing) and yields them in
+        the order to measure each case in: back to back, so that a server and the native
+        baseline it is compared with are measured seconds apart, not minutes. These machines
+        are shared, and their speed drifts from one minute to the next; the order alternates
+        between runs so that neither side always goes first."""
+        order = servers if run % 2 else list(reversed(servers))
+        with contextlib.ExitStack() as stack:
+            for server in order:
+                stack.enter_context(server.start(self.rec, self.tmp))
+            yield order
+
     def hello(self, run):
-        for server in self.hello_servers():
-            with server.start(self.rec, self.tmp):
-                url = server.url("/hello")
-                self.warm(server, url)
-                for conns in self.conns:
+        for order in self.interleaved(self.hello_servers(), run):
+            for server in order:
+                self.warm(server, server.url("/hello"))
+            for conns in self.conns:
+                for server in order:
+                    url = server.url("/hello")
                     result = self.measure(server, lambda: run_wrk(self.rec, url, conns, self.duration))
                     self.record(run, "hello", f"HTTP/1.1, {conns} conn{'s' * (conns > 1)}", server, result)
+            conns, streams = self.h2
+            for server in order:
                 if server.key in ("berth", "berth-logged", "native"):
-                    conns, streams = self.h2
+                    url = server.url("/hello")
                     result = self.measure(
                         server, lambda: run_h2load(self.rec, url, conns, streams, self.duration, self.tmp)
                     )
                     self.record(run, "hello", f"HTTP/2, {conns} conns × {streams} streams", server, result)
 
     def fetch(self, run):
-        for server in self.fetch_servers():
-            with server.start(self.rec, self.tmp):
+        for order in self.interleaved(self.fetch_servers(), run):
+            for server in order:
+                self.warm(server, server.url(server.check_path))
+            for server in order:
                 url = server.url(server.check_path)
-                self.warm(server, url)
                 result = self.measure(server, lambda: run_wrk(self.rec, url, self.fetch_conns, self.duration))
                 self.record(run, "fetch", f"HTTP/1.1, {self.fetch_conns} conns", server, result)
 
