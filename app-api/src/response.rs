@@ -117,10 +117,13 @@ impl Response {
     }
 
     pub(crate) fn into_abi(self) -> AbiResponse {
+        // Room in the ABI header array for the inline headers and a couple more, before it
+        // spills to the heap: the array travels inside the response's block.
+        const LISTED: usize = 4;
         match self.body.into_full() {
-            Ok(data) => AbiResponse::with_full_body::<_, 4>(self.status, self.headers, data),
+            Ok(data) => AbiResponse::with_full_body::<_, LISTED>(self.status, self.headers, data),
             Err(body) => {
-                AbiResponse::with_headers::<_, 4>(self.status, self.headers, body.into_abi())
+                AbiResponse::with_headers::<_, LISTED>(self.status, self.headers, body.into_abi())
             }
         }
     }
