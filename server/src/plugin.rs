@@ -263,9 +263,10 @@ impl FetchFailure {
 
 /// Hands a request body to an app as a stream of data chunks (trailers are not passed on),
 /// limited to `limit` bytes. The app pulls each chunk, so hyper reads from the socket only as
-/// fast as the app consumes. Past the limit the app's stream fails (nothing more is read from the client) and the scope's `body_exceeded` is set,
-/// so that the host answers 413 whatever the app made of the error. A request without a body
-/// (most GETs) crosses as the empty body, with nothing allocated.
+/// fast as the app consumes. Past the limit the app's stream fails (nothing more is read from
+/// the client) and the scope's `body_exceeded` is set, so that the host answers 413 whatever
+/// the app made of the error. A request without a body (most GETs) crosses as the empty body,
+/// with nothing allocated.
 pub fn limited_incoming_to_abi(
     body: hyper::body::Incoming,
     limit: u64,
