@@ -816,9 +816,10 @@ class Suite:
 
     def alone(self, server, url, fn):
         """Starts `server` for one measurement, warms it up and measures `fn` with nothing else
-        serving. With every server of a scenario kept alive between measurements, Berth's p99 at
-        one connection went from 0.2-0.8 ms to 5-10 ms whenever a second Berth process was alive,
-        even stopped with SIGSTOP; the cause is not found yet, so each server runs alone."""
+        serving. With a scenario's servers kept alive together between measurements (idle, or
+        stopped with SIGSTOP), Berth's p99 at one connection was 5-10 ms in two runs against
+        0.1-0.2 ms with each server alone; two Berth processes started by hand did not show it
+        again, so the cause is open, and each server runs alone."""
         with server.start(self.rec, self.tmp):
             self.warm(server, url)
             return self.measure(server, fn)
