@@ -370,10 +370,7 @@ impl AbiBuf {
     /// # Safety
     /// `self` must satisfy the ABI's owned-buffer contract and not be released elsewhere.
     pub unsafe fn into_bytes(self) -> Bytes {
-        if self.release.is_none() && (self.ptr.is_null() || self.len == 0) {
-            return Bytes::new();
-        }
-        Bytes::from_owner(ForeignBuf(self))
+        ForeignBuf(self).into_bytes()
     }
 
     /// Copies a received message into a `String` (lossily) and releases the buffer.
@@ -406,6 +403,17 @@ impl AsRef<[u8]> for ForeignBuf {
     }
 }
 
+impl ForeignBuf {
+    /// The buffer as [`Bytes`], without copying: dropping them releases it. An empty buffer
+    /// with nothing to release needs no owner.
+    fn into_bytes(self) -> Bytes {
+        if self.0.release.is_none() && self.as_ref().is_empty() {
+            return Bytes::new();
+        }
+        Bytes::from_owner(self)
+    }
+}
+
 impl Drop for ForeignBuf {
     fn drop(&mut self) {
         if let Some(release) = self.0.release {
@@ -428,13 +436,8 @@ pub struct ForeignChunk {
 impl ForeignChunk {
     /// The chunk as [`Bytes`], without copying it.
     pub fn into_bytes(self) -> Bytes {
-        let at = self.at;
-        let mut bytes = if self.buf.0.release.is_none() && self.buf.as_ref().is_empty() {
-            Bytes::new()
-        } else {
-            Bytes::from_owner(self.buf)
-        };
-        bytes::Buf::advance(&mut bytes, at);
+        let mut bytes = self.buf.into_bytes();
+        bytes::Buf::advance(&mut bytes, self.at);
         bytes
     }
 }

@@ -236,15 +236,18 @@ impl RequestScope {
                 Err(failure) => failure.into_outcome(),
             }
         };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Relayed::new(futures_util::future::Either::Left(outcome));
-        }
-        let task = AbortOnDrop(services.runtime.spawn(outcome));
-        Relayed::new(futures_util::future::Either::Right(async move {
-            task.await.unwrap_or_else(|join_error| {
-                FetchFailure::Other(format!("outbound task failed: {join_error}")).into_outcome()
+        let run = if tokio::runtime::Handle::try_current().is_ok() {
+            futures_util::future::Either::Left(outcome)
+        } else {
+            let task = AbortOnDrop(services.runtime.spawn(outcome));
+            futures_util::future::Either::Right(async move {
+                task.await.unwrap_or_else(|join_error| {
+                    FetchFailure::Other(format!("outbound task failed: {join_error}"))
+                        .into_outcome()
+                })
             })
-        }))
+        };
+        Relayed::new(run)
     }
 }
 
