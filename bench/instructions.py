@@ -57,7 +57,7 @@ def self_costs(path):
     return costs
 
 
-def measure(name, argv, path, n, h2, top):
+def measure(name, argv, path, n, h2, top, keep):
     out = Path(tempfile.mkdtemp(prefix="berth-callgrind-")) / "callgrind.out"
     port = free_port()
     cmd = ["valgrind", "--tool=callgrind", "--compress-strings=no", "--compress-pos=no",
@@ -90,6 +90,9 @@ def measure(name, argv, path, n, h2, top):
     print(f"{name}: {total / n:,.0f} instructions per request ({n:,} requests, {'HTTP/2' if h2 else 'HTTP/1.1'})")
     for fn, cost in costs.most_common(top):
         print(f"  {cost / n:8,.0f}  {fn[:140]}")
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dump, keep / f"callgrind.{name.lower()}.out")
     shutil.rmtree(out.parent, ignore_errors=True)
     return total / n
 
@@ -100,6 +103,8 @@ def main():
     parser.add_argument("--h2", action="store_true", help="HTTP/2 with 16 streams per connection")
     parser.add_argument("--top", type=int, default=0, help="list this many costliest functions")
     parser.add_argument("--fetch", metavar="URL", help="measure the fetch app against this upstream")
+    parser.add_argument("--keep", metavar="DIR", type=Path,
+                        help="keep the callgrind dumps in DIR (for callgrind_annotate)")
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "h2load"):
         if shutil.which(tool) is None:
@@ -116,8 +121,8 @@ def main():
     else:
         path = "/hello"
         native = [str(RELEASE / "native-hello"), "--listen", "127.0.0.1:PORT"]
-    ours = measure("Berth", berth, path, args.n, args.h2, args.top)
-    theirs = measure("native", native, path, args.n, args.h2, args.top)
+    ours = measure("Berth", berth, path, args.n, args.h2, args.top, args.keep)
+    theirs = measure("native", native, path, args.n, args.h2, args.top, args.keep)
     print(f"Berth / native: {ours / theirs:.2f}×")
     shutil.rmtree(apps, ignore_errors=True)
 

@@ -17,6 +17,7 @@
 //!
 //! * **Borrowed** data ([`AbiStr`], [`AbiHeaders`], [`AbiRequest`], [`AbiFetchRequest`]) is valid
 //!   only for the duration of the call it is passed to. The callee copies what it keeps.
+//!   One exception, since ABI 1.3: the *lent* request (see [`AbiRequest`]).
 //! * **Owned** data ([`AbiBuf`], [`AbiBody`], [`AbiResponse`], [`AbiHost`]) is handed over; the
 //!   receiver must eventually call the release/drop function carried *next to* the pointer, which
 //!   runs in the code of the side that allocated it. Neither side ever frees the other side's
@@ -61,7 +62,7 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"BERTHAPP");
 pub const ABI_MAJOR: u32 = 1;
 
 /// Compatible additions within [`ABI_MAJOR`]. See the module docs for what bumps it.
-pub const ABI_MINOR: u32 = 2;
+pub const ABI_MINOR: u32 = 3;
 
 /// NUL-terminated name of the one symbol every plugin exports:
 /// `extern "C" fn() -> *const AppDescriptor`.
@@ -194,10 +195,18 @@ pub const CHUNK_END: u32 = 2;
 /// The stream failed (or the producer panicked); do not poll again.
 pub const CHUNK_ERROR: u32 = 3;
 
-/// An inbound request as the app sees it. Borrowed for the duration of
-/// [`AppDescriptor::handle`]; the body is passed separately because it is owned.
+/// An inbound request as the app sees it; the body is passed separately because it is owned.
+///
+/// **Lent, since ABI 1.3.** The struct itself is borrowed for the duration of
+/// [`AppDescriptor::handle`], but everything it points to (strings, the header array and its
+/// names and values) stays valid and unchanged for as long as the `host` reference passed with
+/// it, or any clone of it, is held. Its strings are UTF-8, its header names are lower-case
+/// HTTP tokens and its values free of control characters but tab, as hyper parsed them. A
+/// plugin can therefore read the request in place for as long as it holds a host reference,
+/// instead of copying it during the call. (Plugins built for an older minor copy it, which a
+/// 1.3 host allows just the same; a 1.3 plugin is never loaded by an older host.)
 #[repr(C)]
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct AbiRequest {
     /// Method, e.g. `GET`.
     pub method: AbiStr,
@@ -427,6 +436,7 @@ pub const DESCRIPTOR_SIZES: [u64; ABI_MINOR as usize + 1] = [
     offset_of!(AppDescriptor, init) as u64,
     size_of::<AppDescriptor>() as u64,
     size_of::<AppDescriptor>() as u64,
+    size_of::<AppDescriptor>() as u64,
 ];
 
 /// One string setting (ABI 1.1), borrowed like [`AbiStr`].
@@ -548,6 +558,8 @@ pub const LAYOUT_FINGERPRINT: u64 = {
 pub const LAYOUT_FINGERPRINTS: &[u64] = &[
     0x4b3b_39ac_9316_3aa1,
     0xa46a_7a9c_351a_f831,
+    0x083d_708b_54d1_fd41,
+    // 1.3 changed no layout, only a promise: the request is lent (see `AbiRequest`).
     0x083d_708b_54d1_fd41,
 ];
 

@@ -66,11 +66,6 @@ impl Headers {
         self.map.get_or_init(|| self.parse())
     }
 
-    pub(crate) fn map_mut(&mut self) -> &mut HeaderMap {
-        self.map();
-        self.map.get_mut().expect("initialised just above")
-    }
-
     fn parse(&self) -> HeaderMap {
         let mut map = HeaderMap::new();
         let mut at = 0;

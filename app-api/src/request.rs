@@ -20,57 +20,106 @@ use crate::body::{Body, BodyError};
 pub struct Request {
     pub(crate) method: Method,
     pub(crate) version: Version,
-    pub(crate) headers: crate::headers::Headers,
     pub(crate) peer_addr: Option<SocketAddr>,
     pub(crate) local_addr: Option<SocketAddr>,
-    pub(crate) location: Location,
+    pub(crate) head: Head,
     pub(crate) body: Body,
 }
 
-/// The request target, the mount prefix, the path below it and the query, kept in one string:
-/// one allocation per request instead of four. The target becomes a [`Uri`] only when the app
-/// asks for one; most apps read the path and query instead.
-#[derive(Debug, Default)]
-pub(crate) struct Location {
-    text: String,
-    target_end: usize,
-    prefix_end: usize,
-    path_end: usize,
-    uri: OnceLock<Uri>,
+/// Where a request's target, mount prefix, path, query and headers live.
+#[derive(Debug)]
+pub(crate) enum Head {
+    /// In the host's memory, lent for as long as the request lives (ABI 1.3): nothing is
+    /// copied until the app asks for a [`Uri`] or a [`HeaderMap`], which are then built once.
+    /// (Boxed: the request is moved into the app's future and with it, and most apps never
+    /// build either.)
+    Lent {
+        request: crate::ffi::LentRequest,
+        uri: OnceLock<Box<Uri>>,
+        headers: OnceLock<Box<HeaderMap>>,
+    },
+    /// Built by hand ([`RequestBuilder`]).
+    Built(Box<Built>),
 }
 
-impl Location {
-    /// Copies the four parts, which must be UTF-8 (one check over all of them).
-    pub(crate) fn new(
-        target: &[u8],
-        prefix: &[u8],
-        path: &[u8],
-        query: &[u8],
-    ) -> Result<Self, std::string::FromUtf8Error> {
-        let mut text = Vec::with_capacity(target.len() + prefix.len() + path.len() + query.len());
-        for part in [target, prefix, path, query] {
-            text.extend_from_slice(part);
-        }
-        let target_end = target.len();
-        let prefix_end = target_end + prefix.len();
-        Ok(Location {
-            text: String::from_utf8(text)?,
-            target_end,
-            prefix_end,
-            path_end: prefix_end + path.len(),
+#[derive(Debug)]
+pub(crate) struct Built {
+    location: Location,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Head {
+    pub(crate) fn lent(request: crate::ffi::LentRequest) -> Self {
+        Head::Lent {
+            request,
             uri: OnceLock::new(),
-        })
+            headers: OnceLock::new(),
+        }
     }
 
     fn uri(&self) -> &Uri {
-        // The host hands over the target hyper parsed, so this parses; were it not to, the
-        // app sees `/` rather than a panic.
-        self.uri
-            .get_or_init(|| self.text[..self.target_end].parse().unwrap_or_default())
+        match self {
+            // The host lends the target hyper parsed, so this parses; were it not to, the app
+            // sees `/` rather than a panic.
+            Head::Lent { request, uri, .. } => {
+                uri.get_or_init(|| Box::new(request.target().parse().unwrap_or_default()))
+            }
+            Head::Built(built) => &built.uri,
+        }
+    }
+
+    fn headers(&self) -> &HeaderMap {
+        match self {
+            Head::Lent {
+                request, headers, ..
+            } => headers.get_or_init(|| Box::new(request.header_map())),
+            Head::Built(built) => &built.headers,
+        }
     }
 
     fn prefix(&self) -> &str {
-        &self.text[self.target_end..self.prefix_end]
+        match self {
+            Head::Lent { request, .. } => request.prefix(),
+            Head::Built(built) => built.location.prefix(),
+        }
+    }
+
+    fn path(&self) -> &str {
+        match self {
+            Head::Lent { request, .. } => request.path(),
+            Head::Built(built) => built.location.path(),
+        }
+    }
+
+    fn query(&self) -> &str {
+        match self {
+            Head::Lent { request, .. } => request.query(),
+            Head::Built(built) => built.location.query(),
+        }
+    }
+}
+
+/// The mount prefix, the path below it and the query of a request built by hand, kept in one
+/// string.
+#[derive(Debug, Default)]
+pub(crate) struct Location {
+    text: String,
+    prefix_end: usize,
+    path_end: usize,
+}
+
+impl Location {
+    fn new(prefix: &str, path: &str, query: &str) -> Self {
+        Location {
+            text: [prefix, path, query].concat(),
+            prefix_end: prefix.len(),
+            path_end: prefix.len() + path.len(),
+        }
+    }
+
+    fn prefix(&self) -> &str {
+        &self.text[..self.prefix_end]
     }
 
     fn path(&self) -> &str {
@@ -94,15 +143,10 @@ impl Request {
     /// ```
     pub fn builder(method: Method, uri: &str) -> RequestBuilder {
         RequestBuilder {
-            request: Request {
-                method,
-                version: Version::HTTP_11,
-                headers: crate::headers::Headers::default(),
-                peer_addr: None,
-                local_addr: None,
-                location: Location::default(),
-                body: Body::empty(),
-            },
+            method,
+            headers: HeaderMap::new(),
+            peer_addr: None,
+            body: Body::empty(),
             mount_prefix: String::new(),
             target: uri.to_owned(),
         }
@@ -115,7 +159,7 @@ impl Request {
 
     /// The request target as the client sent it (including the mount prefix).
     pub fn uri(&self) -> &Uri {
-        self.location.uri()
+        self.head.uri()
     }
 
     /// The HTTP version of the client's connection.
@@ -125,12 +169,12 @@ impl Request {
 
     /// All headers; repeated names keep every value in order, values are byte-exact.
     pub fn headers(&self) -> &HeaderMap {
-        self.headers.map()
+        self.head.headers()
     }
 
     /// The first value of header `name`.
     pub fn header(&self, name: impl AsHeaderName) -> Option<&HeaderValue> {
-        self.headers.map().get(name)
+        self.head.headers().get(name)
     }
 
     /// The client's address, when the connection has one.
@@ -145,18 +189,18 @@ impl Request {
 
     /// Where the app is mounted, e.g. `/hello` (WSGI's `SCRIPT_NAME`).
     pub fn mount_prefix(&self) -> &str {
-        self.location.prefix()
+        self.head.prefix()
     }
 
     /// The path below the mount, always starting with `/` (WSGI's `PATH_INFO`), still
     /// percent-encoded.
     pub fn path(&self) -> &str {
-        self.location.path()
+        self.head.path()
     }
 
     /// The raw query string (without `?`), empty when there is none.
     pub fn query(&self) -> &str {
-        self.location.query()
+        self.head.query()
     }
 
     /// Every query parameter, decoded, in order.
@@ -217,7 +261,10 @@ impl Request {
 /// Builds a [`Request`] by hand, for unit tests of a handler.
 #[derive(Debug)]
 pub struct RequestBuilder {
-    request: Request,
+    method: Method,
+    headers: HeaderMap,
+    peer_addr: Option<SocketAddr>,
+    body: Body,
     mount_prefix: String,
     target: String,
 }
@@ -229,7 +276,7 @@ impl RequestBuilder {
             .unwrap_or_else(|_| panic!("invalid header name {name:?}"));
         let value = HeaderValue::from_bytes(value.as_ref())
             .unwrap_or_else(|_| panic!("invalid value for header {name}"));
-        self.request.headers.map_mut().append(name, value);
+        self.headers.append(name, value);
         self
     }
 
@@ -241,19 +288,18 @@ impl RequestBuilder {
 
     /// Sets the body.
     pub fn body(mut self, body: impl Into<Body>) -> Self {
-        self.request.body = body.into();
+        self.body = body.into();
         self
     }
 
     /// Sets the client's address.
     pub fn peer_addr(mut self, addr: SocketAddr) -> Self {
-        self.request.peer_addr = Some(addr);
+        self.peer_addr = Some(addr);
         self
     }
 
     /// Finishes the request.
     pub fn build(self) -> Request {
-        let mut request = self.request;
         let (path, query) = match self.target.split_once('?') {
             Some((path, query)) => (path, query),
             None => (self.target.as_str(), ""),
@@ -263,11 +309,17 @@ impl RequestBuilder {
         let uri: Uri = full
             .parse()
             .unwrap_or_else(|_| panic!("invalid request target {full:?}"));
-        let parts = [&full, &self.mount_prefix, path, query].map(str::as_bytes);
-        let mut location = Location::new(parts[0], parts[1], parts[2], parts[3])
-            .unwrap_or_else(|_| unreachable!("every part is a str"));
-        location.uri = OnceLock::from(uri);
-        request.location = location;
-        request
+        Request {
+            method: self.method,
+            version: Version::HTTP_11,
+            peer_addr: self.peer_addr,
+            local_addr: None,
+            head: Head::Built(Box::new(Built {
+                location: Location::new(&self.mount_prefix, path, query),
+                uri,
+                headers: self.headers,
+            })),
+            body: self.body,
+        }
     }
 }

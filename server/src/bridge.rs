@@ -149,7 +149,7 @@ fn check_header(header: &DescriptorHeader) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// The request as the host hands it to an app; every field is borrowed for the call.
+/// A request as the server (or an embedder) has it, borrowed to build a [`LentRequest`].
 #[derive(Debug)]
 pub struct RequestView<'a> {
     pub method: &'a str,
@@ -161,6 +161,199 @@ pub struct RequestView<'a> {
     pub mount_prefix: &'a str,
     pub path: &'a str,
     pub query: &'a str,
+}
+
+/// A request lent to an app (ABI 1.3). What the app reads of it is copied once, into the
+/// request's [`RequestScope`] itself (a request head of up to [`LentRequest::INLINE`] bytes
+/// needs no allocation of its own), and stays there until the app drops its last reference to
+/// the scope; the app reads it in place.
+///
+/// Copied, rather than lent from where hyper parsed it: hyper's header values share the
+/// connection's read buffer, and a value held while the request waits makes hyper allocate a
+/// second buffer for the connection.
+///
+/// The pointers it hands out point into itself: it is filled only where it stays, inside its
+/// scope's `Arc` ([`request_scope`]).
+pub struct LentRequest {
+    /// Method, target, mount prefix, path, query, then each header's name and value, in
+    /// `inline` or, when they do not fit there, in `spilled`. Never changed after
+    /// [`request_scope`] filled them.
+    inline: [u8; LentRequest::INLINE],
+    spilled: Vec<u8>,
+    method: AbiStr,
+    uri: AbiStr,
+    mount_prefix: AbiStr,
+    path: AbiStr,
+    query: AbiStr,
+    /// Points into the text above.
+    headers: HeaderList<4>,
+    version: u32,
+    peer_addr: AbiSocketAddr,
+    local_addr: AbiSocketAddr,
+}
+
+// SAFETY: the pointers in `LentRequest` point into itself, into its own heap buffer or to
+// statics, none of which is written after it was filled; moving it to, or reading it from,
+// another thread is like doing so with the bytes it owns.
+unsafe impl Send for LentRequest {}
+// SAFETY: as above: shared access only ever reads.
+unsafe impl Sync for LentRequest {}
+
+impl std::fmt::Debug for LentRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // SAFETY: `uri` points into `self` (or to a static), valid while `self` is borrowed.
+        let uri = unsafe { self.uri.as_bytes() };
+        f.debug_struct("LentRequest")
+            .field("uri", &String::from_utf8_lossy(uri))
+            .field("headers", &self.headers.as_slice().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A scope for one request of the app behind `services`, with `view` lent in it.
+pub fn request_scope(
+    services: &Arc<crate::plugin::AppServices>,
+    deadline: Option<tokio::time::Instant>,
+    view: &RequestView<'_>,
+) -> Arc<RequestScope> {
+    let mut scope = RequestScope::new(services, deadline);
+    // A new `Arc` has no other reference yet.
+    let fresh = Arc::get_mut(&mut scope).expect("a new Arc is unique");
+    fresh.request.fill(view);
+    scope
+}
+
+/// Bytes appended to a [`LentRequest`]'s text: `inline` until they no longer fit, then all of
+/// them in `spilled`.
+struct Text<'a> {
+    inline: &'a mut [u8; LentRequest::INLINE],
+    spilled: &'a mut Vec<u8>,
+    len: usize,
+}
+
+impl Text<'_> {
+    /// Appends `bytes`; returns where they start.
+    fn push(&mut self, bytes: &[u8]) -> usize {
+        let at = self.len;
+        self.len += bytes.len();
+        match self.inline.get_mut(at..self.len) {
+            Some(slot) if self.spilled.is_empty() => slot.copy_from_slice(bytes),
+            _ => {
+                if self.spilled.is_empty() {
+                    self.spilled.reserve(self.len.max(2 * LentRequest::INLINE));
+                    self.spilled.extend_from_slice(&self.inline[..at]);
+                }
+                self.spilled.extend_from_slice(bytes);
+            }
+        }
+        at
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.spilled.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            self.spilled
+        }
+    }
+}
+
+impl LentRequest {
+    /// The request head size (method, target, header names and values) that needs no
+    /// allocation: a curl or load-generator request fits, a browser's with cookies may not.
+    pub const INLINE: usize = 128;
+
+    /// No request: what a lifecycle hook's scope carries, and a request's before it is filled.
+    pub fn none() -> Self {
+        LentRequest {
+            inline: [0; LentRequest::INLINE],
+            spilled: Vec::new(),
+            method: AbiStr::from_static(""),
+            uri: AbiStr::from_static(""),
+            mount_prefix: AbiStr::from_static(""),
+            path: AbiStr::from_static(""),
+            query: AbiStr::from_static(""),
+            headers: HeaderList::empty(),
+            version: HTTP_11,
+            peer_addr: berth_app::ffi::socket_addr_to_abi(None),
+            local_addr: berth_app::ffi::socket_addr_to_abi(None),
+        }
+    }
+
+    /// Copies `view` in, in one walk over its headers. Parts of `view` that lie within its
+    /// target (the path, the query and the mount prefix usually do) are found there rather
+    /// than copied again.
+    fn fill(&mut self, view: &RequestView<'_>) {
+        let target = view.uri;
+        let within = |part: &str| {
+            let at = (part.as_ptr() as usize).wrapping_sub(target.as_ptr() as usize);
+            (at <= target.len() && part.len() <= target.len() - at).then_some(at)
+        };
+        let mut text = Text {
+            inline: &mut self.inline,
+            spilled: &mut self.spilled,
+            len: 0,
+        };
+        text.push(target.as_bytes());
+        let method_at = text.push(view.method.as_bytes());
+        let mut span = |part: &str| match within(part) {
+            Some(at) => (at, part.len()),
+            None if part.is_empty() => (0, 0),
+            None => (text.push(part.as_bytes()), part.len()),
+        };
+        let (prefix, path, query) = (span(view.mount_prefix), span(view.path), span(view.query));
+        let headers_at = text.len;
+        for (name, value) in view.headers {
+            let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+            text.push(name);
+            text.push(value);
+            // Lengths only for now: the text may still move to `spilled`.
+            self.headers.push(AbiHeader {
+                name: AbiStr {
+                    ptr: std::ptr::null(),
+                    len: name.len(),
+                },
+                value: AbiStr {
+                    ptr: std::ptr::null(),
+                    len: value.len(),
+                },
+            });
+        }
+        // Pointers only now that the text is complete: it never changes again.
+        let bytes = text.bytes();
+        let piece = |at: usize, len: usize| AbiStr::new(&bytes[at..at + len]);
+        let mut at = headers_at;
+        for header in self.headers.as_mut_slice() {
+            let (name_len, value_len) = (header.name.len, header.value.len);
+            header.name = piece(at, name_len);
+            header.value = piece(at + name_len, value_len);
+            at += name_len + value_len;
+        }
+        self.uri = piece(0, target.len());
+        self.method = piece(method_at, view.method.len());
+        self.mount_prefix = piece(prefix.0, prefix.1);
+        self.path = piece(path.0, path.1);
+        self.query = piece(query.0, query.1);
+        self.version = version_to_abi(view.version);
+        self.peer_addr = berth_app::ffi::socket_addr_to_abi(view.peer_addr);
+        self.local_addr = berth_app::ffi::socket_addr_to_abi(view.local_addr);
+    }
+
+    /// The ABI view. Its pointers are valid for as long as `self` stays where it is: inside
+    /// its scope's `Arc`, until the scope's last reference is dropped.
+    fn abi(&self) -> AbiRequest {
+        AbiRequest {
+            method: self.method,
+            uri: self.uri,
+            version: self.version,
+            headers: self.headers.as_abi(),
+            peer_addr: self.peer_addr,
+            local_addr: self.local_addr,
+            mount_prefix: self.mount_prefix,
+            path: self.path,
+            query: self.query,
+        }
+    }
 }
 
 /// The request target as an app sees it: an origin-form URI (`/path?query`, what servers
@@ -184,28 +377,14 @@ pub fn request_target(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
 }
 
 impl Plugin {
-    /// Starts the app's handler. `body` and one reference to `scope` move to the plugin.
-    pub fn handle(
-        &self,
-        view: &RequestView<'_>,
-        body: AbiBody,
-        scope: Arc<RequestScope>,
-    ) -> FfiFuture<AbiHandleOutcome> {
-        let headers = HeaderList::new(view.headers);
-        let request = AbiRequest {
-            method: AbiStr::new(view.method.as_bytes()),
-            uri: AbiStr::new(view.uri.as_bytes()),
-            version: version_to_abi(view.version),
-            headers: headers.as_abi(),
-            peer_addr: berth_app::ffi::socket_addr_to_abi(view.peer_addr),
-            local_addr: berth_app::ffi::socket_addr_to_abi(view.local_addr),
-            mount_prefix: AbiStr::new(view.mount_prefix.as_bytes()),
-            path: AbiStr::new(view.path.as_bytes()),
-            query: AbiStr::new(view.query.as_bytes()),
-        };
+    /// Starts the app's handler on the request lent in `scope`. `body` and one reference to
+    /// `scope` move to the plugin.
+    pub fn handle(&self, scope: Arc<RequestScope>, body: AbiBody) -> FfiFuture<AbiHandleOutcome> {
+        let request = scope.request.abi();
         let host = host_for(scope);
-        // SAFETY: `handle` came from a checked descriptor; `request` and what it points to live
-        // until the call returns; `body` and `host` are owned values handed over.
+        // SAFETY: `handle` came from a checked descriptor; `request` points into the scope,
+        // which stays where it is (in its `Arc`) for as long as the plugin holds a reference
+        // to it, as ABI 1.3 promises; `body` and `host` are owned values handed over.
         unsafe { (self.handle)(&request, body, host) }
     }
 }
@@ -374,6 +553,76 @@ unsafe extern "C" fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
+
+    /// The bytes behind `text`.
+    ///
+    /// # Safety
+    /// `text` must point into memory that outlives the returned copy's creation.
+    unsafe fn bytes(text: AbiStr) -> Vec<u8> {
+        // SAFETY: forwarded to the caller.
+        unsafe { text.as_bytes() }.to_vec()
+    }
+
+    #[test]
+    fn a_lent_request_reads_back_exactly_whether_inline_or_spilled() {
+        let target = "/app/sub?q=1";
+        let elsewhere = String::from("/app");
+        // (mount prefix, path, query): within the target, or not (copied).
+        let layouts = [
+            (&target[..4], &target[4..8], &target[9..]),
+            (elsewhere.as_str(), "/", ""),
+        ];
+        for value_len in [1, LentRequest::INLINE, 3 * LentRequest::INLINE] {
+            for (prefix, path, query) in layouts {
+                let mut headers = HeaderMap::new();
+                let long = HeaderValue::from_bytes(&vec![b'v'; value_len]).expect("valid");
+                headers.append("x-long", long);
+                headers.append("x-dup", HeaderValue::from_static("one"));
+                headers.append("x-dup", HeaderValue::from_bytes(b"t\xffo").expect("opaque"));
+                for name in ["a", "b", "c", "d"] {
+                    headers.append(name, HeaderValue::from_static("e"));
+                }
+                let view = RequestView {
+                    method: "PATCH",
+                    uri: target,
+                    version: http::Version::HTTP_2,
+                    headers: &headers,
+                    peer_addr: None,
+                    local_addr: None,
+                    mount_prefix: prefix,
+                    path,
+                    query,
+                };
+                let mut lent = Box::new(LentRequest::none());
+                lent.fill(&view);
+                let abi = lent.abi();
+                // SAFETY: every pointer points into `lent` (or to a static), alive and unmoved.
+                let got = unsafe {
+                    let list = std::slice::from_raw_parts(abi.headers.ptr, abi.headers.len);
+                    let pairs: Vec<(Vec<u8>, Vec<u8>)> = list
+                        .iter()
+                        .map(|h| (bytes(h.name), bytes(h.value)))
+                        .collect();
+                    let strs = [abi.method, abi.uri, abi.mount_prefix, abi.path, abi.query];
+                    (strs.map(|s| bytes(s)), pairs)
+                };
+                let want_strs = [
+                    b"PATCH".to_vec(),
+                    target.into(),
+                    prefix.into(),
+                    path.into(),
+                    query.into(),
+                ];
+                let want_pairs: Vec<(Vec<u8>, Vec<u8>)> = headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().into(), v.as_bytes().into()))
+                    .collect();
+                assert_eq!(got, (want_strs, want_pairs), "value of {value_len} bytes");
+                assert_eq!(abi.version, HTTP_2);
+            }
+        }
+    }
 
     fn good() -> DescriptorHeader {
         DescriptorHeader {
@@ -409,7 +658,7 @@ mod tests {
                     abi_minor: ABI_MINOR + 1,
                     ..good()
                 },
-                "supports up to 2",
+                "supports up to 3",
             ),
             (
                 DescriptorHeader {
@@ -420,7 +669,7 @@ mod tests {
             ),
             (
                 DescriptorHeader { size: 8, ..good() },
-                "descriptor is 8 bytes, expected at least 104 for ABI 1.2",
+                "descriptor is 8 bytes, expected at least 104 for ABI 1.3",
             ),
         ];
         for (header, needle) in cases {

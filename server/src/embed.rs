@@ -41,7 +41,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use http::{HeaderMap, Method, StatusCode, Uri};
 
-use crate::bridge::{Plugin, RequestView, hook_result, outcome_into_parts, request_target};
+use crate::bridge::{
+    Plugin, RequestView, hook_result, outcome_into_parts, request_scope, request_target,
+};
 use crate::config::Config;
 use crate::loader::{ShadowDir, check_complete, read_image};
 use crate::outbound::Outbound;
@@ -159,7 +161,10 @@ impl LoadedApp {
     /// Runs the app's `init` hook with its settings, if it has one. Call it once, before the
     /// first request, as the server does before mounting an app.
     pub async fn init(&self) -> Result<(), LoadError> {
-        let scope = self.scope().map_err(|e| LoadError::Init(e.to_string()))?;
+        let services = self
+            .services()
+            .map_err(|e| LoadError::Init(e.to_string()))?;
+        let scope = RequestScope::new(services, None);
         let Some(init) = self.plugin.init(&self.settings, scope) else {
             return Ok(());
         };
@@ -171,7 +176,10 @@ impl LoadedApp {
 
     /// Runs the app's `shutdown` hook, if it has one.
     pub async fn shutdown(&self) -> Result<(), CallError> {
-        let Some(shutdown) = self.plugin.shutdown(self.scope()?) else {
+        let Some(shutdown) = self
+            .plugin
+            .shutdown(RequestScope::new(self.services()?, None))
+        else {
             return Ok(());
         };
         match AssertUnwindSafe(shutdown).catch_unwind().await {
@@ -194,22 +202,19 @@ impl LoadedApp {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), CallError> {
-        let scope = self.scope()?;
-        let uri_text = request_target(uri);
-        let future = {
-            let view = RequestView {
-                method: method.as_str(),
-                uri: &uri_text,
-                version: http::Version::HTTP_11,
-                headers,
-                peer_addr: None,
-                local_addr: None,
-                mount_prefix: "",
-                path: uri.path(),
-                query: uri.query().unwrap_or(""),
-            };
-            self.plugin.handle(&view, AbiBody::full(body), scope)
+        let view = RequestView {
+            method: method.as_str(),
+            uri: &request_target(uri),
+            version: http::Version::HTTP_11,
+            headers,
+            peer_addr: None,
+            local_addr: None,
+            mount_prefix: "",
+            path: uri.path(),
+            query: uri.query().unwrap_or(""),
         };
+        let scope = request_scope(self.services()?, None, &view);
+        let future = self.plugin.handle(scope, AbiBody::full(body));
         // The plugin catches its own panics; this only guards against broken plugin glue.
         let outcome = AssertUnwindSafe(future)
             .catch_unwind()
@@ -224,19 +229,18 @@ impl LoadedApp {
         Ok((status, headers, body))
     }
 
-    /// A host context for one request or hook, like the server's (without a deadline). The
-    /// app's timers and fetches run on the runtime of the first call.
-    fn scope(&self) -> Result<Arc<RequestScope>, CallError> {
+    /// What the app's scopes share, like the server's (without a deadline). The app's timers
+    /// and fetches run on the runtime of the first call.
+    fn services(&self) -> Result<&Arc<AppServices>, CallError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| CallError::NoRuntime)?;
-        let services = self.services.get_or_init(|| {
+        Ok(self.services.get_or_init(|| {
             Arc::new(AppServices {
                 app: Arc::clone(&self.name),
                 outbound: self.outbound.clone(),
                 policy: self.policy.clone(),
                 runtime,
             })
-        });
-        Ok(RequestScope::new(services, None))
+        }))
     }
 
     fn failure(&self, failure: HandleFailure) -> CallError {

@@ -9,6 +9,7 @@ use berth_app::abi::{
     self, AbiBody, AbiFetchOutcome, AbiResponse, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARN,
 };
 
+use crate::bridge::LentRequest;
 use crate::outbound::{Exchange, FetchFailure, Outbound};
 use crate::relay::Relayed;
 
@@ -172,6 +173,10 @@ pub struct RequestScope {
     /// whatever the app made of the failed stream. Kept here, in the one allocation every
     /// request makes anyway, rather than in a block of its own.
     pub body_exceeded: AtomicBool,
+    /// The request the app reads in place (empty for a hook): lent for as long as the app
+    /// holds a reference to this scope (ABI 1.3), so it lives here, in the one allocation
+    /// every request makes anyway. Filled by `bridge::request_scope`.
+    pub request: LentRequest,
 }
 
 impl RequestScope {
@@ -181,6 +186,7 @@ impl RequestScope {
             services: Arc::clone(services),
             deadline,
             body_exceeded: AtomicBool::new(false),
+            request: LentRequest::none(),
         })
     }
 

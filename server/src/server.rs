@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::bridge::{RequestView, outcome_into_parts, request_target};
+use crate::bridge::{RequestView, outcome_into_parts, request_scope, request_target};
 use crate::config::Config;
 use crate::config::Limits;
 use crate::drain::{self, Drain};
@@ -442,7 +442,7 @@ struct Started {
     log: Option<Box<RequestLog>>,
 }
 
-/// Hands the request to `app`, which copies what it keeps.
+/// Lends the request to `app` and starts it.
 fn start(
     connection: &Connection,
     parts: http::request::Parts,
@@ -453,21 +453,27 @@ fn start(
 ) -> Started {
     let max_body = app.max_body_size;
     let deadline = tokio::time::Instant::now() + app.request_timeout;
-    let scope = RequestScope::new(&app.services, Some(deadline));
-    let body = limited_incoming_to_abi(body, max_body, Arc::clone(&scope));
     let uri = request_target(&parts.uri);
-    let view = RequestView {
-        method: parts.method.as_str(),
-        uri: &uri,
-        version: parts.version,
-        headers: &parts.headers,
-        peer_addr: Some(connection.peer),
-        local_addr: connection.local,
-        mount_prefix: &app.mount,
-        path: below_mount(parts.uri.path(), mount_len),
-        query: parts.uri.query().unwrap_or(""),
-    };
-    let future = app.plugin.handle(&view, body, Arc::clone(&scope));
+    let path = parts.uri.path();
+    let scope = request_scope(
+        &app.services,
+        Some(deadline),
+        &RequestView {
+            method: parts.method.as_str(),
+            uri: &uri,
+            version: parts.version,
+            headers: &parts.headers,
+            peer_addr: Some(connection.peer),
+            local_addr: connection.local,
+            // The router matched the mount byte for byte at the start of the path; taken from
+            // the path, it lies within the target and is not copied again.
+            mount_prefix: path.get(..mount_len).unwrap_or(&app.mount),
+            path: below_mount(path, mount_len),
+            query: parts.uri.query().unwrap_or(""),
+        },
+    );
+    let body = limited_incoming_to_abi(body, max_body, Arc::clone(&scope));
+    let future = app.plugin.handle(Arc::clone(&scope), body);
     Started {
         future,
         scope,

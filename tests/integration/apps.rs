@@ -255,3 +255,92 @@ async fn the_access_log_is_opt_in() {
         quiet.stderr()
     );
 }
+
+/// What the host lends an app (ABI 1.3) outlives the request's answer: testkit keeps a whole
+/// request in a static, and describes it after other requests came and went. The kept request
+/// is larger than the host keeps inline (a long header, more headers than its inline list),
+/// so both the inline and the spilled storage are read after the fact.
+async fn a_kept_request_reads_what_the_client_sent(proto: Proto) {
+    let berth = Berth::with_apps(&["fixture_testkit"]);
+    let long = "v".repeat(300);
+    let url = berth.url("/testkit/keep?a=1&b=two");
+    let mut headers = vec![
+        ("x-dup", "first"),
+        ("x-long", long.as_str()),
+        ("x-dup", "second"),
+    ];
+    let extra: Vec<String> = (0..6).map(|i| format!("value-{i}")).collect();
+    let names = ["x-e0", "x-e1", "x-e2", "x-e3", "x-e4", "x-e5"];
+    headers.extend(names.iter().copied().zip(extra.iter().map(String::as_str)));
+    let reply = send(Req {
+        proto,
+        method: Method::GET,
+        url: &url,
+        headers: &headers,
+        body: b"",
+    })
+    .await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text()),
+        (200, "kept\n".into())
+    );
+    // Other requests, with heads of their own, come and go before the kept one is read.
+    for i in 0..20 {
+        let churn = "c".repeat(i * 20);
+        let url = berth.url(&format!("/testkit/ok?i={i}"));
+        let reply = send(Req {
+            proto,
+            method: Method::GET,
+            url: &url,
+            headers: &[("x-churn", churn.as_str())],
+            body: b"",
+        })
+        .await;
+        assert_eq!(reply.status, 200);
+    }
+    let described = get(&berth.url("/testkit/kept")).await.text();
+    let lines: Vec<&str> = described.lines().collect();
+    let target = "/testkit/keep?a=1&b=two";
+    assert!(
+        lines[1].starts_with("uri ") && lines[1].ends_with(target),
+        "{described}"
+    );
+    assert_eq!(
+        lines[..5]
+            .iter()
+            .copied()
+            .filter(|l| !l.starts_with("uri "))
+            .collect::<Vec<_>>(),
+        [
+            "method GET",
+            "prefix /testkit",
+            "path /keep",
+            "query a=1&b=two"
+        ],
+        "{described}"
+    );
+    let expected_long = format!("x-long: {long}");
+    let mut wanted = vec!["x-dup: first", "x-dup: second", expected_long.as_str()];
+    let extra_lines: Vec<String> = names
+        .iter()
+        .zip(&extra)
+        .map(|(name, value)| format!("{name}: {value}"))
+        .collect();
+    wanted.extend(extra_lines.iter().map(String::as_str));
+    let got: Vec<&str> = lines[5..]
+        .iter()
+        .copied()
+        .filter(|line| line.starts_with("x-"))
+        .collect();
+    assert_eq!(got, wanted, "{described}");
+}
+
+#[tokio::test]
+async fn a_kept_request_reads_what_the_client_sent_over_http1() {
+    a_kept_request_reads_what_the_client_sent(Proto::Http1).await;
+}
+
+#[tokio::test]
+async fn a_kept_request_reads_what_the_client_sent_over_http2() {
+    a_kept_request_reads_what_the_client_sent(Proto::Http2).await;
+}
