@@ -31,8 +31,8 @@ pub struct Request {
 pub(crate) enum Head {
     /// In the host's memory, lent for as long as the request lives (ABI 1.3): nothing is
     /// copied until the app asks for a [`Uri`] or a [`HeaderMap`], which are then built once.
-    /// (Boxed: the request is moved into the app's future and with it, and most apps never
-    /// build either.)
+    /// Both are boxed: the request moves into the app's future, and most apps build neither,
+    /// so they should not add to its size.
     Lent {
         request: crate::ffi::LentRequest,
         uri: OnceLock<Box<Uri>>,
@@ -42,6 +42,7 @@ pub(crate) enum Head {
     Built(Box<Built>),
 }
 
+/// A request built by hand owns its parts.
 #[derive(Debug)]
 pub(crate) struct Built {
     location: Location,
