@@ -92,6 +92,86 @@ impl Headers {
     }
 }
 
+/// Header names and values received recently on this thread.
+///
+/// An app sends the same few response headers with every answer (its `content-type`, say).
+/// Parsing a name, and checking and copying a value into an allocation of its own, cost
+/// several times more than comparing a few bytes with the last ones seen and sharing those.
+pub(crate) mod recent {
+    use std::cell::RefCell;
+
+    use http::header::{HeaderName, HeaderValue, InvalidHeaderName, InvalidHeaderValue};
+
+    /// Slots per kind. Each holds the last name (value) whose slot index its bytes give.
+    const SLOTS: usize = 8;
+    /// Longer names and values are not kept: they rarely repeat.
+    const LONGEST: usize = 64;
+
+    /// This thread's recent names and values.
+    pub(crate) struct Recent {
+        names: [Option<HeaderName>; SLOTS],
+        values: [Option<HeaderValue>; SLOTS],
+    }
+
+    thread_local! {
+        static RECENT: RefCell<Recent> = const {
+            RefCell::new(Recent {
+                names: [const { None }; SLOTS],
+                values: [const { None }; SLOTS],
+            })
+        };
+    }
+
+    /// Runs `f` with this thread's recent names and values (one lookup for a whole header
+    /// list).
+    pub(crate) fn with<R>(f: impl FnOnce(&mut Recent) -> R) -> R {
+        RECENT.with(|recent| f(&mut recent.borrow_mut()))
+    }
+
+    fn slot(bytes: &[u8]) -> usize {
+        (bytes.len() + usize::from(bytes.last().copied().unwrap_or(0))) % SLOTS
+    }
+
+    /// The item kept in `slots` for `bytes` if it is equal, else a new one `parse`d (and kept).
+    fn shared<T: Clone, E>(
+        slots: &mut [Option<T>; SLOTS],
+        bytes: &[u8],
+        as_bytes: impl Fn(&T) -> &[u8],
+        parse: impl FnOnce(&[u8]) -> Result<T, E>,
+    ) -> Result<T, E> {
+        if bytes.len() > LONGEST {
+            return parse(bytes);
+        }
+        let slot = &mut slots[slot(bytes)];
+        if let Some(seen) = slot.as_ref().filter(|seen| as_bytes(seen) == bytes) {
+            return Ok(seen.clone());
+        }
+        let item = parse(bytes)?;
+        *slot = Some(item.clone());
+        Ok(item)
+    }
+
+    impl Recent {
+        /// [`HeaderName::from_bytes`], shared with the last equal name seen.
+        pub(crate) fn name(&mut self, bytes: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
+            fn as_bytes(name: &HeaderName) -> &[u8] {
+                name.as_str().as_bytes()
+            }
+            shared(&mut self.names, bytes, as_bytes, HeaderName::from_bytes)
+        }
+
+        /// [`HeaderValue::from_bytes`], shared with the last equal value seen.
+        pub(crate) fn value(&mut self, bytes: &[u8]) -> Result<HeaderValue, InvalidHeaderValue> {
+            shared(
+                &mut self.values,
+                bytes,
+                HeaderValue::as_bytes,
+                HeaderValue::from_bytes,
+            )
+        }
+    }
+}
+
 /// Whether `value` is free of control characters (tab is fine), as [`HeaderValue`] requires.
 fn visible(value: &[u8]) -> bool {
     // A fold, not `all`: no branch per byte.
@@ -172,6 +252,41 @@ mod tests {
                 "{value:02x?}"
             );
         }
+    }
+
+    #[test]
+    fn recent_names_and_values_are_shared_and_checked_like_new_ones() {
+        let long = vec![b'x'; 100];
+        recent::with(|recent| {
+            // Slot collisions, repeats, a name in upper case, one too long to keep.
+            let names: [&[u8]; 6] = [
+                b"content-type",
+                b"x-a",
+                b"x-b",
+                b"content-type",
+                b"X-A",
+                &long,
+            ];
+            for _ in 0..3 {
+                for name in names {
+                    let got = recent.name(name).expect("valid");
+                    assert_eq!(got, http::HeaderName::from_bytes(name).expect("valid"));
+                }
+            }
+            let values: [&[u8]; 5] = [b"text/plain", b"a", b"b\xff", b"text/plain", &long];
+            for _ in 0..3 {
+                for value in values {
+                    assert_eq!(recent.value(value).expect("valid").as_bytes(), value);
+                }
+            }
+            assert!(recent.name(b"bad name").is_err());
+            assert!(
+                recent.name(b"bad name").is_err(),
+                "an invalid name is never kept"
+            );
+            assert!(recent.value(b"line\r\nbreak").is_err());
+            assert!(recent.value(b"line\r\nbreak").is_err());
+        });
     }
 
     #[test]
