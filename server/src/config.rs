@@ -220,8 +220,8 @@ pub struct Config {
     /// Whether to watch the apps directory for added, changed and removed apps (default true).
     pub watch: bool,
     /// Whether to log one `info` event per request, under the target `berth::access` (default
-    /// false, as in gunicorn and granian: at full load the line adds about a quarter to the
-    /// CPU time of a request).
+    /// false, as in gunicorn and granian: at full load the line adds about a third to the CPU
+    /// time of a request).
     pub access_log: bool,
     /// Per-app settings from the config file's `[apps.<name>]` tables, keyed by app name. An
     /// app without an entry gets [`AppConfig::default`]; see [`Config::app`].
