@@ -299,21 +299,6 @@ unsafe fn header_slice<'a>(headers: AbiHeaders) -> &'a [AbiHeader] {
     }
 }
 
-/// Checks borrowed headers and copies them into one buffer, to be parsed into a
-/// [`HeaderMap`] if the app asks for one.
-///
-/// # Safety
-/// `headers` must satisfy the ABI's borrowed contract for the duration of this call.
-unsafe fn lazy_headers(headers: AbiHeaders) -> Result<crate::headers::Headers, BoundaryError> {
-    // SAFETY: forwarded to the caller.
-    let list = unsafe { header_slice(headers) };
-    // SAFETY: each name and value is borrowed under the same contract as the array.
-    let pairs = list
-        .iter()
-        .map(|header| unsafe { (header.name.as_bytes(), header.value.as_bytes()) });
-    crate::headers::Headers::from_raw(pairs).map_err(BoundaryError)
-}
-
 /// Copies borrowed headers into a [`HeaderMap`], validating names and values.
 ///
 /// # Safety
@@ -848,30 +833,82 @@ impl AbiResponse {
     /// # Safety
     /// `self` must satisfy the ABI's response contract and not be used elsewhere afterwards.
     pub unsafe fn into_parts(self) -> Result<(StatusCode, HeaderMap, ForeignBody), BoundaryError> {
-        // SAFETY: forwarded to the caller; the headers are read while still borrowed.
-        unsafe { self.into_parts_with(|headers| headers_from_abi(headers)) }
+        // SAFETY: forwarded to the caller.
+        let (status, headers, body) = unsafe { self.into_lent_parts() }?;
+        // SAFETY: the headers stay with their producer until `headers` is dropped, below.
+        let map = unsafe { headers_from_abi(headers.list) }?;
+        Ok((status, map, body))
     }
 
-    /// [`AbiResponse::into_parts`] with the headers read by `read_headers`, which is called
-    /// while they are still borrowed.
+    /// [`AbiResponse::into_parts`] with the headers kept where they are, to be read in place
+    /// until the returned [`LentHeaders`] is dropped.
     ///
     /// # Safety
-    /// As for [`AbiResponse::into_parts`]; `read_headers` must not keep the borrowed headers.
-    unsafe fn into_parts_with<H>(
+    /// As for [`AbiResponse::into_parts`].
+    unsafe fn into_lent_parts(
         self,
-        read_headers: impl FnOnce(AbiHeaders) -> Result<H, BoundaryError>,
-    ) -> Result<(StatusCode, H, ForeignBody), BoundaryError> {
+    ) -> Result<(StatusCode, LentHeaders, ForeignBody), BoundaryError> {
         // SAFETY: the body moves to us under the body contract.
         let body = unsafe { ForeignBody::from_abi(self.body) };
-        // Headers are borrowed from `owner` until we release it just below.
-        let headers = read_headers(self.headers);
-        if let Some(release) = self.release {
-            // SAFETY: the response contract: `release(owner)` exactly once.
-            unsafe { release(self.owner) };
-        }
+        let headers = LentHeaders {
+            list: self.headers,
+            owner: self.owner,
+            release: self.release,
+        };
         let status = StatusCode::from_u16(self.status)
             .map_err(|_| BoundaryError(format!("invalid status code {}", self.status)))?;
-        Ok((status, headers?, body))
+        Ok((status, headers, body))
+    }
+}
+
+/// A received response's headers, read in place until dropped, which releases the producer's
+/// storage: the response contract has the receiver release it once, whenever it is done.
+pub(crate) struct LentHeaders {
+    list: AbiHeaders,
+    owner: *mut c_void,
+    release: Option<unsafe extern "C" fn(owner: *mut c_void)>,
+}
+
+// SAFETY: the headers are immutable until released, and the response contract lets the
+// receiver read them and release them from any thread.
+unsafe impl Send for LentHeaders {}
+// SAFETY: as above: shared access only reads.
+unsafe impl Sync for LentHeaders {}
+
+impl LentHeaders {
+    /// The headers as a map (values copied). The producer built them from valid names and
+    /// values; one that is not would be skipped, not trusted.
+    pub(crate) fn to_map(&self) -> HeaderMap {
+        // SAFETY: borrowed from `owner`, which is released only when `self` is dropped.
+        let list = unsafe { header_slice(self.list) };
+        let mut map = HeaderMap::with_capacity(list.len());
+        for header in list {
+            // SAFETY: each name and value lives as long as the array.
+            let (name, value) = unsafe { (header.name.as_bytes(), header.value.as_bytes()) };
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+}
+
+impl Drop for LentHeaders {
+    fn drop(&mut self) {
+        if let Some(release) = self.release {
+            // SAFETY: the response contract: `release(owner)` exactly once, here.
+            unsafe { release(self.owner) };
+        }
+    }
+}
+
+impl fmt::Debug for LentHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LentHeaders")
+            .field("len", &self.list.len)
+            .finish_non_exhaustive()
     }
 }
 
@@ -976,23 +1013,21 @@ impl AbiFetchOutcome {
     /// # Safety
     /// `self` must satisfy the ABI's outcome contract.
     pub unsafe fn into_result(self) -> Result<(StatusCode, HeaderMap, ForeignBody), (u32, String)> {
-        // SAFETY: forwarded to the caller; the headers are read while still borrowed.
-        unsafe { self.into_result_with(|headers| headers_from_abi(headers)) }
+        // SAFETY: forwarded to the caller.
+        unsafe { self.into_result_with(|response| response.into_parts()) }
     }
 
-    /// [`AbiFetchOutcome::into_result`] with the headers read by `read_headers`.
+    /// [`AbiFetchOutcome::into_result`] with the response taken by `take`.
     ///
     /// # Safety
-    /// As for [`AbiFetchOutcome::into_result`]; `read_headers` must not keep the borrowed
-    /// headers.
-    unsafe fn into_result_with<H>(
+    /// As for [`AbiFetchOutcome::into_result`]; `take` gets an owned response.
+    unsafe fn into_result_with<T>(
         self,
-        read_headers: impl FnOnce(AbiHeaders) -> Result<H, BoundaryError>,
-    ) -> Result<(StatusCode, H, ForeignBody), (u32, String)> {
+        take: impl FnOnce(AbiResponse) -> Result<T, BoundaryError>,
+    ) -> Result<T, (u32, String)> {
         // SAFETY: the message and the response are owned by us now.
         let message = unsafe { self.message.into_string_lossy() };
-        // SAFETY: as above.
-        let response = unsafe { self.response.into_parts_with(read_headers) };
+        let response = take(self.response);
         match self.tag {
             FETCH_OK => response.map_err(|e| (FETCH_OTHER, format!("invalid response: {e}"))),
             tag => Err((tag, message)),
@@ -1271,9 +1306,11 @@ pub(crate) fn fetch_result(
 ) -> Result<crate::FetchResponse, crate::FetchError> {
     use crate::FetchErrorKind as Kind;
     // SAFETY: the outcome was returned by the host's fetch future and is owned by us; its
-    // headers are copied before they are released.
-    match unsafe { outcome.into_result_with(|headers| lazy_headers(headers)) } {
+    // headers stay lent to the response until it drops them.
+    let taken = unsafe { outcome.into_result_with(|response| response.into_lent_parts()) };
+    match taken {
         Ok((status, headers, body)) => {
+            let headers = crate::headers::Headers::lent(headers);
             Ok(
                 crate::FetchResponse::new(status, headers, crate::Body::from_foreign(body))
                     .with_buffer_limit(buffer_limit),

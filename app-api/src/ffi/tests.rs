@@ -546,15 +546,38 @@ unsafe extern "C" fn count_response_release(owner: *mut c_void) {
     RESPONSE_RELEASES.fetch_add(1, Ordering::SeqCst);
 }
 
+/// Counts the releases of `lent_response`s apart from `counted_response`s: tests run at once.
+static LENT_RELEASES: AtomicUsize = AtomicUsize::new(0);
+
+unsafe extern "C" fn count_lent_release(owner: *mut c_void) {
+    // SAFETY: `owner` is the `Box<HeaderList>` made in `lent_response`.
+    drop(unsafe { Box::from_raw(owner.cast::<HeaderList>()) });
+    LENT_RELEASES.fetch_add(1, Ordering::SeqCst);
+}
+
 /// A response whose header storage counts its releases, with headers borrowed from `map`.
 fn counted_response(status: u16, map: &'static HeaderMap, body: AbiBody) -> AbiResponse {
+    response_released_by(count_response_release, status, map, body)
+}
+
+/// The same, counted in [`LENT_RELEASES`].
+fn lent_response(status: u16, map: &'static HeaderMap, body: AbiBody) -> AbiResponse {
+    response_released_by(count_lent_release, status, map, body)
+}
+
+fn response_released_by(
+    release: unsafe extern "C" fn(*mut c_void),
+    status: u16,
+    map: &'static HeaderMap,
+    body: AbiBody,
+) -> AbiResponse {
     let list = Box::new(HeaderList::new(map));
     AbiResponse {
         status,
         headers: list.as_abi(),
         body,
         owner: Box::into_raw(list).cast(),
-        release: Some(count_response_release),
+        release: Some(release),
     }
 }
 
@@ -592,6 +615,37 @@ fn response_parts_are_released_once_even_when_invalid() {
     assert_eq!(err, BoundaryError("invalid status code 1000".to_owned()));
     assert_eq!(RESPONSE_RELEASES.load(Ordering::SeqCst), before + 2);
     assert_eq!(Arc::strong_count(&witness), 1);
+}
+
+#[test]
+fn a_fetch_responses_headers_are_read_in_place_and_released_once_when_dropped() {
+    let map: &'static HeaderMap = Box::leak(Box::new(HeaderMap::from_iter([
+        (CONTENT_TYPE, HeaderValue::from_static("text/plain")),
+        (
+            http::header::HeaderName::from_static("x-opaque"),
+            HeaderValue::from_bytes(b"a\xffb").expect("opaque"),
+        ),
+    ])));
+    let before = LENT_RELEASES.load(Ordering::SeqCst);
+    let abi = lent_response(200, map, AbiBody::full(Bytes::from("upstream")));
+    let response = fetch_result(AbiFetchOutcome::ok(abi), None).expect("ok");
+    assert_eq!(
+        LENT_RELEASES.load(Ordering::SeqCst),
+        before,
+        "lent until the response is dropped"
+    );
+    assert_eq!(response.headers(), map);
+    assert_eq!(response.headers(), map, "the map is built once");
+    let body = response.into_body();
+    assert_eq!(LENT_RELEASES.load(Ordering::SeqCst), before + 1);
+    assert_eq!(block_on(body.text()).expect("body"), "upstream");
+    assert_eq!(LENT_RELEASES.load(Ordering::SeqCst), before + 1);
+
+    // An error outcome releases nothing twice either.
+    let abi = lent_response(1000, map, AbiBody::empty());
+    let err = fetch_result(AbiFetchOutcome::ok(abi), None).expect_err("invalid status");
+    assert_eq!(err.message(), "invalid response: invalid status code 1000");
+    assert_eq!(LENT_RELEASES.load(Ordering::SeqCst), before + 2);
 }
 
 // ---------------------------------------------------------------------------------------------
