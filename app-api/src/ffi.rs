@@ -299,6 +299,28 @@ unsafe fn header_slice<'a>(headers: AbiHeaders) -> &'a [AbiHeader] {
     }
 }
 
+/// Copies the valid headers of `headers` into a [`HeaderMap`], skipping any other: for headers
+/// the other side promises are valid, read long after they arrived, where an error would have
+/// no one to go to.
+///
+/// # Safety
+/// `headers` must be readable for the duration of this call.
+unsafe fn valid_headers(headers: AbiHeaders) -> HeaderMap {
+    // SAFETY: forwarded to the caller.
+    let list = unsafe { header_slice(headers) };
+    let mut map = HeaderMap::with_capacity(list.len());
+    for header in list {
+        // SAFETY: each name and value is readable as long as the array.
+        let (name, value) = unsafe { (header.name.as_bytes(), header.value.as_bytes()) };
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
 /// Copies borrowed headers into a [`HeaderMap`], validating names and values.
 ///
 /// # Safety
@@ -880,18 +902,7 @@ impl LentHeaders {
     /// values; one that is not would be skipped, not trusted.
     pub(crate) fn to_map(&self) -> HeaderMap {
         // SAFETY: borrowed from `owner`, which is released only when `self` is dropped.
-        let list = unsafe { header_slice(self.list) };
-        let mut map = HeaderMap::with_capacity(list.len());
-        for header in list {
-            // SAFETY: each name and value lives as long as the array.
-            let (name, value) = unsafe { (header.name.as_bytes(), header.value.as_bytes()) };
-            if let (Ok(name), Ok(value)) =
-                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
-            {
-                map.append(name, value);
-            }
-        }
-        map
+        unsafe { valid_headers(self.list) }
     }
 }
 
@@ -1419,18 +1430,7 @@ impl LentRequest {
     /// is not would be skipped, not trusted.
     pub(crate) fn header_map(&self) -> HeaderMap {
         // SAFETY: lent memory, valid while `_lender` is held (ABI 1.3).
-        let list = unsafe { header_slice(self.headers) };
-        let mut map = HeaderMap::with_capacity(list.len());
-        for header in list {
-            // SAFETY: each name and value is lent under the same contract as the array.
-            let (name, value) = unsafe { (header.name.as_bytes(), header.value.as_bytes()) };
-            if let (Ok(name), Ok(value)) =
-                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
-            {
-                map.append(name, value);
-            }
-        }
-        map
+        unsafe { valid_headers(self.headers) }
     }
 }
 
