@@ -153,14 +153,14 @@ fn check_header(header: &DescriptorHeader) -> Result<(), LoadError> {
 #[derive(Debug)]
 pub struct RequestView<'a> {
     pub method: &'a str,
-    pub uri: &'a str,
+    pub uri: &'a http::Uri,
     pub version: http::Version,
     pub headers: &'a HeaderMap,
     pub peer_addr: Option<std::net::SocketAddr>,
     pub local_addr: Option<std::net::SocketAddr>,
-    pub mount_prefix: &'a str,
-    pub path: &'a str,
-    pub query: &'a str,
+    /// The length of the app's mount at the start of the path (the router matched it there
+    /// byte for byte).
+    pub mount_len: usize,
 }
 
 /// A request lent to an app (ABI 1.3). What the app reads of it is copied once, into the
@@ -280,28 +280,32 @@ impl LentRequest {
         }
     }
 
-    /// Copies `view` in, in one walk over its headers. Parts of `view` that lie within its
-    /// target (the path, the query and the mount prefix usually do) are found there rather
-    /// than copied again.
+    /// Copies `view` in, in one walk over its headers. The target is written as an app sees
+    /// it (origin form as received, anything else formatted like `Uri`'s `Display`), and the
+    /// mount prefix, the path below it and the query are read out of it, not copied again.
     fn fill(&mut self, view: &RequestView<'_>) {
-        let target = view.uri;
-        let within = |part: &str| {
-            let at = (part.as_ptr() as usize).wrapping_sub(target.as_ptr() as usize);
-            (at <= target.len() && part.len() <= target.len() - at).then_some(at)
-        };
+        let uri = view.uri;
         let mut text = Text {
             inline: &mut self.inline,
             spilled: &mut self.spilled,
             len: 0,
         };
-        text.push(target.as_bytes());
+        if let Some(scheme) = uri.scheme_str() {
+            text.push(scheme.as_bytes());
+            text.push(b"://");
+        }
+        if let Some(authority) = uri.authority() {
+            text.push(authority.as_str().as_bytes());
+        }
+        let path = uri.path();
+        let path_at = text.push(path.as_bytes());
+        let query = uri.query().map(|query| {
+            text.push(b"?");
+            (text.push(query.as_bytes()), query.len())
+        });
+        let target_len = text.len;
         let method_at = text.push(view.method.as_bytes());
-        let mut span = |part: &str| match within(part) {
-            Some(at) => (at, part.len()),
-            None if part.is_empty() => (0, 0),
-            None => (text.push(part.as_bytes()), part.len()),
-        };
-        let (prefix, path, query) = (span(view.mount_prefix), span(view.path), span(view.query));
+        let mount_len = view.mount_len.min(path.len());
         let headers_at = text.len;
         for (name, value) in view.headers {
             let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
@@ -329,11 +333,15 @@ impl LentRequest {
             header.value = piece(at + name_len, value_len);
             at += name_len + value_len;
         }
-        self.uri = piece(0, target.len());
+        self.uri = piece(0, target_len);
         self.method = piece(method_at, view.method.len());
-        self.mount_prefix = piece(prefix.0, prefix.1);
-        self.path = piece(path.0, path.1);
-        self.query = piece(query.0, query.1);
+        self.mount_prefix = piece(path_at, mount_len);
+        // The part below the mount, `/` when the request named the mount itself.
+        self.path = match path.len() - mount_len {
+            0 => AbiStr::from_static("/"),
+            below => piece(path_at + mount_len, below),
+        };
+        self.query = query.map_or(AbiStr::from_static(""), |(at, len)| piece(at, len));
         self.version = version_to_abi(view.version);
         self.peer_addr = berth_app::ffi::socket_addr_to_abi(view.peer_addr);
         self.local_addr = berth_app::ffi::socket_addr_to_abi(view.local_addr);
@@ -352,26 +360,6 @@ impl LentRequest {
             mount_prefix: self.mount_prefix,
             path: self.path,
             query: self.query,
-        }
-    }
-}
-
-/// The request target as an app sees it: an origin-form URI (`/path?query`, what servers
-/// receive) borrowed as it is, anything else formatted.
-pub fn request_target(uri: &http::Uri) -> std::borrow::Cow<'_, str> {
-    match uri.path_and_query() {
-        Some(pq) if uri.scheme().is_none() && uri.authority().is_none() => {
-            std::borrow::Cow::Borrowed(pq.as_str())
-        }
-        _ => {
-            // Sized up front: formatting into an empty string grows it three times.
-            let len = uri.scheme_str().map_or(0, |s| s.len() + 3)
-                + uri.authority().map_or(0, |a| a.as_str().len())
-                + uri.path_and_query().map_or(1, |pq| pq.as_str().len());
-            let mut text = String::with_capacity(len);
-            // Writing to a String cannot fail.
-            let _ = std::fmt::Write::write_fmt(&mut text, format_args!("{uri}"));
-            std::borrow::Cow::Owned(text)
         }
     }
 }
@@ -566,15 +554,20 @@ mod tests {
 
     #[test]
     fn a_lent_request_reads_back_exactly_whether_inline_or_spilled() {
-        let target = "/app/sub?q=1";
-        let elsewhere = String::from("/app");
-        // (mount prefix, path, query): within the target, or not (copied).
-        let layouts = [
-            (&target[..4], &target[4..8], &target[9..]),
-            (elsewhere.as_str(), "/", ""),
+        // (request target, mount length): (target as the app sees it, prefix, path, query).
+        let cases = [
+            ("/app/sub?q=1", 4, ("/app/sub?q=1", "/app", "/sub", "q=1")),
+            ("/app", 4, ("/app", "/app", "/", "")),
+            ("/app/?", 4, ("/app/?", "/app", "/", "")),
+            (
+                "http://example.com:8080/app/x?a=b",
+                4,
+                ("http://example.com:8080/app/x?a=b", "/app", "/x", "a=b"),
+            ),
         ];
         for value_len in [1, LentRequest::INLINE, 3 * LentRequest::INLINE] {
-            for (prefix, path, query) in layouts {
+            for (target, mount_len, (want_target, prefix, path, query)) in cases {
+                let uri: http::Uri = target.parse().expect("valid target");
                 let mut headers = HeaderMap::new();
                 let long = HeaderValue::from_bytes(&vec![b'v'; value_len]).expect("valid");
                 headers.append("x-long", long);
@@ -585,14 +578,12 @@ mod tests {
                 }
                 let view = RequestView {
                     method: "PATCH",
-                    uri: target,
+                    uri: &uri,
                     version: http::Version::HTTP_2,
                     headers: &headers,
                     peer_addr: None,
                     local_addr: None,
-                    mount_prefix: prefix,
-                    path,
-                    query,
+                    mount_len,
                 };
                 let mut lent = Box::new(LentRequest::none());
                 lent.fill(&view);
@@ -609,7 +600,7 @@ mod tests {
                 };
                 let want_strs = [
                     b"PATCH".to_vec(),
-                    target.into(),
+                    want_target.into(),
                     prefix.into(),
                     path.into(),
                     query.into(),
@@ -618,7 +609,8 @@ mod tests {
                     .iter()
                     .map(|(n, v)| (n.as_str().into(), v.as_bytes().into()))
                     .collect();
-                assert_eq!(got, (want_strs, want_pairs), "value of {value_len} bytes");
+                let context = format!("{target} with a value of {value_len} bytes");
+                assert_eq!(got, (want_strs, want_pairs), "{context}");
                 assert_eq!(abi.version, HTTP_2);
             }
         }

@@ -41,9 +41,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use http::{HeaderMap, Method, StatusCode, Uri};
 
-use crate::bridge::{
-    Plugin, RequestView, hook_result, outcome_into_parts, request_scope, request_target,
-};
+use crate::bridge::{Plugin, RequestView, hook_result, outcome_into_parts, request_scope};
 use crate::config::Config;
 use crate::loader::{ShadowDir, check_complete, read_image};
 use crate::outbound::Outbound;
@@ -204,14 +202,12 @@ impl LoadedApp {
     ) -> Result<(StatusCode, HeaderMap, Bytes), CallError> {
         let view = RequestView {
             method: method.as_str(),
-            uri: &request_target(uri),
+            uri,
             version: http::Version::HTTP_11,
             headers,
             peer_addr: None,
             local_addr: None,
-            mount_prefix: "",
-            path: uri.path(),
-            query: uri.query().unwrap_or(""),
+            mount_len: 0,
         };
         let scope = request_scope(self.services()?, None, &view);
         let future = self.plugin.handle(scope, AbiBody::full(body));

@@ -20,15 +20,6 @@ pub struct Route<'r> {
     pub mount_len: usize,
 }
 
-/// The part of `path` below a mount of `mount_len` bytes, starting with `/` (`/` when the
-/// request named the mount itself).
-pub fn below_mount(path: &str, mount_len: usize) -> &str {
-    match path.get(mount_len..) {
-        Some(below) if !below.is_empty() => below,
-        _ => "/",
-    }
-}
-
 impl Router {
     /// A router mounting each app at its `mount`.
     pub fn new(apps: impl IntoIterator<Item = Arc<AppVersion>>) -> Self {

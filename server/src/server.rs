@@ -20,14 +20,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::bridge::{RequestView, outcome_into_parts, request_scope, request_target};
+use crate::bridge::{RequestView, outcome_into_parts, request_scope};
 use crate::config::Config;
 use crate::config::Limits;
 use crate::drain::{self, Drain};
 use crate::outbound::Outbound;
 use crate::plugin::{RequestScope, limited_incoming_to_abi};
 use crate::registry::{AppVersion, InFlight, Registry, Rescan};
-use crate::router::{Router, below_mount};
+use crate::router::Router;
 use crate::{admin, conn, tls, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -453,23 +453,17 @@ fn start(
 ) -> Started {
     let max_body = app.max_body_size;
     let deadline = tokio::time::Instant::now() + app.request_timeout;
-    let uri = request_target(&parts.uri);
-    let path = parts.uri.path();
     let scope = request_scope(
         &app.services,
         Some(deadline),
         &RequestView {
             method: parts.method.as_str(),
-            uri: &uri,
+            uri: &parts.uri,
             version: parts.version,
             headers: &parts.headers,
             peer_addr: Some(connection.peer),
             local_addr: connection.local,
-            // The router matched the mount byte for byte at the start of the path; taken from
-            // the path, it lies within the target and is not copied again.
-            mount_prefix: path.get(..mount_len).unwrap_or(&app.mount),
-            path: below_mount(path, mount_len),
-            query: parts.uri.query().unwrap_or(""),
+            mount_len,
         },
     );
     let body = limited_incoming_to_abi(body, max_body, Arc::clone(&scope));
