@@ -41,8 +41,10 @@
 //! * **Minor** bump: something is *appended* — a new function at the end of [`HostVTable`] (which
 //!   carries its own `size`, so a plugin can see whether a capability exists), a new field at the
 //!   end of [`AppDescriptor`] (which carries its `size`, read according to the plugin's minor), a
-//!   new tag value that old peers never produce. Push the new fingerprint onto
-//!   [`LAYOUT_FINGERPRINTS`]; never edit older entries.
+//!   new tag value that old peers never produce — or the host promises more than before, which
+//!   older plugins need not rely on (1.3: the request is lent, see [`AbiRequest`]). Push the new
+//!   fingerprint onto [`LAYOUT_FINGERPRINTS`] (the same value when no layout changed); never
+//!   edit older entries.
 //! * **Major** bump: anything else — a field reordered, resized, removed or retyped, a tag's
 //!   meaning changed, a new version of `async-ffi`'s ABI. Old plugins are then refused.
 //!
