@@ -175,8 +175,8 @@ pub struct RequestView<'a> {
 /// The pointers it hands out point into itself: it is filled only where it stays, inside its
 /// scope's `Arc` ([`request_scope`]).
 pub struct LentRequest {
-    /// Method, target, mount prefix, path, query, then each header's name and value, in
-    /// `inline` or, when they do not fit there, in `spilled`. Never changed after
+    /// The target (which holds the path and the query), the method, then each header's name
+    /// and value: in `inline` or, when they do not fit there, in `spilled`. Never changed after
     /// [`request_scope`] filled them.
     inline: [u8; LentRequest::INLINE],
     spilled: Vec<u8>,

@@ -190,9 +190,9 @@ impl LoadedApp {
 
     /// Calls the app with one request and reads its whole response: status, headers and body.
     ///
-    /// This is the server's dispatch minus routing and HTTP: the request view is borrowed
-    /// across the boundary, the plugin's `handle` starts the app's future, that future is
-    /// polled here, and the outcome and every body chunk are taken back through the ABI.
+    /// This is the server's dispatch minus routing and HTTP: the request is lent across the
+    /// boundary, the plugin's `handle` starts the app's future, that future is polled here,
+    /// and the outcome and every body chunk are taken back through the ABI.
     pub async fn call(
         &self,
         method: &Method,
