@@ -342,7 +342,7 @@ pub unsafe fn headers_from_abi(headers: AbiHeaders) -> Result<HeaderMap, Boundar
                 ))
             })?;
             let value = recent
-                .value(value)
+                .value(&name, value)
                 .map_err(|_| BoundaryError(format!("invalid value for header {name}")))?;
             map.append(name, value);
         }

@@ -50,6 +50,19 @@ pub(crate) mod recent {
 
     use http::header::{HeaderName, HeaderValue, InvalidHeaderName, InvalidHeaderValue};
 
+    /// The only headers whose values are kept: standard ones whose values are the same for
+    /// many answers. Any other value (a cookie, a token, a tag) is not kept past its answer.
+    static REPEATED: [HeaderName; 8] = [
+        http::header::CONTENT_TYPE,
+        http::header::CACHE_CONTROL,
+        http::header::CONTENT_ENCODING,
+        http::header::VARY,
+        http::header::SERVER,
+        http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::header::STRICT_TRANSPORT_SECURITY,
+    ];
+
     /// Slots per kind. Each holds the last name (value) whose slot index its bytes give.
     const SLOTS: usize = 8;
     /// Longer names and values are not kept: they rarely repeat.
@@ -100,6 +113,15 @@ pub(crate) mod recent {
     }
 
     impl Recent {
+        /// Whether a value equal to `bytes` is kept.
+        #[cfg(test)]
+        pub(crate) fn keeps(&self, bytes: &[u8]) -> bool {
+            self.values
+                .iter()
+                .flatten()
+                .any(|value| value.as_bytes() == bytes)
+        }
+
         /// [`HeaderName::from_bytes`], shared with the last equal name seen.
         pub(crate) fn name(&mut self, bytes: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
             fn as_bytes(name: &HeaderName) -> &[u8] {
@@ -108,8 +130,16 @@ pub(crate) mod recent {
             shared(&mut self.names, bytes, as_bytes, HeaderName::from_bytes)
         }
 
-        /// [`HeaderValue::from_bytes`], shared with the last equal value seen.
-        pub(crate) fn value(&mut self, bytes: &[u8]) -> Result<HeaderValue, InvalidHeaderValue> {
+        /// [`HeaderValue::from_bytes`] for header `name`, shared with the last equal value seen
+        /// when `name` is one of the [`REPEATED`].
+        pub(crate) fn value(
+            &mut self,
+            name: &HeaderName,
+            bytes: &[u8],
+        ) -> Result<HeaderValue, InvalidHeaderValue> {
+            if !REPEATED.contains(name) {
+                return HeaderValue::from_bytes(bytes);
+            }
             shared(
                 &mut self.values,
                 bytes,
@@ -144,18 +174,30 @@ mod tests {
                 }
             }
             let values: [&[u8]; 5] = [b"text/plain", b"a", b"b\xff", b"text/plain", &long];
+            let set_cookie = http::header::SET_COOKIE;
             for _ in 0..3 {
                 for value in values {
-                    assert_eq!(recent.value(value).expect("valid").as_bytes(), value);
+                    for name in [&http::header::CONTENT_TYPE, &set_cookie] {
+                        assert_eq!(recent.value(name, value).expect("valid").as_bytes(), value);
+                    }
                 }
             }
+            // A cookie's value is never kept, a content type's is.
+            let kept = |recent: &recent::Recent, value: &[u8]| recent.keeps(value);
+            recent.value(&set_cookie, b"session=secret").expect("valid");
+            assert!(!kept(recent, b"session=secret"));
+            recent
+                .value(&http::header::CONTENT_TYPE, b"text/html")
+                .expect("valid");
+            assert!(kept(recent, b"text/html"));
             assert!(recent.name(b"bad name").is_err());
             assert!(
                 recent.name(b"bad name").is_err(),
                 "an invalid name is never kept"
             );
-            assert!(recent.value(b"line\r\nbreak").is_err());
-            assert!(recent.value(b"line\r\nbreak").is_err());
+            let content_type = &http::header::CONTENT_TYPE;
+            assert!(recent.value(content_type, b"line\r\nbreak").is_err());
+            assert!(recent.value(content_type, b"line\r\nbreak").is_err());
         });
     }
 }
