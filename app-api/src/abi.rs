@@ -234,8 +234,9 @@ pub struct AbiRequest {
 /// A response head plus body, produced by one side and consumed by the other: by the app for its
 /// answer, by the host for an outbound fetch.
 ///
-/// The receiver copies `status` and `headers`, then calls `release(owner)` exactly once, which
-/// frees the header storage in the producer. `body` moves to the receiver (see [`AbiBody`]).
+/// The receiver reads `status` and `headers` (copying them, or in place for as long as it
+/// needs them), then calls `release(owner)` exactly once, which frees the header storage in the
+/// producer. `body` moves to the receiver (see [`AbiBody`]).
 #[repr(C)]
 #[derive(Debug)]
 pub struct AbiResponse {

@@ -923,7 +923,7 @@ impl fmt::Debug for LentHeaders {
     }
 }
 
-/// Where a response's headers live until the receiver has copied them. The `list` borrows from
+/// Where a response's headers live until the receiver releases them. The `list` borrows from
 /// `headers` in the same heap block. Freed by the receiver's `release`.
 struct ResponseHead<H, const N: usize> {
     headers: H,
