@@ -6,6 +6,7 @@
 //! (omitted: the scheme's default port). A request is matched on the URL the app asked for —
 //! never on a `Host` header it set — so a header cannot smuggle a request past the list.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use http::Uri;
@@ -117,19 +118,56 @@ impl fmt::Display for HostPattern {
     }
 }
 
-/// `host[:port]`, with IPv6 literals in brackets.
+/// `host[:port]`, with IPv6 literals in brackets (returned without them). Byte searches: this
+/// runs on every fetch, and `http`'s `Uri::host` and `Uri::port` cost more than the rest of
+/// the check together.
 fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
     if let Some(rest) = text.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = match after {
+        let close = rest.bytes().position(|b| b == b']')?;
+        let port = match &rest[close + 1..] {
             "" => None,
             port => Some(port.strip_prefix(':')?),
         };
-        return Some((host, port));
+        return Some((&rest[..close], port));
     }
-    match text.rsplit_once(':') {
-        Some((host, port)) => Some((host, Some(port))),
+    match text.bytes().rposition(|b| b == b':') {
+        Some(colon) => Some((&text[..colon], Some(&text[colon + 1..]))),
         None => Some((text, None)),
+    }
+}
+
+/// Where an absolute URL goes: what an allowlist is matched on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target<'a> {
+    scheme: Cow<'a, str>,
+    host: Cow<'a, str>,
+    port: u16,
+}
+
+impl<'a> Target<'a> {
+    /// The scheme, host and port of `uri`, in lower case, the port defaulting to the scheme's;
+    /// `None` when `uri` is not absolute or has no host. User information is skipped.
+    pub fn of(uri: &'a Uri) -> Option<Self> {
+        let (scheme, authority) = (uri.scheme_str()?, uri.authority()?.as_str());
+        let after_user = authority
+            .bytes()
+            .rposition(|b| b == b'@')
+            .map_or(authority, |at| &authority[at + 1..]);
+        let (host, port) = split_host_port(after_user)?;
+        if host.is_empty() {
+            return None;
+        }
+        let scheme = lowercase(scheme);
+        let port = match port.and_then(|port| port.parse().ok()) {
+            Some(port) => port,
+            None if scheme == "https" => 443,
+            None => 80,
+        };
+        Some(Target {
+            scheme,
+            host: lowercase(host),
+            port,
+        })
     }
 }
 
@@ -143,17 +181,10 @@ impl Allowlist {
             .map(Allowlist)
     }
 
-    /// Whether the list lets an app call `uri` (an absolute URL).
-    pub fn allows(&self, uri: &Uri) -> bool {
-        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
-            return false;
-        };
-        let scheme = lowercase(scheme);
-        let host = lowercase(host.trim_start_matches('[').trim_end_matches(']'));
-        let port = uri
-            .port_u16()
-            .unwrap_or(if scheme == "https" { 443 } else { 80 });
-        self.0.iter().any(|p| p.matches(&scheme, &host, port))
+    /// Whether the list lets an app call `target`.
+    pub fn allows(&self, target: &Target<'_>) -> bool {
+        let Target { scheme, host, port } = target;
+        self.0.iter().any(|p| p.matches(scheme, host, *port))
     }
 
     /// Whether the list is empty (every request denied).
@@ -163,11 +194,11 @@ impl Allowlist {
 }
 
 /// `text` in lower case, copied only when it has an upper-case letter (checked on every fetch).
-fn lowercase(text: &str) -> std::borrow::Cow<'_, str> {
+fn lowercase(text: &str) -> Cow<'_, str> {
     if text.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(text.to_ascii_lowercase())
+        Cow::Owned(text.to_ascii_lowercase())
     } else {
-        std::borrow::Cow::Borrowed(text)
+        Cow::Borrowed(text)
     }
 }
 
@@ -177,7 +208,8 @@ mod tests {
 
     fn allows(entries: &[&str], url: &str) -> bool {
         let list = Allowlist::parse(entries).expect("valid entries");
-        list.allows(&url.parse().expect("valid URL"))
+        let uri: Uri = url.parse().expect("valid URL");
+        list.allows(&Target::of(&uri).expect("absolute URL with a host"))
     }
 
     #[test]
@@ -220,6 +252,31 @@ mod tests {
         assert!(!allows(&list, "https://example.com/"));
         assert!(!allows(&list, "https://badexample.com/"));
         assert!(!allows(&list, "https://example.com.evil.net/"));
+    }
+
+    #[test]
+    fn a_target_is_the_lowercase_scheme_host_and_port_without_user() {
+        let target = |url: &str| {
+            let uri: Uri = url.parse().expect("valid URL");
+            Target::of(&uri).map(|t| (t.scheme.into_owned(), t.host.into_owned(), t.port))
+        };
+        let owned = |scheme: &str, host: &str, port| Some((scheme.into(), host.into(), port));
+        assert_eq!(
+            target("http://Example.COM/a"),
+            owned("http", "example.com", 80)
+        );
+        assert_eq!(target("https://a.test/"), owned("https", "a.test", 443));
+        assert_eq!(target("http://a.test:8080"), owned("http", "a.test", 8080));
+        assert_eq!(target("http://a.test:/x"), owned("http", "a.test", 80));
+        assert_eq!(target("https://[::1]:8443/"), owned("https", "::1", 8443));
+        assert_eq!(target("http://[::1]/"), owned("http", "::1", 80));
+        // The user part cannot pose as the host.
+        assert_eq!(
+            target("http://allowed.test:1@evil.test:9/"),
+            owned("http", "evil.test", 9)
+        );
+        assert_eq!(target("/relative"), None);
+        assert_eq!(target("http://:80/"), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
 
+use crate::allowlist::{Allowlist, Target};
 use crate::plugin::OutboundPolicy;
 
 /// Why an outbound request failed; each becomes a `FETCH_*` tag for the app.
@@ -73,21 +74,7 @@ impl Outbound {
     + Send
     + 'static {
         let limit = exchange.timeout.unwrap_or(self.default_timeout);
-        let request = build_request(exchange).and_then(|request| {
-            if policy.allowlist.allows(request.uri()) {
-                Ok(request)
-            } else {
-                let uri = request.uri();
-                let origin = format!(
-                    "{}://{}",
-                    uri.scheme_str().unwrap_or("?"),
-                    uri.authority().map_or("?", |a| a.as_str())
-                );
-                Err(FetchFailure::Denied(format!(
-                    "app {app:?} may not call {origin}: it is not in the app's allowed_outbound_hosts"
-                )))
-            }
-        });
+        let request = build_request(exchange, &policy.allowlist, app);
         let permits = Arc::clone(&policy.permits);
         let client = Arc::clone(&self.client);
         async move {
@@ -129,7 +116,12 @@ pub struct Exchange<'a> {
     pub timeout: Option<Duration>,
 }
 
-fn build_request(exchange: Exchange<'_>) -> Result<Request<ForeignBody>, FetchFailure> {
+/// Checks an app's request, and its URL against the app's allowlist.
+fn build_request(
+    exchange: Exchange<'_>,
+    allowlist: &Allowlist,
+    app: &str,
+) -> Result<Request<ForeignBody>, FetchFailure> {
     let Exchange {
         method,
         url,
@@ -151,8 +143,18 @@ fn build_request(exchange: Exchange<'_>) -> Result<Request<ForeignBody>, FetchFa
             )));
         }
     }
-    if uri.host().is_none() {
+    let Some(target) = Target::of(&uri) else {
         return Err(invalid(format!("URL has no host: {url:?}")));
+    };
+    if !allowlist.allows(&target) {
+        let origin = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or("?"),
+            uri.authority().map_or("?", |a| a.as_str())
+        );
+        return Err(FetchFailure::Denied(format!(
+            "app {app:?} may not call {origin}: it is not in the app's allowed_outbound_hosts"
+        )));
     }
     let mut request = Request::new(body);
     *request.method_mut() = method;
