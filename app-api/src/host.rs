@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use async_ffi::FfiFuture;
 use bytes::Bytes;
-use futures_util::future::{Either, select};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 
@@ -115,17 +114,13 @@ impl Host {
         }
     }
 
-    /// Runs `future`, giving up after `duration` (asyncio's `wait_for`). On time-out the future
-    /// is dropped, cancelling whatever it was waiting on.
-    pub async fn timeout<F: Future>(
-        &self,
-        duration: Duration,
-        future: F,
-    ) -> Result<F::Output, Elapsed> {
-        let future = std::pin::pin!(future);
-        match select(future, self.sleep(duration)).await {
-            Either::Left((output, _)) => Ok(output),
-            Either::Right(((), _)) => Err(Elapsed(duration)),
+    /// Runs `future`, giving up after `duration` (asyncio's `wait_for`), counted from this call.
+    /// On time-out the future is dropped, cancelling whatever it was waiting on.
+    pub fn timeout<F: Future>(&self, duration: Duration, future: F) -> Timeout<F> {
+        Timeout {
+            future,
+            timer: self.sleep(duration),
+            duration,
         }
     }
 
@@ -137,7 +132,7 @@ impl Host {
         if let Some(name) = request.invalid_header() {
             let message = format!("invalid header {name:?}");
             let error = FetchError::new(FetchErrorKind::InvalidRequest, message);
-            return Fetch(FetchInner::Ready(Some(Err(error))));
+            return Fetch(FetchInner::Ready(Some(Box::new(Err(error)))));
         }
         match &self.inner {
             Inner::Real(handle) => {
@@ -155,7 +150,7 @@ impl Host {
                 Fetch(FetchInner::Real(future, limit))
             }
             #[cfg(feature = "testing")]
-            Inner::Mock(mock) => Fetch(FetchInner::Ready(Some(mock.fetch(request)))),
+            Inner::Mock(mock) => Fetch(FetchInner::Ready(Some(Box::new(mock.fetch(request))))),
         }
     }
 
@@ -186,6 +181,42 @@ impl fmt::Debug for Sleep {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// The future of [`Host::timeout`]. A struct rather than an `async fn`: an async fn would
+    /// hold `future` twice (as its argument and pinned for polling), and an app's whole future
+    /// is moved into a box once per request.
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct Timeout<F> {
+        #[pin]
+        future: F,
+        timer: Sleep,
+        duration: Duration,
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        let duration = *this.duration;
+        Pin::new(this.timer)
+            .poll(cx)
+            .map(|()| Err(Elapsed(duration)))
+    }
+}
+
+impl<F> fmt::Debug for Timeout<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timeout")
+            .field("duration", &self.duration)
+            .finish_non_exhaustive()
+    }
+}
+
 /// [`Host::timeout`] ran out of time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed(pub Duration);
@@ -204,7 +235,9 @@ pub struct Fetch(FetchInner);
 
 enum FetchInner {
     Real(FfiFuture<AbiFetchOutcome>, Option<u64>),
-    Ready(Option<Result<FetchResponse, FetchError>>),
+    /// Boxed: rare (a header the app could not set, or a mock host), and inline it would size
+    /// every fetch's future for a whole response.
+    Ready(Option<Box<Result<FetchResponse, FetchError>>>),
 }
 
 impl Future for Fetch {
@@ -218,12 +251,15 @@ impl Future for Fetch {
                     .poll(cx)
                     .map(|outcome| crate::ffi::fetch_result(outcome, limit))
             }
-            FetchInner::Ready(result) => Poll::Ready(result.take().unwrap_or_else(|| {
-                Err(FetchError::new(
-                    FetchErrorKind::Other,
-                    "fetch polled after completion",
-                ))
-            })),
+            FetchInner::Ready(result) => Poll::Ready(result.take().map_or_else(
+                || {
+                    Err(FetchError::new(
+                        FetchErrorKind::Other,
+                        "fetch polled after completion",
+                    ))
+                },
+                |result| *result,
+            )),
         }
     }
 }

@@ -67,6 +67,7 @@ pub use bytes::Bytes;
 pub use config::AppConfig;
 pub use host::{
     Elapsed, Fetch, FetchError, FetchErrorKind, FetchResponse, Host, Level, OutboundRequest, Sleep,
+    Timeout,
 };
 pub use http::{self, HeaderMap, Method, StatusCode, Uri, Version, header};
 pub use request::{Request, RequestBuilder};

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 
 use berth_app::ffi::ForeignBody;
 use http::{HeaderMap, Method, Request, Response, Uri};
@@ -70,35 +70,52 @@ impl Outbound {
         app: &str,
         exchange: Exchange<'_>,
         policy: &OutboundPolicy,
-    ) -> impl Future<Output = Result<(Response<Incoming>, OwnedSemaphorePermit), FetchFailure>>
-    + Send
-    + 'static {
+    ) -> impl Future<Output = Exchanged> + Send + 'static {
+        use futures_util::future::{Either, FutureExt as _};
         let limit = exchange.timeout.unwrap_or(self.default_timeout);
-        let request = build_request(exchange, &policy.allowlist, app);
-        let permits = Arc::clone(&policy.permits);
-        let client = Arc::clone(&self.client);
-        async move {
-            let request = request?;
-            // Waiting for a permit counts inside the time limit.
-            let exchange = async {
-                let permit = permits
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| FetchFailure::Other("the app is being retired".into()))?;
-                let response = client.request(request).await.map_err(|err| {
-                    if err.is_connect() {
-                        FetchFailure::Connect(crate::error_chain(&err))
-                    } else {
-                        FetchFailure::Other(crate::error_chain(&err))
-                    }
-                })?;
-                Ok((response, permit))
-            };
-            tokio::time::timeout(limit, exchange)
-                .await
-                .unwrap_or(Err(FetchFailure::Timeout(limit)))
-        }
+        let request = match build_request(exchange, &policy.allowlist, app) {
+            Ok(request) => request,
+            Err(failure) => return Either::Left(std::future::ready(Err(failure))),
+        };
+        let retired = || FetchFailure::Other("the app is being retired".into());
+        // A permit is nearly always free: then the request is sent at once, and the future
+        // holds no more than hyper's. Waiting for one is rare, and boxed.
+        let exchange = match Arc::clone(&policy.permits).try_acquire_owned() {
+            Ok(permit) => Either::Left(send(&self.client, request, permit)),
+            Err(TryAcquireError::NoPermits) => {
+                let permits = Arc::clone(&policy.permits);
+                let client = Arc::clone(&self.client);
+                Either::Right(Box::pin(async move {
+                    let permit = permits.acquire_owned().await.map_err(|_| retired())?;
+                    send(&client, request, permit).await
+                }))
+            }
+            Err(TryAcquireError::Closed) => {
+                return Either::Left(std::future::ready(Err(retired())));
+            }
+        };
+        // Waiting for a permit counts inside the time limit. Combinators rather than an async
+        // block, which would hold the request and the exchange twice each (as captured and as
+        // awaited): the whole future is moved into a box per fetch.
+        let timed = tokio::time::timeout(limit, exchange)
+            .map(move |timed| timed.unwrap_or(Err(FetchFailure::Timeout(limit))));
+        Either::Right(timed)
     }
+}
+
+type Exchanged = Result<(Response<Incoming>, OwnedSemaphorePermit), FetchFailure>;
+
+/// Sends `request` and waits for the response head, holding `permit`.
+fn send(
+    client: &Client<HttpsConnector<HttpConnector>, ForeignBody>,
+    request: Request<ForeignBody>,
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = Exchanged> + Send + 'static {
+    futures_util::FutureExt::map(client.request(request), move |response| match response {
+        Ok(response) => Ok((response, permit)),
+        Err(err) if err.is_connect() => Err(FetchFailure::Connect(crate::error_chain(&err))),
+        Err(err) => Err(FetchFailure::Other(crate::error_chain(&err))),
+    })
 }
 
 /// An app's outbound request as the host received it.

@@ -223,25 +223,27 @@ impl RequestScope {
         exchange: Exchange<'_>,
     ) -> impl Future<Output = AbiFetchOutcome> + Send + 'static {
         let services = &self.services;
+        // The exchange's timer is made now, on the host's runtime even when the app calls from
+        // a thread of its own.
+        let _guard = services.runtime.enter();
         let exchange = services
             .outbound
             .fetch(&services.app, exchange, &services.policy);
-        let outcome = async move {
-            match exchange.await {
-                Ok((response, permit)) => {
-                    let (parts, body) = response.into_parts();
-                    let len = http_body::Body::size_hint(&body).exact();
-                    // The permit is released when the app is done with the body.
-                    let stream = futures_util::StreamExt::map(data_stream(body), move |chunk| {
-                        let _held = &permit;
-                        chunk
-                    });
-                    let body = AbiBody::from_stream(Box::pin(Relayed::new(stream)), len);
-                    AbiFetchOutcome::ok(AbiResponse::new(parts.status, parts.headers, body))
-                }
-                Err(failure) => failure.into_outcome(),
+        // A combinator, not an async block: that would hold the exchange twice.
+        let outcome = futures_util::FutureExt::map(exchange, |exchanged| match exchanged {
+            Ok((response, permit)) => {
+                let (parts, body) = response.into_parts();
+                let len = http_body::Body::size_hint(&body).exact();
+                // The permit is released when the app is done with the body.
+                let stream = futures_util::StreamExt::map(data_stream(body), move |chunk| {
+                    let _held = &permit;
+                    chunk
+                });
+                let body = AbiBody::from_stream(Box::pin(Relayed::new(stream)), len);
+                AbiFetchOutcome::ok(AbiResponse::new(parts.status, parts.headers, body))
             }
-        };
+            Err(failure) => failure.into_outcome(),
+        });
         let run = if tokio::runtime::Handle::try_current().is_ok() {
             futures_util::future::Either::Left(outcome)
         } else {
