@@ -8,8 +8,11 @@
 //!
 //! Only `#[repr(C)]` structs, integers, raw pointer + length pairs and `extern "C"` function
 //! pointers. Tags are plain integers (never Rust enums) so that a bad value from the other side is a
-//! reportable error rather than undefined behaviour. Futures cross as [`async_ffi::FfiFuture`]: a
-//! `#[repr(C)]` `{ptr, poll_fn, drop_fn}` whose waker is passed as a C vtable.
+//! reportable error rather than undefined behaviour. Futures cross as [`FfiFuture`]: a
+//! `#[repr(C)]` `{ptr, poll_fn, drop_fn}` whose waker is passed as a C vtable, in the layout of
+//! [async-ffi](https://docs.rs/async-ffi)'s ABI version 2 ([`FUTURE_ABI_VERSION`]). Plugins built
+//! with async-ffi's own types interoperate; Berth has its own so that a waker that crosses back
+//! to the side that made it arrives as itself (see `ffi`'s *Futures and wakers*).
 //!
 //! # Ownership
 //!
@@ -46,7 +49,7 @@
 //!   fingerprint onto [`LAYOUT_FINGERPRINTS`] (the same value when no layout changed); never
 //!   edit older entries.
 //! * **Major** bump: anything else — a field reordered, resized, removed or retyped, a tag's
-//!   meaning changed, a new version of `async-ffi`'s ABI. Old plugins are then refused.
+//!   meaning changed, a new version of the future ABI. Old plugins are then refused.
 //!
 //! [`LAYOUT_FINGERPRINTS`] holds literals and a compile-time assertion compares its last entry
 //! with the freshly computed [`LAYOUT_FINGERPRINT`], so a layout change cannot be committed
@@ -55,7 +58,64 @@
 use std::ffi::c_void;
 use std::mem::{align_of, offset_of, size_of};
 
-pub use async_ffi::{FfiContext, FfiFuture, FfiPoll};
+use std::marker::PhantomData;
+
+/// The version of async-ffi's ABI that [`FfiFuture`], [`FfiPoll`] and [`FfiContext`] reproduce
+/// (async-ffi 0.5's `ABI_VERSION`).
+pub const FUTURE_ABI_VERSION: u32 = 2;
+
+/// A future across the boundary, owned by whoever holds it: polled with `poll_fn`, freed with
+/// `drop_fn` exactly once. Made with `FfiFuture::new`, polled as a Rust future (`ffi` has both).
+#[repr(C)]
+pub struct FfiFuture<T> {
+    pub(crate) fut_ptr: *mut c_void,
+    pub(crate) poll_fn:
+        unsafe extern "C" fn(fut_ptr: *mut c_void, cx: *mut FfiContext<'_>) -> FfiPoll<T>,
+    pub(crate) drop_fn: unsafe extern "C" fn(fut_ptr: *mut c_void),
+}
+
+/// `std::task::Poll` across the boundary, and `Panicked` for a poll that panicked (the future is
+/// then only dropped). A `u8`-tagged C union, as async-ffi lays it out.
+#[repr(C, u8)]
+#[derive(Debug)]
+pub enum FfiPoll<T> {
+    /// The output.
+    Ready(T),
+    /// Not yet: the context's waker will be woken.
+    Pending,
+    /// The poll panicked.
+    Panicked,
+}
+
+/// The `Context` of one poll across the boundary: a borrowed waker, valid for that call only.
+#[repr(C)]
+pub struct FfiContext<'a> {
+    pub(crate) waker: *const FfiWakerBase,
+    pub(crate) _marker: PhantomData<&'a FfiWakerBase>,
+}
+
+/// What the other side sees of a waker: its vtable first, the maker's own data after it.
+#[repr(C)]
+#[derive(Debug)]
+pub struct FfiWakerBase {
+    /// The maker's functions for this waker.
+    pub vtable: *const FfiWakerVTable,
+}
+
+/// A waker's functions. `clone` returns a new owned waker; `wake` and `drop` consume an owned
+/// one; `wake_by_ref` works on any.
+#[repr(C)]
+#[derive(Debug)]
+pub struct FfiWakerVTable {
+    /// Clones the waker.
+    pub clone: unsafe extern "C" fn(*const FfiWakerBase) -> *const FfiWakerBase,
+    /// Wakes and releases an owned waker.
+    pub wake: unsafe extern "C" fn(*const FfiWakerBase),
+    /// Wakes, keeping the waker.
+    pub wake_by_ref: unsafe extern "C" fn(*const FfiWakerBase),
+    /// Releases an owned waker.
+    pub drop: unsafe extern "C" fn(*const FfiWakerBase),
+}
 
 /// `b"BERTHAPP"` as a big-endian integer: the first 8 bytes of every descriptor.
 pub const MAGIC: u64 = u64::from_be_bytes(*b"BERTHAPP");
@@ -499,12 +559,12 @@ macro_rules! layout {
 }
 
 /// A compile-time hash of the size, alignment and field offsets of every boundary type, plus the
-/// target's pointer width and byte order and the `async-ffi` ABI version. Two builds agree on it
+/// target's pointer width and byte order and the future ABI's version. Two builds agree on it
 /// exactly when they agree on the layout of everything that crosses the boundary.
 pub const LAYOUT_FINGERPRINT: u64 = {
     let mut h = FNV_OFFSET;
     h = mix(h, ABI_MAJOR as u64);
-    h = mix(h, async_ffi::ABI_VERSION as u64);
+    h = mix(h, FUTURE_ABI_VERSION as u64);
     h = mix(h, usize::BITS as u64);
     h = mix(h, cfg!(target_endian = "little") as u64);
     h = layout!(h, AbiStr, ptr, len);

@@ -13,12 +13,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_ffi::FfiFuture;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 
-use crate::abi::{AbiFetchOutcome, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_TRACE, LOG_WARN};
+use crate::abi::{AbiFetchOutcome, FfiFuture, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_TRACE, LOG_WARN};
 use crate::body::{Body, BodyError};
 use crate::ffi::HostHandle;
 

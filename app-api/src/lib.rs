@@ -165,7 +165,7 @@ pub mod __private {
     pub use crate::ffi::{App, Descriptor, serve};
 
     /// A handler's future in ABI form, as [`serve`] makes it.
-    pub type HandleFuture = async_ffi::FfiFuture<crate::abi::AbiHandleOutcome>;
+    pub type HandleFuture = crate::abi::FfiFuture<crate::abi::AbiHandleOutcome>;
 
     /// The boxed future of a lifecycle hook.
     pub type HookFuture =

@@ -16,9 +16,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_ffi::{FfiFuture, FutureExt as _};
 use berth_app::abi::*;
-use berth_app::ffi::{ForeignBody, HandleFailure, HeaderList, catch, headers_from_abi};
+use berth_app::ffi::{
+    ForeignBody, HandleFailure, HeaderList, IntoFfi as _, catch, headers_from_abi,
+};
 use http::{HeaderMap, StatusCode};
 use libloading::os::unix::Library;
 

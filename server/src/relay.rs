@@ -1,11 +1,15 @@
-//! A waker of the host's own for host futures and streams that an app polls.
+//! A waker of the host's own for host futures and streams that an app polls with a waker of its
+//! own.
 //!
-//! An app polls a host future (a fetch, a body stream) with its own waker, which async-ffi hands
-//! over as a chain: every clone goes through both sides of the boundary and allocates on each,
-//! every wake and drop walks back the same way. hyper, tokio and the pool clone the waker they
-//! are given several times per fetch (channel, pool checkout, timer, body). [`Relayed`] gives
-//! them a waker of the host's own, whose clones are reference counts, and passes its wake-ups
-//! on to the app's waker, cloned once per poll that returns `Pending`.
+//! An app that polls a host future (a fetch, a body stream) with the context its request was
+//! polled with hands the host its own task's waker back (see `berth_app::ffi`'s *Futures and
+//! wakers*): nothing to do. An app that runs its own combinators with wakers of their own (a
+//! `FuturesUnordered`, say) hands over a waker of the plugin's, whose every clone goes through
+//! both sides of the boundary and allocates on each, and whose identity is new at each poll.
+//! hyper, tokio and the pool clone the waker they are given several times per fetch (channel,
+//! pool checkout, timer, body). For that case [`Relayed`] gives them a waker of the host's own,
+//! whose clones are reference counts, and passes its wake-ups on to the app's waker, cloned once
+//! per poll that returns `Pending`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,24 +38,25 @@ impl Wake for Relay {
 }
 
 pin_project_lite::pin_project! {
-    /// `inner` polled with the host's waker; see the module documentation.
+    /// `inner` polled with the host's waker when the app's is not; see the module documentation.
+    /// `relay` and its waker are made at the first poll with a waker of the app's; `relay_all`
+    /// relays every waker, the host's too (for the tests, whose wakers are all the host's).
     #[derive(Debug)]
     pub struct Relayed<T> {
         #[pin]
         inner: T,
-        relay: Arc<Relay>,
-        waker: Waker,
+        relay: Option<(Arc<Relay>, Waker)>,
+        relay_all: bool,
     }
 }
 
 impl<T> Relayed<T> {
     /// Wraps a host future or stream that an app is going to poll.
     pub fn new(inner: T) -> Self {
-        let relay = Arc::new(Relay::default());
         Relayed {
             inner,
-            waker: Waker::from(Arc::clone(&relay)),
-            relay,
+            relay: None,
+            relay_all: false,
         }
     }
 
@@ -61,13 +66,20 @@ impl<T> Relayed<T> {
         poll: impl FnOnce(Pin<&mut T>, &mut Context<'_>) -> Poll<R>,
     ) -> Poll<R> {
         let this = self.project();
-        this.relay.woken.store(false, Ordering::SeqCst);
-        let result = poll(this.inner, &mut Context::from_waker(this.waker));
+        if !*this.relay_all && !berth_app::ffi::is_foreign_waker(cx.waker()) {
+            return poll(this.inner, cx);
+        }
+        let (relay, waker) = this.relay.get_or_insert_with(|| {
+            let relay = Arc::new(Relay::default());
+            (Arc::clone(&relay), Waker::from(relay))
+        });
+        relay.woken.store(false, Ordering::SeqCst);
+        let result = poll(this.inner, &mut Context::from_waker(waker));
         if result.is_pending() {
             // Registered only now, so a poll that finishes clones nothing. A wake-up that came
             // between the inner poll and this registration found no target: `woken` tells.
-            this.relay.target.register(cx.waker());
-            if this.relay.woken.load(Ordering::SeqCst) {
+            relay.target.register(cx.waker());
+            if relay.woken.load(Ordering::SeqCst) {
                 cx.waker().wake_by_ref();
             }
         }
@@ -101,6 +113,13 @@ mod tests {
 
     use super::*;
 
+    fn relaying_every_waker<T>(inner: T) -> Relayed<T> {
+        Relayed {
+            relay_all: true,
+            ..Relayed::new(inner)
+        }
+    }
+
     /// A waker that counts its wake-ups and its clones.
     #[derive(Default)]
     struct Counting {
@@ -116,7 +135,7 @@ mod tests {
     #[test]
     fn a_wake_up_reaches_the_last_poller_only() {
         let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
-        let mut relayed = Box::pin(Relayed::new(rx));
+        let mut relayed = Box::pin(relaying_every_waker(rx));
         let first = Arc::new(Counting::default());
         let second = Arc::new(Counting::default());
         let first_waker = Waker::from(Arc::clone(&first));
@@ -158,7 +177,7 @@ mod tests {
                 Poll::Pending
             }
         }
-        let mut relayed = Box::pin(Relayed::new(WakesWhilePolled(false)));
+        let mut relayed = Box::pin(relaying_every_waker(WakesWhilePolled(false)));
         let outer = Arc::new(Counting::default());
         let waker = Waker::from(Arc::clone(&outer));
         let mut cx = Context::from_waker(&waker);

@@ -434,7 +434,7 @@ fn dispatch(
 
 /// A request handed to its app: the app's future and the request's host state.
 struct Started {
-    future: async_ffi::FfiFuture<berth_app::abi::AbiHandleOutcome>,
+    future: berth_app::abi::FfiFuture<berth_app::abi::AbiHandleOutcome>,
     scope: Arc<RequestScope>,
     deadline: tokio::time::Instant,
     /// Boxed: the request's future is moved (for HTTP/2, into a task of its own) and holds this
