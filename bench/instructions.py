@@ -10,6 +10,7 @@ source of the published figures.
     python3 bench/instructions.py                       # Berth + hello and native-hello, HTTP/1.1
     python3 bench/instructions.py --h2 --top 30         # HTTP/2 (16 streams), the 30 costliest functions
     python3 bench/instructions.py --fetch http://127.0.0.1:8000/small.txt   # fetch, against an upstream you run
+    python3 bench/instructions.py --cache               # and the simulated L1 misses per request
 
 Each server runs under `valgrind --tool=callgrind`; after a warm-up of 500 requests its counters
 are zeroed, `h2load` sends `--n` requests over 8 connections, and the counters are dumped. Only
@@ -57,10 +58,27 @@ def self_costs(path):
     return costs
 
 
-def measure(name, argv, path, n, h2, top, keep):
+def event_totals(path):
+    """Every event's total (exclusive costs summed), by the names on the file's `events:` line."""
+    names, totals, call_cost_next = [], collections.Counter(), False
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("events:"):
+            names = line.split()[1:]
+        elif line.startswith("calls="):
+            call_cost_next = True
+        elif line[:1] in set("0123456789+-*"):
+            if not call_cost_next:
+                for event, value in zip(names, line.split()[1:]):
+                    totals[event] += int(value)
+            call_cost_next = False
+    return totals
+
+
+def measure(name, argv, path, n, h2, top, keep, cache=False):
     out = Path(tempfile.mkdtemp(prefix="berth-callgrind-")) / "callgrind.out"
     port = free_port()
     cmd = ["valgrind", "--tool=callgrind", "--compress-strings=no", "--compress-pos=no",
+           *(["--cache-sim=yes"] if cache else []),
            f"--callgrind-out-file={out}", *[a.replace("PORT", str(port)) for a in argv]]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}{path}"
@@ -88,6 +106,10 @@ def measure(name, argv, path, n, h2, top, keep):
     costs = self_costs(dump)
     total = sum(costs.values())
     print(f"{name}: {total / n:,.0f} instructions per request ({n:,} requests, {'HTTP/2' if h2 else 'HTTP/1.1'})")
+    if cache:
+        events = event_totals(dump)
+        data = events["D1mr"] + events["D1mw"]
+        print(f"  simulated L1 misses per request: {events['I1mr'] / n:,.0f} instruction, {data / n:,.0f} data")
     for fn, cost in costs.most_common(top):
         print(f"  {cost / n:8,.0f}  {fn[:140]}")
     if keep:
@@ -103,6 +125,8 @@ def main():
     parser.add_argument("--h2", action="store_true", help="HTTP/2 with 16 streams per connection")
     parser.add_argument("--top", type=int, default=0, help="list this many costliest functions")
     parser.add_argument("--fetch", metavar="URL", help="measure the fetch app against this upstream")
+    parser.add_argument("--cache", action="store_true",
+                        help="also simulate the L1 caches: missed lines of code and data per request")
     parser.add_argument("--keep", metavar="DIR", type=Path,
                         help="keep the callgrind dumps in DIR (for callgrind_annotate)")
     args = parser.parse_args()
@@ -121,8 +145,8 @@ def main():
     else:
         path = "/hello"
         native = [str(RELEASE / "native-hello"), "--listen", "127.0.0.1:PORT"]
-    ours = measure("Berth", berth, path, args.n, args.h2, args.top, args.keep)
-    theirs = measure("native", native, path, args.n, args.h2, args.top, args.keep)
+    ours = measure("Berth", berth, path, args.n, args.h2, args.top, args.keep, args.cache)
+    theirs = measure("native", native, path, args.n, args.h2, args.top, args.keep, args.cache)
     print(f"Berth / native: {ours / theirs:.2f}×")
     shutil.rmtree(apps, ignore_errors=True)
 
