@@ -193,10 +193,8 @@ unsafe fn local_waker<'a>(base: *const FfiWakerBase) -> Option<&'a Waker> {
 
 /// Runs a waker operation for the other side: a panic must not unwind into it.
 fn abort_on_panic<T>(what: &str, f: impl FnOnce() -> T) -> T {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        eprintln!("berth: a waker panicked in {what}; aborting");
-        std::process::abort()
-    })
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| abort_with(&format!("berth: a waker panicked in {what}; aborting\n")))
 }
 
 unsafe extern "C" fn clone_local(base: *const FfiWakerBase) -> *const FfiWakerBase {
@@ -228,8 +226,14 @@ unsafe extern "C" fn wake_local_by_ref(base: *const FfiWakerBase) {
 
 /// `wake` or `drop` of a lent waker: the other side broke the contract.
 unsafe extern "C" fn misused_local(_: *const FfiWakerBase) {
-    eprintln!("berth: a lent waker was consumed across the boundary; aborting");
-    std::process::abort();
+    abort_with("berth: a lent waker was consumed across the boundary; aborting\n");
+}
+
+/// Says why on stderr (without panicking if it cannot), then aborts.
+fn abort_with(message: &str) -> ! {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_all(message.as_bytes());
+    std::process::abort()
 }
 
 unsafe extern "C" fn wake_owned(base: *const FfiWakerBase) {
@@ -258,22 +262,26 @@ unsafe extern "C" fn drop_owned(base: *const FfiWakerBase) {
 // keeps the waker contract; an owned one is consumed exactly once, by `wake` or `drop`.
 unsafe fn clone_foreign(data: *const ()) -> RawWaker {
     let base = data.cast::<FfiWakerBase>();
+    // SAFETY: see above.
     let cloned = unsafe { ((*(*base).vtable).clone)(base) };
     RawWaker::new(cloned.cast(), &FOREIGN_VTABLE)
 }
 
 unsafe fn wake_foreign(data: *const ()) {
     let base = data.cast::<FfiWakerBase>();
+    // SAFETY: see above.
     unsafe { ((*(*base).vtable).wake)(base) }
 }
 
 unsafe fn wake_foreign_by_ref(data: *const ()) {
     let base = data.cast::<FfiWakerBase>();
+    // SAFETY: see above.
     unsafe { ((*(*base).vtable).wake_by_ref)(base) }
 }
 
 unsafe fn drop_foreign(data: *const ()) {
     let base = data.cast::<FfiWakerBase>();
+    // SAFETY: see above.
     unsafe { ((*(*base).vtable).drop)(base) }
 }
 

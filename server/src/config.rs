@@ -283,7 +283,8 @@ impl Default for Limits {
 pub struct OutboundConfig {
     /// Time limit to connect (default 5 s), inside the request's time limit.
     pub connect_timeout: Duration,
-    /// Most outbound requests one app has in flight at once (default 64); waiting for a
+    /// Most outbound requests one app has in flight at once (default 64). A fetch holds its
+    /// permit from the call that makes it until its response body is done; waiting for a
     /// permit counts inside the request's time limit. Per app `outbound_max_concurrency`.
     pub max_concurrency: usize,
     /// The largest response body an app may read whole into memory (default 16 MiB); per app
