@@ -40,38 +40,33 @@ def free_port():
         return s.getsockname()[1]
 
 
-def self_costs(path):
-    """Instructions per function (exclusive), from a callgrind output file written with
-    uncompressed names: cost lines under `fn=`, minus the lines that give a call's cost."""
-    costs = collections.Counter()
-    fn, call_cost_next = None, False
+def event_costs(path, events):
+    """Each of `events` per function (exclusive), from a callgrind output file written with
+    uncompressed names: cost lines under `fn=`, minus the lines that give a call's cost. The
+    columns are found by the file's `events:` line."""
+    costs = {event: collections.Counter() for event in events}
+    columns, fn, call_cost_next = [], None, False
     for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("fn="):
+        if line.startswith("events:"):
+            names = line.split()[1:]
+            columns = [(event, 1 + names.index(event)) for event in events]
+        elif line.startswith("fn="):
             fn = line[3:]
         elif line.startswith("calls="):
             call_cost_next = True
         elif line[:1] in set("0123456789+-*"):
             parts = line.split()
-            if len(parts) >= 2 and not call_cost_next:
-                costs[fn] += int(parts[1])
+            if not call_cost_next:
+                for event, column in columns:
+                    if column < len(parts):
+                        costs[event][fn] += int(parts[column])
             call_cost_next = False
     return costs
 
 
-def event_totals(path):
-    """Every event's total (exclusive costs summed), by the names on the file's `events:` line."""
-    names, totals, call_cost_next = [], collections.Counter(), False
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("events:"):
-            names = line.split()[1:]
-        elif line.startswith("calls="):
-            call_cost_next = True
-        elif line[:1] in set("0123456789+-*"):
-            if not call_cost_next:
-                for event, value in zip(names, line.split()[1:]):
-                    totals[event] += int(value)
-            call_cost_next = False
-    return totals
+def self_costs(path):
+    """Instructions per function (exclusive); see `event_costs`."""
+    return event_costs(path, ["Ir"])["Ir"]
 
 
 def measure(name, argv, path, n, h2, top, keep, cache=False):
@@ -103,13 +98,14 @@ def measure(name, argv, path, n, h2, top, keep, cache=False):
     if f"{n} succeeded" not in done.stdout:
         sys.exit(f"{name}: not every request succeeded:\n{done.stdout[-800:]}")
     dump = min(out.parent.glob("callgrind.out.*"), key=lambda p: p.name)
-    costs = self_costs(dump)
+    misses = ["I1mr", "D1mr", "D1mw"] if cache else []
+    by_event = event_costs(dump, ["Ir", *misses])
+    costs = by_event["Ir"]
     total = sum(costs.values())
     print(f"{name}: {total / n:,.0f} instructions per request ({n:,} requests, {'HTTP/2' if h2 else 'HTTP/1.1'})")
     if cache:
-        events = event_totals(dump)
-        data = events["D1mr"] + events["D1mw"]
-        print(f"  simulated L1 misses per request: {events['I1mr'] / n:,.0f} instruction, {data / n:,.0f} data")
+        code, read, written = (sum(by_event[event].values()) for event in misses)
+        print(f"  simulated L1 misses per request: {code / n:,.0f} instruction, {(read + written) / n:,.0f} data")
     for fn, cost in costs.most_common(top):
         print(f"  {cost / n:8,.0f}  {fn[:140]}")
     if keep:

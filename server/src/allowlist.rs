@@ -139,7 +139,8 @@ fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
 /// Where an absolute URL goes: what an allowlist is matched on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target<'a> {
-    scheme: Cow<'a, str>,
+    /// `http` and `https` are lower case however the URL spelled them (`http` parses them so).
+    scheme: &'a str,
     host: Cow<'a, str>,
     port: u16,
 }
@@ -157,7 +158,6 @@ impl<'a> Target<'a> {
         if host.is_empty() {
             return None;
         }
-        let scheme = lowercase(scheme);
         let port = match port.and_then(|port| port.parse().ok()) {
             Some(port) => port,
             None if scheme == "https" => 443,
@@ -258,7 +258,7 @@ mod tests {
     fn a_target_is_the_lowercase_scheme_host_and_port_without_user() {
         let target = |url: &str| {
             let uri: Uri = url.parse().expect("valid URL");
-            Target::of(&uri).map(|t| (t.scheme.into_owned(), t.host.into_owned(), t.port))
+            Target::of(&uri).map(|t| (t.scheme.to_owned(), t.host.into_owned(), t.port))
         };
         let owned = |scheme: &str, host: &str, port| Some((scheme.into(), host.into(), port));
         assert_eq!(
@@ -266,6 +266,7 @@ mod tests {
             owned("http", "example.com", 80)
         );
         assert_eq!(target("https://a.test/"), owned("https", "a.test", 443));
+        assert_eq!(target("HTTPS://A.test/"), owned("https", "a.test", 443));
         assert_eq!(target("http://a.test:8080"), owned("http", "a.test", 8080));
         assert_eq!(target("http://a.test:/x"), owned("http", "a.test", 80));
         assert_eq!(target("https://[::1]:8443/"), owned("https", "::1", 8443));
