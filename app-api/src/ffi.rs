@@ -392,18 +392,36 @@ unsafe extern "C" fn drop_boxed<F>(fut_ptr: *mut c_void) {
 // under the ABI contract (a host or app future may be polled from any runtime thread).
 unsafe impl<T> Send for FfiFuture<T> {}
 
-impl<T> Future for FfiFuture<T> {
-    type Output = T;
+/// A poll that panicked on the other side of the boundary (see [`FfiFuture::poll_caught`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Panicked;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+impl<T> FfiFuture<T> {
+    /// Polls it, with a poll that panicked on the other side as `Err(Panicked)` rather than
+    /// a panic here, as polling it as a `Future` resumes it: catching that costs the caller a
+    /// `catch_unwind` around every poll. After `Ready` or `Err`, only drop it.
+    #[inline]
+    pub fn poll_caught(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, Panicked>> {
         let (poll, fut_ptr) = (self.poll_fn, self.fut_ptr);
         // SAFETY: the future contract: `poll_fn(fut_ptr, cx)` with a context valid for the call,
         // until it is ready or has panicked (after which the caller only drops it).
         match cx.with_ffi_context(|cx| unsafe { poll(fut_ptr, cx) }) {
-            FfiPoll::Ready(output) => Poll::Ready(output),
+            FfiPoll::Ready(output) => Poll::Ready(Ok(output)),
             FfiPoll::Pending => Poll::Pending,
-            FfiPoll::Panicked => panic!("a future panicked on the other side of the boundary"),
+            FfiPoll::Panicked => Poll::Ready(Err(Panicked)),
         }
+    }
+}
+
+impl<T> Future for FfiFuture<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        self.poll_caught(cx).map(|polled| {
+            polled.unwrap_or_else(|Panicked| {
+                panic!("a future panicked on the other side of the boundary")
+            })
+        })
     }
 }
 
@@ -525,21 +543,26 @@ impl<const N: usize> HeaderList<N> {
     };
 
     fn borrow<H: HeaderSource + ?Sized>(headers: &H) -> Self {
+        let mut list = HeaderList::empty();
+        list.borrow_from(headers);
+        list
+    }
+
+    /// Points the (empty) list at every header of `headers`.
+    fn borrow_from<H: HeaderSource + ?Sized>(&mut self, headers: &H) {
         let borrow = |(name, value): (&http::HeaderName, &HeaderValue)| AbiHeader {
             name: AbiStr::new(name.as_str().as_bytes()),
             value: AbiStr::new(value.as_bytes()),
         };
-        let mut list = HeaderList::empty();
         let len = headers.count();
         if len <= Self::INLINE {
-            for (slot, header) in list.inline.iter_mut().zip(headers.pairs()) {
+            for (slot, header) in self.inline.iter_mut().zip(headers.pairs()) {
                 *slot = borrow(header);
             }
-            list.len = len;
+            self.len = len;
         } else {
-            list.spilled = headers.pairs().map(borrow).collect();
+            self.spilled = headers.pairs().map(borrow).collect();
         }
-        list
     }
 
     /// Appends a header; past [`HeaderList::INLINE`] the list moves to the heap.
@@ -1095,13 +1118,11 @@ impl AbiResponse {
         headers: H,
         body: AbiBody,
     ) -> Self {
-        let mut storage = Box::new(ResponseHead::<H, N> {
-            headers,
-            list: HeaderList::empty(),
-        });
-        // The list borrows the headers beside it in the same block, which does not move.
-        storage.list = HeaderList::borrow(&storage.headers);
-        let abi_headers = storage.list.as_abi();
+        let mut storage = Box::<ResponseHead<H, N>>::new_uninit();
+        // SAFETY: the new box is valid for writes, aligned, and does not move.
+        let abi_headers = unsafe { ResponseHead::write(storage.as_mut_ptr(), headers) };
+        // SAFETY: `write` initialized it.
+        let storage = unsafe { storage.assume_init() };
         let (owner, release) = owner_of(storage);
         AbiResponse {
             status: status.as_u16(),
@@ -1120,19 +1141,19 @@ impl AbiResponse {
         headers: H,
         data: Bytes,
     ) -> Self {
-        let head = ResponseHead::<H, N> {
-            headers,
-            list: HeaderList::empty(),
+        let mut block = Arc::<FullBody<ResponseHead<H, N>>>::new_uninit();
+        let at = Arc::get_mut(&mut block)
+            .expect("a new Arc is unique")
+            .as_mut_ptr();
+        // SAFETY: `at` is the new block's memory, which nothing else sees yet, valid for
+        // writes, aligned, and never moved; each field is written once.
+        let abi_headers = unsafe {
+            (&raw mut (*at).data).write(data);
+            (&raw mut (*at).taken).write(AtomicBool::new(false));
+            ResponseHead::write(&raw mut (*at).extra, headers)
         };
-        let mut block = Arc::new(FullBody::new(data, head));
-        let abi_headers = match Arc::get_mut(&mut block) {
-            Some(full) => {
-                // The list borrows the headers beside it in the same block, which does not move.
-                full.extra.list = HeaderList::borrow(&full.extra.headers);
-                full.extra.list.as_abi()
-            }
-            None => unreachable!("a new Arc has one reference"),
-        };
+        // SAFETY: every field was written above.
+        let block = unsafe { block.assume_init() };
         let body = FullBody::share(&block);
         AbiResponse {
             status: status.as_u16(),
@@ -1236,6 +1257,25 @@ impl fmt::Debug for LentHeaders {
 struct ResponseHead<H, const N: usize> {
     headers: H,
     list: HeaderList<N>,
+}
+
+impl<H: HeaderSource, const N: usize> ResponseHead<H, N> {
+    /// Writes `headers` and a list borrowing them to `at`, in place: built elsewhere and moved
+    /// into its block, the head (a few hundred bytes) was copied twice per response. Returns
+    /// the list's ABI view.
+    ///
+    /// # Safety
+    /// `at` must be valid for writes and aligned, and must not move while the view is used.
+    unsafe fn write(at: *mut Self, headers: H) -> AbiHeaders {
+        // SAFETY: forwarded to the caller; both fields are written before the reference.
+        let head = unsafe {
+            (&raw mut (*at).headers).write(headers);
+            (&raw mut (*at).list).write(HeaderList::empty());
+            &mut *at
+        };
+        head.list.borrow_from(&head.headers);
+        head.list.as_abi()
+    }
 }
 
 // SAFETY: `list` only points into `headers` (or at static strings), which move and are
@@ -1465,25 +1505,46 @@ unsafe extern "C" fn handle_glue<A: App>(
     std::future::ready(failed).into_ffi()
 }
 
-/// The future the host polls for one request: the author's `future` with every poll under
-/// [`catch`], and its answer handed over in ABI form. Generic over the author's future, so
-/// that it is stored inline: the `FfiFuture`'s box is the only allocation.
+/// The future the host polls for one request: the author's `future`, boxed as it is (the
+/// `FfiFuture`'s box is the only allocation), its answer handed over in ABI form.
 pub fn serve<F>(future: F) -> FfiFuture<AbiHandleOutcome>
 where
     F: Future + Send + 'static,
     F::Output: crate::IntoResponse,
 {
-    use futures_util::FutureExt as _;
-    Caught { future }
-        .map(|answer| {
-            let converted = answer
-                .and_then(|answer| catch(|| crate::IntoResponse::into_response(answer).into_abi()));
-            match converted {
-                Ok(response) => AbiHandleOutcome::ok(response),
-                Err(panic) => AbiHandleOutcome::failed(OUTCOME_PANICKED, panic),
-            }
-        })
-        .into_ffi()
+    FfiFuture {
+        fut_ptr: Box::into_raw(Box::new(future)).cast(),
+        poll_fn: poll_served::<F>,
+        drop_fn: drop_boxed::<F>,
+    }
+}
+
+/// Polls a [`serve`]d future. A panic, in the author's future or in turning its answer into a
+/// response, ends it with the panic's message. One [`catch`] covers both, and nothing else
+/// wraps it: each layer of a combinator (and `poll_boxed`'s own `catch_unwind`) moved the
+/// answer once more.
+unsafe extern "C" fn poll_served<F>(
+    fut_ptr: *mut c_void,
+    cx: *mut FfiContext<'_>,
+) -> FfiPoll<AbiHandleOutcome>
+where
+    F: Future,
+    F::Output: crate::IntoResponse,
+{
+    let polled = catch(|| {
+        // SAFETY: `fut_ptr` is the box `serve` made, pinned there until `drop_boxed`; `cx` is
+        // valid for this call (the poll contract).
+        let (future, cx) = unsafe { (Pin::new_unchecked(&mut *fut_ptr.cast::<F>()), &mut *cx) };
+        match cx.with_context(|cx| future.poll(cx)) {
+            Poll::Ready(answer) => Some(crate::IntoResponse::into_response(answer).into_abi()),
+            Poll::Pending => None,
+        }
+    });
+    match polled {
+        Ok(Some(response)) => FfiPoll::Ready(AbiHandleOutcome::ok(response)),
+        Ok(None) => FfiPoll::Pending,
+        Err(panic) => FfiPoll::Ready(AbiHandleOutcome::failed(OUTCOME_PANICKED, panic)),
+    }
 }
 
 unsafe extern "C" fn init_glue<A: App>(
@@ -1752,6 +1813,7 @@ impl fmt::Debug for LentRequest {
 }
 
 /// Converts a socket address for the ABI.
+#[inline]
 pub fn socket_addr_to_abi(addr: Option<std::net::SocketAddr>) -> AbiSocketAddr {
     let mut out = AbiSocketAddr {
         family: ADDR_NONE,

@@ -26,6 +26,7 @@ pub struct Response {
 
 impl Response {
     /// A response with `status`, no headers and no body.
+    #[inline]
     pub fn new(status: StatusCode) -> Self {
         Response {
             status,
@@ -68,12 +69,14 @@ impl Response {
     }
 
     /// Replaces the status.
+    #[inline]
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
     }
 
     /// Sets header `name` to `value`, replacing earlier values.
+    #[inline]
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.insert(name, value);
         self
@@ -146,6 +149,7 @@ pub(crate) struct ResponseHeaders {
 impl ResponseHeaders {
     const INLINE: usize = 2;
 
+    #[inline]
     fn insert(&mut self, name: HeaderName, value: HeaderValue) {
         if !self.mapped {
             // A reader's copy of `inline` is about to be stale.

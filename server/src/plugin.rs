@@ -281,12 +281,13 @@ impl FetchFailure {
 pub fn limited_incoming_to_abi(
     body: hyper::body::Incoming,
     limit: u64,
-    scope: Arc<RequestScope>,
+    scope: &Arc<RequestScope>,
 ) -> AbiBody {
     use futures_util::StreamExt as _;
     if http_body::Body::is_end_stream(&body) {
         return AbiBody::empty();
     }
+    let scope = Arc::clone(scope);
     let len = http_body::Body::size_hint(&body).exact();
     let mut seen: u64 = 0;
     let stream = data_stream(body).scan(false, move |failed, chunk| {

@@ -67,6 +67,9 @@ pub struct AppVersion {
     pub stats: Arc<AppStats>,
     in_flight: AtomicUsize,
     idle: Notify,
+    /// Set once someone waits for `idle`: until then the last request out has no one to
+    /// notify, and skips `Notify`'s lock.
+    awaited: AtomicBool,
 }
 
 impl AppVersion {
@@ -86,6 +89,9 @@ impl AppVersion {
     }
 
     async fn wait_idle(&self) {
+        // Before the count is read: a request that ends after the read sees the flag (both
+        // are sequentially consistent) and notifies.
+        self.awaited.store(true, Ordering::SeqCst);
         loop {
             let notified = self.idle.notified();
             if self.in_flight() == 0 {
@@ -126,7 +132,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.version.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if self.version.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if self.version.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.version.awaited.load(Ordering::SeqCst)
+        {
             self.version.idle.notify_waiters();
         }
     }
@@ -446,6 +454,7 @@ impl Registry {
             stats,
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
+            awaited: AtomicBool::new(false),
         }))
     }
 

@@ -3,7 +3,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use berth_app::ffi::{ForeignBody, HandleFailure};
 use bytes::Bytes;
-use futures_util::FutureExt as _;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -466,7 +464,7 @@ fn start(
             mount_len,
         },
     );
-    let body = limited_incoming_to_abi(body, max_body, Arc::clone(&scope));
+    let body = limited_incoming_to_abi(body, max_body, &scope);
     let future = app.plugin.handle(Arc::clone(&scope), body);
     Started {
         future,
@@ -484,8 +482,11 @@ async fn answer(started: Started, in_flight: InFlight) -> Response<ResponseBody>
         deadline,
         mut log,
     } = started;
-    // The plugin catches its own panics; catch_unwind only guards against a broken plugin glue.
-    let outcome = WithDeadline::new(AssertUnwindSafe(future).catch_unwind(), deadline).await;
+    // The plugin catches its own panics; a poll that panics all the same (broken plugin glue)
+    // comes back as `Err`.
+    let mut future = future;
+    let caught = std::future::poll_fn(move |cx| future.poll_caught(cx));
+    let outcome = WithDeadline::new(caught, deadline).await;
     let response = respond(outcome, &scope, in_flight);
     if let Some(log) = &mut log {
         log.status = Some(response.status());
@@ -495,7 +496,7 @@ async fn answer(started: Started, in_flight: InFlight) -> Response<ResponseBody>
 
 /// Turns the app's outcome (`None`: the deadline passed) into the response.
 fn respond(
-    outcome: Option<std::thread::Result<berth_app::abi::AbiHandleOutcome>>,
+    outcome: Option<Result<berth_app::abi::AbiHandleOutcome, berth_app::ffi::Panicked>>,
     scope: &RequestScope,
     in_flight: InFlight,
 ) -> Response<ResponseBody> {
@@ -512,7 +513,7 @@ fn respond(
                 format!("the app did not answer within {limit:?}\n"),
             )
         }
-        Some(Err(_)) => {
+        Some(Err(berth_app::ffi::Panicked)) => {
             tracing::error!(
                 app = &*app.name,
                 "app's future panicked across the boundary"
