@@ -39,17 +39,14 @@ impl Response {
     /// which is sent without being copied.
     pub fn text(text: impl Into<Body>) -> Self {
         Response::new(StatusCode::OK)
-            .with_header(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            )
+            .with_header(CONTENT_TYPE, TEXT)
             .with_body(text)
     }
 
     /// `200 OK` with raw bytes and the given content type.
     pub fn bytes(bytes: impl Into<bytes::Bytes>, content_type: &'static str) -> Self {
         Response::new(StatusCode::OK)
-            .with_header(CONTENT_TYPE, HeaderValue::from_static(content_type))
+            .with_header(CONTENT_TYPE, self::content_type(content_type))
             .with_body(bytes.into())
     }
 
@@ -129,6 +126,25 @@ impl Response {
                 AbiResponse::with_headers::<_, LISTED>(self.status, self.headers, body.into_abi())
             }
         }
+    }
+}
+
+/// [`Response::text`]'s content type.
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+
+/// `value` as a header value. `HeaderValue::from_static` checks each byte of a value it is not
+/// given as a constant, every time (for `application/octet-stream`, longer than the rest of a
+/// small answer); the common content types are checked once, at compile time.
+fn content_type(value: &'static str) -> HeaderValue {
+    const HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
+    const JSON: HeaderValue = HeaderValue::from_static("application/json");
+    const OCTETS: HeaderValue = HeaderValue::from_static("application/octet-stream");
+    match value {
+        "text/plain; charset=utf-8" => TEXT,
+        "text/html; charset=utf-8" => HTML,
+        "application/json" => JSON,
+        "application/octet-stream" => OCTETS,
+        _ => HeaderValue::from_static(value),
     }
 }
 

@@ -547,16 +547,17 @@ unsafe extern "C" fn fetch(
     let started = catch(|| {
         // SAFETY: `ctx` is live and `req` borrowed for this call (the host contract).
         let (scope, req) = unsafe { (scope(ctx), &*req) };
-        // SAFETY: as above, every field of `req` is borrowed for this call.
-        let parsed = unsafe {
+        // SAFETY: as above, every field of `req` is borrowed for this call. The method and the
+        // URL are checked as they are parsed (`Exchange`).
+        let (method, url, headers) = unsafe {
             (
-                req.method.to_str("method"),
-                req.url.to_str("URL"),
+                req.method.as_bytes(),
+                req.url.as_bytes(),
                 headers_from_abi(req.headers),
             )
         };
-        match parsed {
-            (Ok(method), Ok(url), Ok(headers)) => {
+        match headers {
+            Ok(headers) => {
                 let timeout = (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms));
                 let exchange = Exchange {
                     method,
@@ -567,7 +568,7 @@ unsafe extern "C" fn fetch(
                 };
                 scope.fetch(exchange).into_ffi()
             }
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            Err(e) => {
                 std::future::ready(AbiFetchOutcome::failed(FETCH_INVALID_REQUEST, e.0)).into_ffi()
             }
         }

@@ -122,9 +122,10 @@ fn send(
 #[derive(Debug)]
 pub struct Exchange<'a> {
     /// Method, still to be validated.
-    pub method: &'a str,
-    /// Absolute URL, still to be validated.
-    pub url: &'a str,
+    pub method: &'a [u8],
+    /// Absolute URL, still to be validated (its bytes: `Uri` checks each, no separate UTF-8
+    /// check needed).
+    pub url: &'a [u8],
     /// Headers (already validated).
     pub headers: HeaderMap,
     /// The request body, streamed from the app.
@@ -147,21 +148,24 @@ fn build_request(
         ..
     } = exchange;
     let invalid = FetchFailure::InvalidRequest;
-    let method = Method::from_bytes(method.as_bytes())
-        .map_err(|_| invalid(format!("invalid method {method:?}")))?;
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| invalid(format!("invalid URL {url:?}: {e}")))?;
+    let method = Method::from_bytes(method).map_err(|_| {
+        let method = String::from_utf8_lossy(method);
+        invalid(format!("invalid method {method:?}"))
+    })?;
+    // For messages only.
+    let shown = || String::from_utf8_lossy(url);
+    let uri = Uri::try_from(url).map_err(|e| invalid(format!("invalid URL {:?}: {e}", shown())))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
         _ => {
             return Err(invalid(format!(
-                "URL must be absolute http:// or https://: {url:?}"
+                "URL must be absolute http:// or https://: {:?}",
+                shown()
             )));
         }
     }
     let Some(target) = Target::of(&uri) else {
-        return Err(invalid(format!("URL has no host: {url:?}")));
+        return Err(invalid(format!("URL has no host: {:?}", shown())));
     };
     if !allowlist.allows(&target) {
         let origin = format!(

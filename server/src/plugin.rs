@@ -207,7 +207,7 @@ impl RequestScope {
     }
 
     pub(crate) fn sleep(&self, duration: Duration) -> impl Future<Output = u32> + Send + 'static {
-        let _guard = self.services.runtime.enter();
+        let _guard = (!in_task()).then(|| self.services.runtime.enter());
         let timer = tokio::time::sleep(duration);
         async move {
             timer.await;
@@ -225,7 +225,8 @@ impl RequestScope {
         let services = &self.services;
         // The exchange's timer is made now, on the host's runtime even when the app calls from
         // a thread of its own.
-        let _guard = services.runtime.enter();
+        let in_task = in_task();
+        let _guard = (!in_task).then(|| services.runtime.enter());
         let exchange = services
             .outbound
             .fetch(&services.app, exchange, &services.policy);
@@ -244,7 +245,7 @@ impl RequestScope {
             }
             Err(failure) => failure.into_outcome(),
         });
-        let run = if tokio::runtime::Handle::try_current().is_ok() {
+        let run = if in_task {
             futures_util::future::Either::Left(outcome)
         } else {
             let task = AbortOnDrop(services.runtime.spawn(outcome));
@@ -257,6 +258,13 @@ impl RequestScope {
         };
         Relayed::new(run)
     }
+}
+
+/// Whether this thread is polling a task of a tokio runtime (the host's: it runs no other), so
+/// that timers and tasks can be made without entering the runtime first. Cheaper than
+/// `Handle::try_current`, which clones the handle, and than entering the runtime every time.
+fn in_task() -> bool {
+    tokio::task::try_id().is_some()
 }
 
 impl FetchFailure {
