@@ -842,12 +842,15 @@ impl fmt::Debug for ForeignBuf {
 /// The stream type every body crosses the boundary as.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
 
-unsafe extern "C" fn poll_stream(state: *mut c_void, cx: *mut FfiContext<'_>) -> AbiChunkPoll {
+unsafe extern "C" fn poll_stream<S>(state: *mut c_void, cx: *mut FfiContext<'_>) -> AbiChunkPoll
+where
+    S: Stream<Item = Result<Bytes, BodyError>>,
+{
     let polled = catch(|| {
-        // SAFETY: `state` is the `Box<ChunkStream>` made by `AbiBody::from_stream`, alive until
-        // `drop_stream`; `cx` is valid for this call (the ABI's poll contract).
-        let (stream, cx) = unsafe { (&mut *state.cast::<ChunkStream>(), &mut *cx) };
-        cx.with_context(|cx| stream.as_mut().poll_next(cx))
+        // SAFETY: `state` is the `Box<S>` made by `AbiBody::streaming`, which never moves it,
+        // alive until the body's `drop`; `cx` is valid for this call (the ABI's poll contract).
+        let (stream, cx) = unsafe { (Pin::new_unchecked(&mut *state.cast::<S>()), &mut *cx) };
+        cx.with_context(|cx| stream.poll_next(cx))
     });
     match polled {
         Ok(Poll::Pending) => chunk(CHUNK_PENDING, AbiBuf::empty()),
@@ -879,10 +882,19 @@ impl AbiBody {
     /// Hands a stream over; the receiver polls it through this module's glue. `len_hint` is the
     /// exact total length when known.
     pub fn from_stream(stream: ChunkStream, len_hint: Option<u64>) -> Self {
+        Self::streaming(stream, len_hint)
+    }
+
+    /// [`AbiBody::from_stream`] for a stream of any type, boxed as it is: one allocation where
+    /// a [`ChunkStream`] (itself a box) takes two.
+    pub fn streaming<S>(stream: S, len_hint: Option<u64>) -> Self
+    where
+        S: Stream<Item = Result<Bytes, BodyError>> + Send + 'static,
+    {
         let (state, drop) = boxed_owner(stream);
         AbiBody {
             state,
-            poll_chunk: Some(poll_stream),
+            poll_chunk: Some(poll_stream::<S>),
             drop,
             len_hint: len_hint.unwrap_or(LEN_UNKNOWN),
         }

@@ -240,7 +240,7 @@ impl RequestScope {
                     let _held = &permit;
                     chunk
                 });
-                let body = AbiBody::from_stream(Box::pin(Relayed::new(stream)), len);
+                let body = AbiBody::streaming(Relayed::new(stream), len);
                 AbiFetchOutcome::ok(AbiResponse::new(parts.status, parts.headers, body))
             }
             Err(failure) => failure.into_outcome(),
@@ -316,7 +316,7 @@ pub fn limited_incoming_to_abi(
         *failed = chunk.is_err();
         std::future::ready(Some(chunk))
     });
-    AbiBody::from_stream(Box::pin(Relayed::new(stream)), len)
+    AbiBody::streaming(Relayed::new(stream), len)
 }
 
 fn data_stream(
