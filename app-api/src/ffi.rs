@@ -1166,6 +1166,12 @@ impl AbiResponse {
         };
         // SAFETY: every field was written above.
         let block = unsafe { block.assume_init() };
+        // Every field is written above; this pattern stops compiling when one is added.
+        let FullBody {
+            data: _,
+            taken: _,
+            extra: _,
+        } = &*block;
         let body = FullBody::share(&block);
         AbiResponse {
             status: status.as_u16(),
@@ -1285,8 +1291,10 @@ impl<H: HeaderSource, const N: usize> ResponseHead<H, N> {
             (&raw mut (*at).list).write(HeaderList::empty());
             &mut *at
         };
-        head.list.borrow_from(&head.headers);
-        head.list.as_abi()
+        // Both fields are written above; this pattern stops compiling when one is added.
+        let ResponseHead { headers, list } = head;
+        list.borrow_from(headers);
+        list.as_abi()
     }
 }
 
@@ -1470,12 +1478,11 @@ impl Descriptor {
 }
 
 pin_project_lite::pin_project! {
-    /// `future` with every poll under [`catch`]; a panic ends it with the panic's message.
+    /// `future` with every poll under [`catch`]; a panic ends it with the panic's message. For
+    /// the lifecycle hooks (a request's future has [`serve`]'s own poll function).
     ///
     /// A combinator rather than an `async fn`: an async fn that takes a future and pins it
-    /// keeps two slots of the future's size in its own state, and the request's whole future
-    /// is moved into its `FfiFuture` box, so every byte here is copied once per request and held
-    /// for as long as the request waits.
+    /// keeps two slots of the future's size in its own state.
     struct Caught<F> {
         #[pin]
         future: F,

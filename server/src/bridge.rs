@@ -232,7 +232,14 @@ pub fn request_scope(
         LentRequest::init(&raw mut (*fresh).request);
         &mut *fresh
     };
-    fresh.request.fill(view);
+    // Every field is written above; this pattern stops compiling when one is added.
+    let RequestScope {
+        services: _,
+        deadline: _,
+        body_exceeded: _,
+        request,
+    } = fresh;
+    request.fill(view);
     // SAFETY: every field was written above.
     unsafe { scope.assume_init() }
 }
@@ -318,6 +325,21 @@ impl LentRequest {
             (&raw mut (*at).peer_addr).write(berth_app::ffi::socket_addr_to_abi(None));
             (&raw mut (*at).local_addr).write(berth_app::ffi::socket_addr_to_abi(None));
         }
+        // Every field is written above; this pattern stops compiling when one is added.
+        // SAFETY: written above.
+        let LentRequest {
+            inline: _,
+            spilled: _,
+            method: _,
+            uri: _,
+            mount_prefix: _,
+            path: _,
+            query: _,
+            headers: _,
+            version: _,
+            peer_addr: _,
+            local_addr: _,
+        } = unsafe { &*at };
     }
 
     /// Copies `view` in, in one walk over its headers. The target is written as an app sees
