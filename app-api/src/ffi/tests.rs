@@ -1177,4 +1177,9 @@ fn a_panicking_poll_is_reported_not_unwound_across() {
     // Polled as a Rust future, the panic resumes on this side.
     let resumed = catch_unwind(AssertUnwindSafe(|| Pin::new(&mut future).poll(&mut cx)));
     assert!(resumed.is_err());
+    // Polled with `poll_caught` (as the host polls an app's future), it is an error instead.
+    let mut future = FfiFuture::new(std::future::poll_fn(|_| -> Poll<u32> { panic!("boom") }));
+    assert_eq!(future.poll_caught(&mut cx), Poll::Ready(Err(Panicked)));
+    let mut ready = FfiFuture::new(std::future::ready(7_u32));
+    assert_eq!(ready.poll_caught(&mut cx), Poll::Ready(Ok(7)));
 }
