@@ -341,9 +341,17 @@ impl ContextExt for Context<'_> {
 impl<T> FfiFuture<T> {
     /// Boxes `future` for the other side to poll and drop.
     pub fn new<F: Future<Output = T> + Send + 'static>(future: F) -> Self {
+        Self::boxed(future, poll_boxed::<F>)
+    }
+
+    /// Boxes `future` (any `Send` value `poll_fn` knows how to poll), freed by `drop_boxed`.
+    fn boxed<F: Send + 'static>(
+        future: F,
+        poll_fn: unsafe extern "C" fn(*mut c_void, *mut FfiContext<'_>) -> FfiPoll<T>,
+    ) -> Self {
         FfiFuture {
             fut_ptr: Box::into_raw(Box::new(future)).cast(),
-            poll_fn: poll_boxed::<F>,
+            poll_fn,
             drop_fn: drop_boxed::<F>,
         }
     }
@@ -364,8 +372,8 @@ unsafe extern "C" fn poll_boxed<F: Future>(
     cx: *mut FfiContext<'_>,
 ) -> FfiPoll<F::Output> {
     let polled = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `fut_ptr` is the box `FfiFuture::new` made, pinned there until `drop_boxed`;
-        // `cx` is valid for this call (the poll contract).
+        // SAFETY: `fut_ptr` is the box `FfiFuture::boxed` made, pinned there until
+        // `drop_boxed`; `cx` is valid for this call (the poll contract).
         let (future, cx) = unsafe { (Pin::new_unchecked(&mut *fut_ptr.cast::<F>()), &mut *cx) };
         cx.with_context(|cx| future.poll(cx))
     }));
@@ -382,7 +390,7 @@ unsafe extern "C" fn poll_boxed<F: Future>(
 }
 
 unsafe extern "C" fn drop_boxed<F>(fut_ptr: *mut c_void) {
-    // SAFETY: the box `FfiFuture::new` made; the receiver drops it exactly once.
+    // SAFETY: the box `FfiFuture::boxed` made; the receiver drops it exactly once.
     abort_on_panic("a future's drop", || {
         drop(unsafe { Box::from_raw(fut_ptr.cast::<F>()) })
     });
@@ -1477,30 +1485,6 @@ impl Descriptor {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// `future` with every poll under [`catch`]; a panic ends it with the panic's message. For
-    /// the lifecycle hooks (a request's future has [`serve`]'s own poll function).
-    ///
-    /// A combinator rather than an `async fn`: an async fn that takes a future and pins it
-    /// keeps two slots of the future's size in its own state.
-    struct Caught<F> {
-        #[pin]
-        future: F,
-    }
-}
-
-impl<F: Future> Future for Caught<F> {
-    type Output = Result<F::Output, String>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let future = self.project().future;
-        match catch(|| future.poll(cx)) {
-            Ok(poll) => poll.map(Ok),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    }
-}
-
 unsafe extern "C" fn handle_glue<A: App>(
     req: *const AbiRequest,
     body: AbiBody,
@@ -1531,38 +1515,71 @@ where
     F: Future + Send + 'static,
     F::Output: crate::IntoResponse,
 {
-    FfiFuture {
-        fut_ptr: Box::into_raw(Box::new(future)).cast(),
-        poll_fn: poll_served::<F>,
-        drop_fn: drop_boxed::<F>,
+    FfiFuture::boxed(future, poll_app::<F, Answer>)
+}
+
+/// What an app's future (a handler's, [`Answer`], or a hook's, [`HookDone`]) ends as across
+/// the boundary.
+trait AppOutcome<T> {
+    /// The ABI outcome.
+    type Abi;
+    /// The future's output, converted. Runs under the poll's [`catch`].
+    fn done(output: T) -> Self::Abi;
+    /// A panic in the future or in `done`, with its message.
+    fn panicked(message: String) -> Self::Abi;
+}
+
+/// A handler's answer.
+enum Answer {}
+
+impl<R: crate::IntoResponse> AppOutcome<R> for Answer {
+    type Abi = AbiHandleOutcome;
+    fn done(answer: R) -> AbiHandleOutcome {
+        AbiHandleOutcome::ok(crate::IntoResponse::into_response(answer).into_abi())
+    }
+    fn panicked(message: String) -> AbiHandleOutcome {
+        AbiHandleOutcome::failed(OUTCOME_PANICKED, message)
     }
 }
 
-/// Polls a [`serve`]d future. A panic, in the author's future or in turning its answer into a
-/// response, ends it with the panic's message. One [`catch`] covers both, and nothing else
-/// wraps it: each layer of a combinator (and `poll_boxed`'s own `catch_unwind`) moved the
-/// answer once more.
-unsafe extern "C" fn poll_served<F>(
+/// A lifecycle hook's result.
+enum HookDone {}
+
+impl AppOutcome<Result<(), String>> for HookDone {
+    type Abi = AbiHookOutcome;
+    fn done(result: Result<(), String>) -> AbiHookOutcome {
+        match result {
+            Ok(()) => AbiHookOutcome::ok(),
+            Err(message) => AbiHookOutcome::failed(OUTCOME_ERROR, message),
+        }
+    }
+    fn panicked(message: String) -> AbiHookOutcome {
+        AbiHookOutcome::failed(OUTCOME_PANICKED, message)
+    }
+}
+
+/// Polls an app's future boxed by [`FfiFuture::boxed`]. A panic, in the author's future or in
+/// converting its output, ends it with the panic's message. One [`catch`] covers both, and
+/// nothing else wraps it: each layer of a combinator (and `poll_boxed`'s own `catch_unwind`)
+/// moved the output once more.
+unsafe extern "C" fn poll_app<F, C>(
     fut_ptr: *mut c_void,
     cx: *mut FfiContext<'_>,
-) -> FfiPoll<AbiHandleOutcome>
+) -> FfiPoll<C::Abi>
 where
     F: Future,
-    F::Output: crate::IntoResponse,
+    C: AppOutcome<F::Output>,
 {
     let polled = catch(|| {
-        // SAFETY: `fut_ptr` is the box `serve` made, pinned there until `drop_boxed`; `cx` is
-        // valid for this call (the poll contract).
+        // SAFETY: `fut_ptr` is the box `FfiFuture::boxed` made, pinned there until
+        // `drop_boxed`; `cx` is valid for this call (the poll contract).
         let (future, cx) = unsafe { (Pin::new_unchecked(&mut *fut_ptr.cast::<F>()), &mut *cx) };
-        match cx.with_context(|cx| future.poll(cx)) {
-            Poll::Ready(answer) => Some(crate::IntoResponse::into_response(answer).into_abi()),
-            Poll::Pending => None,
-        }
+        cx.with_context(|cx| future.poll(cx)).map(C::done)
     });
     match polled {
-        Ok(Some(response)) => FfiPoll::Ready(AbiHandleOutcome::ok(response)),
-        Ok(None) => FfiPoll::Pending,
-        Err(panic) => FfiPoll::Ready(AbiHandleOutcome::failed(OUTCOME_PANICKED, panic)),
+        Ok(Poll::Ready(outcome)) => FfiPoll::Ready(outcome),
+        Ok(Poll::Pending) => FfiPoll::Pending,
+        Err(panic) => FfiPoll::Ready(C::panicked(panic)),
     }
 }
 
@@ -1600,14 +1617,7 @@ unsafe extern "C" fn shutdown_glue<A: App>(host: AbiHost) -> FfiFuture<AbiHookOu
 }
 
 fn run_hook(future: crate::__private::HookFuture) -> FfiFuture<AbiHookOutcome> {
-    use futures_util::FutureExt as _;
-    Caught { future }
-        .map(|result| match result {
-            Ok(Ok(())) => AbiHookOutcome::ok(),
-            Ok(Err(message)) => AbiHookOutcome::failed(OUTCOME_ERROR, message),
-            Err(panic) => AbiHookOutcome::failed(OUTCOME_PANICKED, panic),
-        })
-        .into_ffi()
+    FfiFuture::boxed(future, poll_app::<crate::__private::HookFuture, HookDone>)
 }
 
 /// Borrowed settings built from a map; keep it alive while the [`AbiSettings`] from
