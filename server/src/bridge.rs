@@ -217,8 +217,21 @@ pub fn request_scope(
     deadline: Option<tokio::time::Instant>,
     view: &RequestView<'_>,
 ) -> Arc<RequestScope> {
-    // Allocated first and built where it stays: built on the stack and moved into its `Arc`,
-    // the scope (half a kilobyte) was copied twice per request.
+    let mut scope = new_scope(services, deadline);
+    // A new `Arc` has no other reference yet.
+    let fresh = Arc::get_mut(&mut scope).expect("a new Arc is unique");
+    fresh.request.fill(view);
+    scope
+}
+
+/// A scope for one request (or hook) of the app behind `services`, lending no request yet
+/// ([`RequestScope::new`]). Allocated first and built where it stays: built on the stack and
+/// moved into its `Arc`, the scope (half a kilobyte) was copied twice per request.
+#[inline]
+pub fn new_scope(
+    services: &Arc<crate::plugin::AppServices>,
+    deadline: Option<tokio::time::Instant>,
+) -> Arc<RequestScope> {
     let mut scope = Arc::<RequestScope>::new_uninit();
     let fresh = Arc::get_mut(&mut scope)
         .expect("a new Arc is unique")
@@ -230,16 +243,15 @@ pub fn request_scope(
         (&raw mut (*fresh).deadline).write(deadline);
         (&raw mut (*fresh).body_exceeded).write(std::sync::atomic::AtomicBool::new(false));
         LentRequest::init(&raw mut (*fresh).request);
-        &mut *fresh
+        &*fresh
     };
     // Every field is written above; this pattern stops compiling when one is added.
     let RequestScope {
         services: _,
         deadline: _,
         body_exceeded: _,
-        request,
+        request: _,
     } = fresh;
-    request.fill(view);
     // SAFETY: every field was written above.
     unsafe { scope.assume_init() }
 }
@@ -284,25 +296,19 @@ impl LentRequest {
     /// allocation: a curl or load-generator request fits, a browser's with cookies may not.
     pub const INLINE: usize = 128;
 
-    /// No request: what a lifecycle hook's scope carries, and a request's before it is filled.
-    pub fn none() -> Self {
-        LentRequest {
-            inline: [0; LentRequest::INLINE],
-            spilled: Vec::new(),
-            method: AbiStr::from_static(""),
-            uri: AbiStr::from_static(""),
-            mount_prefix: AbiStr::from_static(""),
-            path: AbiStr::from_static(""),
-            query: AbiStr::from_static(""),
-            headers: HeaderList::empty(),
-            version: HTTP_11,
-            peer_addr: berth_app::ffi::socket_addr_to_abi(None),
-            local_addr: berth_app::ffi::socket_addr_to_abi(None),
+    /// No request, as [`LentRequest::init`] writes it.
+    #[cfg(test)]
+    fn none() -> Self {
+        let mut none = std::mem::MaybeUninit::uninit();
+        // SAFETY: `init` writes every field.
+        unsafe {
+            Self::init(none.as_mut_ptr());
+            none.assume_init()
         }
     }
 
-    /// Writes [`LentRequest::none`] to `at`, field by field: the value whole would be built
-    /// elsewhere and copied.
+    /// Writes no request to `at` (what a lifecycle hook's scope carries, and a request's before
+    /// it is filled), field by field: the value whole would be built elsewhere and copied.
     ///
     /// # Safety
     /// `at` must be valid for writes and properly aligned.

@@ -182,12 +182,7 @@ pub struct RequestScope {
 impl RequestScope {
     /// A scope for one request (or hook) of the app behind `services`.
     pub fn new(services: &Arc<AppServices>, deadline: Option<tokio::time::Instant>) -> Arc<Self> {
-        Arc::new(RequestScope {
-            services: Arc::clone(services),
-            deadline,
-            body_exceeded: AtomicBool::new(false),
-            request: LentRequest::none(),
-        })
+        crate::bridge::new_scope(services, deadline)
     }
 
     /// Whether the request body went over its limit.
