@@ -14,8 +14,13 @@ source of the published figures.
 
 Each server runs under `valgrind --tool=callgrind`; after a warm-up of 500 requests its counters
 are zeroed, `h2load` sends `--n` requests over 8 connections, and the counters are dumped. Only
-the server's user-space instructions are counted (not the kernel's). Needs valgrind and h2load
+the server's user-space instructions are counted (not the kernel's), in all and by binary (the
+server's own, the app plugin, the C library: allocation and copies). Needs valgrind and h2load
 (Debian: valgrind, nghttp2-client).
+
+With `--cache`, the L1 misses count the distinct cache lines of code a request runs (a 32 KiB
+instruction cache holds 512): the server's code footprint per request, which the instruction
+count alone does not show.
 """
 
 import argparse
@@ -40,18 +45,22 @@ def free_port():
         return s.getsockname()[1]
 
 
-def event_costs(path, events):
-    """Each of `events` per function (exclusive), from a callgrind output file written with
-    uncompressed names: cost lines under `fn=`, minus the lines that give a call's cost. The
-    columns are found by the file's `events:` line."""
+def event_costs(path, events, by="fn"):
+    """Each of `events` per function (exclusive; `by="ob"`: per binary, the server's or a
+    shared library), from a callgrind output file written with uncompressed names: cost lines
+    under `fn=`, minus the lines that give a call's cost. The columns are found by the file's
+    `events:` line."""
     costs = {event: collections.Counter() for event in events}
-    columns, fn, call_cost_next = [], None, False
+    columns, fn, ob, call_cost_next = [], None, None, False
     for line in path.read_text(errors="replace").splitlines():
         if line.startswith("events:"):
             names = line.split()[1:]
             columns = [(event, 1 + names.index(event)) for event in events]
+        elif line.startswith("ob="):
+            ob = Path(line[3:]).name
+            fn = ob if by == "ob" else fn
         elif line.startswith("fn="):
-            fn = line[3:]
+            fn = line[3:] if by == "fn" else ob
         elif line.startswith("calls="):
             call_cost_next = True
         elif line[:1] in set("0123456789+-*"):
@@ -106,6 +115,11 @@ def measure(name, argv, path, n, h2, top, keep, cache=False):
     if cache:
         code, read, written = (sum(by_event[event].values()) for event in misses)
         print(f"  simulated L1 misses per request: {code / n:,.0f} instruction, {(read + written) / n:,.0f} data")
+    # Which binary runs how much: the server's own, the app plugin, the C library.
+    by_binary = event_costs(dump, ["Ir", *misses[:1]], by="ob")
+    for binary, cost in by_binary["Ir"].most_common(4):
+        code = f", {by_binary['I1mr'][binary] / n:,.0f} instruction misses" if cache else ""
+        print(f"    in {binary}: {cost / n:,.0f} instructions{code}")
     for fn, cost in costs.most_common(top):
         print(f"  {cost / n:8,.0f}  {fn[:140]}")
     if keep:

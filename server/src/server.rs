@@ -500,9 +500,48 @@ fn respond(
     scope: &RequestScope,
     in_flight: InFlight,
 ) -> Response<ResponseBody> {
+    let parts = match outcome {
+        Some(Ok(outcome)) => outcome_into_parts(outcome),
+        Some(Err(berth_app::ffi::Panicked)) => return failed(Failure::Unwound, scope, &in_flight),
+        None => return failed(Failure::Late, scope, &in_flight),
+    };
+    match parts {
+        Ok((status, headers, body)) if !scope.body_exceeded() => {
+            let body = AppBody {
+                inner: body,
+                _in_flight: in_flight,
+            };
+            let mut response = Response::new(Either::Right(body));
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
+            response
+        }
+        Ok(_) => failed(Failure::TooLarge, scope, &in_flight),
+        Err(failure) => failed(Failure::App(failure), scope, &in_flight),
+    }
+}
+
+/// Why a request gets the host's answer instead of its app's.
+enum Failure {
+    /// The deadline passed first.
+    Late,
+    /// A poll of the app's future panicked across the boundary (broken plugin glue).
+    Unwound,
+    /// The request body went over the app's limit: whatever the app made of its failed body
+    /// stream, the client sent too much.
+    TooLarge,
+    /// The app panicked, or its answer was not valid.
+    App(HandleFailure),
+}
+
+/// The host's answer for `failure`, logged and counted. Cold and out of line, so that the code
+/// of an answer that goes well stays in a few cache lines.
+#[cold]
+#[inline(never)]
+fn failed(failure: Failure, scope: &RequestScope, in_flight: &InFlight) -> Response<ResponseBody> {
     let app = in_flight.version();
-    let response = match outcome {
-        None => {
+    let response = match failure {
+        Failure::Late => {
             let limit = app.request_timeout;
             tracing::warn!(
                 app = &*app.name,
@@ -513,40 +552,27 @@ fn respond(
                 format!("the app did not answer within {limit:?}\n"),
             )
         }
-        Some(Err(berth_app::ffi::Panicked)) => {
+        Failure::Unwound => {
             tracing::error!(
                 app = &*app.name,
                 "app's future panicked across the boundary"
             );
             internal_error()
         }
-        Some(Ok(outcome)) => match outcome_into_parts(outcome) {
-            // Whatever the app answered after its body stream failed at the limit, the client
-            // sent too much: say so.
-            Ok(_) if scope.body_exceeded() => too_large(app.max_body_size),
-            Ok((status, headers, body)) => {
-                let body = AppBody {
-                    inner: body,
-                    _in_flight: in_flight,
-                };
-                let mut response = Response::new(Either::Right(body));
-                *response.status_mut() = status;
-                *response.headers_mut() = headers;
-                return response;
-            }
-            Err(HandleFailure::Panicked(message)) => {
-                tracing::error!(app = &*app.name, "app panicked: {message}");
-                internal_error()
-            }
-            Err(failure) => {
-                tracing::error!(
-                    app = &*app.name,
-                    "app returned an invalid response: {failure}"
-                );
-                internal_error()
-            }
-        },
+        Failure::TooLarge => too_large(app.max_body_size),
+        Failure::App(HandleFailure::Panicked(message)) => {
+            tracing::error!(app = &*app.name, "app panicked: {message}");
+            internal_error()
+        }
+        Failure::App(failure) => {
+            tracing::error!(
+                app = &*app.name,
+                "app returned an invalid response: {failure}"
+            );
+            internal_error()
+        }
     };
+    // A body over the limit is the first thing to tell the client, whatever else went wrong.
     let response = if scope.body_exceeded() {
         too_large(app.max_body_size)
     } else {
