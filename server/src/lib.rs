@@ -21,7 +21,8 @@
 //! * [`router`]: path prefix → app;
 //! * [`outbound`]: the pooled HTTP client apps fetch through;
 //! * [`server`]: the listener, the accept loop, request dispatch and graceful shutdown;
-//! * [`embed`]: embedding and benchmarking — load one app and call it without the HTTP server.
+//! * [`embed`]: embedding and benchmarking — load one app and call it without the HTTP server;
+//! * [`logging`]: log output, written by a thread of its own.
 
 pub mod admin;
 pub mod allowlist;
@@ -31,6 +32,7 @@ mod conn;
 mod drain;
 pub mod embed;
 pub mod loader;
+pub mod logging;
 pub mod outbound;
 pub mod plugin;
 pub mod registry;

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use berth_server::{Cli, Config, ServeError};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// Raises the soft open-file limit to the hard one, and says so when even that is too low for
 /// `max_connections`: every connection is a descriptor, and so is each outbound request an app
@@ -27,20 +26,7 @@ fn raise_open_file_limit(max_connections: usize) {
 }
 
 fn main() -> ExitCode {
-    // Lines are written by a thread of their own, so that a request never waits for stderr
-    // (a pipe whose reader is slow, a file on a busy disk). Nothing is dropped: past 16k queued
-    // lines, logging waits (the default of 128k preallocates 4 MB of queue). The guard flushes
-    // what is queued when `main` returns.
-    let (stderr, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(16 * 1024)
-        .lossy(false)
-        .thread_name("berth-log")
-        .finish(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let _flush_on_exit = berth_server::logging::init();
     let config = match Config::load(Cli::parse()) {
         Ok(config) => config,
         Err(err) => {
