@@ -23,6 +23,10 @@ use tracing_subscriber::fmt::time::FormatTime;
 /// queued, then flushes: the buffer makes that one `write` per batch instead of one per line
 /// (with the access log at 64 connections, 1.01 write calls per request instead of 2: the
 /// response's and the line's).
+///
+/// # Panics
+///
+/// If a global `tracing` subscriber is already set: this is the binary's one logging setup.
 pub fn init() -> WorkerGuard {
     let (stderr, flush_on_drop) = NonBlockingBuilder::default()
         .buffered_lines_limit(16 * 1024)
