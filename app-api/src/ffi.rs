@@ -537,7 +537,9 @@ pub struct HeaderList<const N: usize = 8> {
 impl HeaderList {
     /// Borrows every header of `map` in order (repeated names once per value).
     pub fn new(map: &HeaderMap) -> Self {
-        Self::borrow(map)
+        let mut list = HeaderList::empty();
+        list.borrow_from(map);
+        list
     }
 }
 
@@ -549,12 +551,6 @@ impl<const N: usize> HeaderList<N> {
         name: AbiStr::from_static(""),
         value: AbiStr::from_static(""),
     };
-
-    fn borrow<H: HeaderSource + ?Sized>(headers: &H) -> Self {
-        let mut list = HeaderList::empty();
-        list.borrow_from(headers);
-        list
-    }
 
     /// Points the (empty) list at every header of `headers`.
     fn borrow_from<H: HeaderSource + ?Sized>(&mut self, headers: &H) {

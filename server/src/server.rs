@@ -477,14 +477,13 @@ fn start(
 /// Waits for the app's answer until the request's deadline.
 async fn answer(started: Started, in_flight: InFlight) -> Response<ResponseBody> {
     let Started {
-        future,
+        mut future,
         scope,
         deadline,
         mut log,
     } = started;
     // The plugin catches its own panics; a poll that panics all the same (broken plugin glue)
     // comes back as `Err`.
-    let mut future = future;
     let caught = std::future::poll_fn(move |cx| future.poll_caught(cx));
     let outcome = WithDeadline::new(caught, deadline).await;
     let response = respond(outcome, &scope, in_flight);
@@ -541,43 +540,43 @@ enum Failure {
 #[inline(never)]
 fn failed(failure: Failure, scope: &RequestScope, in_flight: &InFlight) -> Response<ResponseBody> {
     let app = in_flight.version();
-    let response = match failure {
+    // What went wrong is logged whatever the client is told; `None`: the body was over the limit.
+    let answer = match failure {
         Failure::Late => {
             let limit = app.request_timeout;
             tracing::warn!(
                 app = &*app.name,
                 "app did not answer within {limit:?}; its future was dropped"
             );
-            text(
+            Some(text(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("the app did not answer within {limit:?}\n"),
-            )
+            ))
         }
         Failure::Unwound => {
             tracing::error!(
                 app = &*app.name,
                 "app's future panicked across the boundary"
             );
-            internal_error()
+            Some(internal_error())
         }
-        Failure::TooLarge => too_large(app.max_body_size),
+        Failure::TooLarge => None,
         Failure::App(HandleFailure::Panicked(message)) => {
             tracing::error!(app = &*app.name, "app panicked: {message}");
-            internal_error()
+            Some(internal_error())
         }
         Failure::App(failure) => {
             tracing::error!(
                 app = &*app.name,
                 "app returned an invalid response: {failure}"
             );
-            internal_error()
+            Some(internal_error())
         }
     };
     // A body over the limit is the first thing to tell the client, whatever else went wrong.
-    let response = if scope.body_exceeded() {
-        too_large(app.max_body_size)
-    } else {
-        response
+    let response = match answer {
+        Some(answer) if !scope.body_exceeded() => answer,
+        _ => too_large(app.max_body_size),
     };
     if response.status().is_server_error() {
         app.stats.errors.fetch_add(1, Ordering::Relaxed);
