@@ -11,12 +11,17 @@ source of the published figures.
     python3 bench/instructions.py --h2 --top 30         # HTTP/2 (16 streams), the 30 costliest functions
     python3 bench/instructions.py --fetch http://127.0.0.1:8000/small.txt   # fetch, against an upstream you run
     python3 bench/instructions.py --cache               # and the simulated L1 misses per request
+    python3 bench/instructions.py --abi                 # and native-abi: the plugin boundary alone
 
 Each server runs under `valgrind --tool=callgrind`; after a warm-up of 500 requests its counters
 are zeroed, `h2load` sends `--n` requests over 8 connections, and the counters are dumped. Only
 the server's user-space instructions are counted (not the kernel's), in all and by binary (the
 server's own, the app plugin, the C library: allocation and copies). Needs valgrind and h2load
 (Debian: valgrind, nghttp2-client).
+
+With `--abi`, it also counts `native-abi`: native-hello's server answering through the `hello`
+plugin via Berth's boundary code (`berth_server::embed`) and nothing else of Berth, which
+splits Berth's extra cost into the boundary's and the rest of the server's.
 
 With `--cache`, the L1 misses count the distinct cache lines of code a request runs (a 32 KiB
 instruction cache holds 512): the server's code footprint per request, which the instruction
@@ -139,7 +144,11 @@ def main():
                         help="also simulate the L1 caches: missed lines of code and data per request")
     parser.add_argument("--keep", metavar="DIR", type=Path,
                         help="keep the callgrind dumps in DIR (for callgrind_annotate)")
+    parser.add_argument("--abi", action="store_true",
+                        help="also native-abi: native's server calling the hello plugin through the ABI")
     args = parser.parse_args()
+    if args.abi and args.fetch:
+        sys.exit("--abi measures the hello app; leave out --fetch")
     for tool in ("valgrind", "callgrind_control", "h2load"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing (Debian: apt-get install valgrind nghttp2-client)")
@@ -158,6 +167,12 @@ def main():
     ours = measure("Berth", berth, path, args.n, args.h2, args.top, args.keep, args.cache)
     theirs = measure("native", native, path, args.n, args.h2, args.top, args.keep, args.cache)
     print(f"Berth / native: {ours / theirs:.2f}×")
+    if args.abi:
+        crossing = [str(RELEASE / "native-abi"), "--listen", "127.0.0.1:PORT",
+                    "--app", str(RELEASE / "libhello.so")]
+        floor = measure("native-abi", crossing, path, args.n, args.h2, args.top, args.keep, args.cache)
+        print(f"native-abi / native: {floor / theirs:.2f}× (the boundary alone); "
+              f"Berth / native-abi: {ours / floor:.2f}× (the rest of Berth)")
     shutil.rmtree(apps, ignore_errors=True)
 
 

@@ -11,8 +11,9 @@ release mode, starts every server itself on 127.0.0.1, and measures:
 * boundary: the criterion micro-benchmark `server/benches/boundary.rs` (one request through the
   C ABI vs. the same handler called directly), pinned like the servers.
 * hello: Berth + `hello` (also with `--access-log`, to show the log's cost) vs. native-hello,
-  uvicorn and aiohttp; wrk (HTTP/1.1 keep-alive) at 1, 64 and 256 connections, and h2load
-  (HTTP/2, Berth and native only).
+  native-abi (native-hello's server calling the `hello` plugin through the ABI: the boundary's
+  own cost), uvicorn and aiohttp; wrk (HTTP/1.1 keep-alive) at 1, 64 and 256 connections, and
+  h2load (HTTP/2, Berth and the native servers only).
 * fetch: Berth + `fetch` vs. native-fetch, uvicorn and aiohttp, each fetching a small file from
   nginx per request.
 * fan-out: `fanout --n 10000` (10,000 connections, one request each, sent at once) against
@@ -83,6 +84,7 @@ SERVERS = {
     "berth": ("Berth + app", "#2b6cb0"),
     "berth-logged": ("Berth + app, --access-log", "#90cdf4"),
     "native": ("native hyper", "#4a5568"),
+    "native-abi": ("native hyper + app via the ABI", "#a0aec0"),
     "uvicorn": ("uvicorn (uvloop, httptools)", "#d69e2e"),
     "aiohttp": ("aiohttp (uvloop)", "#38a169"),
 }
@@ -589,6 +591,7 @@ class Suite:
                 "berth",
                 "berth-logged",
                 "native-hello",
+                "native-abi",
                 "native-fetch",
                 "native-sleep",
                 "uvicorn",
@@ -669,6 +672,21 @@ class Suite:
                 "native",
                 [self.release / "native-hello", "--listen", f"127.0.0.1:{self.ports['native-hello']}"],
                 self.ports["native-hello"],
+                "/hello",
+                hello,
+                cwd=self.tmp,
+                env=self.server_env(),
+            ),
+            Server(
+                "native-abi",
+                [
+                    self.release / "native-abi",
+                    "--listen",
+                    f"127.0.0.1:{self.ports['native-abi']}",
+                    "--app",
+                    self.release / "libhello.so",
+                ],
+                self.ports["native-abi"],
                 "/hello",
                 hello,
                 cwd=self.tmp,
@@ -833,7 +851,7 @@ class Suite:
                 self.record(run, "hello", f"HTTP/1.1, {conns} conn{'s' * (conns > 1)}", server, result)
         conns, streams = self.h2
         for server in servers:
-            if server.key in ("berth", "berth-logged", "native"):
+            if server.key in ("berth", "berth-logged", "native", "native-abi"):
                 url = server.url("/hello")
                 result = self.alone(
                     server, url, lambda: run_h2load(self.rec, url, conns, streams, self.duration, self.tmp)
@@ -926,8 +944,8 @@ def aggregate(results):
                     ratios.append(r[field] / base[field])
             row[f"{field}_x"] = median(ratios)
             row[f"{field}_x_range"] = (min(ratios), max(ratios)) if ratios else None
-        # Berth against each peer, per run.
-        for peer in ("uvicorn", "aiohttp"):
+        # Berth against each peer, and against native hyper calling the app through the ABI, per run.
+        for peer in ("uvicorn", "aiohttp", "native-abi"):
             ratios = []
             for r in runs:
                 other = by_run.get((scenario, case, peer, r["run"]))
@@ -1285,6 +1303,14 @@ def write_report(suite, rows, checks, out, svg_path, total_s):
         "client, as the `fetch` app and Berth's host do."
     )
     add(
+        "* **native hyper + app via the ABI** (`native-abi`, hello only): native-hello's server, "
+        "answering each request by calling the `hello` app's cdylib through Berth's boundary code "
+        "(`berth_server::embed`: the request lent across the C ABI, the app's future polled, its "
+        "answer and body taken back) and nothing else of Berth (no router, timeouts, drain or hot "
+        "reload). Native against it is what the plugin boundary costs; it against Berth, what the "
+        "rest of the server costs."
+    )
+    add(
         "* **uvicorn**: a bare ASGI app (no framework) with `--loop uvloop --http httptools "
         "--no-access-log`; **aiohttp**: an `aiohttp.web` app on uvloop with the access log off. Both "
         "fetch through one pooled `aiohttp.ClientSession` and run as one process "
@@ -1400,6 +1426,24 @@ def summary(rows, boundary):
                     f"; with `--access-log`, {logged['rps_x']:.2f}× and {fmt(logged['cpu_us_x'], '.2f')}×"
                 )
             lines.append(line + ".")
+            crossing = get("hello", case, "native-abi")
+            if crossing and crossing["rps_x"] is not None and berth["vs_native-abi"] is not None:
+                lines.append(
+                    f"hello, {berth['case']}, the plugin boundary alone: native hyper calling the same "
+                    f"app through the ABI (`native-abi`) does {crossing['rps_x']:.2f}× native's "
+                    f"requests/s at {fmt(crossing['cpu_us_x'], '.2f')}× its CPU per request; Berth, "
+                    f"with its router, timeouts, drain and hot reload on top, does "
+                    f"{berth['vs_native-abi']:.2f}× `native-abi`'s."
+                )
+            native = get("hello", case, "native")
+            if native and native["cpu_us"] and boundary:
+                allowance = native["cpu_us"] * (1 / 0.95 - 1) * 1000
+                lines.append(
+                    f"hello, {berth['case']}, the budget: native spends {native['cpu_us']:.1f} µs of CPU "
+                    f"per request, so ≥ 0.95× its requests/s leaves {allowance:.0f} ns per request for "
+                    f"everything Berth adds; one trip through the boundary costs "
+                    f"{boundary['diff_ns']:.0f} ns in the boundary benchmark below (hot caches)."
+                )
     berth = get("hello", "HTTP/1.1, 64", "berth")
     if berth and berth["vs_uvicorn"] is not None and berth["vs_aiohttp"] is not None:
         lines.append(

@@ -15,6 +15,9 @@
 //! * `src/bin/native-fetch.rs`: GETs an upstream with hyper-util's pooled client and answers
 //!   its first 20 bytes (the `fetch` app's baseline).
 //! * `src/bin/native-sleep.rs`: sleeps 1 s, then answers (the `gather?sleep_ms=1000` baseline).
+//! * `src/bin/native-abi.rs`: native-hello's server, answering through the `hello` app's plugin
+//!   via Berth's C ABI (`berth_server::embed`) and nothing else of Berth: it tells what the
+//!   boundary costs apart from what the rest of the server costs.
 //! * `src/bin/fanout.rs`: a load client that opens N connections at once, sends one request
 //!   on each, and prints one JSON line of results.
 //!
