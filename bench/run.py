@@ -1417,10 +1417,11 @@ def summary(rows, boundary):
 
     for case in ("HTTP/1.1, 64 conns", "HTTP/2"):
         berth, logged = get("hello", case, "berth"), get("hello", case, "berth-logged")
+        native = get("hello", case, "native")
         if berth and berth["rps_x"] is not None:
             line = (
                 f"hello, {berth['case']}: Berth does {berth['rps_x']:.2f}× native's requests/s "
-                f"({berth['rps']:,.0f} vs. {get('hello', case, 'native')['rps']:,.0f}) and spends "
+                f"({berth['rps']:,.0f} vs. {native['rps']:,.0f}) and spends "
                 f"{fmt(berth['cpu_us_x'], '.2f')}× its CPU per request"
             )
             if logged and logged["rps_x"] is not None:
@@ -1437,8 +1438,7 @@ def summary(rows, boundary):
                     f"with its router, timeouts, drain and hot reload on top, does "
                     f"{berth['vs_native-abi']:.2f}× `native-abi`'s."
                 )
-            native = get("hello", case, "native")
-            if native and native["cpu_us"] and boundary:
+            if native["cpu_us"] and boundary:
                 allowance = native["cpu_us"] * (1 / HELLO_TARGET_X - 1) * 1000
                 lines.append(
                     f"hello, {berth['case']}, the budget: native spends {native['cpu_us']:.1f} µs of CPU "
