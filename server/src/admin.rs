@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::registry::{Registry, Rescan};
+use crate::apps::{Registry, Rescan};
 
 /// Serves the admin API on `listener` until the process exits.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::allowlist::Allowlist;
+use crate::host::allowlist::Allowlist;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 /// The config file read when `--config` is not given, if it exists in the working directory.

@@ -2,7 +2,7 @@
 //!
 //! [`LoadedApp`] loads one app library the way the server does — the file is read once, checked
 //! to be a complete image, opened from a private shadow copy, and its descriptor checked — and
-//! calls its handler through the same boundary code (`bridge`'s `Plugin::handle` with a
+//! calls its handler through the same boundary code (`plugin`'s `Plugin::handle` with a
 //! [`RequestScope`], the outcome taken back with the same conversions), with no listener,
 //! router or connection in between. It is what the boundary micro-benchmark (`cargo bench -p
 //! berth-server --bench boundary`) measures, and a way to drive an app from a test or another
@@ -28,7 +28,7 @@
 //! work as a client disconnecting would. The app sees an empty mount prefix and the URI's path
 //! as its path, no peer address, and HTTP/1.1.
 //!
-//! This module has no `unsafe` code: everything that touches the ABI is in `bridge`.
+//! This module has no `unsafe` code: everything that touches the ABI is in `plugin`.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -41,11 +41,11 @@ use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use http::{HeaderMap, Method, StatusCode, Uri};
 
-use crate::bridge::{Plugin, RequestView, hook_result, outcome_into_parts, request_scope};
+use crate::apps::LoadError;
+use crate::apps::loader::{self, ShadowDir, read_image};
 use crate::config::Config;
-use crate::loader::{ShadowDir, check_complete, read_image};
-use crate::outbound::Outbound;
-use crate::plugin::{AppServices, LoadError, OutboundPolicy, RequestScope, check_name};
+use crate::host::{AppServices, Outbound, OutboundPolicy};
+use crate::plugin::{Plugin, RequestScope, RequestView, hook_result, outcome_into_parts};
 
 /// One app library, loaded and checked, ready to be called.
 ///
@@ -119,12 +119,10 @@ impl LoadedApp {
     /// it). The `init` hook is not run: call [`LoadedApp::init`].
     pub fn load_with(path: &Path, config: &Config) -> Result<LoadedApp, LoadError> {
         let image = read_image(path)?;
-        check_complete(&image.bytes)?;
         let shadow = ShadowDir::new()
             .map_err(|e| LoadError::Read(format!("cannot create a shadow directory: {e}")))?;
         // The copy is unlinked once open; the directory is not needed after this load.
         let plugin = shadow.open(path, &image.bytes)?;
-        check_name(&plugin.name)?;
         let app_config = config.app(&plugin.name);
         if !app_config.enabled {
             return Err(LoadError::Disabled(plugin.name));
@@ -139,7 +137,7 @@ impl LoadedApp {
         Ok(LoadedApp {
             name: Arc::from(plugin.name.as_str()),
             settings: app_config.settings.clone(),
-            policy: OutboundPolicy::new(config, &app_config),
+            policy: crate::apps::outbound_policy(config, &app_config),
             outbound,
             services: OnceLock::new(),
             plugin,
@@ -163,13 +161,7 @@ impl LoadedApp {
             .services()
             .map_err(|e| LoadError::Init(e.to_string()))?;
         let scope = RequestScope::new(services, None);
-        let Some(init) = self.plugin.init(&self.settings, scope) else {
-            return Ok(());
-        };
-        match AssertUnwindSafe(init).catch_unwind().await {
-            Err(_) => Err(LoadError::Init("the plugin's init future panicked".into())),
-            Ok(outcome) => hook_result(outcome).map_err(|f| LoadError::Init(f.to_string())),
-        }
+        loader::run_init(&self.plugin, &self.settings, scope, None).await
     }
 
     /// Runs the app's `shutdown` hook, if it has one.
@@ -209,7 +201,7 @@ impl LoadedApp {
             local_addr: None,
             mount_len: 0,
         };
-        let scope = request_scope(self.services()?, None, &view);
+        let scope = RequestScope::for_request(self.services()?, None, &view);
         let future = self.plugin.handle(scope, AbiBody::full(body));
         // The plugin catches its own panics; this only guards against broken plugin glue.
         let outcome = AssertUnwindSafe(future)

@@ -6,44 +6,54 @@
 //! and timers.
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), berth_server::ServeError> {
-//! let config = berth_server::Config::new("apps", "127.0.0.1:8080".parse().unwrap());
-//! berth_server::run(config, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use berth_server::{Config, Listeners};
+//!
+//! let config = Config::new("apps", "127.0.0.1:8080".parse()?);
+//! let listeners = Listeners::bind(&config)?;
+//! berth_server::run(listeners, config, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```
 //!
 //! # Layout
 //!
-//! * [`config`]: command line, environment and the `berth.toml` config file;
-//! * [`plugin`]: loading the apps directory, and the per-request state apps call back into;
-//! * `bridge`: the one module with `unsafe` code — opening libraries, checking descriptors,
-//!   calling handlers, and the capability table plugins call;
-//! * [`router`]: path prefix → app;
-//! * [`outbound`]: the pooled HTTP client apps fetch through;
-//! * [`server`]: the listener, the accept loop, request dispatch and graceful shutdown;
-//! * [`embed`]: embedding and benchmarking — load one app and call it without the HTTP server;
+//! A request's way through the modules, in order:
+//!
+//! * [`http`]: the accept loop, one connection (TLS, HTTP/1.1 or HTTP/2, timeouts), routing a
+//!   request to its app, and the response that goes back;
+//! * [`apps`]: what is mounted: loading files from the apps directory, app versions, the
+//!   router, the registry that hot-swaps versions, the file watcher;
+//! * [`plugin`]: the one module tree with `unsafe` code: opening libraries, checking their
+//!   descriptor, the request lent to an app, calling its handler, and the capability table it
+//!   calls back into;
+//! * [`host`]: what apps call back into: logging, timers, and the outbound HTTP client with its
+//!   allowlist.
+//!
+//! Around them:
+//!
+//! * [`server`]: start-up and shutdown, wiring the others together;
+//! * [`config`]: the command line, environment and the `berth.toml` config file;
+//! * [`tls`]: rustls configurations, for the listener and the outbound client;
+//! * [`admin`]: the admin API's listener (health, status, reloads);
+//! * [`embed`]: load one app and call it without the HTTP server (embedding, benchmarks);
 //! * [`logging`]: log output, written by a thread of its own.
+//!
+//! Modules lower in the first list never import from higher ones: `http` uses `apps`, `plugin`
+//! and `host`; `apps` uses `plugin` and `host`; `plugin` uses `host`; `host` uses none of them.
 
 pub mod admin;
-pub mod allowlist;
-mod bridge;
+pub mod apps;
 pub mod config;
-mod conn;
-mod drain;
 pub mod embed;
-pub mod loader;
+pub mod host;
+pub mod http;
 pub mod logging;
-pub mod outbound;
 pub mod plugin;
-pub mod registry;
-mod relay;
-pub mod router;
 pub mod server;
 pub mod tls;
-pub mod watch;
 
 pub use config::{AppConfig, Cli, Config, ConfigError};
-pub use server::{ServeError, run};
+pub use server::{Listeners, ServeError, run};
 
 /// An error and its sources on one line, e.g. "client error (Connect): tcp connect error:
 /// Connection refused (os error 111)".

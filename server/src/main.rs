@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use berth_server::{Cli, Config, ServeError};
+use berth_server::{Cli, Config, Listeners, ServeError};
 use clap::Parser;
 
 /// Raises the soft open-file limit to the hard one, and says so when even that is too low for
@@ -48,10 +48,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(berth_server::run(
-        config,
-        berth_server::server::shutdown_signal(),
-    )) {
+    let served = runtime.block_on(async {
+        let listeners = Listeners::bind(&config)?;
+        berth_server::run(listeners, config, berth_server::server::shutdown_signal()).await
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");

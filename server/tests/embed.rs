@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
+use berth_server::apps::LoadError;
 use berth_server::embed::{CallError, LoadedApp};
-use berth_server::plugin::LoadError;
+use berth_server::plugin::OpenError;
 use berth_server::{AppConfig, Config};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -132,7 +133,10 @@ fn refuses_what_is_not_an_app_and_calls_outside_a_runtime() {
     std::fs::write(&text, "not a library").expect("write");
     let refused = LoadedApp::load(&text).expect_err("a text file is refused");
     let _ = std::fs::remove_file(&text);
-    assert!(matches!(refused, LoadError::NotALibrary(_)), "{refused}");
+    assert!(
+        matches!(refused, LoadError::Open(OpenError::NotALibrary(_))),
+        "{refused}"
+    );
 
     let app = LoadedApp::load(&cdylib("hello")).expect("hello loads");
     let (uri, headers) = ("/".parse().expect("uri"), HeaderMap::new());

@@ -12,13 +12,72 @@
 //! The shadow file is unlinked as soon as it is open (the mapping keeps its inode alive), so
 //! nothing accumulates on disk.
 
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use sha2::{Digest, Sha256};
 
-use crate::bridge::{self, Plugin};
-use crate::plugin::LoadError;
+use crate::plugin::{self, OpenError, Plugin, RequestScope};
+
+/// Why a file in the apps directory was not loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The library could not be opened as a plugin.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The app's name cannot be a path segment.
+    #[error("invalid app name {0:?}: use letters, digits, '-', '_' and '.'")]
+    InvalidName(String),
+    /// Another file already provides an app with this name.
+    #[error("duplicate app name {name:?}: already loaded from {}", other.display())]
+    Duplicate {
+        /// The app name.
+        name: String,
+        /// The file that was loaded first.
+        other: PathBuf,
+    },
+    /// Another app is mounted at the same path.
+    #[error("mount {mount} is already used by app {other:?}")]
+    MountTaken {
+        /// The mount path.
+        mount: String,
+        /// The app mounted there.
+        other: String,
+    },
+    /// The file could not be read (or copied).
+    #[error("cannot read the file: {0}")]
+    Read(String),
+    /// `enabled = false` in the config file.
+    #[error("app {0:?} is disabled in the config file")]
+    Disabled(String),
+    /// The app's `init` hook failed or panicked.
+    #[error("init failed: {0}")]
+    Init(String),
+    /// The app's `init` hook did not finish in time.
+    #[error("init did not finish within {0:?}")]
+    InitTimeout(Duration),
+}
+
+/// Checks that an app's name can be a path segment.
+pub fn check_name(name: &str) -> Result<(), LoadError> {
+    let valid = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(LoadError::InvalidName(name.to_owned()))
+    }
+}
 
 /// Whether `path` names a shared library (by its extension; what is inside is checked on load).
 pub fn is_library_path(path: &Path) -> bool {
@@ -50,8 +109,10 @@ impl ShadowDir {
         })
     }
 
-    /// Writes `bytes` to a new, unique shadow path and opens that copy.
+    /// Checks that `bytes` (read from `source`) are a complete library, writes them to a new,
+    /// unique shadow path, opens that copy, and checks the app's name.
     pub fn open(&self, source: &Path, bytes: &[u8]) -> Result<Plugin, LoadError> {
+        check_complete(bytes)?;
         let stem = source
             .file_stem()
             .map_or_else(|| "app".into(), |s| s.to_string_lossy());
@@ -65,10 +126,12 @@ impl ShadowDir {
                 shadow.display()
             ))
         })?;
-        let plugin = bridge::load(&shadow);
+        let plugin = plugin::open(&shadow);
         // Open or not, the shadow file has served its purpose.
         let _ = std::fs::remove_file(&shadow);
-        plugin
+        let plugin = plugin?;
+        check_name(&plugin.name)?;
+        Ok(plugin)
     }
 }
 
@@ -120,10 +183,10 @@ pub fn read_image(file: &Path) -> Result<FileImage, LoadError> {
 /// Refuses anything that is not an object file whose headers and segments all lie within the
 /// bytes we have: a library still being copied into place fails here instead of being mapped
 /// with its end missing (touching such a mapping is a SIGBUS).
-pub fn check_complete(bytes: &[u8]) -> Result<(), LoadError> {
+fn check_complete(bytes: &[u8]) -> Result<(), OpenError> {
     use object::{Object, ObjectSegment};
     let file = object::File::parse(bytes).map_err(|e| {
-        LoadError::NotALibrary(format!(
+        OpenError::NotALibrary(format!(
             "not a complete shared library ({e}); if it is still being written, it is loaded once complete"
         ))
     })?;
@@ -131,12 +194,38 @@ pub fn check_complete(bytes: &[u8]) -> Result<(), LoadError> {
     for segment in file.segments() {
         let (offset, size) = segment.file_range();
         if offset.checked_add(size).is_none_or(|end| end > len) {
-            return Err(LoadError::NotALibrary(format!(
+            return Err(OpenError::NotALibrary(format!(
                 "truncated shared library: a segment ends past the file's {len} bytes; if it is still being written, it is loaded once complete"
             )));
         }
     }
     Ok(())
+}
+
+/// Runs `plugin`'s `init` hook with `settings` in `scope`, if it has one, within `limit` if one
+/// is given.
+pub async fn run_init(
+    plugin: &Plugin,
+    settings: &BTreeMap<String, String>,
+    scope: Arc<RequestScope>,
+    limit: Option<Duration>,
+) -> Result<(), LoadError> {
+    let Some(init) = plugin.init(settings, scope) else {
+        return Ok(());
+    };
+    let caught = AssertUnwindSafe(init).catch_unwind();
+    let finished = match limit {
+        Some(limit) => tokio::time::timeout(limit, caught)
+            .await
+            .map_err(|_| LoadError::InitTimeout(limit))?,
+        None => caught.await,
+    };
+    match finished {
+        Err(_) => Err(LoadError::Init("the plugin's init future panicked".into())),
+        Ok(outcome) => {
+            plugin::hook_result(outcome).map_err(|failure| LoadError::Init(failure.to_string()))
+        }
+    }
 }
 
 #[cfg(test)]

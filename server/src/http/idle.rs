@@ -1,4 +1,5 @@
-//! One client connection: protocol limits, the keep-alive idle timeout, and request tracking.
+//! The keep-alive idle timeout, the request head timeout, and request tracking for one
+//! connection.
 //!
 //! hyper has no idle timeout for keep-alive connections (hyper #2355), and its header read
 //! timeout also runs while a kept-alive connection waits for its next request, cutting idle
@@ -17,70 +18,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-
-use crate::config::Limits;
-
-/// hyper's HTTP/1.1 and HTTP/2 connection builders with Berth's limits, shared by every
-/// connection. Berth picks the protocol itself (ALPN, or a peek at the first bytes) instead of
-/// letting hyper-util's auto builder read them: that read takes the first 24 bytes of a
-/// request on their own, and hyper then grows its read buffer from 8 to 16 KiB for the rest,
-/// on every connection.
-#[derive(Debug, Clone)]
-pub struct Protocols {
-    /// HTTP/1.1.
-    pub http1: hyper::server::conn::http1::Builder,
-    /// HTTP/2 (over TLS with ALPN `h2`, or cleartext with prior knowledge).
-    pub http2: hyper::server::conn::http2::Builder<TokioExecutor>,
-}
-
-impl Protocols {
-    /// Both builders, with the limits that apply to each.
-    pub fn new(limits: &Limits) -> Self {
-        let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            // `IdleIo` times request heads; hyper's timer would also cut idle keep-alive
-            // connections.
-            .header_read_timeout(None)
-            // 431 for a request head over the limit, however the bytes arrived: the buffer limit
-            // alone is only checked while a head is incomplete, so a large head read in one
-            // go could pass it.
-            .max_header_size(limits.max_header_size)
-            // hyper needs a read buffer of at least 8 KiB.
-            .max_buf_size(limits.max_header_size.max(8192));
-        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.h2_max_concurrent_streams)
-            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
-        Protocols { http1, http2 }
-    }
-}
-
-/// The connection preface of HTTP/2 with prior knowledge (RFC 9113, section 3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Whether a cleartext client opens with the HTTP/2 preface. The bytes are peeked, not read,
-/// so hyper reads the whole first request at once. An HTTP/1.1 request differs from the
-/// preface by its second byte at the latest; only a client that stops part-way through the
-/// preface makes this wait for more.
-pub async fn opens_with_h2_preface(stream: &tokio::net::TcpStream) -> io::Result<bool> {
-    let mut buf = [0; H2_PREFACE.len()];
-    loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        // A peek returns at once while any byte is waiting: look again a little later.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 /// Requests in flight on one connection.
 #[derive(Debug, Default)]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::registry::AppVersion;
+use crate::apps::version::AppVersion;
 
 /// The mount table: path prefix → app.
 #[derive(Debug, Default)]

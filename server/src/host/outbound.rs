@@ -14,8 +14,31 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
 
-use crate::allowlist::{Allowlist, Target};
-use crate::plugin::OutboundPolicy;
+use crate::host::allowlist::{Allowlist, Target};
+
+/// An app's outbound rules: the upstreams it may call, and a cap on its requests in flight.
+/// Clones share the cap.
+#[derive(Debug, Clone)]
+pub struct OutboundPolicy {
+    /// Upstreams the app may call.
+    pub allowlist: Allowlist,
+    /// One permit per outbound request in flight.
+    pub permits: Arc<tokio::sync::Semaphore>,
+    /// The largest response body the app may read whole into memory.
+    pub max_buffered: u64,
+}
+
+impl OutboundPolicy {
+    /// Rules allowing `allowlist`, at most `max_concurrency` requests at once, and response
+    /// bodies of up to `max_buffered` bytes read whole.
+    pub fn new(allowlist: Allowlist, max_concurrency: usize, max_buffered: u64) -> Self {
+        OutboundPolicy {
+            allowlist,
+            permits: Arc::new(tokio::sync::Semaphore::new(max_concurrency)),
+            max_buffered,
+        }
+    }
+}
 
 /// Why an outbound request failed; each becomes a `FETCH_*` tag for the app.
 #[derive(Debug, thiserror::Error)]

@@ -11,134 +11,20 @@
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt as _;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 
-use crate::bridge::{Plugin, hook_result};
+use crate::apps::loader::{self, FileImage, LoadError, ShadowDir, is_library_path, read_image};
+use crate::apps::router::Router;
+use crate::apps::version::{AppStats, AppVersion};
 use crate::config::Config;
-use crate::loader::{ShadowDir, check_complete, is_library_path, read_image};
-use crate::outbound::Outbound;
-use crate::plugin::{AppServices, LoadError, OutboundPolicy, RequestScope, check_name};
-use crate::router::Router;
-
-/// Request counters of one app, kept across its versions.
-#[derive(Debug, Default)]
-pub struct AppStats {
-    /// Requests routed to the app.
-    pub requests: AtomicU64,
-    /// Requests that ended in a 5xx (panics, time-outs, invalid answers included).
-    pub errors: AtomicU64,
-    /// Requests whose response has not finished yet.
-    pub in_flight: AtomicUsize,
-}
-
-/// One loaded version of an app.
-#[derive(Debug)]
-pub struct AppVersion {
-    /// Unique per load, in load order.
-    pub id: u64,
-    /// The app's name.
-    pub name: Arc<str>,
-    /// Where it is mounted.
-    pub mount: String,
-    /// The file it was loaded from (in the apps directory).
-    pub file: PathBuf,
-    /// SHA-256 of the file's contents when loaded.
-    pub file_hash: String,
-    /// When it was loaded.
-    pub loaded_at: SystemTime,
-    /// Time limit for its requests until the response head.
-    pub request_timeout: Duration,
-    /// Time limit for its lifecycle hooks.
-    pub hook_timeout: Duration,
-    /// Largest request body it accepts.
-    pub max_body_size: u64,
-    /// Its name, outbound client and rules, shared by all its requests.
-    pub services: Arc<AppServices>,
-    /// The plugin.
-    pub plugin: Plugin,
-    /// The app's counters (shared with its other versions).
-    pub stats: Arc<AppStats>,
-    in_flight: AtomicUsize,
-    idle: Notify,
-    /// Set once someone waits for `idle`: until then the last request out has no one to
-    /// notify, and skips `Notify`'s lock.
-    awaited: AtomicBool,
-}
-
-impl AppVersion {
-    /// Counts a request in; the guard counts it out when dropped (after its response body).
-    pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            version: Arc::clone(self),
-        }
-    }
-
-    /// Requests on this version whose response has not finished.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
-    }
-
-    async fn wait_idle(&self) {
-        // Before the count is read: a request that ends after the read sees the flag (both
-        // are sequentially consistent) and notifies.
-        self.awaited.store(true, Ordering::SeqCst);
-        loop {
-            let notified = self.idle.notified();
-            if self.in_flight() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    fn summary(&self) -> Value {
-        json!({
-            "id": self.id,
-            "name": &*self.name,
-            "version": self.plugin.version,
-            "mount": self.mount,
-            "file": self.file.display().to_string(),
-            "file_hash": self.file_hash,
-            "loaded_at": humantime::format_rfc3339_seconds(self.loaded_at).to_string(),
-            "sdk_version": self.plugin.sdk_version,
-            "abi": format!("{}.{}", berth_app::abi::ABI_MAJOR, self.plugin.abi_minor),
-        })
-    }
-}
-
-/// A request in flight on a version; see [`AppVersion::begin`].
-#[derive(Debug)]
-pub struct InFlight {
-    version: Arc<AppVersion>,
-}
-
-impl InFlight {
-    /// The version the request runs on.
-    pub fn version(&self) -> &Arc<AppVersion> {
-        &self.version
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.version.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if self.version.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.version.awaited.load(Ordering::SeqCst)
-        {
-            self.version.idle.notify_waiters();
-        }
-    }
-}
+use crate::host::{AppServices, Outbound};
+use crate::plugin::{self, RequestScope};
 
 /// The last load failure of a file.
 #[derive(Debug, Clone)]
@@ -228,7 +114,7 @@ impl Registry {
         Arc::new(AppServices {
             app: Arc::clone(app),
             outbound: self.outbound.clone(),
-            policy: OutboundPolicy::new(&self.config, app_config),
+            policy: super::outbound_policy(&self.config, app_config),
             runtime: self.runtime.clone(),
         })
     }
@@ -378,13 +264,11 @@ impl Registry {
     async fn load_version(
         self: &Arc<Self>,
         file: &Path,
-        image: crate::loader::FileImage,
+        image: FileImage,
         loaded: Option<&Arc<AppVersion>>,
         mounts: &BTreeMap<String, Arc<AppVersion>>,
     ) -> Result<Arc<AppVersion>, LoadError> {
-        check_complete(&image.bytes)?;
         let plugin = self.shadow.open(file, &image.bytes)?;
-        check_name(&plugin.name)?;
         let app_config = self.config.app(&plugin.name);
         if !app_config.enabled {
             return Err(LoadError::Disabled(plugin.name));
@@ -418,22 +302,10 @@ impl Registry {
         let hook_timeout = app_config.hook_timeout.unwrap_or(self.config.hook_timeout);
         let services = self.services(&name, &app_config);
         let deadline = tokio::time::Instant::now() + hook_timeout;
-        if let Some(init) = plugin.init(
-            &app_config.settings,
-            RequestScope::new(&services, Some(deadline)),
-        ) {
-            let started = std::time::Instant::now();
-            match tokio::time::timeout(hook_timeout, AssertUnwindSafe(init).catch_unwind()).await {
-                Err(_) => return Err(LoadError::InitTimeout(hook_timeout)),
-                Ok(Err(_)) => {
-                    return Err(LoadError::Init("the plugin's init future panicked".into()));
-                }
-                Ok(Ok(outcome)) => {
-                    hook_result(outcome).map_err(|failure| LoadError::Init(failure.to_string()))?
-                }
-            }
-            tracing::debug!(app = &*name, elapsed = ?started.elapsed(), "init finished");
-        }
+        let started = std::time::Instant::now();
+        let scope = RequestScope::new(&services, Some(deadline));
+        loader::run_init(&plugin, &app_config.settings, scope, Some(hook_timeout)).await?;
+        tracing::debug!(app = &*name, elapsed = ?started.elapsed(), "init finished");
         let stats = Arc::clone(lock(&self.stats).entry(Arc::clone(&name)).or_default());
         Ok(Arc::new(AppVersion {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -452,9 +324,7 @@ impl Registry {
             services,
             plugin,
             stats,
-            in_flight: AtomicUsize::new(0),
-            idle: Notify::new(),
-            awaited: AtomicBool::new(false),
+            requests: Default::default(),
         }))
     }
 
@@ -487,7 +357,7 @@ impl Registry {
             Err(_) => tracing::warn!(app, "shutdown did not finish within {limit:?}"),
             Ok(Err(_)) => tracing::error!(app, "the plugin's shutdown future panicked"),
             Ok(Ok(outcome)) => {
-                if let Err(failure) = hook_result(outcome) {
+                if let Err(failure) = plugin::hook_result(outcome) {
                     tracing::warn!(app, "shutdown failed: {failure}");
                 }
             }

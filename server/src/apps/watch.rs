@@ -7,8 +7,8 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use crate::loader::is_library_path;
-use crate::registry::{Registry, Rescan};
+use crate::apps::loader::is_library_path;
+use crate::apps::{Registry, Rescan};
 
 /// How long the directory must be quiet before a rescan. A copy in progress produces a stream
 /// of write events; waiting for a pause avoids loading it half-way (and the loader refuses an

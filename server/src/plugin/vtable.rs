@@ -1,0 +1,118 @@
+//! The host capability table ([`HostVTable`]): the functions a plugin calls back into, each
+//! with the `ctx` pointer of a [`RequestScope`] it holds.
+
+use std::ffi::c_void;
+use std::mem::size_of;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_app::abi::*;
+use berth_app::ffi::{ForeignBody, IntoFfi as _, catch, headers_from_abi};
+
+use crate::host::Exchange;
+use crate::plugin::RequestScope;
+
+/// The table every host handle points to.
+pub(super) static HOST_VTABLE: HostVTable = HostVTable {
+    size: size_of::<HostVTable>(),
+    clone_ctx,
+    drop_ctx,
+    log,
+    sleep,
+    fetch,
+    time_left_ms,
+    max_buffered_response,
+};
+
+unsafe extern "C" fn max_buffered_response(ctx: *mut c_void) -> u64 {
+    // SAFETY: `ctx` is live for this call (the host contract).
+    unsafe { scope(ctx) }.services.policy.max_buffered
+}
+
+unsafe extern "C" fn time_left_ms(ctx: *mut c_void) -> u64 {
+    // SAFETY: `ctx` is live for this call (the host contract).
+    let scope = unsafe { scope(ctx) };
+    scope.deadline.map_or(NO_DEADLINE, |deadline| {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        u64::try_from(left.as_millis()).unwrap_or(NO_DEADLINE - 1)
+    })
+}
+
+/// Borrows the scope behind a `ctx` reference the plugin holds.
+///
+/// # Safety
+/// `ctx` must be a live reference made by `Arc::into_raw` in `host_for` or `clone_ctx`.
+unsafe fn scope<'a>(ctx: *mut c_void) -> &'a RequestScope {
+    // SAFETY: forwarded to the caller.
+    unsafe { &*ctx.cast::<RequestScope>() }
+}
+
+unsafe extern "C" fn clone_ctx(ctx: *mut c_void) -> *mut c_void {
+    // SAFETY: `ctx` is a live `Arc<RequestScope>` reference (the host contract).
+    unsafe { Arc::increment_strong_count(ctx.cast::<RequestScope>()) };
+    ctx
+}
+
+unsafe extern "C" fn drop_ctx(ctx: *mut c_void) {
+    // SAFETY: the plugin releases each reference it owns exactly once (the host contract).
+    let released = catch(|| unsafe { Arc::decrement_strong_count(ctx.cast::<RequestScope>()) });
+    let _ = released;
+}
+
+unsafe extern "C" fn log(ctx: *mut c_void, level: u32, message: AbiStr) {
+    let logged = catch(|| {
+        // SAFETY: `ctx` is live and `message` borrowed for this call (the host contract).
+        let (scope, message) = unsafe { (scope(ctx), message.as_bytes()) };
+        scope.services.log(level, &String::from_utf8_lossy(message));
+    });
+    let _ = logged;
+}
+
+unsafe extern "C" fn sleep(ctx: *mut c_void, nanos: u64) -> FfiFuture<u32> {
+    // SAFETY: `ctx` is live for this call (the host contract).
+    let scope = unsafe { scope(ctx) };
+    catch(|| scope.services.sleep(Duration::from_nanos(nanos)).into_ffi())
+        .unwrap_or_else(|_| std::future::ready(0).into_ffi())
+}
+
+unsafe extern "C" fn fetch(
+    ctx: *mut c_void,
+    req: *const AbiFetchRequest,
+    body: AbiBody,
+) -> FfiFuture<AbiFetchOutcome> {
+    // SAFETY: `body` moves to us (the host contract); wrapping it first guarantees its release.
+    let body = unsafe { ForeignBody::from_abi(body) };
+    let started = catch(|| {
+        // SAFETY: `ctx` is live and `req` borrowed for this call (the host contract).
+        let (scope, req) = unsafe { (scope(ctx), &*req) };
+        // SAFETY: as above, every field of `req` is borrowed for this call. The method and the
+        // URL are checked as they are parsed (`Exchange`).
+        let (method, url, headers) = unsafe {
+            (
+                req.method.as_bytes(),
+                req.url.as_bytes(),
+                headers_from_abi(req.headers),
+            )
+        };
+        match headers {
+            Ok(headers) => {
+                let timeout = (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms));
+                let exchange = Exchange {
+                    method,
+                    url,
+                    headers,
+                    body,
+                    timeout,
+                };
+                scope.services.fetch(exchange).into_ffi()
+            }
+            Err(e) => {
+                std::future::ready(AbiFetchOutcome::failed(FETCH_INVALID_REQUEST, e.0)).into_ffi()
+            }
+        }
+    });
+    started.unwrap_or_else(|panic| {
+        let message = format!("host panicked starting the fetch: {panic}");
+        std::future::ready(AbiFetchOutcome::failed(FETCH_OTHER, message)).into_ffi()
+    })
+}
