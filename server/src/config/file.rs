@@ -1,0 +1,186 @@
+//! The `berth.toml` schema as written, every key optional and nothing resolved, and its
+//! parsing: an error names the file, and the line and dotted key where they are known.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::values::{Addr, AdminListen, Count, Hosts, Mount, PositiveSecs, Secs, Setting, Size};
+use super::{AppConfig, ConfigError};
+
+/// Parses and checks the file's text; `path` is only for the error.
+pub(super) fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    let invalid = |err: toml::de::Error, key: Option<String>| {
+        let line = err.span().and_then(|span| line_of(text, span.start));
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.or_else(|| line.and_then(|line| key_on_line(text, line))),
+            line,
+            message: err.message().trim_end().to_owned(),
+        }
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|err| invalid(err, None))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let key = key_path(err.path());
+        invalid(err.into_inner(), key)
+    })
+}
+
+/// The dotted TOML key of a deserialization path, quoting keys that are not bare, e.g.
+/// `apps."my.app".mount`; `None` for the document itself.
+fn key_path(path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let mut text = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => text.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                let bare = !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if bare {
+                    text.push_str(key);
+                } else {
+                    text.push_str(&format!("{key:?}"));
+                }
+            }
+            Segment::Unknown => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push('?');
+            }
+        }
+    }
+    (!text.is_empty()).then_some(text)
+}
+
+/// The 1-based line of the byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> Option<usize> {
+    Some(text.get(..offset)?.matches('\n').count() + 1)
+}
+
+/// For a syntax error: the key assigned or the table opened on 1-based `line`, if any.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let source = text.lines().nth(line - 1)?.trim();
+    let key = if let Some(header) = source.strip_prefix('[') {
+        header.trim_start_matches('[').split(']').next()?
+    } else {
+        source.split('=').next().filter(|_| source.contains('='))?
+    };
+    let key = key.trim();
+    (!key.is_empty()).then(|| key.to_owned())
+}
+
+/// The file as written: every key optional, nothing resolved yet.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    pub(super) listen: Option<Addr>,
+    pub(super) apps_dir: Option<PathBuf>,
+    pub(super) admin_listen: Option<AdminListen>,
+    pub(super) drain_timeout: Option<Secs>,
+    pub(super) outbound_timeout: Option<PositiveSecs>,
+    pub(super) request_timeout: Option<PositiveSecs>,
+    pub(super) hook_timeout: Option<PositiveSecs>,
+    pub(super) watch: Option<bool>,
+    pub(super) access_log: Option<bool>,
+    #[serde(default)]
+    pub(super) apps: BTreeMap<String, FileApp>,
+    pub(super) tls_cert: Option<PathBuf>,
+    pub(super) tls_key: Option<PathBuf>,
+    pub(super) tls_handshake_timeout: Option<PositiveSecs>,
+    pub(super) header_read_timeout: Option<PositiveSecs>,
+    pub(super) keepalive_timeout: Option<PositiveSecs>,
+    pub(super) max_header_size: Option<Size>,
+    pub(super) max_body_size: Option<Size>,
+    pub(super) max_connections: Option<Count>,
+    pub(super) h2_max_concurrent_streams: Option<Count>,
+    pub(super) outbound_connect_timeout: Option<PositiveSecs>,
+    pub(super) outbound_max_concurrency: Option<Count>,
+    pub(super) outbound_max_buffered: Option<Size>,
+    pub(super) outbound_ca_file: Option<PathBuf>,
+    pub(super) allowed_outbound_hosts: Option<Hosts>,
+}
+
+/// An `[apps.<name>]` table as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileApp {
+    mount: Option<Mount>,
+    enabled: Option<bool>,
+    request_timeout: Option<PositiveSecs>,
+    hook_timeout: Option<PositiveSecs>,
+    #[serde(default)]
+    settings: BTreeMap<String, Setting>,
+    max_body_size: Option<Size>,
+    allowed_outbound_hosts: Option<Hosts>,
+    outbound_max_concurrency: Option<Count>,
+    outbound_max_buffered: Option<Size>,
+}
+
+impl From<FileApp> for AppConfig {
+    fn from(app: FileApp) -> Self {
+        AppConfig {
+            max_body_size: app.max_body_size.map(|s| s.0),
+            allowed_outbound_hosts: app.allowed_outbound_hosts.map(|h| h.0),
+            outbound_max_concurrency: app.outbound_max_concurrency.map(|n| n.0),
+            outbound_max_buffered: app.outbound_max_buffered.map(|s| s.0),
+            mount: app.mount.map(|m| m.0),
+            enabled: app.enabled.unwrap_or(true),
+            request_timeout: app.request_timeout.map(|d| d.0),
+            hook_timeout: app.hook_timeout.map(|d| d.0),
+            settings: app.settings.into_iter().map(|(k, v)| (k, v.0)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::test_support::load_err;
+
+    #[test]
+    fn unknown_top_level_key() {
+        let message = load_err("unknown-key", "listen = \"127.0.0.1:80\"\nlisen = \"x\"\n");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.contains("key `lisen`"), "{message}");
+        assert!(message.contains("unknown field `lisen`"), "{message}");
+    }
+
+    #[test]
+    fn unknown_app_key() {
+        let message = load_err(
+            "unknown-app-key",
+            "[apps.hello]\nmount = \"/hi\"\nmont = \"/x\"\n",
+        );
+        assert!(message.contains("line 3"), "{message}");
+        assert!(message.contains("key `apps.hello.mont`"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type() {
+        let message = load_err("wrong-type", "\n\ndrain_timeout = true\n");
+        assert!(message.contains("line 3"), "{message}");
+        assert!(message.contains("key `drain_timeout`"), "{message}");
+        assert!(
+            message.contains("invalid type: boolean `true`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_the_line_and_key() {
+        let message = load_err("syntax", "watch = true\nlisten = \"127.0.0.1:80\n");
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.contains("key `listen`"), "{message}");
+    }
+
+    #[test]
+    fn quoted_app_names_are_quoted_in_keys() {
+        let message = load_err("quoted", "[apps.\"my.app\"]\nmount = 1\n");
+        assert!(message.contains("key `apps.\"my.app\".mount`"), "{message}");
+    }
+}
