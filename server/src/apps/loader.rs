@@ -95,7 +95,7 @@ impl ShadowDir {
     /// Creates `berth-shadow-<pid>-<n>` in the system's temporary directory, first removing the
     /// ones left by Berth processes that no longer exist (killed before they could clean up).
     /// `n` numbers the directories of one process, so that dropping one (an embedded
-    /// [`LoadedApp`](crate::embed::LoadedApp), say) never removes another's.
+    /// `embed::LoadedApp`, say) never removes another's.
     pub fn new() -> std::io::Result<Self> {
         static INSTANCES: AtomicU64 = AtomicU64::new(1);
         let tmp = std::env::temp_dir();

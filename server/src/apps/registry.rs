@@ -5,7 +5,7 @@
 //! the table atomically for new requests while requests in flight keep their version alive.
 //! Each request holds an [`InFlight`] guard until its response body is finished; a replaced or
 //! removed version is *retired* — its `shutdown` hook run — only once its count of requests in
-//! flight reaches zero. Its library stays mapped (see `bridge`), so nothing a retired version
+//! flight reaches zero. Its library stays mapped (see `plugin`), so nothing a retired version
 //! left behind (a waker, a thread-local destructor) can jump into unmapped code.
 
 use std::collections::{BTreeMap, HashMap};
