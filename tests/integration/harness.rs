@@ -9,6 +9,7 @@
 //! test gives one, its config file (`berth.toml`). Its admin listener is on `127.0.0.1:0` unless
 //! the test turns it off, so tests never compete for the default admin port.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,22 +31,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// server's 10 s outbound timeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Environment variables `berth` reads (or may read); removed from the child's environment so
-/// that the developer's shell cannot change what a test sees.
-const BERTH_ENV: &[&str] = &[
-    "BERTH_APPS_DIR",
-    "BERTH_LISTEN",
-    "BERTH_DRAIN_TIMEOUT",
-    "BERTH_OUTBOUND_TIMEOUT",
-    "BERTH_ADMIN_LISTEN",
-    "BERTH_CONFIG",
-    "BERTH_REQUEST_TIMEOUT",
-    "BERTH_HOOK_TIMEOUT",
-    "BERTH_NO_WATCH",
-    "BERTH_TLS_CERT",
-    "BERTH_TLS_KEY",
-    "BERTH_OUTBOUND_CA_FILE",
-];
+/// The prefix of every environment variable `berth` reads. The harness removes all inherited
+/// variables with it (whatever their names, so a variable Berth learns to read later is covered
+/// too): the developer's shell cannot change what a test sees.
+const BERTH_PREFIX: &str = "BERTH_";
 
 /// The log line prefix of the public listener's address (`listening on http://ADDR`, or
 /// `listening on https://ADDR` when it serves TLS).
@@ -123,6 +112,26 @@ fn build_artifacts() -> Result<PathBuf, String> {
 /// Path of the `berth` binary.
 pub fn berth_bin() -> PathBuf {
     artifacts().join("berth")
+}
+
+/// The names in `env` that start with [`BERTH_PREFIX`].
+fn berth_vars(env: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<OsString> {
+    env.into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| key.as_encoded_bytes().starts_with(BERTH_PREFIX.as_bytes()))
+        .collect()
+}
+
+/// A command running `berth` with the test process's environment plus `shell` (variables a test
+/// pretends the developer's shell exported), minus every `BERTH_*` variable of either; the
+/// caller adds the ones the test sets.
+fn berth_command(shell: &[(OsString, OsString)]) -> Command {
+    let mut command = Command::new(berth_bin());
+    command.envs(shell.iter().cloned());
+    for key in berth_vars(std::env::vars_os().chain(shell.iter().cloned())) {
+        command.env_remove(key);
+    }
+    command
 }
 
 /// Path of the cdylib built from the crate whose library is named `crate_name`
@@ -290,6 +299,9 @@ pub struct BerthBuilder {
     envs: Vec<(String, String)>,
     /// Variables removed from the child's environment (after `envs` and the harness defaults).
     envs_removed: Vec<String>,
+    /// Variables added to the environment the child would inherit from the test process, as if
+    /// the developer's shell had exported them (the harness must drop the `BERTH_*` ones).
+    shell_envs: Vec<(OsString, OsString)>,
     /// Contents of `berth.toml`, passed with `--config`.
     config: Option<String>,
     admin: AdminListen,
@@ -348,6 +360,15 @@ impl BerthBuilder {
         self
     }
 
+    /// Adds a variable to the environment the child would inherit from the test process, as if
+    /// the developer's shell had exported it: unlike [`BerthBuilder::env`], the harness filters it
+    /// like any inherited variable. For testing that filter without touching the test process's
+    /// own environment (shared by tests running in parallel).
+    pub fn shell_env(mut self, key: &str, value: &str) -> Self {
+        self.shell_envs.push((key.into(), value.into()));
+        self
+    }
+
     /// Writes `toml` to `berth.toml` next to the apps directory (so `apps_dir = "apps"` names
     /// it) and passes `--config` with its path.
     pub fn config(mut self, toml: &str) -> Self {
@@ -401,10 +422,7 @@ impl BerthBuilder {
         });
         let listen = "127.0.0.1:0";
 
-        let mut command = Command::new(berth_bin());
-        for key in BERTH_ENV {
-            command.env_remove(key);
-        }
+        let mut command = berth_command(&self.shell_envs);
         // Berth reads `./berth.toml` when it exists: run it where only the test puts one.
         command.current_dir(temp.path());
         // Berth's shadow copies go to a directory under TMPDIR, which it removes when it exits
@@ -747,11 +765,7 @@ impl Drop for Berth {
 
 /// Runs `berth` with exactly `args` (no apps directory, no listen address) until it exits.
 pub fn run_berth(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
-    let mut command = Command::new(berth_bin());
-    for key in BERTH_ENV {
-        command.env_remove(key);
-    }
-    let mut child = command
+    let mut child = berth_command(&[])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -945,6 +959,24 @@ fn strip_ansi_removes_csi_sequences() {
         "2025  INFO listening"
     );
     assert_eq!(strip_ansi("plain"), "plain");
+}
+
+#[test]
+fn berth_vars_are_every_name_with_the_prefix() {
+    let env = [
+        ("PATH", "/usr/bin"),
+        ("BERTH_LISTEN", "0.0.0.0:80"),
+        ("BERTH_ACCESS_LOG", "1"),
+        ("BERTH_SOMETHING_NEW", "x"),
+        ("BERTHA", "not the prefix"),
+        ("berth_listen", "another name on Linux"),
+        ("MY_BERTH_LISTEN", "not a prefix"),
+    ]
+    .map(|(key, value)| (OsString::from(key), OsString::from(value)));
+    assert_eq!(
+        berth_vars(env),
+        ["BERTH_LISTEN", "BERTH_ACCESS_LOG", "BERTH_SOMETHING_NEW"]
+    );
 }
 
 #[test]
