@@ -8,6 +8,10 @@
 //! Each [`Berth`] gets a temporary directory holding its apps directory (`apps/`) and, when the
 //! test gives one, its config file (`berth.toml`). Its admin listener is on `127.0.0.1:0` unless
 //! the test turns it off, so tests never compete for the default admin port.
+//!
+//! Helpers that more than one test module uses live here too: reading `/proc/<pid>/status`,
+//! timing assertions, replacing files in the apps directory (and the two builds of the `swap`
+//! app), and reading the admin listener's `/apps` document.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
@@ -23,6 +27,7 @@ use hyper::header::HeaderValue;
 use hyper::{HeaderMap, Method, Request, StatusCode, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
 
 /// How long `berth` may take to print its `listening on` line.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -950,6 +955,144 @@ pub fn encode(text: &str) -> String {
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+// ---------------------------------------------------------------------------------------------
+
+/// The value of `field` (`VmRSS`, `VmHWM`) in `/proc/<pid>/status`, in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|err| panic!("read /proc/{pid}/status: {err}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"))
+}
+
+/// Asserts `elapsed` is within `range` (seconds), naming `what`.
+pub fn assert_about(what: &str, elapsed: Duration, range: std::ops::RangeInclusive<f64>) {
+    let secs = elapsed.as_secs_f64();
+    assert!(
+        range.contains(&secs),
+        "{what} after {secs:.2} s, expected {:.1} to {:.1} s",
+        range.start(),
+        range.end()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The apps directory
+// ---------------------------------------------------------------------------------------------
+
+/// How a test puts a new file at a path in the apps directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replace {
+    /// Write a temporary file with a non-`.so` name next to it, then rename it over the target
+    /// (atomic: the way deploy tools do it).
+    Rename,
+    /// `cp new.so apps/app.so`: truncate the loaded file and write the new bytes into it.
+    InPlace,
+}
+
+/// Puts the contents of `from` at `apps_dir/file_name`.
+pub fn replace(apps_dir: &Path, file_name: &str, from: &Path, how: Replace) {
+    let target = apps_dir.join(file_name);
+    match how {
+        Replace::Rename => {
+            let temp = apps_dir.join(format!(".{file_name}.tmp"));
+            std::fs::copy(from, &temp).unwrap_or_else(|err| {
+                panic!("copy {} to {}: {err}", from.display(), temp.display())
+            });
+            std::fs::rename(&temp, &target).unwrap_or_else(|err| {
+                panic!("rename {} to {}: {err}", temp.display(), target.display())
+            });
+        }
+        Replace::InPlace => {
+            std::fs::copy(from, &target).unwrap_or_else(|err| {
+                panic!("copy {} over {}: {err}", from.display(), target.display())
+            });
+        }
+    }
+}
+
+/// Writes `contents` to `apps_dir/file_name` through a temporary name and a rename.
+pub fn replace_with_bytes(apps_dir: &Path, file_name: &str, contents: &[u8]) {
+    let temp = apps_dir.join(format!(".{file_name}.tmp"));
+    std::fs::write(&temp, contents).expect("write the temporary file");
+    std::fs::rename(&temp, apps_dir.join(file_name)).expect("rename over the target");
+}
+
+/// The file name the `swap` app is served from in the reload and admin tests.
+pub const SWAP_SO: &str = "swap.so";
+
+/// Both builds of the `swap` app, copied once out of the target directory (so that a rebuild
+/// during the test cannot change them).
+#[derive(Debug)]
+pub struct Builds {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Builds {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-swap-builds-")
+            .tempdir()
+            .expect("tempdir");
+        let a = dir.path().join("swap-a.so");
+        let b = dir.path().join("swap-b.so");
+        std::fs::copy(cdylib("fixture_swap_a"), &a).expect("copy swap-a");
+        std::fs::copy(cdylib("fixture_swap_b"), &b).expect("copy swap-b");
+        Builds { a, b, _dir: dir }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The admin listener's `/apps` document
+// ---------------------------------------------------------------------------------------------
+
+/// `GET /apps` on the admin listener, as JSON.
+pub async fn admin_apps(berth: &Berth) -> Value {
+    let reply = get(&berth.admin_url("/apps")).await;
+    assert_eq!(reply.status, 200, "admin GET /apps: {}", reply.text());
+    reply.json()
+}
+
+/// The entry for `name` in the `apps` array of an admin `/apps` document.
+pub fn app_entry<'a>(apps: &'a Value, name: &str) -> Option<&'a Value> {
+    apps["apps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("admin /apps has no `apps` array: {apps}"))
+        .iter()
+        .find(|app| app["name"] == name)
+}
+
+/// Polls the admin `/apps` document until `check` accepts it; panics with the last document
+/// and `what` after `timeout`.
+pub async fn wait_for_apps(
+    berth: &Berth,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let apps = admin_apps(berth).await;
+        if check(&apps) {
+            return apps;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "admin /apps did not show {what} within {timeout:?}; last document:\n{apps:#}\n\
+             stderr:\n{}",
+            berth.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 #[test]
