@@ -250,6 +250,11 @@ impl Captured {
                 .0;
         }
     }
+
+    /// Blocks until the pipe closes, or `timeout`.
+    fn wait_closed(&self, timeout: Duration) {
+        self.wait_line(timeout, |_| None::<()>);
+    }
 }
 
 /// Removes ANSI CSI escape sequences (`ESC [ ... final-byte`), which a logger may emit even when
@@ -404,10 +409,7 @@ impl BerthBuilder {
 
     /// Starts `berth` without waiting for it to become ready.
     pub fn spawn(self) -> Berth {
-        let temp = tempfile::Builder::new()
-            .prefix("berth-test-")
-            .tempdir()
-            .expect("create a temporary directory");
+        let temp = test_dir();
         let own_apps_dir = temp.path().join("apps");
         std::fs::create_dir(&own_apps_dir).expect("create the apps directory");
         for (crate_name, file_name) in &self.apps {
@@ -463,30 +465,22 @@ impl BerthBuilder {
         for key in &self.envs_removed {
             command.env_remove(key);
         }
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let description = format!("{command:?}");
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|err| panic!("spawn {description}: {err}"));
-        let stderr = Captured::spawn_reader(child.stderr.take().expect("piped stderr"));
-        let stdout = Captured::spawn_reader(child.stdout.take().expect("piped stdout"));
-        Berth {
-            child,
-            description,
-            addr: None,
-            tls: false,
-            admin_addr: None,
-            wait_for_admin: self.admin == AdminListen::Ephemeral,
+        Berth::launch(
+            command,
+            temp,
             apps_dir,
-            stderr,
-            stdout,
-            exit: None,
-            _temp: temp,
-        }
+            self.admin == AdminListen::Ephemeral,
+        )
     }
+}
+
+/// A fresh temporary directory for one `berth` process (its working directory, `TMPDIR`, apps
+/// directory and config file).
+fn test_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("berth-test-")
+        .tempdir()
+        .expect("create a temporary directory")
 }
 
 /// A running `berth` process with its own apps directory. Killed on drop.
@@ -517,6 +511,38 @@ impl Berth {
     /// Describes a `berth` process; see [`BerthBuilder`].
     pub fn builder() -> BerthBuilder {
         BerthBuilder::default()
+    }
+
+    /// Spawns `command` with piped output, read on background threads.
+    fn launch(
+        mut command: Command,
+        temp: tempfile::TempDir,
+        apps_dir: PathBuf,
+        wait_for_admin: bool,
+    ) -> Self {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let description = format!("{command:?}");
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("spawn {description}: {err}"));
+        let stderr = Captured::spawn_reader(child.stderr.take().expect("piped stderr"));
+        let stdout = Captured::spawn_reader(child.stdout.take().expect("piped stdout"));
+        Berth {
+            child,
+            description,
+            addr: None,
+            tls: false,
+            admin_addr: None,
+            wait_for_admin,
+            apps_dir,
+            stderr,
+            stdout,
+            exit: None,
+            _temp: temp,
+        }
     }
 
     /// Starts `berth` with the given crates' cdylibs in its apps directory.
@@ -641,42 +667,35 @@ impl Berth {
     /// Panics with the whole stderr when no such line appears within `timeout`.
     pub async fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> String {
         let what = format!("contains all of {needles:?}");
-        self.wait_for_line(&what, timeout, |line| {
-            needles.iter().all(|needle| line.contains(needle))
+        let needles: Vec<String> = needles.iter().map(|&needle| needle.to_owned()).collect();
+        self.wait_for_line(&what, timeout, move |line| {
+            needles.iter().all(|needle| line.contains(needle.as_str()))
         })
         .await
     }
 
     /// Waits until a stderr line satisfies `matches` (described by `what` in the failure
-    /// message) and returns it; panics, showing stderr, after `timeout`.
+    /// message) and returns it; panics, showing stderr, after `timeout` or when berth closes
+    /// stderr without such a line.
     pub async fn wait_for_line(
         &self,
         what: &str,
         timeout: Duration,
-        matches: impl Fn(&str) -> bool,
+        matches: impl Fn(&str) -> bool + Send + 'static,
     ) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut checked = 0;
-        loop {
-            let found = {
-                let state = self.stderr.lock();
-                let found = state.lines[checked..]
-                    .iter()
-                    .find(|line| matches(line))
-                    .cloned();
-                checked = state.lines.len();
-                found
-            };
-            if let Some(line) = found {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
+        // `wait_line` blocks on the reader's condition variable: off the runtime's threads.
+        let stderr = Arc::clone(&self.stderr);
+        let found = tokio::task::spawn_blocking(move || {
+            stderr.wait_line(timeout, |line| matches(line).then(|| line.to_owned()))
+        })
+        .await
+        .expect("the stderr waiter does not panic");
+        found.unwrap_or_else(|| {
+            panic!(
                 "no stderr line of berth {what} within {timeout:?}; stderr:\n{}",
                 self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+            )
+        })
     }
 
     /// The stderr lines so far (ANSI sequences stripped).
@@ -704,26 +723,9 @@ impl Berth {
         assert_eq!(rc, 0, "kill({name}): {}", std::io::Error::last_os_error());
     }
 
-    /// Waits for the process to exit; panics (showing stderr) after `timeout`.
+    /// Waits for the process to exit and for both pipes to close (so [`Berth::stderr`] and
+    /// [`Berth::stdout`] are complete); panics (showing stderr) after `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait on berth") {
-                self.exit = Some(status);
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth did not exit within {timeout:?}; stderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits (blocking) for the process to exit and for both pipes to close, for processes that
-    /// are expected to exit on their own (`--help`, bad configuration).
-    pub fn wait_exit_blocking(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait on berth") {
@@ -734,14 +736,30 @@ impl Berth {
                 "berth did not exit within {timeout:?}; stderr:\n{}",
                 self.stderr()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         };
         self.exit = Some(status);
         // The pipes close right after the exit; wait for the readers to see it.
         let rest = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
-        self.stderr.wait_line(rest, |_| None::<()>);
-        self.stdout.wait_line(rest, |_| None::<()>);
+        let pipes = [Arc::clone(&self.stderr), Arc::clone(&self.stdout)];
+        tokio::task::spawn_blocking(move || {
+            for pipe in pipes {
+                pipe.wait_closed(rest);
+            }
+        })
+        .await
+        .expect("the pipe waiter does not panic");
         status
+    }
+
+    /// [`Berth::wait_exit`] for tests without a runtime of their own (`--help`, bad
+    /// configuration): it runs one for the wait. Panics when called inside a runtime.
+    pub fn wait_exit_blocking(&mut self, timeout: Duration) -> ExitStatus {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("build a runtime to wait in")
+            .block_on(self.wait_exit(timeout))
     }
 
     /// Everything `berth` has written to stdout so far.
@@ -768,36 +786,18 @@ impl Drop for Berth {
     }
 }
 
-/// Runs `berth` with exactly `args` (no apps directory, no listen address) until it exits.
+/// Runs `berth` with exactly `args` (no apps directory, no listen address) until it exits;
+/// returns its exit status, stdout and stderr. Panics when it has not exited within `timeout`.
 pub fn run_berth(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
-    let mut child = berth_command(&[])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn berth");
-    let stdout = Captured::spawn_reader(child.stdout.take().expect("piped stdout"));
-    let stderr = Captured::spawn_reader(child.stderr.take().expect("piped stderr"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait on berth") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`berth {}` did not exit within {timeout:?}; stderr:\n{}",
-                args.join(" "),
-                stderr.text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    stdout.wait_line(Duration::from_secs(2), |_| None::<()>);
-    stderr.wait_line(Duration::from_secs(2), |_| None::<()>);
-    (status, stdout.text(), stderr.text())
+    let temp = test_dir();
+    let mut command = berth_command(&[]);
+    // Berth reads `./berth.toml` when it exists: run it where there is none.
+    command.current_dir(temp.path()).args(args);
+    // It is given no apps directory; `apps_dir()` names one that does not exist.
+    let apps_dir = temp.path().join("apps");
+    let mut berth = Berth::launch(command, temp, apps_dir, false);
+    let status = berth.wait_exit_blocking(timeout);
+    (status, berth.stdout(), berth.stderr())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -490,9 +490,10 @@ async fn clock_with_a_count_sends_that_many_events_and_ends() {
 /// line); returns it.
 async fn wait_for_clock_closed(berth: &Berth, message: &str, timeout: Duration) -> String {
     let what = format!("contains {message:?} and the app name");
+    let message = message.to_owned();
     berth
-        .wait_for_line(&what, timeout, |line| {
-            line.contains(message) && line.replace(message, "").contains("clock")
+        .wait_for_line(&what, timeout, move |line| {
+            line.contains(&message) && line.replace(&message, "").contains("clock")
         })
         .await
 }
