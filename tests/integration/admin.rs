@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Berth, get, post};
-use crate::reload::{
-    Builds, Replace, SWAP_SO, admin_apps, app_entry, replace, replace_with_bytes, wait_for_apps,
+use crate::harness::{
+    Berth, Builds, Replace, SWAP_SO, admin_apps, app_entry, get, post, replace, replace_with_bytes,
+    wait_for_apps,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);

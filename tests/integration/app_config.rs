@@ -4,8 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Berth, berth_bin, get, run_berth};
-use crate::reload::{admin_apps, app_entry, wait_for_apps};
+use crate::harness::{Berth, admin_apps, app_entry, berth_bin, get, run_berth, wait_for_apps};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

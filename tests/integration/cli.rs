@@ -81,6 +81,42 @@ async fn environment_variables_configure_the_server() {
 }
 
 #[tokio::test]
+async fn berth_variables_of_the_developers_shell_do_not_reach_the_server() {
+    // Every variable Berth reads, each with a value that would stop it from starting or would
+    // change what a test sees, plus one Berth does not read yet: the harness drops them all by
+    // their prefix, so this berth starts as any other and serves `hello`.
+    let shell = [
+        ("BERTH_CONFIG", "/nonexistent/berth.toml"),
+        ("BERTH_APPS_DIR", "/nonexistent/apps"),
+        ("BERTH_LISTEN", "not an address"),
+        ("BERTH_ADMIN_LISTEN", "not an address"),
+        ("BERTH_DRAIN_TIMEOUT", "soon"),
+        ("BERTH_OUTBOUND_TIMEOUT", "soon"),
+        ("BERTH_REQUEST_TIMEOUT", "soon"),
+        ("BERTH_TLS_CERT", "/nonexistent/cert.pem"),
+        ("BERTH_TLS_KEY", "/nonexistent/key.pem"),
+        ("BERTH_OUTBOUND_CA_FILE", "/nonexistent/ca.pem"),
+        ("BERTH_ALLOW_OUTBOUND", "ftp://example.com"),
+        ("BERTH_MAX_BODY_SIZE", "huge"),
+        ("BERTH_MAX_CONNECTIONS", "many"),
+        ("BERTH_HEADER_READ_TIMEOUT", "soon"),
+        ("BERTH_KEEPALIVE_TIMEOUT", "soon"),
+        ("BERTH_NO_WATCH", "1"),
+        ("BERTH_ACCESS_LOG", "1"),
+        ("BERTH_NOT_READ_YET", "1"),
+    ];
+    let berth = shell
+        .iter()
+        .fold(Berth::builder().app("hello"), |builder, (key, value)| {
+            builder.shell_env(key, value)
+        })
+        .start();
+    let reply = get(&berth.url("/hello")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "Hello, world!\n");
+}
+
+#[tokio::test]
 async fn outbound_timeout_flag_limits_outbound_requests() {
     let mut hang = HangServer::start();
     let berth = Berth::builder()

@@ -8,7 +8,12 @@
 //! Each [`Berth`] gets a temporary directory holding its apps directory (`apps/`) and, when the
 //! test gives one, its config file (`berth.toml`). Its admin listener is on `127.0.0.1:0` unless
 //! the test turns it off, so tests never compete for the default admin port.
+//!
+//! Helpers that more than one test module uses live here too: reading `/proc/<pid>/status`,
+//! timing assertions, replacing files in the apps directory (and the two builds of the `swap`
+//! app), and reading the admin listener's `/apps` document.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +27,7 @@ use hyper::header::HeaderValue;
 use hyper::{HeaderMap, Method, Request, StatusCode, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
 
 /// How long `berth` may take to print its `listening on` line.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -30,22 +36,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// server's 10 s outbound timeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Environment variables `berth` reads (or may read); removed from the child's environment so
-/// that the developer's shell cannot change what a test sees.
-const BERTH_ENV: &[&str] = &[
-    "BERTH_APPS_DIR",
-    "BERTH_LISTEN",
-    "BERTH_DRAIN_TIMEOUT",
-    "BERTH_OUTBOUND_TIMEOUT",
-    "BERTH_ADMIN_LISTEN",
-    "BERTH_CONFIG",
-    "BERTH_REQUEST_TIMEOUT",
-    "BERTH_HOOK_TIMEOUT",
-    "BERTH_NO_WATCH",
-    "BERTH_TLS_CERT",
-    "BERTH_TLS_KEY",
-    "BERTH_OUTBOUND_CA_FILE",
-];
+/// The prefix of every environment variable `berth` reads. The harness removes all inherited
+/// variables with it (whatever their names, so a variable Berth learns to read later is covered
+/// too): the developer's shell cannot change what a test sees.
+const BERTH_PREFIX: &str = "BERTH_";
 
 /// The log line prefix of the public listener's address (`listening on http://ADDR`, or
 /// `listening on https://ADDR` when it serves TLS).
@@ -123,6 +117,26 @@ fn build_artifacts() -> Result<PathBuf, String> {
 /// Path of the `berth` binary.
 pub fn berth_bin() -> PathBuf {
     artifacts().join("berth")
+}
+
+/// The names in `env` that start with [`BERTH_PREFIX`].
+fn berth_vars(env: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<OsString> {
+    env.into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| key.as_encoded_bytes().starts_with(BERTH_PREFIX.as_bytes()))
+        .collect()
+}
+
+/// A command running `berth` with the test process's environment plus `shell` (variables a test
+/// pretends the developer's shell exported), minus every `BERTH_*` variable of either; the
+/// caller adds the ones the test sets.
+fn berth_command(shell: &[(OsString, OsString)]) -> Command {
+    let mut command = Command::new(berth_bin());
+    command.envs(shell.iter().cloned());
+    for key in berth_vars(std::env::vars_os().chain(shell.iter().cloned())) {
+        command.env_remove(key);
+    }
+    command
 }
 
 /// Path of the cdylib built from the crate whose library is named `crate_name`
@@ -236,6 +250,11 @@ impl Captured {
                 .0;
         }
     }
+
+    /// Blocks until the pipe closes, or `timeout`.
+    fn wait_closed(&self, timeout: Duration) {
+        self.wait_line(timeout, |_| None::<()>);
+    }
 }
 
 /// Removes ANSI CSI escape sequences (`ESC [ ... final-byte`), which a logger may emit even when
@@ -290,6 +309,9 @@ pub struct BerthBuilder {
     envs: Vec<(String, String)>,
     /// Variables removed from the child's environment (after `envs` and the harness defaults).
     envs_removed: Vec<String>,
+    /// Variables added to the environment the child would inherit from the test process, as if
+    /// the developer's shell had exported them (the harness must drop the `BERTH_*` ones).
+    shell_envs: Vec<(OsString, OsString)>,
     /// Contents of `berth.toml`, passed with `--config`.
     config: Option<String>,
     admin: AdminListen,
@@ -348,6 +370,15 @@ impl BerthBuilder {
         self
     }
 
+    /// Adds a variable to the environment the child would inherit from the test process, as if
+    /// the developer's shell had exported it: unlike [`BerthBuilder::env`], the harness filters it
+    /// like any inherited variable. For testing that filter without touching the test process's
+    /// own environment (shared by tests running in parallel).
+    pub fn shell_env(mut self, key: &str, value: &str) -> Self {
+        self.shell_envs.push((key.into(), value.into()));
+        self
+    }
+
     /// Writes `toml` to `berth.toml` next to the apps directory (so `apps_dir = "apps"` names
     /// it) and passes `--config` with its path.
     pub fn config(mut self, toml: &str) -> Self {
@@ -378,10 +409,7 @@ impl BerthBuilder {
 
     /// Starts `berth` without waiting for it to become ready.
     pub fn spawn(self) -> Berth {
-        let temp = tempfile::Builder::new()
-            .prefix("berth-test-")
-            .tempdir()
-            .expect("create a temporary directory");
+        let temp = test_dir();
         let own_apps_dir = temp.path().join("apps");
         std::fs::create_dir(&own_apps_dir).expect("create the apps directory");
         for (crate_name, file_name) in &self.apps {
@@ -401,10 +429,7 @@ impl BerthBuilder {
         });
         let listen = "127.0.0.1:0";
 
-        let mut command = Command::new(berth_bin());
-        for key in BERTH_ENV {
-            command.env_remove(key);
-        }
+        let mut command = berth_command(&self.shell_envs);
         // Berth reads `./berth.toml` when it exists: run it where only the test puts one.
         command.current_dir(temp.path());
         // Berth's shadow copies go to a directory under TMPDIR, which it removes when it exits
@@ -440,30 +465,22 @@ impl BerthBuilder {
         for key in &self.envs_removed {
             command.env_remove(key);
         }
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let description = format!("{command:?}");
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|err| panic!("spawn {description}: {err}"));
-        let stderr = Captured::spawn_reader(child.stderr.take().expect("piped stderr"));
-        let stdout = Captured::spawn_reader(child.stdout.take().expect("piped stdout"));
-        Berth {
-            child,
-            description,
-            addr: None,
-            tls: false,
-            admin_addr: None,
-            wait_for_admin: self.admin == AdminListen::Ephemeral,
+        Berth::launch(
+            command,
+            temp,
             apps_dir,
-            stderr,
-            stdout,
-            exit: None,
-            _temp: temp,
-        }
+            self.admin == AdminListen::Ephemeral,
+        )
     }
+}
+
+/// A fresh temporary directory for one `berth` process (its working directory, `TMPDIR`, apps
+/// directory and config file).
+fn test_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("berth-test-")
+        .tempdir()
+        .expect("create a temporary directory")
 }
 
 /// A running `berth` process with its own apps directory. Killed on drop.
@@ -494,6 +511,38 @@ impl Berth {
     /// Describes a `berth` process; see [`BerthBuilder`].
     pub fn builder() -> BerthBuilder {
         BerthBuilder::default()
+    }
+
+    /// Spawns `command` with piped output, read on background threads.
+    fn launch(
+        mut command: Command,
+        temp: tempfile::TempDir,
+        apps_dir: PathBuf,
+        wait_for_admin: bool,
+    ) -> Self {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let description = format!("{command:?}");
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("spawn {description}: {err}"));
+        let stderr = Captured::spawn_reader(child.stderr.take().expect("piped stderr"));
+        let stdout = Captured::spawn_reader(child.stdout.take().expect("piped stdout"));
+        Berth {
+            child,
+            description,
+            addr: None,
+            tls: false,
+            admin_addr: None,
+            wait_for_admin,
+            apps_dir,
+            stderr,
+            stdout,
+            exit: None,
+            _temp: temp,
+        }
     }
 
     /// Starts `berth` with the given crates' cdylibs in its apps directory.
@@ -618,42 +667,35 @@ impl Berth {
     /// Panics with the whole stderr when no such line appears within `timeout`.
     pub async fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> String {
         let what = format!("contains all of {needles:?}");
-        self.wait_for_line(&what, timeout, |line| {
-            needles.iter().all(|needle| line.contains(needle))
+        let needles: Vec<String> = needles.iter().map(|&needle| needle.to_owned()).collect();
+        self.wait_for_line(&what, timeout, move |line| {
+            needles.iter().all(|needle| line.contains(needle.as_str()))
         })
         .await
     }
 
     /// Waits until a stderr line satisfies `matches` (described by `what` in the failure
-    /// message) and returns it; panics, showing stderr, after `timeout`.
+    /// message) and returns it; panics, showing stderr, after `timeout` or when berth closes
+    /// stderr without such a line.
     pub async fn wait_for_line(
         &self,
         what: &str,
         timeout: Duration,
-        matches: impl Fn(&str) -> bool,
+        matches: impl Fn(&str) -> bool + Send + 'static,
     ) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut checked = 0;
-        loop {
-            let found = {
-                let state = self.stderr.lock();
-                let found = state.lines[checked..]
-                    .iter()
-                    .find(|line| matches(line))
-                    .cloned();
-                checked = state.lines.len();
-                found
-            };
-            if let Some(line) = found {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
+        // `wait_line` blocks on the reader's condition variable: off the runtime's threads.
+        let stderr = Arc::clone(&self.stderr);
+        let found = tokio::task::spawn_blocking(move || {
+            stderr.wait_line(timeout, |line| matches(line).then(|| line.to_owned()))
+        })
+        .await
+        .expect("the stderr waiter does not panic");
+        found.unwrap_or_else(|| {
+            panic!(
                 "no stderr line of berth {what} within {timeout:?}; stderr:\n{}",
                 self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+            )
+        })
     }
 
     /// The stderr lines so far (ANSI sequences stripped).
@@ -681,26 +723,9 @@ impl Berth {
         assert_eq!(rc, 0, "kill({name}): {}", std::io::Error::last_os_error());
     }
 
-    /// Waits for the process to exit; panics (showing stderr) after `timeout`.
+    /// Waits for the process to exit and for both pipes to close (so [`Berth::stderr`] and
+    /// [`Berth::stdout`] are complete); panics (showing stderr) after `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait on berth") {
-                self.exit = Some(status);
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth did not exit within {timeout:?}; stderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits (blocking) for the process to exit and for both pipes to close, for processes that
-    /// are expected to exit on their own (`--help`, bad configuration).
-    pub fn wait_exit_blocking(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait on berth") {
@@ -711,14 +736,30 @@ impl Berth {
                 "berth did not exit within {timeout:?}; stderr:\n{}",
                 self.stderr()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         };
         self.exit = Some(status);
         // The pipes close right after the exit; wait for the readers to see it.
         let rest = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
-        self.stderr.wait_line(rest, |_| None::<()>);
-        self.stdout.wait_line(rest, |_| None::<()>);
+        let pipes = [Arc::clone(&self.stderr), Arc::clone(&self.stdout)];
+        tokio::task::spawn_blocking(move || {
+            for pipe in pipes {
+                pipe.wait_closed(rest);
+            }
+        })
+        .await
+        .expect("the pipe waiter does not panic");
         status
+    }
+
+    /// [`Berth::wait_exit`] for tests without a runtime of their own (`--help`, bad
+    /// configuration): it runs one for the wait. Panics when called inside a runtime.
+    pub fn wait_exit_blocking(&mut self, timeout: Duration) -> ExitStatus {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("build a runtime to wait in")
+            .block_on(self.wait_exit(timeout))
     }
 
     /// Everything `berth` has written to stdout so far.
@@ -745,40 +786,18 @@ impl Drop for Berth {
     }
 }
 
-/// Runs `berth` with exactly `args` (no apps directory, no listen address) until it exits.
+/// Runs `berth` with exactly `args` (no apps directory, no listen address) until it exits;
+/// returns its exit status, stdout and stderr. Panics when it has not exited within `timeout`.
 pub fn run_berth(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
-    let mut command = Command::new(berth_bin());
-    for key in BERTH_ENV {
-        command.env_remove(key);
-    }
-    let mut child = command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn berth");
-    let stdout = Captured::spawn_reader(child.stdout.take().expect("piped stdout"));
-    let stderr = Captured::spawn_reader(child.stderr.take().expect("piped stderr"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait on berth") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`berth {}` did not exit within {timeout:?}; stderr:\n{}",
-                args.join(" "),
-                stderr.text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    stdout.wait_line(Duration::from_secs(2), |_| None::<()>);
-    stderr.wait_line(Duration::from_secs(2), |_| None::<()>);
-    (status, stdout.text(), stderr.text())
+    let temp = test_dir();
+    let mut command = berth_command(&[]);
+    // Berth reads `./berth.toml` when it exists: run it where there is none.
+    command.current_dir(temp.path()).args(args);
+    // It is given no apps directory; `apps_dir()` names one that does not exist.
+    let apps_dir = temp.path().join("apps");
+    let mut berth = Berth::launch(command, temp, apps_dir, false);
+    let status = berth.wait_exit_blocking(timeout);
+    (status, berth.stdout(), berth.stderr())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -938,6 +957,144 @@ pub fn encode(text: &str) -> String {
     out
 }
 
+// ---------------------------------------------------------------------------------------------
+// Measurements
+// ---------------------------------------------------------------------------------------------
+
+/// The value of `field` (`VmRSS`, `VmHWM`) in `/proc/<pid>/status`, in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|err| panic!("read /proc/{pid}/status: {err}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"))
+}
+
+/// Asserts `elapsed` is within `range` (seconds), naming `what`.
+pub fn assert_about(what: &str, elapsed: Duration, range: std::ops::RangeInclusive<f64>) {
+    let secs = elapsed.as_secs_f64();
+    assert!(
+        range.contains(&secs),
+        "{what} after {secs:.2} s, expected {:.1} to {:.1} s",
+        range.start(),
+        range.end()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The apps directory
+// ---------------------------------------------------------------------------------------------
+
+/// How a test puts a new file at a path in the apps directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replace {
+    /// Write a temporary file with a non-`.so` name next to it, then rename it over the target
+    /// (atomic: the way deploy tools do it).
+    Rename,
+    /// `cp new.so apps/app.so`: truncate the loaded file and write the new bytes into it.
+    InPlace,
+}
+
+/// Puts the contents of `from` at `apps_dir/file_name`.
+pub fn replace(apps_dir: &Path, file_name: &str, from: &Path, how: Replace) {
+    let target = apps_dir.join(file_name);
+    match how {
+        Replace::Rename => {
+            let temp = apps_dir.join(format!(".{file_name}.tmp"));
+            std::fs::copy(from, &temp).unwrap_or_else(|err| {
+                panic!("copy {} to {}: {err}", from.display(), temp.display())
+            });
+            std::fs::rename(&temp, &target).unwrap_or_else(|err| {
+                panic!("rename {} to {}: {err}", temp.display(), target.display())
+            });
+        }
+        Replace::InPlace => {
+            std::fs::copy(from, &target).unwrap_or_else(|err| {
+                panic!("copy {} over {}: {err}", from.display(), target.display())
+            });
+        }
+    }
+}
+
+/// Writes `contents` to `apps_dir/file_name` through a temporary name and a rename.
+pub fn replace_with_bytes(apps_dir: &Path, file_name: &str, contents: &[u8]) {
+    let temp = apps_dir.join(format!(".{file_name}.tmp"));
+    std::fs::write(&temp, contents).expect("write the temporary file");
+    std::fs::rename(&temp, apps_dir.join(file_name)).expect("rename over the target");
+}
+
+/// The file name the `swap` app is served from in the reload and admin tests.
+pub const SWAP_SO: &str = "swap.so";
+
+/// Both builds of the `swap` app, copied once out of the target directory (so that a rebuild
+/// during the test cannot change them).
+#[derive(Debug)]
+pub struct Builds {
+    pub a: PathBuf,
+    pub b: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Builds {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-swap-builds-")
+            .tempdir()
+            .expect("tempdir");
+        let a = dir.path().join("swap-a.so");
+        let b = dir.path().join("swap-b.so");
+        std::fs::copy(cdylib("fixture_swap_a"), &a).expect("copy swap-a");
+        std::fs::copy(cdylib("fixture_swap_b"), &b).expect("copy swap-b");
+        Builds { a, b, _dir: dir }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The admin listener's `/apps` document
+// ---------------------------------------------------------------------------------------------
+
+/// `GET /apps` on the admin listener, as JSON.
+pub async fn admin_apps(berth: &Berth) -> Value {
+    let reply = get(&berth.admin_url("/apps")).await;
+    assert_eq!(reply.status, 200, "admin GET /apps: {}", reply.text());
+    reply.json()
+}
+
+/// The entry for `name` in the `apps` array of an admin `/apps` document.
+pub fn app_entry<'a>(apps: &'a Value, name: &str) -> Option<&'a Value> {
+    apps["apps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("admin /apps has no `apps` array: {apps}"))
+        .iter()
+        .find(|app| app["name"] == name)
+}
+
+/// Polls the admin `/apps` document until `check` accepts it; panics with the last document
+/// and `what` after `timeout`.
+pub async fn wait_for_apps(
+    berth: &Berth,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let apps = admin_apps(berth).await;
+        if check(&apps) {
+            return apps;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "admin /apps did not show {what} within {timeout:?}; last document:\n{apps:#}\n\
+             stderr:\n{}",
+            berth.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 #[test]
 fn strip_ansi_removes_csi_sequences() {
     assert_eq!(
@@ -945,6 +1102,24 @@ fn strip_ansi_removes_csi_sequences() {
         "2025  INFO listening"
     );
     assert_eq!(strip_ansi("plain"), "plain");
+}
+
+#[test]
+fn berth_vars_are_every_name_with_the_prefix() {
+    let env = [
+        ("PATH", "/usr/bin"),
+        ("BERTH_LISTEN", "0.0.0.0:80"),
+        ("BERTH_ACCESS_LOG", "1"),
+        ("BERTH_SOMETHING_NEW", "x"),
+        ("BERTHA", "not the prefix"),
+        ("berth_listen", "another name on Linux"),
+        ("MY_BERTH_LISTEN", "not a prefix"),
+    ]
+    .map(|(key, value)| (OsString::from(key), OsString::from(value)));
+    assert_eq!(
+        berth_vars(env),
+        ["BERTH_LISTEN", "BERTH_ACCESS_LOG", "BERTH_SOMETHING_NEW"]
+    );
 }
 
 #[test]

@@ -15,10 +15,11 @@ use crate::upstream::{HangEvent, HangServer, Upstream};
 /// `thread '…' panicked at …` line.
 async fn wait_for_log_with(berth: &Berth, needle: &str, also: &str) -> String {
     let what = format!("contains {needle:?} together with {also:?}");
+    let (needle, also) = (needle.to_owned(), also.to_owned());
     berth
-        .wait_for_line(&what, Duration::from_secs(5), |line| {
-            line.contains(needle)
-                && line.replace(needle, "").contains(also)
+        .wait_for_line(&what, Duration::from_secs(5), move |line| {
+            line.contains(&needle)
+                && line.replace(&needle, "").contains(&also)
                 && !line.contains("panicked at")
         })
         .await

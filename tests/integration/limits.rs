@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Berth, Req, get, try_send};
+use crate::harness::{Berth, Req, assert_about, get, try_send};
 
 /// Upper bound for one raw exchange with the server.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -155,17 +155,6 @@ fn post_chunked(path: &str, chunks: usize, size: usize) -> Vec<u8> {
     }
     request.extend_from_slice(b"0\r\n\r\n");
     request
-}
-
-/// Asserts `elapsed` is within `range` (seconds), naming `what`.
-fn assert_about(what: &str, elapsed: Duration, range: std::ops::RangeInclusive<f64>) {
-    let secs = elapsed.as_secs_f64();
-    assert!(
-        range.contains(&secs),
-        "{what} after {secs:.2} s, expected {:.1} to {:.1} s",
-        range.start(),
-        range.end()
-    );
 }
 
 /// How many stderr lines contain `needle`.

@@ -8,7 +8,8 @@
 //! # Layout
 //!
 //! * `harness`: finds or builds the artifacts, runs one `berth` process per test ([`Berth`]),
-//!   and the HTTP/1.1 and HTTP/2 clients the tests use;
+//!   the HTTP/1.1 and HTTP/2 clients the tests use, and every helper shared by several modules
+//!   (`/proc` readings, timing assertions, replacing apps, the admin `/apps` document);
 //! * `upstream`: servers the apps call out to: a small hyper server and a "hang" server that
 //!   never answers and reports when its peer goes away;
 //! * `cli`: flags, environment variables, `--help`, exit codes;

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Berth, Reply, encode, get, run_berth};
+use crate::harness::{Berth, Reply, assert_about, encode, get, run_berth};
 use crate::upstream::{HangEvent, HangServer, Upstream, small_body};
 
 /// `GET /testkit/fetch?url=URL`: testkit fetches `url` and answers `status N` (or 502).
@@ -57,17 +57,6 @@ fn assert_fetched(reply: &Reply, what: &str) {
 async fn assert_connections(upstream: &Upstream, expected: usize, what: &str) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(upstream.connections(), expected, "{what}");
-}
-
-/// Asserts `elapsed` is within `range` (seconds), naming `what`.
-fn assert_about(what: &str, elapsed: Duration, range: std::ops::RangeInclusive<f64>) {
-    let secs = elapsed.as_secs_f64();
-    assert!(
-        range.contains(&secs),
-        "{what} after {secs:.2} s, expected {:.1} to {:.1} s",
-        range.start(),
-        range.end()
-    );
 }
 
 /// Asserts that the host answered 504 for a request whose deadline passed while its app was

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -19,59 +18,21 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use crate::harness::{Berth, Req, cdylib, get, post, try_send};
+use crate::harness::{
+    Berth, Builds, Replace, Req, SWAP_SO, admin_apps, app_entry, cdylib, get, post,
+    proc_status_kib, replace, replace_with_bytes, try_send, wait_for_apps,
+};
 
 /// How long a swap, a load or an unmount may take to become visible.
 const SWAP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The file name the `swap` app is served from in these tests.
-pub const SWAP_SO: &str = "swap.so";
-
 // ---------------------------------------------------------------------------------------------
-// Helpers shared with the admin and config tests
+// Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// How a test puts a new file at a path in the apps directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Replace {
-    /// Write a temporary file with a non-`.so` name next to it, then rename it over the target
-    /// (atomic: the way deploy tools do it).
-    Rename,
-    /// `cp new.so apps/app.so`: truncate the loaded file and write the new bytes into it.
-    InPlace,
-}
-
-/// Puts the contents of `from` at `apps_dir/file_name`.
-pub fn replace(apps_dir: &Path, file_name: &str, from: &Path, how: Replace) {
-    let target = apps_dir.join(file_name);
-    match how {
-        Replace::Rename => {
-            let temp = apps_dir.join(format!(".{file_name}.tmp"));
-            std::fs::copy(from, &temp).unwrap_or_else(|err| {
-                panic!("copy {} to {}: {err}", from.display(), temp.display())
-            });
-            std::fs::rename(&temp, &target).unwrap_or_else(|err| {
-                panic!("rename {} to {}: {err}", temp.display(), target.display())
-            });
-        }
-        Replace::InPlace => {
-            std::fs::copy(from, &target).unwrap_or_else(|err| {
-                panic!("copy {} over {}: {err}", from.display(), target.display())
-            });
-        }
-    }
-}
-
-/// Writes `contents` to `apps_dir/file_name` through a temporary name and a rename.
-pub fn replace_with_bytes(apps_dir: &Path, file_name: &str, contents: &[u8]) {
-    let temp = apps_dir.join(format!(".{file_name}.tmp"));
-    std::fs::write(&temp, contents).expect("write the temporary file");
-    std::fs::rename(&temp, apps_dir.join(file_name)).expect("rename over the target");
-}
 
 /// GETs `url` until it answers 200 with `body`; panics with the last answer and berth's stderr
 /// after `timeout`. Returns how long it took.
-pub async fn wait_for_answer(berth: &Berth, path: &str, body: &str, timeout: Duration) -> Duration {
+async fn wait_for_answer(berth: &Berth, path: &str, body: &str, timeout: Duration) -> Duration {
     let url = berth.url(path);
     let started = Instant::now();
     loop {
@@ -91,7 +52,7 @@ pub async fn wait_for_answer(berth: &Berth, path: &str, body: &str, timeout: Dur
 }
 
 /// GETs `path` until it answers `status`; panics after `timeout`.
-pub async fn wait_for_status(berth: &Berth, path: &str, status: u16, timeout: Duration) {
+async fn wait_for_status(berth: &Berth, path: &str, status: u16, timeout: Duration) {
     let url = berth.url(path);
     let started = Instant::now();
     loop {
@@ -110,49 +71,9 @@ pub async fn wait_for_status(berth: &Berth, path: &str, status: u16, timeout: Du
     }
 }
 
-/// `GET /apps` on the admin listener, as JSON.
-pub async fn admin_apps(berth: &Berth) -> Value {
-    let reply = get(&berth.admin_url("/apps")).await;
-    assert_eq!(reply.status, 200, "admin GET /apps: {}", reply.text());
-    reply.json()
-}
-
-/// The entry for `name` in the `apps` array of an admin `/apps` document.
-pub fn app_entry<'a>(apps: &'a Value, name: &str) -> Option<&'a Value> {
-    apps["apps"]
-        .as_array()
-        .unwrap_or_else(|| panic!("admin /apps has no `apps` array: {apps}"))
-        .iter()
-        .find(|app| app["name"] == name)
-}
-
-/// Polls the admin `/apps` document until `check` accepts it; panics with the last document
-/// and `what` after `timeout`.
-pub async fn wait_for_apps(
-    berth: &Berth,
-    what: &str,
-    timeout: Duration,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let started = Instant::now();
-    loop {
-        let apps = admin_apps(berth).await;
-        if check(&apps) {
-            return apps;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "admin /apps did not show {what} within {timeout:?}; last document:\n{apps:#}\n\
-             stderr:\n{}",
-            berth.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Whether an admin `/apps` document reports an error for `app` (its `last_error`) or for
 /// `file` (an entry of `failed`); returns the message.
-pub fn reported_error(apps: &Value, app: &str, file: &str) -> Option<String> {
+fn reported_error(apps: &Value, app: &str, file: &str) -> Option<String> {
     let last_error = app_entry(apps, app)
         .and_then(|entry| entry["last_error"].as_str())
         .map(str::to_owned);
@@ -168,29 +89,6 @@ pub fn reported_error(apps: &Value, app: &str, file: &str) -> Option<String> {
             .map(str::to_owned)
     });
     last_error.or(failed)
-}
-
-/// Both builds of the `swap` app, copied once out of the target directory (so that a rebuild
-/// during the test cannot change them).
-#[derive(Debug)]
-pub struct Builds {
-    pub a: PathBuf,
-    pub b: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Builds {
-    pub fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-swap-builds-")
-            .tempdir()
-            .expect("tempdir");
-        let a = dir.path().join("swap-a.so");
-        let b = dir.path().join("swap-b.so");
-        std::fs::copy(cdylib("fixture_swap_a"), &a).expect("copy swap-a");
-        std::fs::copy(cdylib("fixture_swap_b"), &b).expect("copy swap-b");
-        Builds { a, b, _dir: dir }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,16 +264,6 @@ async fn fresh_connection_client(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     report
-}
-
-/// VmRSS of `pid` in KiB, from `/proc/<pid>/status`.
-fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status:\n{status}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -821,7 +709,7 @@ async fn two_hundred_swaps_under_load_cost_at_most_1_mib_each() {
     let mut started = Instant::now();
     for swap in 0..WARM_UP + SWAPS {
         if swap == WARM_UP {
-            rss_before = vm_rss_kib(berth.pid());
+            rss_before = proc_status_kib(berth.pid(), "VmRSS");
             started = Instant::now();
         }
         let (build, version) = if swap % 2 == 0 {
@@ -841,7 +729,7 @@ async fn two_hundred_swaps_under_load_cost_at_most_1_mib_each() {
         apps["retiring"].as_array().is_some_and(Vec::is_empty)
     })
     .await;
-    let rss_after = vm_rss_kib(berth.pid());
+    let rss_after = proc_status_kib(berth.pid(), "VmRSS");
     let report = load.finish().await;
 
     let growth = rss_after.saturating_sub(rss_before);

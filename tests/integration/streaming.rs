@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::harness::{Berth, Proto, Req, encode, get, send};
+use crate::harness::{Berth, Proto, Req, encode, get, proc_status_kib, send};
 use crate::upstream::{StreamingUpstream, Upstream, closed_port_url};
 
 /// The size of the big upload and of the big proxied download.
@@ -151,17 +151,6 @@ fn mib(bytes: u64) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Resident memory
 // ---------------------------------------------------------------------------------------------
-
-/// The value of `field` (`VmRSS`, `VmHWM`) in `/proc/<pid>/status`, in KiB.
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|err| panic!("read /proc/{pid}/status: {err}"));
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"))
-}
 
 /// Watches a process's resident memory from its idle size: resets its high-water mark
 /// (`VmHWM`) where the kernel allows it, records `VmRSS` as the baseline, then samples `VmRSS`
@@ -501,9 +490,10 @@ async fn clock_with_a_count_sends_that_many_events_and_ends() {
 /// line); returns it.
 async fn wait_for_clock_closed(berth: &Berth, message: &str, timeout: Duration) -> String {
     let what = format!("contains {message:?} and the app name");
+    let message = message.to_owned();
     berth
-        .wait_for_line(&what, timeout, |line| {
-            line.contains(message) && line.replace(message, "").contains("clock")
+        .wait_for_line(&what, timeout, move |line| {
+            line.contains(&message) && line.replace(&message, "").contains("clock")
         })
         .await
 }
