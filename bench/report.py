@@ -305,7 +305,8 @@ def write_report(doc, rows, checks, out, svg_path):
         f"{finished.strftime('%Y-%m-%d %H:%M UTC')}, commit `{doc['commit']}`"
         f"{' with local changes' if doc['dirty'] else ''}; {mode}: {doc['runs']} run(s), "
         f"{doc['duration_s']} s per measurement, {doc['total_s'] / 60:.1f} min in all; written from its "
-        "results file by `bench/report.py`. Regenerate with `make bench`."
+        "results file by `bench/report.py`. "
+        + ("Regenerate with `make bench`." if not doc["argv"] else "Regenerate with that command, then the report.")
     )
     add("")
     add(f"![requests/s and p99 per scenario and server]({os.path.relpath(svg_path, out.parent)})")

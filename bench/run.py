@@ -37,13 +37,14 @@ still runs on all of its servers. `--cases hello:64,hello:h2` is the pair issue 
 
 `--baseline REV` also measures Berth as it was at git revision REV. It checks REV out into a
 temporary `git worktree`, builds `berth` and the sample apps the chosen cases load there in
-release mode (into target/bench-baseline: a target directory of its own, kept between runs, so
-that a later run rebuilds Berth's crates but not their dependencies), and removes the worktree.
-That build runs as one more server, `berth@<short hash>`, with its own build of the apps (the ABI
-may differ between revisions), next to `berth` in every hello (not the `--access-log` variant),
-fetch and fan-out case: started and measured alone, back to back with the others, in the same
-alternating order, every run. The report gives its ratio to native like every server's, and its
-ratio to the current Berth (the median and spread of the per-run ratios). A paired before/after
+release mode into target/bench-baseline (a target directory of its own, seeded with a copy of
+this tree's release build the first time and kept between runs, so that only Berth's own crates
+and any dependency that differs get compiled), and removes the worktree. That build runs as one
+more server, `berth@<short hash>`, with its own build of the apps (the ABI may differ between
+revisions), next to `berth` in every hello (not the `--access-log` variant), fetch and fan-out
+case: started and measured alone, back to back with the others, in the same alternating order,
+every run. The report gives its ratio to native like every server's, and its ratio to the
+current Berth (the median and spread of the per-run ratios). A paired before/after
 of hello at 64 connections and over HTTP/2 against `main`:
 
     python3 bench/setup.py
@@ -258,6 +259,11 @@ def build_baseline(rec, rev, tmp, apps):
     rec.note(add)
     log(f"baseline: {rev} is {short}; checking it out into a temporary worktree")
     git(*map(str, add[1:]))
+    if not target.exists() and (cargo_target() / "release").is_dir():
+        # The first time, this tree's release build seeds it: the dependencies are mostly the same
+        # crates at the same versions, and cargo rebuilds whatever differs.
+        log(f"baseline: seeding {target} with a copy of {cargo_target() / 'release'}")
+        shutil.copytree(cargo_target() / "release", target / "release", symlinks=True)
     try:
         packages = [arg for app in ("berth-server", *apps) for arg in ("-p", app)]
         cmd = ["cargo", "build", "--release", "--manifest-path", src / "Cargo.toml", "--target-dir", target]
