@@ -21,6 +21,8 @@ BENCH = ROOT / "bench"
 PEERS = BENCH / "peers"
 # The results file of a full run, which the report reads by default.
 RESULTS = BENCH / "results.json"
+# The shape of the results file run.py writes and report.py reads: bumped when it changes.
+RESULTS_FORMAT = 1
 # What setup.py provisions outside the package manager: the peers' virtualenv and a note of how it
 # was made (setup.json), under the git-ignored target directory.
 ENV_DIR = ROOT / "target" / "bench-env"

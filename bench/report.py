@@ -29,10 +29,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from common import BENCH, CASES, INTERFERENCE_FLAG, RESULTS, ROOT, SMALL_FILE, log
+from common import BENCH, CASES, INTERFERENCE_FLAG, RESULTS, RESULTS_FORMAT, ROOT, SMALL_FILE, log
 
-# The results file's shape this report reads (bench/run.py's RESULTS_FORMAT).
-RESULTS_FORMAT = 1
 # A load generator using this much of its CPU may be what limits the figure, not the server.
 LOAD_BOUND = 95.0
 # Issue 5's target for the boundary benchmark's difference per request.

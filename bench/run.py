@@ -88,6 +88,7 @@ from common import (
     LOAD_CPU,
     PEERS,
     RESULTS,
+    RESULTS_FORMAT,
     ROOT,
     SERVER_CPU,
     SMALL_FILE,
@@ -110,8 +111,6 @@ BOUNDARY_LINE = re.compile(
 )
 # The sample apps each scenario loads (and a baseline builds).
 SCENARIO_APPS = {"hello": "hello", "fetch": "fetch", "fan-out": "gather"}
-# Bumped when the results file changes shape; report.py reads this version only.
-RESULTS_FORMAT = 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -606,10 +605,10 @@ class Suite:
             self.baseline = {"rev": self.baseline_rev, "commit": commit, "short": short, "key": f"berth@{short}"}
             # Its own apps, built at the same revision: the ABI may differ between revisions.
             self.baseline_release = release
-            self.baseline_cwd = self.tmp / "baseline"
-            (self.baseline_cwd / "apps").mkdir(parents=True)
+            self.baseline_apps = self.tmp / "baseline-apps"
+            self.baseline_apps.mkdir()
             for app in wanted:
-                shutil.copy(release / f"lib{app}.so", self.baseline_cwd / "apps" / f"{app}.so")
+                shutil.copy(release / f"lib{app}.so", self.baseline_apps / f"{app}.so")
             keys.append(self.baseline["key"])
         self.ports = {key: free_port() for key in keys}
         if self.measures("fetch"):
@@ -630,7 +629,7 @@ class Suite:
         argv = [
             (self.baseline_release if baseline else self.release) / "berth",
             "--apps-dir",
-            "apps",
+            self.baseline_apps if baseline else "apps",
             "--listen",
             f"127.0.0.1:{self.ports[key]}",
             "--admin-listen",
@@ -639,8 +638,7 @@ class Suite:
             "http://127.0.0.1:*",
             *flags,
         ]
-        cwd = self.baseline_cwd if baseline else self.tmp
-        return Server(key, argv, self.ports[key], check_path, expect, cwd=cwd, env=self.server_env())
+        return Server(key, argv, self.ports[key], check_path, expect, cwd=self.tmp, env=self.server_env())
 
     def berths(self, check_path, expect, *flags):
         """Berth, and next to it the baseline's Berth with the same settings when there is one."""
@@ -1109,7 +1107,8 @@ def main():
     errors = [r for r in suite.results if r.get("errors")]
     log("")
     log(f"results: {results}\ntime:    {time.monotonic() - suite.started:.0f} s")
-    log(f"report:  python3 bench/report.py {shlex.quote(os.path.relpath(results))}")
+    shown = results.relative_to(Path.cwd()) if results.is_relative_to(Path.cwd()) else results
+    log(f"report:  python3 bench/report.py {shlex.quote(str(shown))}")
     # Targets are for the report; the exit status says whether every case produced figures.
     if errors or suite.boundary_errors:
         log(
