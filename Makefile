@@ -29,7 +29,13 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --all-features
 
-# Installs wrk, h2load and nginx (apt) and the Python peers (a throwaway virtualenv) when missing,
-# builds in release mode, measures, and writes BENCHMARKS.md and bench/results.svg.
+# Three steps: bench/setup.py installs wrk, h2load and nginx (apt) and the Python peers (a
+# virtualenv in target/bench-env) when missing; bench/run.py builds in release mode, measures and
+# writes bench/results.json; bench/report.py writes BENCHMARKS.md and bench/results.svg from it.
+# When some measurement saw errors, run.py exits 1 after writing the results: the report is still
+# written, and make fails. Exit 2 or more means no results were written: no report.
 bench:
-	python3 bench/run.py
+	python3 bench/setup.py
+	python3 bench/run.py; status=$$?; \
+	if [ $$status -le 1 ]; then python3 bench/report.py bench/results.json || status=$$?; fi; \
+	exit $$status

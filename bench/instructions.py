@@ -31,7 +31,6 @@ count alone does not show.
 import argparse
 import collections
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,14 +39,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, free_port
+
 RELEASE = ROOT / "target" / "release"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def event_costs(path, events, by="fn"):

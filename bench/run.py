@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
-"""Berth's benchmark suite: Berth against a native hyper server and the Python servers it
-replaces, side by side in one run on this machine.
+"""Berth's benchmark suite, the measuring step: Berth against a native hyper server and the
+Python servers it replaces, side by side in one run on this machine.
 
-    python3 bench/run.py [--smoke] [--runs 3] [--out BENCHMARKS.md]
+    python3 bench/setup.py                  # first: wrk, h2load, nginx, the peers' virtualenv
+    python3 bench/run.py [--smoke] [--runs 3] [--cases LIST] [--baseline REV] [--results FILE]
+    python3 bench/report.py [FILE]          # then: BENCHMARKS.md and the chart from FILE
 
-It installs what it uses (wrk, h2load and nginx from Debian's packages, when missing; uvicorn and
-aiohttp into a throwaway virtualenv), builds Berth, the sample apps and the native baselines in
-release mode, starts every server itself on 127.0.0.1, and measures:
+`make bench` runs the three steps. This one builds Berth, the sample apps and the native
+baselines in release mode, starts every server itself on 127.0.0.1, measures, and writes every
+figure to a results file (JSON; `--results`, by default bench/results.json for a full run and a
+new file in the temporary directory's parent, /tmp, for a smoke run or one with `--cases` or
+`--baseline`, so that those never replace the published results). It needs what bench/setup.py
+provisions and says so when that is missing. The cases (`--cases`, all by default):
 
 * boundary: the criterion micro-benchmark `server/benches/boundary.rs` (one request through the
   C ABI vs. the same handler called directly), pinned like the servers.
 * hello: Berth + `hello` (also with `--access-log`, to show the log's cost) vs. native-hello,
   native-abi (native-hello's server calling the `hello` plugin through the ABI: the boundary's
-  own cost), uvicorn and aiohttp; wrk (HTTP/1.1 keep-alive) at 1, 64 and 256 connections, and
-  h2load (HTTP/2, Berth and the native servers only).
+  own cost), uvicorn and aiohttp; wrk (HTTP/1.1 keep-alive) at 1, 64 and 256 connections
+  (`hello:1`, `hello:64`, `hello:256`), and h2load (HTTP/2, Berth and the native servers only;
+  `hello:h2`).
 * fetch: Berth + `fetch` vs. native-fetch, uvicorn and aiohttp, each fetching a small file from
   nginx per request.
 * fan-out: `fanout --n 10000` (10,000 connections, one request each, sent at once) against
@@ -22,15 +28,37 @@ release mode, starts every server itself on 127.0.0.1, and measures:
 Each server runs pinned to CPU 0 (`taskset -c 0`); the load generator and nginx run pinned to
 CPU 1. Within a run, every case is measured on all servers back to back (each server started,
 warmed up and measured alone, then stopped; the order alternates between runs), so that each
-ratio compares figures taken seconds apart. Every figure is the median of `--runs` runs, and each ratio is the median
-of the per-run ratios to the native baseline. The report goes to BENCHMARKS.md, the chart to
-bench/results.svg.
+ratio compares figures taken seconds apart. The report gives every figure as the median of
+`--runs` runs, and each ratio as the median of the per-run ratios to the native baseline.
 
-`--smoke` runs every scenario once for about 2 s (fan-out with 200 requests, the boundary
-benchmark with criterion's `--quick`), writes its report and chart to a temporary directory (or
-to `--out` and the `.svg` beside it), and exits non-zero if any server fails to answer or any
-scenario sees an error or produces no figure; a missed target does not change the exit status.
-CI runs it so that the suite cannot rot.
+`--cases LIST` measures only the listed cases, comma-separated: `boundary`, `hello` (all four
+hello cases) or `hello:1`, `hello:64`, `hello:256`, `hello:h2`, `fetch`, `fan-out`. Each case
+still runs on all of its servers. `--cases hello:64,hello:h2` is the pair issue 15 asks about.
+
+`--baseline REV` also measures Berth as it was at git revision REV. It checks REV out into a
+temporary `git worktree`, builds `berth` and the sample apps the chosen cases load there in
+release mode into target/bench-baseline (a target directory of its own, seeded with a copy of
+this tree's release build the first time and kept between runs, so that only Berth's own crates
+and any dependency that differs get compiled), and removes the worktree. That build runs as one
+more server, `berth@<short hash>`, with its own build of the apps (the ABI may differ between
+revisions), next to `berth` in every hello (not the `--access-log` variant), fetch and fan-out
+case: started and measured alone, back to back with the others, in the same alternating order,
+every run. The report gives its ratio to native like every server's, and its ratio to the
+current Berth (the median and spread of the per-run ratios). A paired before/after
+of hello at 64 connections and over HTTP/2 against `main`:
+
+    python3 bench/setup.py
+    python3 bench/run.py --cases hello:64,hello:h2 --baseline main --results /tmp/pair.json
+    python3 bench/report.py /tmp/pair.json          # writes /tmp/pair.md and /tmp/pair.svg
+
+`--smoke` runs every case once for about 2 s (fan-out with 200 requests, the boundary benchmark
+with criterion's `--quick`) and exits with 1 if any server fails to answer or any case sees an
+error or produces no figure (the results are still written); a missed target does not change the
+exit status. CI runs it so that the suite cannot rot.
+
+Exit status: 0 with every figure; 1 when some measurement saw an error (the results file is
+written, with the errors); 2 when the suite stopped (a build, a server that never answered, a
+missing tool: no results file is written).
 
 Only the standard library is used here. Linux only (taskset, /proc).
 """
@@ -45,8 +73,6 @@ import resource
 import shlex
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,44 +82,35 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-PEERS = BENCH / "peers"
-SERVER_CPU = "0"
-LOAD_CPU = "1"
+from common import (
+    CASES,
+    INTERFERENCE_FLAG,
+    LOAD_CPU,
+    PEERS,
+    RESULTS,
+    RESULTS_FORMAT,
+    ROOT,
+    SERVER_CPU,
+    SMALL_FILE,
+    TOOLS,
+    SuiteError,
+    find_tool,
+    free_port,
+    log,
+    setup_state,
+)
+
 TICKS = os.sysconf("SC_CLK_TCK")
-# The upstream's small file; the fetch endpoints answer with its first 20 bytes.
-SMALL_FILE = (b"Berth benchmark upstream: a small static file served by nginx. " * 2)[:128]
 HELLO = b"Hello, world!\n"
-# A measurement during which other processes used more than this share of the server's CPU is
-# flagged in the report.
-INTERFERENCE_FLAG = 10.0
-# A load generator using this much of its CPU may be what limits the figure, not the server.
-LOAD_BOUND = 95.0
 # The criterion micro-benchmark of one request through the C ABI (server/benches/boundary.rs;
-# it loads target/release/libhello.so), the last line it prints, and issue 5's target for it.
+# it loads target/release/libhello.so) and the last line it prints.
 BOUNDARY_BENCH = ["cargo", "bench", "-p", "berth-server", "--bench", "boundary"]
 BOUNDARY_LINE = re.compile(
     r"boundary cost per request: direct (-?[\d.]+) ns, through the ABI (-?[\d.]+) ns, "
     r"difference (-?[\d.]+) ns"
 )
-BOUNDARY_TARGET_NS = 1000.0
-# Issue 5's hello target: Berth's requests/s against native's, in the same run.
-HELLO_TARGET_X = 0.95
-
-SERVERS = {
-    # key: (label, colour in the chart)
-    "berth": ("Berth + app", "#2b6cb0"),
-    "berth-logged": ("Berth + app, --access-log", "#90cdf4"),
-    "native": ("native hyper", "#4a5568"),
-    "native-abi": ("native hyper + app via the ABI", "#a0aec0"),
-    "uvicorn": ("uvicorn (uvloop, httptools)", "#d69e2e"),
-    "aiohttp": ("aiohttp (uvloop)", "#38a169"),
-}
-
-
-class SuiteError(Exception):
-    """A server that would not start or answer, a tool that would not install: the suite stops."""
+# The sample apps each scenario loads (and a baseline builds).
+SCENARIO_APPS = {"hello": "hello", "fetch": "fetch", "fan-out": "gather"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,16 +152,6 @@ class Recorder:
         if not quiet and proc.returncode != 0:
             log(f"  (exit {proc.returncode}) {proc.stderr.strip()[-300:]}")
         return proc, {"wall": wall, "cpu_pct": 100.0 * cpu / wall if wall > 0 else 0.0}
-
-
-def log(message):
-    print(message, flush=True)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def proc_ticks(pid):
@@ -196,97 +203,75 @@ def http_get(url, timeout=5.0):
         return err.code, err.read()
 
 
-def median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
 # --------------------------------------------------------------------------------------------
-# Installing and building
+# Building
 
 
-def ensure_tools(rec):
-    """wrk, h2load, nginx and taskset from Debian's packages, unless already there."""
-    wanted = {"wrk": "wrk", "h2load": "nghttp2-client", "nginx": "nginx-light", "taskset": "util-linux"}
-    missing = [pkg for tool, pkg in wanted.items() if not find_tool(tool)]
-    if not missing:
-        log("tools: wrk, h2load, nginx, taskset already installed")
-        return
-    apt_install(rec, missing)
-    still = [tool for tool in wanted if not find_tool(tool)]
-    if still:
-        raise SuiteError(f"still missing after apt-get: {', '.join(still)}")
+def cargo_target():
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    return target if target.is_absolute() else ROOT / target
 
 
-def apt_install(rec, packages):
-    """Debian packages, through sudo unless root; the package lists are fetched first, as a fresh
-    container has none."""
-    if shutil.which("apt-get") is None:
-        raise SuiteError(f"missing {', '.join(packages)} and no apt-get to install them")
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    log(f"installing {' '.join(packages)} with apt-get")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (sudo + ["apt-get", "update", "-qq"], sudo + ["apt-get", "install", "-y", "-qq", *packages]):
-        rec.note(cmd)
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            raise SuiteError(f"`{shlex.join(cmd)}` failed:\n{proc.stdout[-3000:]}")
-
-
-def find_tool(name):
-    return shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None
-    )
-
-
-def make_venv(rec, tmp):
-    """A throwaway virtualenv with the pinned peers (bench/peers/requirements.txt)."""
-    venv = tmp / "venv"
-    cmd = [sys.executable, "-m", "venv", str(venv)]
-    rec.note(cmd)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0 and shutil.which("apt-get"):
-        # Debian's python3 keeps venv (ensurepip) in a separate package.
-        apt_install(rec, ["python3-venv"])
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise SuiteError(f"cannot create a virtualenv:\n{proc.stdout[-2000:]}")
-    python = venv / "bin" / "python"
-    pip = [
-        str(python),
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--disable-pip-version-check",
-        "-r",
-        str(PEERS / "requirements.txt"),
-    ]
-    rec.note(pip)
-    proc = subprocess.run(pip, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise SuiteError(f"pip install failed:\n{proc.stdout[-3000:]}")
-    return python
-
-
-def build(rec):
+def build(rec, boundary):
     """Release builds of what the servers run, and of the boundary benchmark (compiled here, on
     every CPU, so that its pinned run measures and does not compile)."""
-    commands = (
+    commands = [
         ["cargo", "build", "--release", "-p", "berth-server", "-p", "hello", "-p", "fetch"]
         + ["-p", "gather", "-p", "berth-bench"],
-        [*BOUNDARY_BENCH, "--no-run"],
-    )
+    ]
+    if boundary:
+        commands.append([*BOUNDARY_BENCH, "--no-run"])
     for cmd in commands:
-        rec.note(cmd)
-        log("building: " + shlex.join(cmd))
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            raise SuiteError(f"`{shlex.join(cmd)}` failed:\n{proc.stdout[-4000:]}")
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    if not target.is_absolute():
-        target = ROOT / target
-    return target / "release"
+        cargo(rec, cmd, ROOT)
+    return cargo_target() / "release"
+
+
+def cargo(rec, cmd, cwd):
+    rec.note(cmd)
+    log("building: " + shlex.join(map(str, cmd)))
+    proc = subprocess.run(
+        [str(part) for part in cmd], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    if proc.returncode != 0:
+        raise SuiteError(f"`{shlex.join(map(str, cmd))}` failed:\n{proc.stdout[-4000:]}")
+
+
+def git(*args):
+    proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SuiteError(f"`git {shlex.join(args)}` failed: {proc.stderr.strip()[-1000:]}")
+    return proc.stdout.strip()
+
+
+def build_baseline(rec, rev, tmp, apps):
+    """`berth` and `apps` (sample app names) at git revision `rev`, built in release mode in a
+    temporary worktree into target/bench-baseline; returns (full hash, short hash, the
+    directory holding the binary and the apps' libraries)."""
+    try:
+        commit = git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    except SuiteError:
+        raise SuiteError(f"--baseline {rev}: not a commit in this repository") from None
+    short = git("rev-parse", "--short", commit)
+    src = tmp / "baseline-src"
+    target = cargo_target() / "bench-baseline"
+    add = ["git", "worktree", "add", "--detach", src, commit]
+    rec.note(add)
+    log(f"baseline: {rev} is {short}; checking it out into a temporary worktree")
+    git(*map(str, add[1:]))
+    if not target.exists() and (cargo_target() / "release").is_dir():
+        # The first time, this tree's release build seeds it: the dependencies are mostly the same
+        # crates at the same versions, and cargo rebuilds whatever differs.
+        log(f"baseline: seeding {target} with a copy of {cargo_target() / 'release'}")
+        shutil.copytree(cargo_target() / "release", target / "release", symlinks=True)
+    try:
+        packages = [arg for app in ("berth-server", *apps) for arg in ("-p", app)]
+        cmd = ["cargo", "build", "--release", "--manifest-path", src / "Cargo.toml", "--target-dir", target]
+        cargo(rec, cmd + packages, src)
+    finally:
+        remove = ["git", "worktree", "remove", "--force", src]
+        rec.note(remove)
+        git(*map(str, remove[1:]))
+    return commit, short, target / "release"
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,8 +400,6 @@ http {{
         cpu=LOAD_CPU,
     )
     return server.start(rec, tmp)
-
-
 # --------------------------------------------------------------------------------------------
 # Load generators
 
@@ -547,12 +530,16 @@ def run_fanout(rec, binary, url, n):
 
 class Suite:
     def __init__(self, args):
+        self.argv = sys.argv[1:]
         self.smoke = args.smoke
+        self.cases = args.cases
+        self.baseline_rev = args.baseline
+        self.baseline = None  # {"rev", "commit", "short", "key"} once built
         self.runs = 1 if args.smoke else args.runs
         self.duration = args.duration or (2 if args.smoke else 10)
         self.warmup = 1 if args.smoke else 2
         self.fanout_n = args.fanout_n or (200 if args.smoke else 10_000)
-        self.conns = [1, 64, 256]
+        self.conns = [c for c in (1, 64, 256) if f"hello:{c}" in self.cases]
         self.h2 = (16, 16)  # connections, streams per connection
         self.fetch_conns = 64
         self.tmp = Path(tempfile.mkdtemp(prefix="berth-bench-"))
@@ -570,6 +557,12 @@ class Suite:
         self.retries = 0
         self.retry_budget = 0 if args.smoke else 15
         self.started = time.monotonic()
+        self.started_at = datetime.datetime.now(datetime.timezone.utc)
+        self.nginx = None
+
+    def measures(self, scenario):
+        """Whether any of `scenario`'s cases was chosen."""
+        return any(case.split(":")[0] == scenario for case in self.cases)
 
     # ---- setup
 
@@ -578,32 +571,50 @@ class Suite:
             raise SuiteError("the suite needs Linux (taskset, /proc)")
         if (os.cpu_count() or 1) < 2:
             log("warning: one CPU: the server and the load generator share it")
-        ensure_tools(self.rec)
-        self.release = build(self.rec)
-        log("virtualenv: installing bench/peers/requirements.txt")
-        self.python = make_venv(self.rec, self.tmp)
+        missing = [tool for tool in TOOLS if not find_tool(tool)]
+        state = setup_state()
+        if missing or not state:
+            what = ", ".join(missing) if missing else "the peers' virtualenv is missing or out of date"
+            raise SuiteError(f"{what}: run `python3 bench/setup.py` first")
+        # The commands that provisioned this machine lead the report's list.
+        for line in state["commands"]:
+            self.rec.commands.setdefault(line, None)
+        self.python = state["python"]
+        self.commit, self.dirty = git_state()
+        self.release = build(self.rec, "boundary" in self.cases)
         apps = self.tmp / "apps"
         apps.mkdir()
         for app in ("hello", "fetch", "gather"):
             shutil.copy(self.release / f"lib{app}.so", apps / f"{app}.so")
         self.apps = apps
-        self.ports = {
-            key: free_port()
-            for key in (
-                "berth",
-                "berth-logged",
-                "native-hello",
-                "native-abi",
-                "native-fetch",
-                "native-sleep",
-                "uvicorn",
-                "aiohttp",
-                "nginx",
-            )
-        }
-        self.nginx = start_nginx(self.rec, self.tmp, self.ports["nginx"])
-        self.upstream = f"http://127.0.0.1:{self.ports['nginx']}/small.txt"
-        log(f"upstream: nginx on {self.upstream}")
+        keys = [
+            "berth",
+            "berth-logged",
+            "native-hello",
+            "native-abi",
+            "native-fetch",
+            "native-sleep",
+            "uvicorn",
+            "aiohttp",
+            "nginx",
+        ]
+        if self.baseline_rev:
+            # Only the apps the chosen cases load: an older revision may lack the others.
+            wanted = [app for scenario, app in SCENARIO_APPS.items() if self.measures(scenario)]
+            commit, short, release = build_baseline(self.rec, self.baseline_rev, self.tmp, wanted)
+            self.baseline = {"rev": self.baseline_rev, "commit": commit, "short": short, "key": f"berth@{short}"}
+            # Its own apps, built at the same revision: the ABI may differ between revisions.
+            self.baseline_release = release
+            self.baseline_apps = self.tmp / "baseline-apps"
+            self.baseline_apps.mkdir()
+            for app in wanted:
+                shutil.copy(release / f"lib{app}.so", self.baseline_apps / f"{app}.so")
+            keys.append(self.baseline["key"])
+        self.ports = {key: free_port() for key in keys}
+        if self.measures("fetch"):
+            self.nginx = start_nginx(self.rec, self.tmp, self.ports["nginx"])
+            self.upstream = f"http://127.0.0.1:{self.ports['nginx']}/small.txt"
+            log(f"upstream: nginx on {self.upstream}")
 
     def server_env(self):
         """This environment without the variables that would change Berth's settings or its log."""
@@ -612,10 +623,13 @@ class Suite:
         return env
 
     def berth(self, key, check_path, expect, *flags):
+        """Berth with the apps of this tree, or, under the baseline's key, the baseline's build
+        with its own apps."""
+        baseline = self.baseline and key == self.baseline["key"]
         argv = [
-            self.release / "berth",
+            (self.baseline_release if baseline else self.release) / "berth",
             "--apps-dir",
-            "apps",
+            self.baseline_apps if baseline else "apps",
             "--listen",
             f"127.0.0.1:{self.ports[key]}",
             "--admin-listen",
@@ -624,9 +638,14 @@ class Suite:
             "http://127.0.0.1:*",
             *flags,
         ]
-        return Server(
-            key, argv, self.ports[key], check_path, expect, cwd=self.tmp, env=self.server_env()
-        )
+        return Server(key, argv, self.ports[key], check_path, expect, cwd=self.tmp, env=self.server_env())
+
+    def berths(self, check_path, expect, *flags):
+        """Berth, and next to it the baseline's Berth with the same settings when there is one."""
+        servers = [self.berth("berth", check_path, expect, *flags)]
+        if self.baseline:
+            servers.append(self.berth(self.baseline["key"], check_path, expect, *flags))
+        return servers
 
     def peers(self, check_path, expect):
         uvicorn = Server(
@@ -668,7 +687,7 @@ class Suite:
     def hello_servers(self):
         hello = lambda body: body == HELLO  # noqa: E731
         return [
-            self.berth("berth", "/hello", hello),
+            *self.berths("/hello", hello),
             self.berth("berth-logged", "/hello", hello, "--access-log"),
             Server(
                 "native",
@@ -701,7 +720,7 @@ class Suite:
         query = "/fetch?url=" + urllib.parse.quote(self.upstream, safe="")
         head = lambda body: body == SMALL_FILE[:20]  # noqa: E731
         return [
-            self.berth("berth", query, head),
+            *self.berths(query, head),
             Server(
                 "native",
                 [self.release / "native-fetch", "--listen", f"127.0.0.1:{self.ports['native-fetch']}"],
@@ -717,7 +736,7 @@ class Suite:
     def fanout_servers(self):
         sleeps = lambda body: len(body) > 0  # noqa: E731
         return [
-            self.berth("berth", "/gather?sleep_ms=0", sleeps, "--max-connections", "20000"),
+            *self.berths("/gather?sleep_ms=0", sleeps, "--max-connections", "20000"),
             Server(
                 "native",
                 [self.release / "native-sleep", "--listen", f"127.0.0.1:{self.ports['native-sleep']}"],
@@ -851,9 +870,11 @@ class Suite:
                 url = server.url("/hello")
                 result = self.alone(server, url, lambda: run_wrk(self.rec, url, conns, self.duration))
                 self.record(run, "hello", f"HTTP/1.1, {conns} conn{'s' * (conns > 1)}", server, result)
+        if "hello:h2" not in self.cases:
+            return
         conns, streams = self.h2
         for server in servers:
-            if server.key in ("berth", "berth-logged", "native", "native-abi"):
+            if is_berth(server.key) or server.key in ("berth-logged", "native", "native-abi"):
                 url = server.url("/hello")
                 result = self.alone(
                     server, url, lambda: run_h2load(self.rec, url, conns, streams, self.duration, self.tmp)
@@ -870,7 +891,7 @@ class Suite:
         for server in self.fanout_servers():
             # A fresh process for every run: its VmHWM is this run's peak.
             with server.start(self.rec, self.tmp):
-                path = "/gather?sleep_ms=1000" if server.key == "berth" else "/sleep"
+                path = "/gather?sleep_ms=1000" if is_berth(server.key) else "/sleep"
                 idle_rss = vm_status(server.proc.pid, "VmRSS")
                 result = self.measure(
                     server,
@@ -885,16 +906,44 @@ class Suite:
 
     def run(self):
         self.prepare()
-        log(f"boundary: {shlex.join(self.boundary_cmd)} ({self.runs} run(s))")
-        self.boundary()
+        if "boundary" in self.cases:
+            log(f"boundary: {shlex.join(self.boundary_cmd)} ({self.runs} run(s))")
+            self.boundary()
         for run in range(1, self.runs + 1):
             log(f"run {run} of {self.runs} ({self.duration} s per measurement)")
-            self.hello(run)
-            self.fetch(run)
-            self.fanout(run)
+            if self.measures("hello"):
+                self.hello(run)
+            if self.measures("fetch"):
+                self.fetch(run)
+            if self.measures("fan-out"):
+                self.fanout(run)
+
+    def document(self):
+        """Everything the report needs, as the results file holds it."""
+        return {
+            "format": RESULTS_FORMAT,
+            "argv": self.argv,
+            "smoke": self.smoke,
+            "runs": self.runs,
+            "duration_s": self.duration,
+            "fanout_n": self.fanout_n,
+            "cases": [case for case in CASES if case in self.cases],
+            "started": self.started_at.isoformat(timespec="seconds"),
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "total_s": time.monotonic() - self.started,
+            "commit": self.commit,
+            "dirty": self.dirty,
+            "baseline": self.baseline,
+            "machine": machine_facts(),
+            "commands": list(self.rec.commands),
+            "boundary_cmd": self.boundary_cmd,
+            "boundary_runs": self.boundary_runs,
+            "boundary_errors": self.boundary_errors,
+            "measurements": self.results,
+        }
 
     def cleanup(self, keep):
-        if getattr(self, "nginx", None):
+        if self.nginx:
             self.nginx.stop()
         if keep:
             log(f"kept {self.tmp}")
@@ -902,204 +951,31 @@ class Suite:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-# --------------------------------------------------------------------------------------------
-# Aggregation, targets, report
+
+def is_berth(key):
+    """Berth as built from this tree, or the --baseline revision's."""
+    return key == "berth" or key.startswith("berth@")
 
 
-def aggregate(results):
-    """Per (scenario, case, server): medians over runs, and medians of per-run ratios to native."""
-    by_run = {}
-    for r in results:
-        by_run[(r["scenario"], r["case"], r["server"], r["run"])] = r
-    keys = []
-    for r in results:
-        key = (r["scenario"], r["case"], r["server"])
-        if key not in keys:
-            keys.append(key)
-    rows = {}
-    for scenario, case, server in keys:
-        runs = [r for r in results if (r["scenario"], r["case"], r["server"]) == (scenario, case, server)]
-        row = {"scenario": scenario, "case": case, "server": server, "runs": len(runs)}
-        for field in (
-            "rps",
-            "p50_ms",
-            "p99_ms",
-            "server_cpu",
-            "cpu_us",
-            "load_cpu",
-            "interference",
-            "wall_s",
-            "connect_s",
-            "peak_rss_mib",
-            "idle_rss_mib",
-            "ok",
-            "n",
-        ):
-            row[field] = median([r.get(field) for r in runs])
-        row["interference_max"] = max((r.get("interference") or 0.0) for r in runs)
-        row["errors"] = [e for r in runs for e in r.get("errors", [])]
-        for field in ("rps", "p99_ms", "cpu_us", "wall_s", "peak_rss_mib"):
-            ratios = []
-            for r in runs:
-                base = by_run.get((scenario, case, "native", r["run"]))
-                if base and base.get(field) and r.get(field) is not None:
-                    ratios.append(r[field] / base[field])
-            row[f"{field}_x"] = median(ratios)
-            row[f"{field}_x_range"] = (min(ratios), max(ratios)) if ratios else None
-        # Berth against each peer, and against native hyper calling the app through the ABI, per run.
-        for peer in ("uvicorn", "aiohttp", "native-abi"):
-            ratios = []
-            for r in runs:
-                other = by_run.get((scenario, case, peer, r["run"]))
-                if other and other.get("rps") and r.get("rps") is not None:
-                    ratios.append(r["rps"] / other["rps"])
-            row[f"vs_{peer}"] = median(ratios)
-        rows[(scenario, case, server)] = row
-    return rows
-
-
-def boundary_median(runs):
-    """Medians over the boundary benchmark's runs (the difference's median taken over each run's
-    difference), or None without any run."""
-    if not runs:
-        return None
-    figures = {field: median([r[field] for r in runs]) for field in ("direct_ns", "abi_ns", "diff_ns")}
-    return {"runs": len(runs), **figures}
-
-
-def spread(berth, field):
-    """`; runs LOW–HIGH`: the lowest and highest of the runs' ratios of `field` to native, or
-    nothing for a single run."""
-    low_high = berth.get(f"{field}_x_range")
-    if not low_high or berth["runs"] < 2:
-        return ""
-    return f"; runs {low_high[0]:.2f}–{low_high[1]:.2f}"
-
-
-def throughput(berth):
-    """A requests/s ratio as the targets table gives it: the median, the runs' spread, and the CPU
-    per request ratio, which swings less from run to run than requests/s on these machines."""
-    text = f"{berth['rps_x']:.2f}×"
-    runs = spread(berth, "rps")
-    if runs:
-        text += f" ({runs.removeprefix('; ')})"
-    if berth.get("cpu_us_x") is not None:
-        text += f"; CPU per request {berth['cpu_us_x']:.2f}×"
-    return text
-
-
-def targets(rows, fanout_n, boundary, boundary_errors):
-    """The issue's targets, each with what was measured and whether it is met (None: not measured)."""
-    checks = []
-
-    def row(scenario, case, server):
-        return rows.get((scenario, case, server))
-
-    cases = []
-    for key in rows:
-        if key[0] == "hello" and key[1] not in cases:
-            cases.append(key[1])
-    for case in cases:
-        berth = row("hello", case, "berth")
-        if not berth:
-            continue
-        if berth["rps_x"] is not None:
-            checks.append(
-                (
-                    f"hello {case}: Berth ≥ {HELLO_TARGET_X}× native requests/s",
-                    throughput(berth),
-                    berth["rps_x"] >= HELLO_TARGET_X,
-                )
-            )
-        if berth["p99_ms_x"] is not None:
-            checks.append(
-                (
-                    f"hello {case}: Berth p99 ≤ 1.1× native p99",
-                    f"{berth['p99_ms_x']:.2f}× ({berth['p99_ms']:.2f} ms{spread(berth, 'p99_ms')})",
-                    berth["p99_ms_x"] <= 1.1,
-                )
-            )
-        if berth["vs_uvicorn"] is not None:
-            checks.append(
-                (
-                    f"hello {case}: Berth ≥ 3× uvicorn requests/s",
-                    f"{berth['vs_uvicorn']:.1f}×",
-                    berth["vs_uvicorn"] >= 3,
-                )
-            )
-    for key in rows:
-        if key[0] == "fetch" and key[2] == "berth":
-            berth = rows[key]
-            if berth["rps_x"] is not None:
-                checks.append(
-                    (
-                        f"fetch {key[1]}: Berth ≥ 0.9× native requests/s",
-                        throughput(berth),
-                        berth["rps_x"] >= 0.9,
-                    )
-                )
-            if berth["vs_aiohttp"] is not None:
-                checks.append(
-                    (
-                        f"fetch {key[1]}: Berth ≥ 3× aiohttp requests/s",
-                        f"{berth['vs_aiohttp']:.1f}×",
-                        berth["vs_aiohttp"] >= 3,
-                    )
-                )
-    for key in rows:
-        if key[0] == "fan-out" and key[2] == "berth":
-            berth = rows[key]
-            ok = berth["ok"]
-            checks.append(
-                (
-                    f"fan-out: {fanout_n:,}/{fanout_n:,} succeed (every run)",
-                    f"{int(ok) if ok is not None else 0:,} (median)",
-                    not berth["errors"] and ok == fanout_n,
-                )
-            )
-            if berth["wall_s_x"] is not None:
-                checks.append(
-                    (
-                        "fan-out: wall ≤ 1.1× native",
-                        f"{berth['wall_s_x']:.2f}× ({berth['wall_s']:.2f} s)",
-                        berth["wall_s_x"] <= 1.1,
-                    )
-                )
-            if berth["peak_rss_mib_x"] is not None:
-                checks.append(
-                    (
-                        "fan-out: peak RSS ≤ native",
-                        f"{berth['peak_rss_mib_x']:.2f}× " f"({berth['peak_rss_mib']:.0f} MiB)",
-                        berth["peak_rss_mib_x"] <= 1.0,
-                    )
-                )
-                checks.append(
-                    (
-                        "fan-out (stretch): peak RSS ≤ 0.5× native",
-                        f"{berth['peak_rss_mib_x']:.2f}×",
-                        berth["peak_rss_mib_x"] <= 0.5,
-                    )
-                )
-    name = "boundary cost ≤ 1 µs per request over a direct call"
-    if boundary is None:
-        checks.append((name, "not measured: " + "; ".join(boundary_errors), None))
-    else:
-        failed = f"; {len(boundary_errors)} run(s) failed" if boundary_errors else ""
-        checks.append(
-            (
-                name,
-                f"{boundary['diff_ns']:.0f} ns (median of {boundary['runs']}{failed})",
-                boundary["diff_ns"] <= BOUNDARY_TARGET_NS,
-            )
-        )
-    return checks
-
-
-def fmt(value, spec, none="–"):
-    return none if value is None else format(value, spec)
+def git_state():
+    """This tree's commit, and whether what the suite measures has local changes."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        # The chart and results file a run writes are not changes to what was measured.
+        ["git", "status", "--porcelain", "--", "server", "app-api", "sample-apps", "bench"]
+        + [":!bench/results.svg", ":!bench/results.json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return commit or "?", bool(dirty)
 
 
 def machine_facts():
+    """The machine and the tools' versions, as the report lists them."""
+
     def read(path):
         try:
             return Path(path).read_text().strip()
@@ -1144,403 +1020,30 @@ def machine_facts():
     }
 
 
-SCENARIO_TITLES = {
-    "hello": "hello: `Hello, world!` per request",
-    "fetch": "fetch: the first 20 bytes of a small file from nginx, per request",
-    "fan-out": "fan-out: requests that each wait 1 s, all sent at once",
-}
-
-
-def write_report(suite, rows, checks, out, svg_path, total_s):
-    lines = []
-    add = lines.append
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    commit = (
-        subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        or "?"
-    )
-    dirty = subprocess.run(
-        # The chart this run writes is not a change to what was measured.
-        ["git", "status", "--porcelain", "--", "server", "app-api", "sample-apps", "bench", ":!bench/results.svg"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    mode = "smoke run" if suite.smoke else "full run"
-    add("# Benchmarks")
-    add("")
-    add(
-        f"Generated by `python3 bench/run.py{' --smoke' if suite.smoke else ''}` (`make bench`) on {now}, "
-        f"commit `{commit}`{' with local changes' if dirty else ''}; {mode}: {suite.runs} run(s), "
-        f"{suite.duration} s per measurement, {total_s / 60:.1f} min in all. Regenerate with `make bench`."
-    )
-    add("")
-    add(f"![requests/s and p99 per scenario and server]({os.path.relpath(svg_path, out.parent)})")
-    add("")
-    add(
-        "Every figure is the **median of the runs**; each `× native` is the median, over the runs, of the "
-        "ratio to the native hyper baseline measured **in the same run**. Within a run each case is "
-        "measured on every server back to back, seconds apart (each server started, warmed up and "
-        "measured alone, then stopped; the order alternates between runs). "
-        "Servers run pinned to CPU 0 "
-        "(`taskset -c 0`), so tokio starts one worker thread in Berth and in the native baselines, and "
-        "the Python servers run one process each; wrk, h2load, the fan-out client and the nginx upstream "
-        "run pinned to CPU 1 (`taskset -c 1`). *server CPU* is the server's own CPU time over the "
-        "measurement (100% = one core, from `/proc/<pid>/stat`); *load CPU* is the load generator's."
-    )
-    add("")
-    boundary = boundary_median(suite.boundary_runs)
-    headlines = summary(rows, boundary)
-    if headlines:
-        add("## Headlines")
-        add("")
-        for line in headlines:
-            add(f"* {line}")
-        add("")
-    add("## Targets (issue 5)")
-    add("")
-    add("| target | measured | met |")
-    add("| --- | --- | --- |")
-    for name, measured, met in checks:
-        verdict = "–" if met is None else "yes" if met else "**no**"
-        add(f"| {name} | {measured.replace('|', '/')[:400]} | {verdict} |")
-    add("")
-    native_1 = rows.get(("hello", "HTTP/1.1, 1 conn", "native"))
-    if native_1 and native_1["vs_uvicorn"] is not None:
-        add(
-            f"At 1 connection wrk waits for each answer before sending the next request, so the figure is "
-            f"bound by round-trip latency more than by the server: native hyper itself does "
-            f"{native_1['vs_uvicorn']:.1f}× uvicorn's requests/s there in this run, and Berth's ≥ 3× "
-            "uvicorn is out of reach at 1 connection by construction (the check stays, for every case)."
-        )
-        add("")
-    flagged = [r for r in suite.results if (r.get("interference") or 0) > INTERFERENCE_FLAG]
-    if flagged:
-        add(
-            f"**Noise:** in {len(flagged)} of {len(suite.results)} measurements, other processes used more "
-            f"than {INTERFERENCE_FLAG:.0f}% of the server's CPU (marked † below, with the worst share); "
-            "their figures are less trustworthy."
-        )
-        add("")
-    for scenario in ("hello", "fetch", "fan-out"):
-        scenario_rows = [r for r in rows.values() if r["scenario"] == scenario]
-        if not scenario_rows:
-            continue
-        add(f"## {SCENARIO_TITLES[scenario]}")
-        add("")
-        if scenario == "fan-out":
-            add(
-                "| case | server | ok | wall s | × native | connect s | p50 ms | p99 ms | peak RSS MiB | "
-                "× native | KiB per request | server CPU |"
-            )
-            add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-            for r in scenario_rows:
-                per_request = None
-                if r["peak_rss_mib"] is not None and r["idle_rss_mib"] is not None and r["n"]:
-                    per_request = (r["peak_rss_mib"] - r["idle_rss_mib"]) * 1024 / r["n"]
-                add(
-                    f"| {r['case']} | {SERVERS[r['server']][0]} | {fmt(r['ok'], ',.0f')}/{fmt(r['n'], ',.0f')} | "
-                    f"{fmt(r['wall_s'], '.2f')} | {fmt(r['wall_s_x'], '.2f')} | {fmt(r['connect_s'], '.2f')} | "
-                    f"{fmt(r['p50_ms'], '.0f')} | {fmt(r['p99_ms'], '.0f')} | {fmt(r['peak_rss_mib'], '.1f')} | "
-                    f"{fmt(r['peak_rss_mib_x'], '.2f')} | {fmt(per_request, '.1f')} | "
-                    f"{fmt(r['server_cpu'], '.0f')}%{noise_mark(r)} |"
-                )
-            add("")
-            add(
-                "*wall* runs from the first connect to the last answer; *connect* is the time until all "
-                "connections were open, after which every request was sent at the same instant; the "
-                "latencies run from that instant to each complete answer. *KiB per request* is "
-                "(peak RSS − idle RSS) / requests. Berth runs `gather?sleep_ms=1000` (a host timer, no "
-                "upstream) with `--max-connections 20000`; the baseline is `native-sleep` "
-                "(`tokio::time::sleep(1 s)`)."
-            )
-        else:
-            add(
-                "| case | server | requests/s | × native | p50 ms | p99 ms | p99 × native | server CPU | "
-                "CPU µs per request | × native | load CPU |"
-            )
-            add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-            for r in scenario_rows:
-                add(
-                    f"| {r['case']} | {SERVERS[r['server']][0]} | {fmt(r['rps'], ',.0f')} | "
-                    f"{fmt(r['rps_x'], '.2f')} | {fmt(r['p50_ms'], '.3f')} | {fmt(r['p99_ms'], '.3f')} | "
-                    f"{fmt(r['p99_ms_x'], '.2f')} | {fmt(r['server_cpu'], '.0f')}%{noise_mark(r)} | "
-                    f"{fmt(r['cpu_us'], '.1f')} | {fmt(r['cpu_us_x'], '.2f')} | {fmt(r['load_cpu'], '.0f')}%"
-                    f"{' ‡' if (r['load_cpu'] or 0) >= LOAD_BOUND else ''} |"
-                )
-            if any((r["load_cpu"] or 0) >= LOAD_BOUND for r in scenario_rows):
-                add("")
-                add(
-                    f"‡ the load generator used ≥ {LOAD_BOUND:.0f}% of its core: that server may do more than "
-                    "shown, so ratios against it flatter the others; *CPU µs per request* still compares."
-                )
-        errors = [f"{r['server']} {r['case']}: {e}" for r in scenario_rows for e in r["errors"]]
-        if errors:
-            add("")
-            add("Errors:")
-            add("")
-            for e in errors:
-                add(f"* {e.splitlines()[0][:300]}")
-        add("")
-    boundary_section(suite, boundary, add)
-    add("## What runs")
-    add("")
-    add(
-        "* **Berth + app**: `target/release/berth` with the `hello`, `fetch` and `gather` sample apps "
-        "in its apps directory, default settings except `--admin-listen off`, `--allow-outbound "
-        "'http://127.0.0.1:*'` and, for fan-out, `--max-connections 20000`; its access log is off, "
-        "as by default. *Berth + app, --access-log* is the same with `--access-log`: one `info` "
-        "event per request (target `berth::access`), written to a file, to show what the log costs."
-    )
-    add(
-        "* **native hyper**: `bench/native` (`berth-bench`): the same handler compiled into a hyper "
-        "server: hyper-util's auto builder (HTTP/1.1 and h2c on one port, the usual way to serve "
-        "both), tokio's multi-thread runtime with default settings, `TCP_NODELAY`, a `socket2` "
-        "listener with a backlog of 8192. Berth itself picks the protocol by ALPN or by peeking at "
-        "the h2c preface instead of the auto builder's 24-byte read, after which hyper grows its read "
-        "buffer from 8 to 16 KiB on every connection; that is most of the fan-out memory difference. "
-        "`native-fetch` decodes `?url=` from the query and fetches it with hyper-util's pooled legacy "
-        "client, as the `fetch` app and Berth's host do."
-    )
-    add(
-        "* **native hyper + app via the ABI** (`native-abi`, hello only): native-hello's server, "
-        "answering each request by calling the `hello` app's cdylib through Berth's boundary code "
-        "(`berth_server::embed`: the request lent across the C ABI, the app's future polled, its "
-        "answer and body taken back) and nothing else of Berth (no router, timeouts, drain or hot "
-        "reload). Native against it is what the plugin boundary costs; it against Berth, what the "
-        "rest of the server costs."
-    )
-    add(
-        "* **uvicorn**: a bare ASGI app (no framework) with `--loop uvloop --http httptools "
-        "--no-access-log`; **aiohttp**: an `aiohttp.web` app on uvloop with the access log off. Both "
-        "fetch through one pooled `aiohttp.ClientSession` and run as one process "
-        "(`bench/peers/`, versions pinned in `bench/peers/requirements.txt`)."
-    )
-    add(
-        f"* **upstream**: nginx (one worker, access log off, keep-alive) serving a {len(SMALL_FILE)}-byte file."
-    )
-    add("")
-    add("## Machine")
-    add("")
-    add("| | |")
-    add("| --- | --- |")
-    for key, value in machine_facts().items():
-        add(f"| {key} | {value} |")
-    add("")
-    add("## Commands")
-    add("")
-    add(
-        "Every distinct command the suite ran, in order (`$TMP` is its temporary directory with the "
-        "apps, the virtualenv and nginx's files; the ports were picked free at start):"
-    )
-    add("")
-    add("```sh")
-    for command in suite.rec.commands:
-        add(command)
-    add("```")
-    add("")
-    add("<details><summary>Every measurement</summary>")
-    add("")
-    add(
-        "| run | scenario | case | server | requests/s | p50 ms | p99 ms | server CPU | other load on CPU 0 | errors |"
-    )
-    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in suite.results:
-        add(
-            f"| {r['run']} | {r['scenario']} | {r['case']} | {r['server']} | {fmt(r.get('rps'), ',.0f')} | "
-            f"{fmt(r.get('p50_ms'), '.3f')} | {fmt(r.get('p99_ms'), '.3f')} | {fmt(r.get('server_cpu'), '.0f')}% | "
-            f"{fmt(r.get('interference'), '.0f')}% | {len(r.get('errors', []))} |"
-        )
-    add("")
-    add("</details>")
-    add("")
-    out.write_text("\n".join(lines))
-
-
-def boundary_section(suite, boundary, add):
-    """The boundary benchmark's figures: each run's, their medians, and how they were taken."""
-    add("## boundary: one request through the C ABI vs. the same handler called directly")
-    add("")
-    if suite.boundary_runs:
-        add("| run | direct ns | through the ABI ns | difference ns |")
-        add("| --- | --- | --- | --- |")
-        for r in suite.boundary_runs:
-            add(f"| {r['run']} | {r['direct_ns']:.1f} | {r['abi_ns']:.1f} | {r['diff_ns']:.1f} |")
-        if len(suite.boundary_runs) > 1:
-            add(
-                f"| median | {boundary['direct_ns']:.1f} | {boundary['abi_ns']:.1f} | "
-                f"**{boundary['diff_ns']:.1f}** |"
-            )
-        add("")
-    else:
-        add("**No figure:** the benchmark printed no result (errors below).")
-        add("")
-    quick = " With `--quick` (smoke mode) criterion samples only briefly: rougher figures." * suite.smoke
-    add(
-        "`server/benches/boundary.rs` (criterion): *through the ABI* is the `hello` app's release "
-        "cdylib loaded by the host's loader and called through the C ABI, its response taken back and "
-        "its body drained; *direct* is the same handler compiled into the benchmark, taken apart the "
-        "same way; one request per iteration on a current-thread tokio runtime. Each figure is "
-        "criterion's time per iteration, from the summary line the benchmark prints last; the median "
-        "difference is taken over each run's difference. It runs before the servers start, pinned "
-        f"to CPU 0 (`taskset -c 0`) like them; the bench binary was built beforehand.{quick} Command:"
-    )
-    add("")
-    add("```sh")
-    add(shlex.join(suite.boundary_cmd))
-    add("```")
-    add("")
-    if suite.boundary_errors:
-        add("Errors:")
-        add("")
-        for e in suite.boundary_errors:
-            add(f"* {e[:400]}")
-        add("")
-
-
-def summary(rows, boundary):
-    """A few sentences computed from the medians: Berth against native, its log, the peers, the
-    boundary."""
-    lines = []
-
-    def get(scenario, case_start, server):
-        return next(
-            (
-                r
-                for k, r in rows.items()
-                if k[0] == scenario and k[1].startswith(case_start) and k[2] == server
-            ),
-            None,
-        )
-
-    for case in ("HTTP/1.1, 64 conns", "HTTP/2"):
-        berth, logged = get("hello", case, "berth"), get("hello", case, "berth-logged")
-        native = get("hello", case, "native")
-        if berth and berth["rps_x"] is not None:
-            line = (
-                f"hello, {berth['case']}: Berth does {berth['rps_x']:.2f}× native's requests/s "
-                f"({berth['rps']:,.0f} vs. {native['rps']:,.0f}) and spends "
-                f"{fmt(berth['cpu_us_x'], '.2f')}× its CPU per request"
-            )
-            if logged and logged["rps_x"] is not None:
-                line += (
-                    f"; with `--access-log`, {logged['rps_x']:.2f}× and {fmt(logged['cpu_us_x'], '.2f')}×"
-                )
-            lines.append(line + ".")
-            crossing = get("hello", case, "native-abi")
-            if crossing and crossing["rps_x"] is not None and berth["vs_native-abi"] is not None:
-                lines.append(
-                    f"hello, {berth['case']}, the plugin boundary alone: native hyper calling the same "
-                    f"app through the ABI (`native-abi`) does {crossing['rps_x']:.2f}× native's "
-                    f"requests/s at {fmt(crossing['cpu_us_x'], '.2f')}× its CPU per request; Berth, "
-                    f"with its router, timeouts, drain and hot reload on top, does "
-                    f"{berth['vs_native-abi']:.2f}× `native-abi`'s."
-                )
-            if native["cpu_us"] and boundary:
-                allowance = native["cpu_us"] * (1 / HELLO_TARGET_X - 1) * 1000
-                lines.append(
-                    f"hello, {berth['case']}, the budget: native spends {native['cpu_us']:.1f} µs of CPU "
-                    f"per request, so ≥ {HELLO_TARGET_X}× its requests/s leaves {allowance:.0f} ns per request for "
-                    f"everything Berth adds; one trip through the boundary costs "
-                    f"{boundary['diff_ns']:.0f} ns in the boundary benchmark below (hot caches)."
-                )
-    berth = get("hello", "HTTP/1.1, 64", "berth")
-    if berth and berth["vs_uvicorn"] is not None and berth["vs_aiohttp"] is not None:
-        lines.append(
-            f"hello, HTTP/1.1, 64 conns: Berth does {berth['vs_uvicorn']:.1f}× uvicorn's requests/s and "
-            f"{berth['vs_aiohttp']:.1f}× aiohttp's."
-        )
-    fetch = get("fetch", "HTTP/1.1", "berth")
-    if fetch and fetch["rps_x"] is not None:
-        lines.append(
-            f"fetch: Berth does {fetch['rps_x']:.2f}× native's requests/s at "
-            f"{fmt(fetch['cpu_us_x'], '.2f')}× its CPU per request ({fmt(fetch['cpu_us'], '.1f')} µs), "
-            f"and {fmt(fetch['vs_uvicorn'], '.1f')}× uvicorn's, {fmt(fetch['vs_aiohttp'], '.1f')}× aiohttp's."
-        )
-    fan = get("fan-out", "", "berth")
-    if fan and fan["wall_s_x"] is not None:
-        lines.append(
-            f"fan-out: {fmt(fan['ok'], ',.0f')}/{fmt(fan['n'], ',.0f')} answered in {fan['wall_s']:.2f} s "
-            f"({fan['wall_s_x']:.2f}× native's wall time), at {fmt(fan['peak_rss_mib'], '.0f')} MiB peak RSS "
-            f"({fmt(fan['peak_rss_mib_x'], '.2f')}× native's)."
-        )
-    if boundary:
-        lines.append(
-            f"boundary: a request through the C ABI takes {boundary['diff_ns']:.0f} ns more than the "
-            f"same handler called directly ({boundary['abi_ns']:.0f} vs. {boundary['direct_ns']:.0f} ns)."
-        )
-    return lines
-
-
-def noise_mark(row):
-    if row["interference_max"] > INTERFERENCE_FLAG:
-        return f" †{row['interference_max']:.0f}%"
-    return ""
-
-
 # --------------------------------------------------------------------------------------------
-# The chart: small multiples, one row per case, requests/s on the left and p99 on the right.
 
 
-def write_svg(rows, path, title):
-    cases = []
-    for r in rows.values():
-        if (r["scenario"], r["case"]) not in cases:
-            cases.append((r["scenario"], r["case"]))
-    bar_h, gap, label_w, panel_w, head = 16, 4, 190, 330, 34
-    width = label_w + 2 * panel_w + 60
-    blocks = []
-    y = 50
-    for scenario, case in cases:
-        servers = [r for r in rows.values() if (r["scenario"], r["case"]) == (scenario, case)]
-        block_h = head + len(servers) * (bar_h + gap) + 14
-        blocks.append((scenario, case, servers, y))
-        y += block_h
-    height = y + 10
-    svg = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="10" y="22" font-size="15" font-weight="bold">{escape(title)}</text>',
-        f'<text x="{label_w}" y="42" fill="#444">requests/s (longer is better)</text>',
-        f'<text x="{label_w + panel_w + 30}" y="42" fill="#444">p99 latency, ms (shorter is better)</text>',
-    ]
-    for scenario, case, servers, top in blocks:
-        svg.append(
-            f'<text x="10" y="{top + 18}" font-weight="bold">{escape(scenario)}: {escape(case)}</text>'
-        )
-        svg.append(f'<line x1="10" x2="{width - 10}" y1="{top + 4}" y2="{top + 4}" stroke="#ddd"/>')
-        for column, field, spec in ((0, "rps", ",.0f"), (1, "p99_ms", ",.2f")):
-            x0 = label_w + column * (panel_w + 30)
-            peak = max((r[field] or 0) for r in servers) or 1
-            for i, r in enumerate(servers):
-                label, colour = SERVERS[r["server"]]
-                by = top + head + i * (bar_h + gap) - 8
-                if column == 0:
-                    svg.append(
-                        f'<text x="{label_w - 6}" y="{by + bar_h - 4}" text-anchor="end">{escape(label)}</text>'
-                    )
-                value = r[field]
-                if value is None:
-                    continue
-                w = max(1.0, (panel_w - 70) * value / peak)
-                svg.append(f'<rect x="{x0}" y="{by}" width="{w:.1f}" height="{bar_h}" fill="{colour}"/>')
-                ratio = r["rps_x" if field == "rps" else "p99_ms_x"]
-                note = f" ({ratio:.2f}×)" if ratio is not None and r["server"] != "native" else ""
-                svg.append(
-                    f'<text x="{x0 + w + 4:.1f}" y="{by + bar_h - 4}">{format(value, spec)}{note}</text>'
-                )
-    svg.append("</svg>")
-    path.write_text("\n".join(svg) + "\n")
+def parse_cases(text):
+    """`--cases`: a comma-separated list of CASES, `hello` standing for all four hello cases."""
+    chosen = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        expanded = [case for case in CASES if case == item or case.startswith(item + ":")]
+        if not expanded:
+            raise argparse.ArgumentTypeError(
+                f"unknown case {item!r}; choose from hello, {', '.join(CASES)}"
+            )
+        chosen.update(expanded)
+    if not chosen:
+        raise argparse.ArgumentTypeError("no case chosen")
+    return chosen
 
 
-def escape(text):
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-# --------------------------------------------------------------------------------------------
+def write_results(document, path):
+    """The results file, replaced whole: a reader never sees half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+    os.replace(partial, path)
 
 
 def main():
@@ -1548,37 +1051,51 @@ def main():
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="~2 s per scenario, 1 run, fan-out of 200, boundary bench with --quick; report and chart "
-        "to a temp dir (or --out); non-zero exit on any error or missing figure, not on a missed target",
+        help="~2 s per case, 1 run, fan-out of 200, boundary bench with --quick; results to a temp "
+        "dir (or --results); exit 1 on any error or missing figure, not on a missed target",
     )
     parser.add_argument("--runs", type=int, default=3, help="runs to take the median of (default 3)")
     parser.add_argument(
-        "--out",
+        "--cases",
+        type=parse_cases,
+        default=set(CASES),
+        metavar="LIST",
+        help="comma-separated: boundary, hello (or hello:1, hello:64, hello:256, hello:h2), fetch, "
+        "fan-out (default: all); each case runs on all of its servers",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also build Berth at git revision REV (temporary worktree, release, target/bench-baseline) "
+        "and measure it as server berth@REV next to Berth in each hello, fetch and fan-out case",
+    )
+    parser.add_argument(
+        "--results",
         type=Path,
-        help="the report (default BENCHMARKS.md at the repository root); with --smoke, the chart goes "
-        "beside it (same name, .svg) instead of to bench/results.svg",
+        help="the results file (default bench/results.json for a full run; for --smoke, --cases or "
+        "--baseline, one beside the temp dir)",
     )
     parser.add_argument("--duration", type=int, help="seconds per measurement (default 10; smoke 2)")
     parser.add_argument("--fanout-n", type=int, help="fan-out requests (default 10000; smoke 200)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, venv)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (apps, logs)")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
     suite = Suite(args)
-    if args.smoke:
-        out = args.out or suite.tmp.parent / f"{suite.tmp.name}-BENCHMARKS.md"
-        svg = out.with_suffix(".svg")
+    if args.results:
+        results = args.results.resolve()
+    elif args.smoke or args.cases != set(CASES) or args.baseline:
+        # Not the published kind of run: bench/results.json stays as it is.
+        results = suite.tmp.parent / f"{suite.tmp.name}-results.json"
     else:
-        out = (args.out or ROOT / "BENCHMARKS.md").resolve()
-        svg = BENCH / "results.svg"
-    out.parent.mkdir(parents=True, exist_ok=True)
+        results = RESULTS
     code = 0
     try:
         suite.run()
     except SuiteError as err:
         log(f"error: {err}")
-        code = 1
+        code = 2
     except KeyboardInterrupt:
         log("interrupted")
         code = 130
@@ -1586,24 +1103,17 @@ def main():
         suite.cleanup(args.keep)
     if code:
         return code
-    total = time.monotonic() - suite.started
-    rows = aggregate(suite.results)
-    checks = targets(rows, suite.fanout_n, boundary_median(suite.boundary_runs), suite.boundary_errors)
-    title = (
-        f"Berth benchmarks ({'smoke, ' if args.smoke else ''}median of {suite.runs} run(s), server on 1 core)"
-    )
-    write_svg(rows, svg, title)
-    write_report(suite, rows, checks, out, svg, total)
+    write_results(suite.document(), results)
     errors = [r for r in suite.results if r.get("errors")]
     log("")
-    for name, measured, met in checks:
-        log(f"{'n/a   ' if met is None else 'met   ' if met else 'MISSED'}  {name}: {measured}")
-    log(f"report: {out}\nchart:  {svg}\ntime:   {total:.0f} s")
-    # Targets are for the report; the exit status says whether every scenario produced figures.
+    log(f"results: {results}\ntime:    {time.monotonic() - suite.started:.0f} s")
+    shown = results.relative_to(Path.cwd()) if results.is_relative_to(Path.cwd()) else results
+    log(f"report:  python3 bench/report.py {shlex.quote(str(shown))}")
+    # Targets are for the report; the exit status says whether every case produced figures.
     if errors or suite.boundary_errors:
         log(
             f"error: {len(errors)} measurement(s) and {len(suite.boundary_errors)} boundary run(s) "
-            "saw errors (see the report)"
+            "saw errors (see the results or the report)"
         )
         return 1
     return 0
