@@ -666,23 +666,19 @@ pub unsafe fn headers_from_abi(headers: AbiHeaders) -> Result<HeaderMap, Boundar
     // Room for the few headers a server adds on the way out (HTTP/2: content-length, date), so
     // that they do not make the map grow.
     let mut map = HeaderMap::with_capacity(list.len() + 2);
-    crate::headers::recent::with(|recent| {
-        for header in list {
-            // SAFETY: each name and value is borrowed under the same contract as the array.
-            let (name, value) = unsafe { (header.name.as_bytes(), header.value.as_bytes()) };
-            let name = recent.name(name).map_err(|_| {
-                BoundaryError(format!(
-                    "invalid header name {:?}",
-                    String::from_utf8_lossy(name)
-                ))
-            })?;
-            let value = recent
-                .value(&name, value)
-                .map_err(|_| BoundaryError(format!("invalid value for header {name}")))?;
-            map.append(name, value);
-        }
-        Ok::<_, BoundaryError>(())
-    })?;
+    for header in list {
+        // SAFETY: each name and value is borrowed under the same contract as the array.
+        let (name, value) = unsafe { (header.name.as_bytes(), header.value.as_bytes()) };
+        let name = HeaderName::from_bytes(name).map_err(|_| {
+            BoundaryError(format!(
+                "invalid header name {:?}",
+                String::from_utf8_lossy(name)
+            ))
+        })?;
+        let value = HeaderValue::from_bytes(value)
+            .map_err(|_| BoundaryError(format!("invalid value for header {name}")))?;
+        map.append(name, value);
+    }
     Ok(map)
 }
 
