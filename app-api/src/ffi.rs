@@ -514,16 +514,6 @@ impl HeaderSource for HeaderMap {
     }
 }
 
-impl HeaderSource for crate::response::ResponseHeaders {
-    fn count(&self) -> usize {
-        self.len()
-    }
-
-    fn pairs(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.iter()
-    }
-}
-
 /// Borrowed header array built from a [`HeaderMap`]; keep it alive, and where it is, while the
 /// [`AbiHeaders`] from [`HeaderList::as_abi`] is in use. Up to [`HeaderList::INLINE`] headers
 /// live in the list itself, so most requests and responses cross without allocating for it.

@@ -1,7 +1,5 @@
 //! The response an app returns.
 
-use std::sync::OnceLock;
-
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 
@@ -20,7 +18,7 @@ use crate::body::Body;
 #[derive(Debug)]
 pub struct Response {
     status: StatusCode,
-    headers: ResponseHeaders,
+    headers: HeaderMap,
     body: Body,
 }
 
@@ -30,7 +28,7 @@ impl Response {
     pub fn new(status: StatusCode) -> Self {
         Response {
             status,
-            headers: ResponseHeaders::default(),
+            headers: HeaderMap::new(),
             body: Body::empty(),
         }
     }
@@ -92,12 +90,12 @@ impl Response {
 
     /// The headers.
     pub fn headers(&self) -> &HeaderMap {
-        self.headers.map()
+        &self.headers
     }
 
     /// The headers, to change.
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
-        self.headers.map_mut()
+        &mut self.headers
     }
 
     /// The body, to read (in tests).
@@ -111,9 +109,8 @@ impl Response {
     }
 
     #[cfg(feature = "testing")]
-    pub(crate) fn into_parts(mut self) -> (StatusCode, HeaderMap, Body) {
-        let headers = std::mem::take(self.headers.map_mut());
-        (self.status, headers, self.body)
+    pub(crate) fn into_parts(self) -> (StatusCode, HeaderMap, Body) {
+        (self.status, self.headers, self.body)
     }
 
     pub(crate) fn into_abi(self) -> AbiResponse {
@@ -145,84 +142,6 @@ fn content_type(value: &'static str) -> HeaderValue {
         "application/json" => JSON,
         "application/octet-stream" => OCTETS,
         _ => HeaderValue::from_static(value),
-    }
-}
-
-/// A response's headers. The first few set by name stay inline, so a response with a couple of
-/// headers (most have a content type and perhaps one more) costs no allocation for them: a
-/// `HeaderMap` allocates twice for its first entry, which a hello-world app felt as much as
-/// the rest of its answer. The map is built only when the app asks for one. Kept small, as
-/// the response moves through the handler's future several times.
-#[derive(Debug, Default)]
-pub(crate) struct ResponseHeaders {
-    /// Distinct names, filled from the front; empty once `map` holds every header.
-    inline: [Option<(HeaderName, HeaderValue)>; ResponseHeaders::INLINE],
-    /// Every header when `mapped`; else, once built, a copy of `inline` for readers.
-    map: OnceLock<Box<HeaderMap>>,
-    mapped: bool,
-}
-
-impl ResponseHeaders {
-    const INLINE: usize = 2;
-
-    #[inline]
-    fn insert(&mut self, name: HeaderName, value: HeaderValue) {
-        if !self.mapped {
-            // A reader's copy of `inline` is about to be stale.
-            self.map = OnceLock::new();
-            for slot in &mut self.inline {
-                match slot {
-                    Some((held, old)) if *held == name => {
-                        *old = value;
-                        return;
-                    }
-                    Some(_) => {}
-                    None => {
-                        *slot = Some((name, value));
-                        return;
-                    }
-                }
-            }
-        }
-        self.map_mut().insert(name, value);
-    }
-
-    fn map(&self) -> &HeaderMap {
-        self.map.get_or_init(|| {
-            let inline = self.inline.iter().map_while(Option::clone);
-            Box::new(inline.collect())
-        })
-    }
-
-    fn map_mut(&mut self) -> &mut HeaderMap {
-        if !self.mapped {
-            let mut map = HeaderMap::with_capacity(ResponseHeaders::INLINE + 1);
-            map.extend(self.inline.iter_mut().map_while(Option::take));
-            self.map = OnceLock::from(Box::new(map));
-            self.mapped = true;
-        }
-        match self.map.get_mut() {
-            Some(map) => map,
-            None => unreachable!("set above when not mapped yet"),
-        }
-    }
-
-    /// How many values there are (a repeated name once per value).
-    pub(crate) fn len(&self) -> usize {
-        match self.map.get() {
-            Some(map) if self.mapped => map.len(),
-            _ => self.inline.iter().map_while(Option::as_ref).count(),
-        }
-    }
-
-    /// Every value in order, a repeated name once per value.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        let inline = self.inline.iter().map_while(|slot| {
-            let (name, value) = slot.as_ref()?;
-            Some((name, value))
-        });
-        let map = self.map.get().filter(|_| self.mapped);
-        inline.chain(map.into_iter().flat_map(|map| map.iter()))
     }
 }
 
@@ -275,7 +194,7 @@ mod tests {
 
     use super::*;
 
-    fn pairs(headers: &ResponseHeaders) -> Vec<(String, String)> {
+    fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
         let listed: Vec<_> = headers
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_str().expect("ascii").to_owned()))
@@ -285,11 +204,10 @@ mod tests {
     }
 
     #[test]
-    fn inline_headers_replace_by_name_and_keep_their_order() {
+    fn headers_replace_by_name_and_keep_their_order() {
         let response = Response::text("hi")
             .with_header(CACHE_CONTROL, HeaderValue::from_static("no-cache"))
             .with_header(CONTENT_TYPE, HeaderValue::from_static("text/html"));
-        assert!(!response.headers.mapped, "two names stay inline");
         assert_eq!(
             pairs(&response.headers),
             [("content-type", "text/html"), ("cache-control", "no-cache")]
@@ -299,12 +217,11 @@ mod tests {
     }
 
     #[test]
-    fn more_headers_than_fit_inline_move_to_a_map_in_order() {
+    fn more_headers_keep_their_order() {
         let response = Response::text("hi")
             .with_header(CACHE_CONTROL, HeaderValue::from_static("no-cache"))
             .with_header(ETAG, HeaderValue::from_static("\"1\""))
             .with_header(CACHE_CONTROL, HeaderValue::from_static("max-age=1"));
-        assert!(response.headers.mapped);
         assert_eq!(
             pairs(&response.headers),
             [
