@@ -187,7 +187,7 @@ pub struct LentRequest {
     path: AbiStr,
     query: AbiStr,
     /// Points into the text above.
-    headers: HeaderList<4>,
+    headers: HeaderList,
     version: u32,
     peer_addr: AbiSocketAddr,
     local_addr: AbiSocketAddr,
