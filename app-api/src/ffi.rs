@@ -497,78 +497,56 @@ impl AbiStr {
     }
 }
 
-/// Header storage a [`HeaderList`] can borrow from: a [`HeaderMap`], or a response's few
-/// inline headers.
-pub(crate) trait HeaderSource: Send + Sync + 'static {
-    fn count(&self) -> usize;
-    fn pairs(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)>;
-}
-
-impl HeaderSource for HeaderMap {
-    fn count(&self) -> usize {
-        self.len()
-    }
-
-    fn pairs(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.iter()
-    }
-}
-
 /// Borrowed header array built from a [`HeaderMap`]; keep it alive, and where it is, while the
 /// [`AbiHeaders`] from [`HeaderList::as_abi`] is in use. Up to [`HeaderList::INLINE`] headers
 /// live in the list itself, so most requests and responses cross without allocating for it.
 #[derive(Debug)]
-pub struct HeaderList<const N: usize = 8> {
+pub struct HeaderList {
     len: usize,
-    inline: [AbiHeader; N],
+    inline: [AbiHeader; HeaderList::INLINE],
     spilled: Vec<AbiHeader>,
 }
 
 impl HeaderList {
-    /// Borrows every header of `map` in order (repeated names once per value).
-    pub fn new(map: &HeaderMap) -> Self {
-        let mut list = HeaderList::empty();
-        list.borrow_from(map);
-        list
-    }
-}
-
-impl<const N: usize> HeaderList<N> {
     /// How many headers fit without a heap allocation.
-    pub const INLINE: usize = N;
+    pub const INLINE: usize = 4;
 
     const NONE: AbiHeader = AbiHeader {
         name: AbiStr::from_static(""),
         value: AbiStr::from_static(""),
     };
 
-    /// Points the (empty) list at every header of `headers`.
-    fn borrow_from<H: HeaderSource + ?Sized>(&mut self, headers: &H) {
-        let borrow = |(name, value): (&http::HeaderName, &HeaderValue)| AbiHeader {
-            name: AbiStr::new(name.as_str().as_bytes()),
-            value: AbiStr::new(value.as_bytes()),
-        };
-        let len = headers.count();
-        if len <= Self::INLINE {
-            for (slot, header) in self.inline.iter_mut().zip(headers.pairs()) {
-                *slot = borrow(header);
-            }
-            self.len = len;
-        } else {
-            self.spilled = headers.pairs().map(borrow).collect();
+    /// No headers.
+    pub const fn empty() -> Self {
+        HeaderList {
+            len: 0,
+            inline: [Self::NONE; Self::INLINE],
+            spilled: Vec::new(),
         }
+    }
+
+    /// Borrows every header of `map` in order (repeated names once per value).
+    pub fn new(map: &HeaderMap) -> Self {
+        let mut list = HeaderList::empty();
+        for (name, value) in map {
+            list.push(AbiHeader {
+                name: AbiStr::new(name.as_str().as_bytes()),
+                value: AbiStr::new(value.as_bytes()),
+            });
+        }
+        list
     }
 
     /// Appends a header; past [`HeaderList::INLINE`] the list moves to the heap.
     #[inline]
     pub fn push(&mut self, header: AbiHeader) {
-        if self.spilled.is_empty() && self.len < N {
+        if self.spilled.is_empty() && self.len < Self::INLINE {
             self.inline[self.len] = header;
             self.len += 1;
             return;
         }
         if self.spilled.is_empty() {
-            self.spilled.reserve(2 * N);
+            self.spilled.reserve(2 * Self::INLINE);
             self.spilled.extend_from_slice(&self.inline[..self.len]);
         }
         self.spilled.push(header);
@@ -589,15 +567,6 @@ impl<const N: usize> HeaderList<N> {
             &mut self.inline[..self.len]
         } else {
             &mut self.spilled
-        }
-    }
-
-    /// No headers.
-    pub const fn empty() -> Self {
-        HeaderList {
-            len: 0,
-            inline: [Self::NONE; N],
-            spilled: Vec::new(),
         }
     }
 
@@ -1111,21 +1080,9 @@ impl http_body::Body for ForeignBody {
 impl AbiResponse {
     /// Hands a response over: the headers stay in a heap block released by the receiver.
     pub fn new(status: StatusCode, headers: HeaderMap, body: AbiBody) -> Self {
-        Self::with_headers::<_, { HeaderList::<8>::INLINE }>(status, headers, body)
-    }
-
-    /// [`AbiResponse::new`] for any header storage, with room for `N` headers beside it.
-    pub(crate) fn with_headers<H: HeaderSource, const N: usize>(
-        status: StatusCode,
-        headers: H,
-        body: AbiBody,
-    ) -> Self {
-        let mut storage = Box::<ResponseHead<H, N>>::new_uninit();
-        // SAFETY: the new box is valid for writes, aligned, and does not move.
-        let abi_headers = unsafe { ResponseHead::write(storage.as_mut_ptr(), headers) };
-        // SAFETY: `write` initialized it.
-        let storage = unsafe { storage.assume_init() };
-        let (owner, release) = owner_of(storage);
+        let mut head = Box::new(ResponseHead::new(headers));
+        let abi_headers = head.lend();
+        let (owner, release) = owner_of(head);
         AbiResponse {
             status: status.as_u16(),
             headers: abi_headers,
@@ -1138,37 +1095,19 @@ impl AbiResponse {
     /// A response whose body is `data`, held whole: headers, body state and bytes are one
     /// reference-counted block, which the response, its body and the body's one chunk share,
     /// so that the whole answer costs one allocation.
-    pub(crate) fn with_full_body<H: HeaderSource, const N: usize>(
-        status: StatusCode,
-        headers: H,
-        data: Bytes,
-    ) -> Self {
-        let mut block = Arc::<FullBody<ResponseHead<H, N>>>::new_uninit();
-        let at = Arc::get_mut(&mut block)
+    pub(crate) fn with_full_body(status: StatusCode, headers: HeaderMap, data: Bytes) -> Self {
+        let mut block = Arc::new(FullBody::new(data, ResponseHead::new(headers)));
+        let abi_headers = Arc::get_mut(&mut block)
             .expect("a new Arc is unique")
-            .as_mut_ptr();
-        // SAFETY: `at` is the new block's memory, which nothing else sees yet, valid for
-        // writes, aligned, and never moved; each field is written once.
-        let abi_headers = unsafe {
-            (&raw mut (*at).data).write(data);
-            (&raw mut (*at).taken).write(AtomicBool::new(false));
-            ResponseHead::write(&raw mut (*at).extra, headers)
-        };
-        // SAFETY: every field was written above.
-        let block = unsafe { block.assume_init() };
-        // Every field is written above; this pattern stops compiling when one is added.
-        let FullBody {
-            data: _,
-            taken: _,
-            extra: _,
-        } = &*block;
+            .extra
+            .lend();
         let body = FullBody::share(&block);
         AbiResponse {
             status: status.as_u16(),
             headers: abi_headers,
             body,
             owner: Arc::into_raw(block).cast_mut().cast(),
-            release: Some(release_full::<ResponseHead<H, N>>),
+            release: Some(release_full::<ResponseHead>),
         }
     }
 
@@ -1260,39 +1199,35 @@ impl fmt::Debug for LentHeaders {
     }
 }
 
-/// Where a response's headers live until the receiver releases them. The `list` borrows from
-/// `headers` in the same heap block. Freed by the receiver's `release`.
-struct ResponseHead<H, const N: usize> {
-    headers: H,
-    list: HeaderList<N>,
+/// Where a response's headers live until the receiver releases them: the map, and the list
+/// that borrows from it once both are where they stay ([`ResponseHead::lend`]). Freed by the
+/// receiver's `release`.
+struct ResponseHead {
+    headers: HeaderMap,
+    list: HeaderList,
 }
 
-impl<H: HeaderSource, const N: usize> ResponseHead<H, N> {
-    /// Writes `headers` and a list borrowing them to `at`, in place: built elsewhere and moved
-    /// into its block, the head (a few hundred bytes) was copied twice per response. Returns
-    /// the list's ABI view.
-    ///
-    /// # Safety
-    /// `at` must be valid for writes and aligned, and must not move while the view is used.
-    unsafe fn write(at: *mut Self, headers: H) -> AbiHeaders {
-        // SAFETY: forwarded to the caller; both fields are written before the reference.
-        let head = unsafe {
-            (&raw mut (*at).headers).write(headers);
-            (&raw mut (*at).list).write(HeaderList::empty());
-            &mut *at
-        };
-        // Both fields are written above; this pattern stops compiling when one is added.
-        let ResponseHead { headers, list } = head;
-        list.borrow_from(headers);
-        list.as_abi()
+impl ResponseHead {
+    fn new(headers: HeaderMap) -> Self {
+        ResponseHead {
+            headers,
+            list: HeaderList::empty(),
+        }
+    }
+
+    /// Points the list at the headers and returns its ABI view, valid while `self` neither
+    /// moves nor changes: call it once `self` is in the heap block the receiver releases.
+    fn lend(&mut self) -> AbiHeaders {
+        self.list = HeaderList::new(&self.headers);
+        self.list.as_abi()
     }
 }
 
 // SAFETY: `list` only points into `headers` (or at static strings), which move and are
-// shared with it; `H` itself is `Send + Sync` (`HeaderSource`).
-unsafe impl<H: HeaderSource, const N: usize> Send for ResponseHead<H, N> {}
+// shared with it.
+unsafe impl Send for ResponseHead {}
 // SAFETY: as above; nothing in `list` is written through.
-unsafe impl<H: HeaderSource, const N: usize> Sync for ResponseHead<H, N> {}
+unsafe impl Sync for ResponseHead {}
 
 // ---------------------------------------------------------------------------------------------
 // Outcomes

@@ -114,14 +114,9 @@ impl Response {
     }
 
     pub(crate) fn into_abi(self) -> AbiResponse {
-        // Room in the ABI header array for the inline headers and a couple more, before it
-        // spills to the heap: the array travels inside the response's block.
-        const LISTED: usize = 4;
         match self.body.into_full() {
-            Ok(data) => AbiResponse::with_full_body::<_, LISTED>(self.status, self.headers, data),
-            Err(body) => {
-                AbiResponse::with_headers::<_, LISTED>(self.status, self.headers, body.into_abi())
-            }
+            Ok(data) => AbiResponse::with_full_body(self.status, self.headers, data),
+            Err(body) => AbiResponse::new(self.status, self.headers, body.into_abi()),
         }
     }
 }
