@@ -9,7 +9,8 @@ use futures_core::Stream;
 use futures_util::StreamExt as _;
 
 use crate::abi::AbiBody;
-use crate::ffi::{ChunkStream, ForeignBody};
+use crate::error::BodyError;
+use crate::ffi::body::{ChunkStream, ForeignBody};
 
 /// A body: a stream of byte chunks, read as it arrives.
 ///
@@ -26,30 +27,6 @@ enum Kind {
     Stream(ChunkStream),
     Foreign(ForeignBody),
 }
-
-/// A body failed to stream: the peer went away, the producer reported an error, or a limit was
-/// reached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BodyError {
-    message: String,
-}
-
-impl BodyError {
-    /// An error with a message.
-    pub fn new(message: impl Into<String>) -> Self {
-        BodyError {
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for BodyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for BodyError {}
 
 impl Body {
     /// No bytes.

@@ -2,6 +2,8 @@
 
 use http::HeaderMap;
 
+use crate::ffi::response::LentHeaders;
+
 /// An upstream response's headers, as the host lends them: read in place, and turned into a
 /// [`HeaderMap`] the first time the app asks for it. An app that reads no header pays for no
 /// copy and no map; the host's copy is freed when this is dropped.
@@ -9,7 +11,7 @@ use http::HeaderMap;
 pub(crate) enum Headers {
     /// Lent by the host until dropped.
     Lent {
-        headers: crate::ffi::LentHeaders,
+        headers: LentHeaders,
         map: std::sync::OnceLock<HeaderMap>,
     },
     /// A map already (the mock host's fetch responses).
@@ -18,7 +20,7 @@ pub(crate) enum Headers {
 }
 
 impl Headers {
-    pub(crate) fn lent(headers: crate::ffi::LentHeaders) -> Self {
+    pub(crate) fn lent(headers: LentHeaders) -> Self {
         Headers::Lent {
             headers,
             map: std::sync::OnceLock::new(),

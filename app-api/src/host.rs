@@ -17,9 +17,14 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 
-use crate::abi::{AbiFetchOutcome, FfiFuture, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_TRACE, LOG_WARN};
-use crate::body::{Body, BodyError};
-use crate::ffi::HostHandle;
+use crate::abi::{
+    FETCH_CONNECT, FETCH_DENIED, FETCH_INVALID_REQUEST, FETCH_TIMEOUT, FfiFuture, LOG_DEBUG,
+    LOG_ERROR, LOG_INFO, LOG_TRACE, LOG_WARN,
+};
+use crate::body::Body;
+use crate::error::BodyError;
+use crate::ffi::host_handle::{FetchParts, HostFetch, HostHandle};
+use crate::headers::Headers;
 
 /// The host, handed to every request: outbound HTTP, timers and logging.
 ///
@@ -35,7 +40,21 @@ pub struct Host {
 enum Inner {
     Real(HostHandle),
     #[cfg(feature = "testing")]
-    Mock(std::sync::Arc<crate::testing::MockHost>),
+    Mock(std::sync::Arc<dyn MockBackend>),
+}
+
+/// What a [`Host`] backed by a mock needs of it: the `testing` feature's
+/// [`MockHost`](crate::testing::MockHost) implements it, so that this module need not know it.
+#[cfg(feature = "testing")]
+pub(crate) trait MockBackend: fmt::Debug + Send + Sync {
+    /// Records a log line.
+    fn log(&self, level: Level, message: &str);
+    /// The time left before the request's deadline, if it has one.
+    fn time_left(&self) -> Option<Duration>;
+    /// Records a sleep, which completes at once.
+    fn sleep(&self, duration: Duration);
+    /// Answers a fetch.
+    fn fetch(&self, request: OutboundRequest) -> Result<FetchResponse, FetchError>;
 }
 
 /// Log levels for [`Host::log`] and the logging macros.
@@ -73,7 +92,7 @@ impl Host {
     }
 
     #[cfg(feature = "testing")]
-    pub(crate) fn from_mock(mock: std::sync::Arc<crate::testing::MockHost>) -> Self {
+    pub(crate) fn from_mock(mock: std::sync::Arc<dyn MockBackend>) -> Self {
         Host {
             inner: Inner::Mock(mock),
         }
@@ -85,7 +104,7 @@ impl Host {
         match &self.inner {
             Inner::Real(handle) => handle.log(level.to_abi(), message),
             #[cfg(feature = "testing")]
-            Inner::Mock(mock) => mock.record_log(level, message),
+            Inner::Mock(mock) => mock.log(level, message),
         }
     }
 
@@ -107,7 +126,7 @@ impl Host {
             Inner::Real(handle) => Sleep(Some(handle.sleep(nanos))),
             #[cfg(feature = "testing")]
             Inner::Mock(mock) => {
-                mock.record_sleep(duration);
+                mock.sleep(duration);
                 Sleep(None)
             }
         }
@@ -233,7 +252,7 @@ impl std::error::Error for Elapsed {}
 pub struct Fetch(FetchInner);
 
 enum FetchInner {
-    Real(FfiFuture<AbiFetchOutcome>, Option<u64>),
+    Real(HostFetch, Option<u64>),
     /// Boxed: rare (a header the app could not set, or a mock host), and inline it would size
     /// every fetch's future for a whole response.
     Ready(Option<Box<Result<FetchResponse, FetchError>>>),
@@ -248,7 +267,7 @@ impl Future for Fetch {
                 let limit = *limit;
                 Pin::new(future)
                     .poll(cx)
-                    .map(|outcome| crate::ffi::fetch_result(outcome, limit))
+                    .map(|parts| fetch_result(parts, limit))
             }
             FetchInner::Ready(result) => Poll::Ready(result.take().map_or_else(
                 || {
@@ -370,13 +389,13 @@ impl OutboundRequest {
 #[derive(Debug)]
 pub struct FetchResponse {
     status: StatusCode,
-    headers: crate::headers::Headers,
+    headers: Headers,
     body: Body,
     buffer_limit: Option<u64>,
 }
 
 impl FetchResponse {
-    pub(crate) fn new(status: StatusCode, headers: crate::headers::Headers, body: Body) -> Self {
+    pub(crate) fn new(status: StatusCode, headers: Headers, body: Body) -> Self {
         FetchResponse {
             status,
             headers,
@@ -425,6 +444,32 @@ impl FetchResponse {
     pub async fn text(self) -> Result<String, BodyError> {
         let bytes = self.bytes().await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// The SDK's result of a host's answer to an outbound request.
+pub(crate) fn fetch_result(
+    parts: FetchParts,
+    buffer_limit: Option<u64>,
+) -> Result<FetchResponse, FetchError> {
+    use FetchErrorKind as Kind;
+    match parts {
+        Ok((status, headers, body)) => {
+            Ok(
+                FetchResponse::new(status, Headers::lent(headers), Body::from_foreign(body))
+                    .with_buffer_limit(buffer_limit),
+            )
+        }
+        Err((tag, message)) => {
+            let kind = match tag {
+                FETCH_INVALID_REQUEST => Kind::InvalidRequest,
+                FETCH_CONNECT => Kind::Connect,
+                FETCH_TIMEOUT => Kind::Timeout,
+                FETCH_DENIED => Kind::Denied,
+                _ => Kind::Other,
+            };
+            Err(FetchError::new(kind, message))
+        }
     }
 }
 

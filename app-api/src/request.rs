@@ -8,7 +8,9 @@ use bytes::Bytes;
 use http::header::{AsHeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri, Version};
 
-use crate::body::{Body, BodyError};
+use crate::body::Body;
+use crate::error::BodyError;
+use crate::ffi::lent::LentRequest;
 
 /// An inbound HTTP request, as routed to the app.
 ///
@@ -34,7 +36,7 @@ pub(crate) enum Head {
     /// Both are boxed: the request moves into the app's future, and most apps build neither,
     /// so they should not add to its size.
     Lent {
-        request: crate::ffi::LentRequest,
+        request: LentRequest,
         uri: OnceLock<Box<Uri>>,
         headers: OnceLock<Box<HeaderMap>>,
     },
@@ -51,7 +53,7 @@ pub(crate) struct Built {
 }
 
 impl Head {
-    pub(crate) fn lent(request: crate::ffi::LentRequest) -> Self {
+    pub(crate) fn lent(request: LentRequest) -> Self {
         Head::Lent {
             request,
             uri: OnceLock::new(),

@@ -13,7 +13,24 @@ use futures_util::StreamExt as _;
 use futures_util::stream;
 use http::header::{CONTENT_TYPE, HeaderValue};
 
-use super::*;
+use std::ffi::c_void;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::ptr;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+use super::addr::*;
+use super::body::*;
+use super::buf::*;
+use super::export::*;
+use super::future::*;
+use super::headers::*;
+use super::host_handle::*;
+use super::outcome::*;
+use crate::abi::*;
+use crate::error::BodyError;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -84,6 +101,14 @@ fn poll_raw(body: &AbiBody) -> AbiChunkPoll {
 
 fn drop_raw(body: AbiBody) {
     drop(receive(body));
+}
+
+/// What an app gets from `Host::fetch` when the host answers with `outcome`.
+fn fetch_result(
+    outcome: AbiFetchOutcome,
+    buffer_limit: Option<u64>,
+) -> Result<crate::FetchResponse, crate::FetchError> {
+    crate::host::fetch_result(block_on(HostFetch::ready(outcome)), buffer_limit)
 }
 
 fn stream_of(chunks: Vec<Result<Bytes, BodyError>>) -> ChunkStream {

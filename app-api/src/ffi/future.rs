@@ -1,0 +1,357 @@
+//! Futures and wakers across the boundary.
+//!
+//! async-ffi's ABI (see `abi::FfiFuture`), with one difference: a waker that crosses back to the
+//! side that made it arrives as itself instead of wrapped once more. The host polls an app's
+//! future with its task's waker, and the app polls host futures (a fetch, a timer, a body) with
+//! the same context: the host futures now get the task's own waker, whose clones are reference
+//! counts and which `will_wake` recognises from one poll to the next. Wrapped at each crossing, as
+//! async-ffi does, every clone of it allocated on both sides, every wake walked both, and each
+//! poll's fresh wrapper made hyper's and tokio's waker slots clone again.
+
+use std::ffi::c_void;
+use std::fmt;
+use std::mem::ManuallyDrop;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::ptr;
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+
+use crate::abi::{FfiContext, FfiFuture, FfiPoll, FfiWakerBase, FfiWakerVTable};
+
+/// A waker of this side as the other side sees it: the base, then the waker, borrowed for one
+/// call ([`REF_VTABLE`]) or owned ([`OWNED_VTABLE`]).
+#[repr(C)]
+struct LocalWaker {
+    base: FfiWakerBase,
+    waker: WakerSlot,
+}
+
+#[repr(C)]
+union WakerSlot {
+    reference: *const Waker,
+    owned: ManuallyDrop<Waker>,
+}
+
+/// The vtable of a waker lent for one call: the other side may clone it or wake it by
+/// reference, never consume it.
+static REF_VTABLE: FfiWakerVTable = FfiWakerVTable {
+    clone: clone_local,
+    wake: misused_local,
+    wake_by_ref: wake_local_by_ref,
+    drop: misused_local,
+};
+
+/// The vtable of a waker the other side owns (a clone).
+static OWNED_VTABLE: FfiWakerVTable = FfiWakerVTable {
+    clone: clone_local,
+    wake: wake_owned,
+    wake_by_ref: wake_local_by_ref,
+    drop: drop_owned,
+};
+
+/// A waker of the other side's, as a Rust waker of this side: `data` is its base.
+static FOREIGN_VTABLE: RawWakerVTable = RawWakerVTable::new(
+    clone_foreign,
+    wake_foreign,
+    wake_foreign_by_ref,
+    drop_foreign,
+);
+
+/// The waker of this side behind `base`, when this side made it.
+///
+/// # Safety
+/// `base` is a live waker base (the ABI's waker contract), and stays so for `'a`.
+unsafe fn local_waker<'a>(base: *const FfiWakerBase) -> Option<&'a Waker> {
+    // SAFETY: a live base (the caller's promise). One of this side's vtables means this side
+    // made it as a `LocalWaker`, whose slot the vtable names.
+    unsafe {
+        let local = base.cast::<LocalWaker>();
+        let vtable = (*base).vtable;
+        if ptr::eq(vtable, &REF_VTABLE) {
+            Some(&*(*local).waker.reference)
+        } else if ptr::eq(vtable, &OWNED_VTABLE) {
+            Some(&(*local).waker.owned)
+        } else {
+            None
+        }
+    }
+}
+
+/// Runs a waker operation for the other side: a panic must not unwind into it.
+fn abort_on_panic<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| abort_with(&format!("berth: a waker panicked in {what}; aborting\n")))
+}
+
+unsafe extern "C" fn clone_local(base: *const FfiWakerBase) -> *const FfiWakerBase {
+    abort_on_panic("clone", || {
+        // SAFETY: the other side calls this only through one of our vtables, on a live base.
+        let waker = unsafe { local_waker(base) }
+            .unwrap_or_else(Waker::noop)
+            .clone();
+        let owned = LocalWaker {
+            base: FfiWakerBase {
+                vtable: &OWNED_VTABLE,
+            },
+            waker: WakerSlot {
+                owned: ManuallyDrop::new(waker),
+            },
+        };
+        Box::into_raw(Box::new(owned)).cast_const().cast()
+    })
+}
+
+unsafe extern "C" fn wake_local_by_ref(base: *const FfiWakerBase) {
+    abort_on_panic("wake_by_ref", || {
+        // SAFETY: as in `clone_local`.
+        if let Some(waker) = unsafe { local_waker(base) } {
+            waker.wake_by_ref();
+        }
+    });
+}
+
+/// `wake` or `drop` of a lent waker: the other side broke the contract.
+unsafe extern "C" fn misused_local(_: *const FfiWakerBase) {
+    abort_with("berth: a lent waker was consumed across the boundary; aborting\n");
+}
+
+/// Says why on stderr (without panicking if it cannot), then aborts.
+fn abort_with(message: &str) -> ! {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_all(message.as_bytes());
+    std::process::abort()
+}
+
+unsafe extern "C" fn wake_owned(base: *const FfiWakerBase) {
+    abort_on_panic("wake", || {
+        // SAFETY: `base` is an owned `LocalWaker` made by `clone_local` (OWNED_VTABLE), handed
+        // back once: `wake` consumes it.
+        let waker = unsafe {
+            let mut local = Box::from_raw(base.cast::<LocalWaker>().cast_mut());
+            ManuallyDrop::take(&mut local.waker.owned)
+        };
+        waker.wake();
+    });
+}
+
+unsafe extern "C" fn drop_owned(base: *const FfiWakerBase) {
+    abort_on_panic("drop", || {
+        // SAFETY: as in `wake_owned`.
+        unsafe {
+            let mut local = Box::from_raw(base.cast::<LocalWaker>().cast_mut());
+            ManuallyDrop::drop(&mut local.waker.owned);
+        }
+    });
+}
+
+// The four functions of FOREIGN_VTABLE: a Rust waker whose `data` is a waker base of the other
+// side's, each forwarding to that base's own function.
+
+/// Clones the other side's waker.
+///
+/// # Safety
+/// `data` is a live waker base of the other side, which keeps the waker contract.
+unsafe fn clone_foreign(data: *const ()) -> RawWaker {
+    let base = data.cast::<FfiWakerBase>();
+    // SAFETY: `data` is a live base (the caller's promise), its vtable the other side's.
+    let cloned = unsafe { ((*(*base).vtable).clone)(base) };
+    RawWaker::new(cloned.cast(), &FOREIGN_VTABLE)
+}
+
+/// Wakes and consumes the other side's waker.
+///
+/// # Safety
+/// As for [`clone_foreign`]; an owned base is consumed exactly once, by this or
+/// [`drop_foreign`].
+unsafe fn wake_foreign(data: *const ()) {
+    let base = data.cast::<FfiWakerBase>();
+    // SAFETY: as in `clone_foreign`; the caller consumes an owned base only once.
+    unsafe { ((*(*base).vtable).wake)(base) }
+}
+
+/// Wakes the other side's waker, keeping it.
+///
+/// # Safety
+/// As for [`clone_foreign`].
+unsafe fn wake_foreign_by_ref(data: *const ()) {
+    let base = data.cast::<FfiWakerBase>();
+    // SAFETY: as in `clone_foreign`.
+    unsafe { ((*(*base).vtable).wake_by_ref)(base) }
+}
+
+/// Releases the other side's waker.
+///
+/// # Safety
+/// As for [`wake_foreign`].
+unsafe fn drop_foreign(data: *const ()) {
+    let base = data.cast::<FfiWakerBase>();
+    // SAFETY: as in `clone_foreign`; the caller consumes an owned base only once.
+    unsafe { ((*(*base).vtable).drop)(base) }
+}
+
+impl FfiContext<'_> {
+    /// Runs `f` with this context as a Rust one: the waker itself when this side made it, else
+    /// a Rust waker that forwards to the other side's functions.
+    pub fn with_context<T>(&mut self, f: impl FnOnce(&mut Context<'_>) -> T) -> T {
+        // SAFETY: the waker is live for the call this context was passed to (the poll
+        // contract), which outlasts `f`.
+        if let Some(waker) = unsafe { local_waker(self.waker) } {
+            return f(&mut Context::from_waker(waker));
+        }
+        // SAFETY: FOREIGN_VTABLE keeps the `RawWaker` contract by forwarding to the other side's
+        // functions. The waker is lent for this call: `ManuallyDrop` never releases it.
+        let waker = unsafe { Waker::new(self.waker.cast(), &FOREIGN_VTABLE) };
+        f(&mut Context::from_waker(&ManuallyDrop::new(waker)))
+    }
+}
+
+/// Whether `waker` is one of the other side's, rather than one this side made and lent across
+/// (which comes back as itself).
+pub fn is_foreign_waker(waker: &Waker) -> bool {
+    ptr::eq(waker.vtable(), &FOREIGN_VTABLE)
+}
+
+/// Polling across the boundary with a Rust [`Context`].
+pub trait ContextExt {
+    /// Runs `f` with this context in ABI form: a waker of the other side's goes back as its own
+    /// base, any other is lent for the call.
+    fn with_ffi_context<T>(&mut self, f: impl FnOnce(&mut FfiContext<'_>) -> T) -> T;
+}
+
+impl ContextExt for Context<'_> {
+    fn with_ffi_context<T>(&mut self, f: impl FnOnce(&mut FfiContext<'_>) -> T) -> T {
+        let waker = self.waker();
+        if is_foreign_waker(waker) {
+            let mut cx = FfiContext {
+                waker: waker.data().cast(),
+                _marker: std::marker::PhantomData,
+            };
+            return f(&mut cx);
+        }
+        let local = LocalWaker {
+            base: FfiWakerBase {
+                vtable: &REF_VTABLE,
+            },
+            waker: WakerSlot { reference: waker },
+        };
+        let mut cx = FfiContext {
+            waker: ptr::from_ref(&local).cast(),
+            _marker: std::marker::PhantomData,
+        };
+        f(&mut cx)
+    }
+}
+
+impl<T> FfiFuture<T> {
+    /// Boxes `future` for the other side to poll and drop.
+    pub fn new<F: Future<Output = T> + Send + 'static>(future: F) -> Self {
+        Self::boxed(future, poll_boxed::<F>)
+    }
+
+    /// Boxes `future` (any `Send` value `poll_fn` knows how to poll), freed by `drop_boxed`.
+    pub(super) fn boxed<F: Send + 'static>(
+        future: F,
+        poll_fn: unsafe extern "C" fn(*mut c_void, *mut FfiContext<'_>) -> FfiPoll<T>,
+    ) -> Self {
+        FfiFuture {
+            fut_ptr: Box::into_raw(Box::new(future)).cast(),
+            poll_fn,
+            drop_fn: drop_boxed::<F>,
+        }
+    }
+}
+
+/// `future.into_ffi()`: [`FfiFuture::new`] as a method.
+pub trait IntoFfi: Future + Send + Sized + 'static {
+    /// See [`FfiFuture::new`].
+    fn into_ffi(self) -> FfiFuture<Self::Output> {
+        FfiFuture::new(self)
+    }
+}
+
+impl<F: Future + Send + 'static> IntoFfi for F {}
+
+unsafe extern "C" fn poll_boxed<F: Future>(
+    fut_ptr: *mut c_void,
+    cx: *mut FfiContext<'_>,
+) -> FfiPoll<F::Output> {
+    let polled = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `fut_ptr` is the box `FfiFuture::boxed` made, pinned there until
+        // `drop_boxed`; `cx` is valid for this call (the poll contract).
+        let (future, cx) = unsafe { (Pin::new_unchecked(&mut *fut_ptr.cast::<F>()), &mut *cx) };
+        cx.with_context(|cx| future.poll(cx))
+    }));
+    match polled {
+        Ok(Poll::Ready(output)) => FfiPoll::Ready(output),
+        Ok(Poll::Pending) => FfiPoll::Pending,
+        Err(payload) => {
+            if let Err(inner) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                std::mem::forget(inner);
+            }
+            FfiPoll::Panicked
+        }
+    }
+}
+
+unsafe extern "C" fn drop_boxed<F>(fut_ptr: *mut c_void) {
+    // SAFETY: the box `FfiFuture::boxed` made; the receiver drops it exactly once.
+    abort_on_panic("a future's drop", || {
+        drop(unsafe { Box::from_raw(fut_ptr.cast::<F>()) })
+    });
+}
+
+// SAFETY: `FfiFuture::new` takes only `Send` futures, and the other side's futures are `Send`
+// under the ABI contract (a host or app future may be polled from any runtime thread).
+unsafe impl<T> Send for FfiFuture<T> {}
+
+/// A poll that panicked on the other side of the boundary (see [`FfiFuture::poll_caught`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Panicked;
+
+impl<T> FfiFuture<T> {
+    /// Polls it, with a poll that panicked on the other side as `Err(Panicked)` rather than
+    /// a panic here, as polling it as a `Future` resumes it: catching that costs the caller a
+    /// `catch_unwind` around every poll. After `Ready` or `Err`, only drop it.
+    #[inline]
+    pub fn poll_caught(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, Panicked>> {
+        let (poll, fut_ptr) = (self.poll_fn, self.fut_ptr);
+        // SAFETY: the future contract: `poll_fn(fut_ptr, cx)` with a context valid for the call,
+        // until it is ready or has panicked (after which the caller only drops it).
+        match cx.with_ffi_context(|cx| unsafe { poll(fut_ptr, cx) }) {
+            FfiPoll::Ready(output) => Poll::Ready(Ok(output)),
+            FfiPoll::Pending => Poll::Pending,
+            FfiPoll::Panicked => Poll::Ready(Err(Panicked)),
+        }
+    }
+}
+
+impl<T> Future for FfiFuture<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        self.poll_caught(cx).map(|polled| {
+            polled.unwrap_or_else(|Panicked| {
+                panic!("a future panicked on the other side of the boundary")
+            })
+        })
+    }
+}
+
+impl<T> Drop for FfiFuture<T> {
+    fn drop(&mut self) {
+        // SAFETY: `drop_fn(fut_ptr)`, once, by the owner (the future contract).
+        unsafe { (self.drop_fn)(self.fut_ptr) }
+    }
+}
+
+impl<T> fmt::Debug for FfiFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FfiFuture")
+    }
+}
+
+impl fmt::Debug for FfiContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FfiContext")
+    }
+}
