@@ -43,3 +43,38 @@ pub fn socket_addr_from_abi(addr: &AbiSocketAddr) -> Option<std::net::SocketAddr
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::abi::*;
+
+    #[test]
+    fn socket_addrs_round_trip() {
+        let addrs: [SocketAddr; 4] = [
+            "192.0.2.7:8080".parse().expect("v4"),
+            "0.0.0.0:0".parse().expect("v4"),
+            "[2001:db8::1]:443".parse().expect("v6"),
+            "[fe80::1%3]:65535".parse().expect("v6 with scope"),
+        ];
+        for addr in addrs {
+            let abi = socket_addr_to_abi(Some(addr));
+            assert_eq!(socket_addr_from_abi(&abi), Some(addr));
+        }
+        let v4 = socket_addr_to_abi(Some("10.1.2.3:9".parse().expect("v4")));
+        assert_eq!(
+            (v4.family, v4.port, &v4.ip[..4]),
+            (ADDR_V4, 9, &[10, 1, 2, 3][..])
+        );
+        let v6 = socket_addr_to_abi(Some("[fe80::1%3]:1".parse().expect("v6")));
+        assert_eq!((v6.family, v6.scope_id), (ADDR_V6, 3));
+
+        let none = socket_addr_to_abi(None);
+        assert_eq!(none.family, ADDR_NONE);
+        assert_eq!(socket_addr_from_abi(&none), None);
+        let unknown = AbiSocketAddr { family: 9, ..none };
+        assert_eq!(socket_addr_from_abi(&unknown), None);
+    }
+}

@@ -291,3 +291,226 @@ impl http_body::Body for ForeignBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    use bytes::Bytes;
+    use futures_executor::block_on;
+    use futures_util::StreamExt as _;
+    use futures_util::stream;
+
+    use super::*;
+
+    use crate::error::BodyError;
+    use crate::ffi::test_support::*;
+
+    #[test]
+    fn empty_body() {
+        let body = receive(AbiBody::empty());
+        assert!(body.is_end());
+        assert_eq!(body.len_hint(), Some(0));
+        assert_eq!(read_all(body), (vec![], None));
+
+        // An empty buffer becomes the empty body rather than a stream of one empty chunk.
+        let full = AbiBody::full(Bytes::new());
+        assert!(full.poll_chunk.is_none() && full.drop.is_none());
+    }
+
+    #[test]
+    fn single_chunk_body() {
+        let drops = Drops::default();
+        let abi = AbiBody::full(drops.bytes(b"one chunk"));
+        assert_eq!(abi.len_hint, 9);
+        let body = receive(abi);
+        assert!(!body.is_end());
+        assert_eq!(body.len_hint(), Some(9));
+        let (chunks, error) = read_all(body);
+        assert_eq!(
+            (chunks.as_slice(), error),
+            (&[Bytes::from("one chunk")][..], None)
+        );
+        drop(chunks);
+        assert_eq!(drops.count(), 1, "the chunk was released exactly once");
+    }
+
+    #[test]
+    fn many_chunk_body_arrives_in_order() {
+        let drops = Drops::default();
+        let chunks: Vec<_> = (0..100)
+            .map(|i| Ok(Bytes::from(format!("chunk {i};"))))
+            .chain([Ok(drops.bytes(b"last"))])
+            .collect();
+        let expected: String = (0..100).map(|i| format!("chunk {i};")).collect::<String>() + "last";
+        let body = receive(AbiBody::from_stream(stream_of(chunks), None));
+        assert_eq!(body.len_hint(), None);
+
+        let (chunks, error) = read_all(body);
+        assert_eq!(error, None);
+        assert_eq!(chunks.len(), 101);
+        assert_eq!(chunks.concat(), expected.as_bytes());
+        drop(chunks);
+        assert_eq!(drops.count(), 1);
+    }
+
+    #[test]
+    fn len_hint_crosses_the_boundary() {
+        let known = receive(AbiBody::from_stream(stream_of(vec![]), Some(42)));
+        assert_eq!(known.len_hint(), Some(42));
+        assert_eq!(http_body::Body::size_hint(&known).exact(), Some(42));
+
+        let unknown = receive(AbiBody::from_stream(stream_of(vec![]), None));
+        assert_eq!(unknown.len_hint(), None);
+        assert_eq!(http_body::Body::size_hint(&unknown).exact(), None);
+    }
+
+    #[test]
+    fn empty_chunks_are_skipped() {
+        let chunks = vec![Ok(Bytes::new()), Ok(Bytes::from("a")), Ok(Bytes::new())];
+        let (chunks, error) = read_all(receive(AbiBody::from_stream(stream_of(chunks), None)));
+        assert_eq!((chunks, error), (vec![Bytes::from("a")], None));
+    }
+
+    #[test]
+    fn error_chunk_ends_the_body_with_its_message() {
+        let chunks = vec![
+            Ok(Bytes::from("before")),
+            Err(BodyError::new("upstream reset")),
+            Ok(Bytes::from("never read")),
+        ];
+        let mut body = receive(AbiBody::from_stream(stream_of(chunks), None));
+        let (first, second, third) = block_on(async {
+            let first = body.next().await;
+            let second = body.next().await;
+            (first, second, body.next().await)
+        });
+        assert_eq!(first, Some(Ok(Bytes::from("before"))));
+        assert_eq!(second, Some(Err(BodyError::new("upstream reset"))));
+        assert_eq!(third, None, "nothing is read after an error");
+        assert!(body.is_end());
+    }
+
+    #[test]
+    fn panicking_stream_becomes_an_error_chunk() {
+        let panicking = stream::iter([0, 1]).map(|i| match i {
+            0 => Ok(Bytes::from("partial")),
+            _ => panic!("boom in the body"),
+        });
+        let abi = AbiBody::from_stream(Box::pin(panicking), None);
+
+        let first = poll_raw(&abi);
+        assert_eq!(first.tag, CHUNK_DATA);
+        // SAFETY: the chunk is owned by us and released once.
+        assert_eq!(unsafe { first.data.into_bytes() }, "partial");
+
+        let second = poll_raw(&abi);
+        assert_eq!(second.tag, CHUNK_ERROR);
+        // SAFETY: as above.
+        let message = unsafe { second.data.into_string_lossy() };
+        // Once the plugin's panic hook is installed (by any glue test), the location follows.
+        assert!(
+            message.starts_with("body stream panicked: boom in the body"),
+            "{message:?}"
+        );
+        drop_raw(abi);
+    }
+
+    #[test]
+    fn panicking_stream_reads_as_a_body_error() {
+        let panicking = stream::iter([0]).map(|_| -> Result<Bytes, BodyError> { panic!("kaboom") });
+        let (chunks, error) = read_all(receive(AbiBody::from_stream(Box::pin(panicking), None)));
+        assert!(chunks.is_empty());
+        let message = error.expect("an error chunk").to_string();
+        assert!(
+            message.starts_with("body stream panicked: kaboom"),
+            "{message:?}"
+        );
+    }
+
+    #[test]
+    fn pending_stream_is_pending_across_the_boundary() {
+        let abi = AbiBody::from_stream(Box::pin(stream::pending()), None);
+        let polled = poll_raw(&abi);
+        assert_eq!(polled.tag, CHUNK_PENDING);
+        assert!(polled.data.release.is_none());
+        let mut body = receive(abi);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(body.poll_chunk(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn body_state_is_dropped_exactly_once() {
+        // Read to the end, dropped early, and never read: the producer's state is freed once each time.
+        for reads in [usize::MAX, 1, 0] {
+            let witness = Arc::new(());
+            let held = Arc::clone(&witness);
+            let chunks = stream::iter(0..3).map(move |i| {
+                let _keep = &held;
+                Ok(Bytes::from(format!("{i}")))
+            });
+            let body = receive(AbiBody::from_stream(Box::pin(chunks), None));
+            assert_eq!(Arc::strong_count(&witness), 2);
+            let taken: Vec<_> = block_on(body.take(reads).collect());
+            assert_eq!(taken.len(), reads.min(3));
+            assert_eq!(Arc::strong_count(&witness), 1, "after {reads} reads");
+        }
+    }
+
+    #[test]
+    fn foreign_body_forwards_unchanged() {
+        let chunks = vec![Ok(Bytes::from("a")), Ok(Bytes::from("b"))];
+        let mut body = receive(AbiBody::from_stream(stream_of(chunks), Some(2)));
+        assert_eq!(block_on(body.next()), Some(Ok(Bytes::from("a"))));
+        // Handing the rest on (e.g. an upstream body streamed into the app's response).
+        let forwarded = receive(body.into_abi());
+        // What is left, not the original length: a content-length from the old hint would promise
+        // a byte that never comes.
+        assert_eq!(forwarded.len_hint(), Some(1));
+        assert_eq!(read_all(forwarded), (vec![Bytes::from("b")], None));
+
+        // A finished body forwards as a finished one and is never polled again.
+        let mut done = receive(AbiBody::full(Bytes::from("x")));
+        let _ = block_on((&mut done).collect::<Vec<_>>());
+        let again = done.into_abi();
+        assert!(again.poll_chunk.is_none() && again.drop.is_some());
+        drop_raw(again);
+    }
+
+    #[test]
+    fn exhausted_body_stays_ended() {
+        let mut body = receive(AbiBody::full(Bytes::from("x")));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(
+            body.poll_chunk(&mut cx),
+            Poll::Ready(Some(Ok(Bytes::from("x"))))
+        );
+        assert_eq!(body.poll_chunk(&mut cx), Poll::Ready(None));
+        assert!(body.is_end());
+        assert_eq!(body.poll_chunk(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_body_of_known_length_ends_after_its_last_byte() {
+        use http_body::Body as _;
+        // hyper asks `is_end_stream` after each chunk: true at the last byte lets HTTP/2 end the
+        // stream with that data frame instead of an empty one after it.
+        let mut body = receive(AbiBody::full(Bytes::from("xy")));
+        assert!(!body.is_end_stream());
+        assert_eq!(http_body::Body::size_hint(&body).exact(), Some(2));
+        assert_eq!(block_on(body.next()), Some(Ok(Bytes::from("xy"))));
+        assert!(body.is_end_stream());
+        assert_eq!(http_body::Body::size_hint(&body).exact(), Some(0));
+        // Polled anyway, it ends.
+        assert_eq!(block_on(body.next()), None);
+
+        // Without a known length only the producer's END ends it.
+        let chunks = vec![Ok(Bytes::from("a"))];
+        let mut body = receive(AbiBody::from_stream(stream_of(chunks), None));
+        assert_eq!(block_on(body.next()), Some(Ok(Bytes::from("a"))));
+        assert!(!body.is_end_stream());
+        assert_eq!(block_on(body.next()), None);
+        assert!(body.is_end_stream());
+    }
+}

@@ -220,3 +220,127 @@ impl fmt::Debug for ForeignBuf {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ptr;
+    use std::task::{Context, Poll, Waker};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::abi::*;
+    use crate::ffi::test_support::*;
+
+    #[test]
+    fn abi_str_reads_back_and_null_is_empty() {
+        let text = "héllo";
+        let abi = AbiStr::new(text.as_bytes());
+        // SAFETY: `text` outlives the reads.
+        unsafe {
+            assert_eq!(abi.as_bytes(), text.as_bytes());
+            assert_eq!(abi.to_str("greeting"), Ok(text));
+        }
+        let null = AbiStr {
+            ptr: ptr::null(),
+            len: 0,
+        };
+        // SAFETY: null with length 0 is the ABI's empty string.
+        assert_eq!(unsafe { null.as_bytes() }, b"");
+
+        let bad = [0xff_u8, 0xfe];
+        // SAFETY: `bad` outlives the read.
+        let err = unsafe { AbiStr::new(&bad).to_str("path") };
+        assert_eq!(err, Err(BoundaryError("path is not UTF-8".to_owned())));
+    }
+
+    #[test]
+    fn buf_from_string_reads_back() {
+        let buf = AbiBuf::from_string("héllo, wörld".to_owned());
+        assert!(buf.release.is_some());
+        // SAFETY: just made, received once.
+        assert_eq!(unsafe { buf.into_string_lossy() }, "héllo, wörld");
+
+        let empty = AbiBuf::from_string(String::new());
+        assert!(empty.release.is_none() && empty.ptr.is_null() && empty.len == 0);
+        // SAFETY: as above.
+        assert_eq!(unsafe { empty.into_string_lossy() }, "");
+    }
+
+    #[test]
+    fn buf_into_string_lossy_replaces_invalid_utf8() {
+        let buf = AbiBuf::from_bytes(Bytes::from_static(b"ok \xff\xfe"));
+        // SAFETY: just made, received once.
+        assert_eq!(unsafe { buf.into_string_lossy() }, "ok \u{fffd}\u{fffd}");
+    }
+
+    #[test]
+    fn buf_is_zero_copy_and_released_exactly_once() {
+        let drops = Drops::default();
+        let bytes = drops.bytes(b"owned by the producer");
+        let data_ptr = bytes.as_ptr();
+        let buf = AbiBuf::from_bytes(bytes);
+        assert_eq!(buf.ptr, data_ptr, "no copy on the way out");
+        assert_eq!(drops.count(), 0);
+
+        // SAFETY: just made, received once.
+        let received = unsafe { buf.into_bytes() };
+        assert_eq!(received.as_ptr(), data_ptr, "no copy on the way in");
+        assert_eq!(received, "owned by the producer");
+        let clone = received.clone();
+        drop(received);
+        assert_eq!(drops.count(), 0, "a clone still holds the buffer");
+        drop(clone);
+        assert_eq!(drops.count(), 1);
+    }
+
+    #[test]
+    fn a_chunk_read_in_place_is_released_once_whether_written_out_or_made_bytes() {
+        use bytes::Buf as _;
+        let drops = Drops::default();
+        let stream = stream_of(vec![
+            Ok(drops.bytes(b"first chunk")),
+            Ok(drops.bytes(b"second")),
+        ]);
+        let mut body = receive(AbiBody::from_stream(stream, None));
+        let mut cx = Context::from_waker(Waker::noop());
+
+        let Poll::Ready(Some(Ok(mut first))) = body.poll_chunk_in_place(&mut cx) else {
+            panic!("a chunk");
+        };
+        assert_eq!(first.remaining(), 11);
+        first.advance(6);
+        assert_eq!(first.chunk(), b"chunk");
+        // Made `Bytes` after a partial write: only what is left.
+        let rest = first.into_bytes();
+        assert_eq!(rest, "chunk");
+        assert_eq!(drops.count(), 0, "the Bytes holds the chunk");
+        drop(rest);
+        assert_eq!(drops.count(), 1);
+
+        let Poll::Ready(Some(Ok(mut second))) = body.poll_chunk_in_place(&mut cx) else {
+            panic!("a chunk");
+        };
+        second.advance(6);
+        assert_eq!(second.remaining(), 0);
+        drop(second);
+        assert_eq!(drops.count(), 2);
+        assert!(matches!(
+            body.poll_chunk_in_place(&mut cx),
+            Poll::Ready(None)
+        ));
+    }
+
+    #[test]
+    fn static_buf_without_release_is_read_in_place() {
+        static TEXT: &[u8] = b"static";
+        let buf = AbiBuf {
+            ptr: TEXT.as_ptr(),
+            len: TEXT.len(),
+            owner: ptr::null_mut(),
+            release: None,
+        };
+        // SAFETY: static data, nothing to release.
+        assert_eq!(unsafe { buf.into_bytes() }, "static");
+    }
+}

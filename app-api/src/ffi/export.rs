@@ -252,3 +252,273 @@ unsafe fn request_from_abi(
         body: Body::from_foreign(body),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::c_void;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use futures_executor::block_on;
+    use futures_util::StreamExt as _;
+    use futures_util::stream;
+    use http::header::{CONTENT_TYPE, HeaderValue};
+    use http::{HeaderMap, StatusCode};
+
+    use super::*;
+
+    use crate::ffi::addr::*;
+    use crate::ffi::headers::*;
+    use crate::ffi::outcome::*;
+    use crate::ffi::test_support::*;
+
+    /// The per-request host context of the fake host below.
+    #[derive(Default)]
+    struct FakeCtx {
+        logs: Mutex<Vec<(u32, String)>>,
+        fetched: Mutex<Vec<String>>,
+    }
+
+    /// Each `ctx` reference is one `Arc<FakeCtx>` strong count.
+    fn ctx_ref<'a>(ctx: *mut c_void) -> &'a FakeCtx {
+        // SAFETY: `ctx` came from `Arc::into_raw` and its reference is still held by the caller.
+        unsafe { &*ctx.cast::<FakeCtx>() }
+    }
+
+    unsafe extern "C" fn fake_clone_ctx(ctx: *mut c_void) -> *mut c_void {
+        // SAFETY: `ctx` is a live `Arc<FakeCtx>` reference.
+        unsafe { Arc::increment_strong_count(ctx.cast::<FakeCtx>()) };
+        ctx
+    }
+
+    unsafe extern "C" fn fake_drop_ctx(ctx: *mut c_void) {
+        // SAFETY: the plugin releases each reference it owns once.
+        unsafe { Arc::decrement_strong_count(ctx.cast::<FakeCtx>()) };
+    }
+
+    unsafe extern "C" fn fake_log(ctx: *mut c_void, level: u32, msg: AbiStr) {
+        // SAFETY: `msg` is borrowed for this call.
+        let msg = unsafe { msg.to_str("log message") }.expect("UTF-8");
+        let mut logs = ctx_ref(ctx).logs.lock().expect("lock");
+        logs.push((level, msg.to_owned()));
+    }
+
+    unsafe extern "C" fn fake_sleep(_ctx: *mut c_void, _nanos: u64) -> FfiFuture<u32> {
+        std::future::ready(0).into_ffi()
+    }
+
+    unsafe extern "C" fn fake_fetch(
+        ctx: *mut c_void,
+        req: *const AbiFetchRequest,
+        body: AbiBody,
+    ) -> FfiFuture<AbiFetchOutcome> {
+        drop(receive(body));
+        // SAFETY: `req` is borrowed for this call.
+        let url = unsafe { (*req).url.to_str("url") }.expect("UTF-8");
+        ctx_ref(ctx)
+            .fetched
+            .lock()
+            .expect("lock")
+            .push(url.to_owned());
+        let outcome = if url.contains("refused") {
+            AbiFetchOutcome::failed(FETCH_CONNECT, format!("{url} refused"))
+        } else {
+            AbiFetchOutcome::ok(AbiResponse::new(
+                StatusCode::OK,
+                HeaderMap::new(),
+                AbiBody::full(Bytes::from("upstream")),
+            ))
+        };
+        std::future::ready(outcome).into_ffi()
+    }
+
+    static FAKE_VTABLE: HostVTable = HostVTable {
+        size: std::mem::size_of::<HostVTable>(),
+        clone_ctx: fake_clone_ctx,
+        drop_ctx: fake_drop_ctx,
+        log: fake_log,
+        sleep: fake_sleep,
+        fetch: fake_fetch,
+        time_left_ms: fake_time_left_ms,
+        max_buffered_response: fake_max_buffered_response,
+    };
+
+    unsafe extern "C" fn fake_max_buffered_response(_ctx: *mut c_void) -> u64 {
+        NO_LIMIT
+    }
+
+    unsafe extern "C" fn fake_time_left_ms(_ctx: *mut c_void) -> u64 {
+        1500
+    }
+
+    struct GlueApp;
+
+    impl App for GlueApp {
+        fn handle(mut req: crate::Request, host: crate::Host) -> crate::__private::HandleFuture {
+            crate::__private::serve(async move {
+                if req.path() == "/panic" {
+                    panic!("boom in the handler");
+                }
+                host.sleep(std::time::Duration::from_millis(1)).await;
+                crate::info!(host, "handling {}", req.path());
+                let upstream = match host.get("http://upstream.test/").await {
+                    Ok(upstream) => upstream.text().await.expect("upstream body"),
+                    Err(err) => err.to_string(),
+                };
+                let refused = host.get("http://refused.test/").await.expect_err("refused");
+                let body = req.text().await.expect("request body");
+                let summary = format!(
+                    "{} {} prefix={} path={} query={} version={:?} peer={:?} x-a={:?} body={} \
+                     upstream={} refused={}",
+                    req.method(),
+                    req.uri(),
+                    req.mount_prefix(),
+                    req.path(),
+                    req.query(),
+                    req.version(),
+                    req.peer_addr(),
+                    req.headers().get_all("x-a").iter().collect::<Vec<_>>(),
+                    body,
+                    upstream,
+                    refused,
+                );
+                crate::Response::text(summary).with_status(StatusCode::ACCEPTED)
+            })
+        }
+    }
+
+    static GLUE_DESCRIPTOR: Descriptor = Descriptor::new::<GlueApp>("glue", "1.2.3");
+
+    /// Calls the descriptor's handler the way the host does and waits for its outcome.
+    fn call_glue(method: &str, path: &str, body: AbiBody) -> (AbiHandleOutcome, Arc<FakeCtx>) {
+        let mut headers = HeaderMap::new();
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_bytes(b"\xff").expect("opaque"));
+        let list = HeaderList::new(&headers);
+        let uri = format!("/glue{path}?q=1");
+        let req = AbiRequest {
+            method: AbiStr::new(method.as_bytes()),
+            uri: AbiStr::new(uri.as_bytes()),
+            version: HTTP_2,
+            headers: list.as_abi(),
+            peer_addr: socket_addr_to_abi(Some("192.0.2.1:5000".parse().expect("v4"))),
+            local_addr: socket_addr_to_abi(None),
+            mount_prefix: AbiStr::new(b"/glue"),
+            path: AbiStr::new(path.as_bytes()),
+            query: AbiStr::new(b"q=1"),
+        };
+        let ctx = Arc::new(FakeCtx::default());
+        let host = AbiHost {
+            vtable: &FAKE_VTABLE,
+            ctx: Arc::into_raw(Arc::clone(&ctx)).cast_mut().cast(),
+        };
+        // SAFETY: the descriptor is a static; `req` outlives the call; `body` and `host` move.
+        let descriptor = unsafe { &*GLUE_DESCRIPTOR.as_ptr() };
+        // SAFETY: as above.
+        let future = unsafe { (descriptor.handle)(&req, body, host) };
+        (block_on(future), ctx)
+    }
+
+    #[test]
+    fn descriptor_header_is_current() {
+        // SAFETY: a static.
+        let descriptor = unsafe { &*GLUE_DESCRIPTOR.as_ptr() };
+        let header = descriptor.header;
+        assert_eq!(header.magic, MAGIC);
+        assert_eq!((header.abi_major, header.abi_minor), (ABI_MAJOR, ABI_MINOR));
+        assert_eq!(header.layout_fingerprint, LAYOUT_FINGERPRINT);
+        assert_eq!(header.size, std::mem::size_of::<AppDescriptor>() as u64);
+        // SAFETY: static strings.
+        unsafe {
+            assert_eq!(descriptor.name.to_str("name"), Ok("glue"));
+            assert_eq!(descriptor.version.to_str("version"), Ok("1.2.3"));
+            assert_eq!(
+                descriptor.sdk_version.to_str("sdk"),
+                Ok(env!("CARGO_PKG_VERSION"))
+            );
+        }
+    }
+
+    #[test]
+    fn handler_glue_round_trips_a_request() {
+        let (outcome, ctx) = call_glue("POST", "/x", AbiBody::full(Bytes::from("payload")));
+        // SAFETY: the outcome is ours.
+        let (status, headers, body) = unsafe { outcome.into_result() }.expect("ok outcome");
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(headers[CONTENT_TYPE], "text/plain; charset=utf-8");
+        let (chunks, error) = read_all(body);
+        assert_eq!(error, None);
+        assert_eq!(
+            String::from_utf8_lossy(&chunks.concat()),
+            "POST /glue/x?q=1 prefix=/glue path=/x query=q=1 version=HTTP/2.0 \
+             peer=Some(192.0.2.1:5000) x-a=[\"1\", \"\\xff\"] body=payload upstream=upstream \
+             refused=connect error: http://refused.test/ refused"
+        );
+        assert_eq!(
+            *ctx.logs.lock().expect("lock"),
+            [(LOG_INFO, "handling /x".to_owned())]
+        );
+        assert_eq!(
+            *ctx.fetched.lock().expect("lock"),
+            ["http://upstream.test/", "http://refused.test/"]
+        );
+        assert_eq!(
+            Arc::strong_count(&ctx),
+            1,
+            "every host reference was released"
+        );
+    }
+
+    #[test]
+    fn handler_panic_is_an_outcome() {
+        let witness = Arc::new(());
+        let held = Arc::clone(&witness);
+        let body = stream::iter([0]).map(move |_| {
+            let _keep = &held;
+            Ok(Bytes::new())
+        });
+        let (outcome, ctx) = call_glue("GET", "/panic", AbiBody::from_stream(Box::pin(body), None));
+        assert_eq!(outcome.tag, OUTCOME_PANICKED);
+        // SAFETY: the outcome is ours.
+        let result = unsafe { outcome.into_result() }.map(|_| ());
+        // The glue installed the panic hook, so the message carries the panic's location.
+        let Err(HandleFailure::Panicked(message)) = result else {
+            panic!("expected a panic outcome, got {result:?}");
+        };
+        assert!(
+            message.starts_with("boom in the handler (at app-api/src/ffi/export.rs:"),
+            "{message:?}"
+        );
+        assert_eq!(Arc::strong_count(&ctx), 1);
+        assert_eq!(
+            Arc::strong_count(&witness),
+            1,
+            "the request body was released"
+        );
+    }
+
+    #[test]
+    fn unreadable_request_is_an_error_outcome() {
+        let witness = Arc::new(());
+        let held = Arc::clone(&witness);
+        let body = stream::iter([0]).map(move |_| {
+            let _keep = &held;
+            Ok(Bytes::new())
+        });
+        let (outcome, ctx) = call_glue(
+            "BAD METHOD",
+            "/x",
+            AbiBody::from_stream(Box::pin(body), None),
+        );
+        // SAFETY: the outcome is ours.
+        let result = unsafe { outcome.into_result() }.map(|_| ());
+        assert_eq!(
+            result,
+            Err(HandleFailure::Invalid(
+                "bad request: invalid method".to_owned()
+            ))
+        );
+        assert_eq!(Arc::strong_count(&ctx), 1);
+        assert_eq!(Arc::strong_count(&witness), 1);
+    }
+}

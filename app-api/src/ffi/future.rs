@@ -355,3 +355,126 @@ impl fmt::Debug for FfiContext<'_> {
         f.write_str("FfiContext")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+    use crate::abi::*;
+
+    /// A future that stays pending until opened, keeping the waker it was last polled with.
+    #[derive(Clone, Default)]
+    struct Gate(Arc<Mutex<(bool, Option<Waker>)>>);
+
+    impl Gate {
+        fn wait(&self) -> impl Future<Output = u32> + Send + 'static {
+            let gate = self.clone();
+            std::future::poll_fn(move |cx| {
+                let mut state = gate.0.lock().expect("gate");
+                if state.0 {
+                    return Poll::Ready(7);
+                }
+                state.1 = Some(cx.waker().clone());
+                Poll::Pending
+            })
+        }
+
+        fn kept(&self) -> Option<Waker> {
+            self.0.lock().expect("gate").1.clone()
+        }
+
+        fn open(&self) {
+            let waker = {
+                let mut state = self.0.lock().expect("gate");
+                state.0 = true;
+                state.1.take()
+            };
+            waker.expect("polled before").wake();
+        }
+    }
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct CountingWake(AtomicUsize);
+
+    impl std::task::Wake for CountingWake {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waker_that_crosses_back_to_its_maker_arrives_as_itself() {
+        let counter = Arc::new(CountingWake::default());
+        let waker = Waker::from(Arc::clone(&counter));
+        let gate = Gate::default();
+        // As the host polls an app's future, which polls a host future with the same context.
+        let inner = FfiFuture::new(gate.wait());
+        let mut outer = FfiFuture::new(async move { inner.await + 1 });
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut outer).poll(&mut cx).is_pending());
+        let kept = gate.kept().expect("polled");
+        assert!(
+            kept.will_wake(&waker),
+            "the innermost future got the poller's own waker"
+        );
+        gate.open();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert_eq!(Pin::new(&mut outer).poll(&mut cx), Poll::Ready(8));
+    }
+
+    #[test]
+    fn futures_and_wakers_of_async_ffi_interoperate() {
+        // Plugins built before Berth had its own types made and polled async-ffi's. The layouts
+        // are the same; these check the behaviour, in both directions.
+        let counter = Arc::new(CountingWake::default());
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut cx = Context::from_waker(&waker);
+
+        // Theirs, polled as ours: our waker crosses to async-ffi's side, which clones and wakes it.
+        let gate = Gate::default();
+        let theirs = async_ffi::FfiFuture::new(gate.wait());
+        // SAFETY: `FfiFuture` reproduces async-ffi's `FfiFuture` (ABI version 2) field for field.
+        let mut ours: FfiFuture<u32> = unsafe { std::mem::transmute(theirs) };
+        assert!(Pin::new(&mut ours).poll(&mut cx).is_pending());
+        gate.open();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert_eq!(Pin::new(&mut ours).poll(&mut cx), Poll::Ready(7));
+        drop(ours);
+
+        // Ours, polled as theirs: async-ffi's waker crosses to us; a clone of it wakes the poller.
+        let gate = Gate::default();
+        // SAFETY: as above.
+        let mut theirs: async_ffi::FfiFuture<u32> =
+            unsafe { std::mem::transmute(FfiFuture::new(gate.wait())) };
+        assert!(Pin::new(&mut theirs).poll(&mut cx).is_pending());
+        gate.open();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+        assert_eq!(Pin::new(&mut theirs).poll(&mut cx), Poll::Ready(7));
+    }
+
+    #[test]
+    fn a_panicking_poll_is_reported_not_unwound_across() {
+        let mut future = FfiFuture::new(std::future::poll_fn(|_| -> Poll<u32> { panic!("boom") }));
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let poll_fn = future.poll_fn;
+        let fut_ptr = future.fut_ptr;
+        // SAFETY: polling the future through its own function, as the other side would.
+        let polled = cx.with_ffi_context(|fcx| unsafe { poll_fn(fut_ptr, fcx) });
+        assert!(matches!(polled, FfiPoll::Panicked));
+        // Polled as a Rust future, the panic resumes on this side.
+        let resumed = catch_unwind(AssertUnwindSafe(|| Pin::new(&mut future).poll(&mut cx)));
+        assert!(resumed.is_err());
+        // Polled with `poll_caught` (as the host polls an app's future), it is an error instead.
+        let mut future = FfiFuture::new(std::future::poll_fn(|_| -> Poll<u32> { panic!("boom") }));
+        assert_eq!(future.poll_caught(&mut cx), Poll::Ready(Err(Panicked)));
+        let mut ready = FfiFuture::new(std::future::ready(7_u32));
+        assert_eq!(ready.poll_caught(&mut cx), Poll::Ready(Ok(7)));
+    }
+}

@@ -149,3 +149,87 @@ pub unsafe fn headers_from_abi(headers: AbiHeaders) -> Result<HeaderMap, Boundar
     }
     Ok(map)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ptr;
+
+    use http::HeaderMap;
+    use http::header::{CONTENT_TYPE, HeaderValue};
+
+    use super::*;
+    use crate::abi::*;
+    use crate::ffi::buf::*;
+
+    #[test]
+    fn headers_round_trip_in_order_and_byte_exact() {
+        let mut map = HeaderMap::new();
+        map.append("x-multi", HeaderValue::from_static("one"));
+        map.append("x-multi", HeaderValue::from_static("two"));
+        map.append(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        map.append("x-multi", HeaderValue::from_static("three"));
+        map.append(
+            "x-binary",
+            HeaderValue::from_bytes(&[0xff, 0xfe, b'a', 0x80]).expect("opaque bytes are allowed"),
+        );
+        map.append("x-empty", HeaderValue::from_static(""));
+
+        let list = HeaderList::new(&map);
+        let abi = list.as_abi();
+        assert_eq!(abi.len, 6);
+        // SAFETY: `list` and `map` outlive the call.
+        let back = unsafe { headers_from_abi(abi) }.expect("valid headers");
+
+        let pairs = |m: &HeaderMap| -> Vec<(String, Vec<u8>)> {
+            m.iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        assert_eq!(pairs(&back), pairs(&map));
+        let multi: Vec<_> = back.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["one", "two", "three"]);
+        assert_eq!(back["x-binary"].as_bytes(), [0xff, 0xfe, b'a', 0x80]);
+    }
+
+    #[test]
+    fn empty_and_null_header_arrays_are_empty() {
+        let list = HeaderList::new(&HeaderMap::new());
+        // SAFETY: `list` outlives the call.
+        assert!(
+            unsafe { headers_from_abi(list.as_abi()) }
+                .expect("empty")
+                .is_empty()
+        );
+        let null = AbiHeaders {
+            ptr: ptr::null(),
+            len: 0,
+        };
+        // SAFETY: null with length 0 is the ABI's empty array.
+        assert!(unsafe { headers_from_abi(null) }.expect("empty").is_empty());
+    }
+
+    #[test]
+    fn invalid_headers_from_the_other_side_are_errors() {
+        let header = |name: &'static [u8], value: &'static [u8]| AbiHeader {
+            name: AbiStr::new(name),
+            value: AbiStr::new(value),
+        };
+        let bad_name = [header(b"bad name", b"v")];
+        let bad_value = [header(b"x-ok", b"line\nbreak")];
+        let as_abi = |list: &[AbiHeader]| AbiHeaders {
+            ptr: list.as_ptr(),
+            len: list.len(),
+        };
+        // SAFETY: the arrays and the static bytes outlive the calls.
+        unsafe {
+            assert_eq!(
+                headers_from_abi(as_abi(&bad_name)),
+                Err(BoundaryError("invalid header name \"bad name\"".to_owned()))
+            );
+            assert_eq!(
+                headers_from_abi(as_abi(&bad_value)),
+                Err(BoundaryError("invalid value for header x-ok".to_owned()))
+            );
+        }
+    }
+}

@@ -147,3 +147,93 @@ impl std::fmt::Debug for HostFetch {
         f.write_str("HostFetch")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::c_void;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use futures_executor::block_on;
+    use http::header::{CONTENT_TYPE, HeaderValue};
+    use http::{HeaderMap, StatusCode};
+
+    use super::*;
+
+    use crate::ffi::headers::*;
+    use crate::ffi::test_support::*;
+
+    /// Counts the releases of `lent_response`s apart from `counted_response`s: tests run at once.
+    static LENT_RELEASES: AtomicUsize = AtomicUsize::new(0);
+
+    unsafe extern "C" fn count_lent_release(owner: *mut c_void) {
+        // SAFETY: `owner` is the `Box<HeaderList>` made in `lent_response`.
+        drop(unsafe { Box::from_raw(owner.cast::<HeaderList>()) });
+        LENT_RELEASES.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The same, counted in [`LENT_RELEASES`].
+    fn lent_response(status: u16, map: &'static HeaderMap, body: AbiBody) -> AbiResponse {
+        response_released_by(count_lent_release, status, map, body)
+    }
+
+    #[test]
+    fn a_fetch_responses_headers_are_read_in_place_and_released_once_when_dropped() {
+        let map: &'static HeaderMap = Box::leak(Box::new(HeaderMap::from_iter([
+            (CONTENT_TYPE, HeaderValue::from_static("text/plain")),
+            (
+                http::header::HeaderName::from_static("x-opaque"),
+                HeaderValue::from_bytes(b"a\xffb").expect("opaque"),
+            ),
+        ])));
+        let before = LENT_RELEASES.load(Ordering::SeqCst);
+        let abi = lent_response(200, map, AbiBody::full(Bytes::from("upstream")));
+        let response = fetch_result(AbiFetchOutcome::ok(abi), None).expect("ok");
+        assert_eq!(
+            LENT_RELEASES.load(Ordering::SeqCst),
+            before,
+            "lent until the response is dropped"
+        );
+        assert_eq!(response.headers(), map);
+        assert_eq!(response.headers(), map, "the map is built once");
+        let body = response.into_body();
+        assert_eq!(LENT_RELEASES.load(Ordering::SeqCst), before + 1);
+        assert_eq!(block_on(body.text()).expect("body"), "upstream");
+        assert_eq!(LENT_RELEASES.load(Ordering::SeqCst), before + 1);
+
+        // An error outcome releases nothing twice either.
+        let abi = lent_response(1000, map, AbiBody::empty());
+        let err = fetch_result(AbiFetchOutcome::ok(abi), None).expect_err("invalid status");
+        assert_eq!(err.message(), "invalid response: invalid status code 1000");
+        assert_eq!(LENT_RELEASES.load(Ordering::SeqCst), before + 2);
+    }
+
+    #[test]
+    fn fetch_result_maps_tags_to_kinds() {
+        use crate::FetchErrorKind as Kind;
+        let cases = [
+            (FETCH_INVALID_REQUEST, Kind::InvalidRequest),
+            (FETCH_CONNECT, Kind::Connect),
+            (FETCH_TIMEOUT, Kind::Timeout),
+            (FETCH_DENIED, Kind::Denied),
+            (FETCH_OTHER, Kind::Other),
+            (99, Kind::Other),
+        ];
+        for (tag, kind) in cases {
+            let err = fetch_result(AbiFetchOutcome::failed(tag, format!("tag {tag}")), None)
+                .expect_err("failed");
+            assert_eq!(
+                (err.kind(), err.message()),
+                (kind, format!("tag {tag}").as_str())
+            );
+        }
+        let ok = AbiFetchOutcome::ok(AbiResponse::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            AbiBody::full(Bytes::from("upstream")),
+        ));
+        let response = fetch_result(ok, None).expect("ok");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(block_on(response.text()).expect("body"), "upstream");
+    }
+}

@@ -28,6 +28,8 @@
 //! Above the SDK types:
 //! * `export`: the plugin's descriptor and the handler and hook glue behind `export_app!`,
 //!   which builds a `Request` and a `Host` from ABI values and hands the answer back.
+//!
+//! Each module's unit tests sit at its end; `test_support` holds the helpers they share.
 #![allow(unsafe_code)]
 
 mod addr;
@@ -74,4 +76,4 @@ unsafe impl Sync for HostVTable {}
 unsafe impl Sync for AppDescriptor {}
 
 #[cfg(test)]
-mod tests;
+mod test_support;

@@ -148,3 +148,84 @@ impl AbiHookOutcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+
+    use super::*;
+
+    use crate::ffi::test_support::*;
+
+    #[test]
+    fn handle_outcome_ok_into_result() {
+        let response = AbiResponse::new(
+            StatusCode::CREATED,
+            HeaderMap::new(),
+            AbiBody::full(Bytes::from("made")),
+        );
+        // SAFETY: just made, received once.
+        let (status, headers, body) =
+            unsafe { AbiHandleOutcome::ok(response).into_result() }.expect("ok outcome");
+        assert_eq!(status, StatusCode::CREATED);
+        assert!(headers.is_empty());
+        assert_eq!(read_all(body), (vec![Bytes::from("made")], None));
+    }
+
+    #[test]
+    fn handle_outcome_failures_into_result() {
+        let result = |outcome: AbiHandleOutcome| {
+            // SAFETY: just made, received once.
+            unsafe { outcome.into_result() }.map(|(status, ..)| status)
+        };
+        assert_eq!(
+            result(AbiHandleOutcome::failed(
+                OUTCOME_PANICKED,
+                "boom".to_owned()
+            )),
+            Err(HandleFailure::Panicked("boom".to_owned()))
+        );
+        assert_eq!(
+            result(AbiHandleOutcome::failed(
+                OUTCOME_ERROR,
+                "bad request".to_owned()
+            )),
+            Err(HandleFailure::Invalid("bad request".to_owned()))
+        );
+        assert_eq!(
+            result(AbiHandleOutcome::failed(7, "?".to_owned())),
+            Err(HandleFailure::Invalid("unknown outcome tag 7".to_owned()))
+        );
+        let mut bad_status = AbiHandleOutcome::ok(AbiResponse::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            AbiBody::empty(),
+        ));
+        bad_status.response.status = 42;
+        assert_eq!(
+            result(bad_status),
+            Err(HandleFailure::Invalid("invalid status code 42".to_owned()))
+        );
+    }
+
+    #[test]
+    fn fetch_outcome_into_result() {
+        let ok = AbiFetchOutcome::ok(AbiResponse::new(
+            StatusCode::NOT_FOUND,
+            HeaderMap::new(),
+            AbiBody::empty(),
+        ));
+        // SAFETY: just made, received once.
+        let (status, _, body) = unsafe { ok.into_result() }.expect("ok outcome");
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.is_end());
+
+        let failed = AbiFetchOutcome::failed(FETCH_TIMEOUT, "no answer in 5 s".to_owned());
+        // SAFETY: as above.
+        let err = unsafe { failed.into_result() }
+            .map(|_| ())
+            .expect_err("failed");
+        assert_eq!(err, (FETCH_TIMEOUT, "no answer in 5 s".to_owned()));
+    }
+}

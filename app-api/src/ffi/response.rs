@@ -165,3 +165,147 @@ impl ResponseHead {
 unsafe impl Send for ResponseHead {}
 // SAFETY: as above; nothing in `list` is written through.
 unsafe impl Sync for ResponseHead {}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::c_void;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use futures_util::StreamExt as _;
+    use futures_util::stream;
+    use http::header::{CONTENT_TYPE, HeaderValue};
+    use http::{HeaderMap, StatusCode};
+
+    use crate::abi::*;
+    use crate::ffi::buf::*;
+    use crate::ffi::headers::*;
+    use crate::ffi::test_support::*;
+
+    #[test]
+    fn response_round_trips() {
+        let mut headers = HeaderMap::new();
+        headers.append("set-cookie", HeaderValue::from_static("a=1"));
+        headers.append("set-cookie", HeaderValue::from_static("b=2"));
+        headers.append(
+            "x-raw",
+            HeaderValue::from_bytes(&[0xff, 0xfe]).expect("opaque bytes"),
+        );
+        let abi = AbiResponse::new(
+            StatusCode::IM_A_TEAPOT,
+            headers.clone(),
+            AbiBody::full(Bytes::from("short and stout")),
+        );
+        assert_eq!(abi.status, 418);
+        assert_eq!(abi.headers.len, 3);
+
+        // SAFETY: just made, received once.
+        let (status, back, body) = unsafe { abi.into_parts() }.expect("valid response");
+        assert_eq!(status, StatusCode::IM_A_TEAPOT);
+        assert_eq!(back, headers);
+        let cookies: Vec<_> = back.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(back["x-raw"].as_bytes(), [0xff, 0xfe]);
+        assert_eq!(body.len_hint(), Some(15));
+        assert_eq!(read_all(body), (vec![Bytes::from("short and stout")], None));
+    }
+
+    #[test]
+    fn a_whole_answer_is_one_block_freed_after_its_last_holder_in_any_order() {
+        let drops = Drops::default();
+        let answer = || {
+            crate::Response::text(drops.bytes(b"hello"))
+                .with_header(
+                    http::header::ETAG,
+                    HeaderValue::from_bytes(b"\"v1\"").expect("value"),
+                )
+                .into_abi()
+        };
+
+        // Headers released first, then the body read to its end and dropped.
+        // SAFETY: just made, received once.
+        let (status, headers, body) = unsafe { answer().into_parts() }.expect("valid");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["etag"], "\"v1\"");
+        assert_eq!(headers[CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(body.len_hint(), Some(5));
+        assert_eq!(drops.count(), 0, "the body still holds the block");
+        assert_eq!(read_all(body), (vec![Bytes::from("hello")], None));
+        assert_eq!(drops.count(), 1);
+
+        // The chunk outlives the body and the response.
+        let abi = answer();
+        let chunk = poll_raw(&abi.body);
+        assert_eq!(chunk.tag, CHUNK_DATA);
+        // SAFETY: just made, received once.
+        let parts = unsafe { abi.into_parts() }.expect("valid");
+        drop(parts);
+        assert_eq!(drops.count(), 1, "the chunk still holds the block");
+        // SAFETY: the chunk is ours under the owned-buffer contract.
+        let data = unsafe { chunk.data.into_bytes() };
+        assert_eq!(data, "hello");
+        drop(data);
+        assert_eq!(drops.count(), 2);
+
+        // An empty answer with headers only: no body, and the headers are still freed.
+        // SAFETY: just made, received once.
+        let (_, headers, body) = unsafe {
+            crate::Response::new(StatusCode::NO_CONTENT)
+                .into_abi()
+                .into_parts()
+        }
+        .expect("valid");
+        assert!(headers.is_empty());
+        assert!(body.is_end());
+    }
+
+    static RESPONSE_RELEASES: AtomicUsize = AtomicUsize::new(0);
+
+    unsafe extern "C" fn count_response_release(owner: *mut c_void) {
+        // SAFETY: `owner` is the `Box<HeaderList>` made in `counted_response`.
+        drop(unsafe { Box::from_raw(owner.cast::<HeaderList>()) });
+        RESPONSE_RELEASES.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A response whose header storage counts its releases, with headers borrowed from `map`.
+    fn counted_response(status: u16, map: &'static HeaderMap, body: AbiBody) -> AbiResponse {
+        response_released_by(count_response_release, status, map, body)
+    }
+
+    #[test]
+    fn response_parts_are_released_once_even_when_invalid() {
+        let map: &'static HeaderMap = Box::leak(Box::new(HeaderMap::from_iter([(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        )])));
+        let before = RESPONSE_RELEASES.load(Ordering::SeqCst);
+
+        let witness = Arc::new(());
+        let held = Arc::clone(&witness);
+        let body = stream::iter([0]).map(move |_| {
+            let _keep = &held;
+            Ok(Bytes::new())
+        });
+        let abi = counted_response(200, map, AbiBody::from_stream(Box::pin(body), None));
+        // SAFETY: just made, received once.
+        let (status, headers, body) = unsafe { abi.into_parts() }.expect("valid");
+        assert_eq!((status, &headers), (StatusCode::OK, map));
+        assert_eq!(RESPONSE_RELEASES.load(Ordering::SeqCst), before + 1);
+        drop(body);
+        assert_eq!(Arc::strong_count(&witness), 1);
+
+        // An invalid status is an error, and the headers and the body are released all the same.
+        let held = Arc::clone(&witness);
+        let body = stream::iter([0]).map(move |_| {
+            let _keep = &held;
+            Ok(Bytes::new())
+        });
+        let abi = counted_response(1000, map, AbiBody::from_stream(Box::pin(body), None));
+        // SAFETY: as above.
+        let err = unsafe { abi.into_parts() }.expect_err("status 1000 is invalid");
+        assert_eq!(err, BoundaryError("invalid status code 1000".to_owned()));
+        assert_eq!(RESPONSE_RELEASES.load(Ordering::SeqCst), before + 2);
+        assert_eq!(Arc::strong_count(&witness), 1);
+    }
+}
