@@ -151,13 +151,20 @@ macro_rules! export_app {
             )?
         }
 
-        /// The Berth app descriptor (ABI entry point).
-        #[unsafe(no_mangle)]
-        pub extern "C" fn berth_app_descriptor() -> *const $crate::abi::AppDescriptor {
-            static DESCRIPTOR: $crate::__private::Descriptor = $crate::__private::Descriptor::new::<
-                __BerthApp,
-            >($name, $crate::__berth_version!($($version)?));
-            DESCRIPTOR.as_ptr()
+        $crate::ffi_fn! {
+            /// The Berth app descriptor (ABI entry point).
+            ///
+            /// # Safety
+            /// None needed: it returns a pointer to a `static`.
+            #[unsafe(no_mangle)]
+            pub unsafe fn berth_app_descriptor() -> *const $crate::abi::AppDescriptor {
+                static DESCRIPTOR: $crate::__private::Descriptor =
+                    $crate::__private::Descriptor::new::<__BerthApp>(
+                        $name,
+                        $crate::__berth_version!($($version)?),
+                    );
+                DESCRIPTOR.as_ptr()
+            } ?= |_| ::core::ptr::null()
         }
     };
 }

@@ -15,31 +15,35 @@ use crate::abi::*;
 use crate::error::BodyError;
 use crate::ffi::buf::{ForeignBuf, ForeignChunk, boxed_owner};
 use crate::ffi::future::ContextExt;
-use crate::ffi::panic::catch;
+use crate::ffi_fn;
 
 /// The stream type every body crosses the boundary as.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
 
-unsafe extern "C" fn poll_stream<S>(state: *mut c_void, cx: *mut FfiContext<'_>) -> AbiChunkPoll
-where
-    S: Stream<Item = Result<Bytes, BodyError>>,
-{
-    let polled = catch(|| {
+ffi_fn! {
+    /// A streaming body's `poll_chunk`: polls the stream `S`; a panic ends the body with an
+    /// error chunk.
+    ///
+    /// # Safety
+    /// The ABI's body contract: `state` is the body's own, until its `drop`; `cx` is valid for
+    /// the call.
+    unsafe fn poll_stream<S: Stream<Item = Result<Bytes, BodyError>>>(
+        state: *mut c_void,
+        cx: *mut FfiContext<'_>,
+    ) -> AbiChunkPoll {
         // SAFETY: `state` is the `Box<S>` made by `AbiBody::streaming`, which never moves it,
         // alive until the body's `drop`; `cx` is valid for this call (the ABI's poll contract).
         let (stream, cx) = unsafe { (Pin::new_unchecked(&mut *state.cast::<S>()), &mut *cx) };
-        cx.with_context(|cx| stream.poll_next(cx))
-    });
-    match polled {
-        Ok(Poll::Pending) => chunk(CHUNK_PENDING, AbiBuf::empty()),
-        Ok(Poll::Ready(None)) => chunk(CHUNK_END, AbiBuf::empty()),
-        Ok(Poll::Ready(Some(Ok(data)))) => chunk(CHUNK_DATA, AbiBuf::from_bytes(data)),
-        Ok(Poll::Ready(Some(Err(err)))) => chunk(CHUNK_ERROR, AbiBuf::from_string(err.to_string())),
-        Err(panic) => chunk(
-            CHUNK_ERROR,
-            AbiBuf::from_string(format!("body stream panicked: {panic}")),
-        ),
-    }
+        match cx.with_context(|cx| stream.poll_next(cx)) {
+            Poll::Pending => chunk(CHUNK_PENDING, AbiBuf::empty()),
+            Poll::Ready(None) => chunk(CHUNK_END, AbiBuf::empty()),
+            Poll::Ready(Some(Ok(data))) => chunk(CHUNK_DATA, AbiBuf::from_bytes(data)),
+            Poll::Ready(Some(Err(err))) => chunk(CHUNK_ERROR, AbiBuf::from_string(err.to_string())),
+        }
+    } ?= |panic| chunk(
+        CHUNK_ERROR,
+        AbiBuf::from_string(format!("body stream panicked: {panic}")),
+    )
 }
 
 fn chunk(tag: u32, data: AbiBuf) -> AbiChunkPoll {
@@ -120,35 +124,47 @@ impl<X: Send + Sync + 'static> FullBody<X> {
     }
 }
 
-unsafe extern "C" fn poll_full<X>(state: *mut c_void, _cx: *mut FfiContext<'_>) -> AbiChunkPoll {
-    // Nothing here can panic: no `catch` needed.
-    let full = state.cast::<FullBody<X>>().cast_const();
-    // SAFETY: `state` is an `Arc<FullBody<X>>` reference made by `FullBody::share`, alive until
-    // `release_full` drops the body's reference.
-    let body = unsafe { &*full };
-    if body.taken.swap(true, Ordering::Relaxed) {
-        return chunk(CHUNK_END, AbiBuf::empty());
-    }
-    // SAFETY: as above; the chunk gets a reference of its own, released with the chunk.
-    unsafe { Arc::increment_strong_count(full) };
-    let data = AbiBuf {
-        ptr: body.data.as_ptr(),
-        len: body.data.len(),
-        owner: state,
-        release: Some(release_full::<X>),
-    };
-    chunk(CHUNK_DATA, data)
+ffi_fn! {
+    /// A whole body's `poll_chunk`: its one chunk, then its end.
+    ///
+    /// # Safety
+    /// As for [`poll_stream`]; `state` is an `Arc<FullBody<X>>` reference made by
+    /// [`FullBody::share`].
+    unsafe fn poll_full<X>(state: *mut c_void, _cx: *mut FfiContext<'_>) -> AbiChunkPoll {
+        let full = state.cast::<FullBody<X>>().cast_const();
+        // SAFETY: `state` is an `Arc<FullBody<X>>` reference made by `FullBody::share`, alive
+        // until `release_full` drops the body's reference.
+        let body = unsafe { &*full };
+        if body.taken.swap(true, Ordering::Relaxed) {
+            return chunk(CHUNK_END, AbiBuf::empty());
+        }
+        // SAFETY: as above; the chunk gets a reference of its own, released with the chunk.
+        unsafe { Arc::increment_strong_count(full) };
+        let data = AbiBuf {
+            ptr: body.data.as_ptr(),
+            len: body.data.len(),
+            owner: state,
+            release: Some(release_full::<X>),
+        };
+        chunk(CHUNK_DATA, data)
+    } ?= |panic| chunk(
+        CHUNK_ERROR,
+        AbiBuf::from_string(format!("body stream panicked: {panic}")),
+    )
 }
 
-/// Drops one reference to a [`FullBody`]: the body's (its `drop`), its chunk's or its
-/// response's (their `release`).
-pub(super) unsafe extern "C" fn release_full<X>(state: *mut c_void) {
-    let full = state.cast::<FullBody<X>>().cast_const();
-    // SAFETY: `state` came from `Arc::into_raw` in `FullBody::share` or
-    // `AbiResponse::with_full_body`, and each reference is released once.
-    let last = catch(|| unsafe { Arc::decrement_strong_count(full) });
-    // A destructor that panics leaks instead of unwinding into the other side.
-    let _ = last;
+ffi_fn! {
+    /// Drops one reference to a [`FullBody`]: the body's (its `drop`), its chunk's or its
+    /// response's (their `release`). A destructor that panics leaks instead of unwinding into
+    /// the other side.
+    ///
+    /// # Safety
+    /// `state` came from `Arc::into_raw` in [`FullBody::share`] or
+    /// `AbiResponse::with_full_body`, and each reference is released once.
+    pub(super) unsafe fn release_full<X>(state: *mut c_void) {
+        // SAFETY: the caller's promise.
+        unsafe { Arc::decrement_strong_count(state.cast::<FullBody<X>>().cast_const()) }
+    } ?= |_| ()
 }
 
 /// A body received from the other side, polled through its C functions. Dropping it calls the

@@ -8,7 +8,7 @@ use std::ptr;
 use bytes::Bytes;
 
 use crate::abi::{AbiBuf, AbiStr};
-use crate::ffi::panic::catch;
+use crate::ffi_fn;
 
 /// An error found while reading what the other side handed over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,11 +63,16 @@ impl AbiStr {
     }
 }
 
-pub(super) unsafe extern "C" fn release_boxed<T>(owner: *mut c_void) {
-    // SAFETY: `owner` came from `Box::<T>::into_raw` in this module and is released once.
-    let dropped = catch(|| drop(unsafe { Box::from_raw(owner.cast::<T>()) }));
-    // A destructor that panics leaks instead of unwinding into the other side.
-    let _ = dropped;
+ffi_fn! {
+    /// Frees a value [`boxed_owner`] or [`owner_of`] handed over. A destructor that panics
+    /// leaks instead of unwinding into the other side.
+    ///
+    /// # Safety
+    /// `owner` came from `Box::<T>::into_raw` in this module and is released once.
+    pub(super) unsafe fn release_boxed<T>(owner: *mut c_void) {
+        // SAFETY: the caller's promise.
+        drop(unsafe { Box::from_raw(owner.cast::<T>()) })
+    } ?= |_| ()
 }
 
 /// Moves `value` to the heap and returns the `(owner, release)` pair that frees it.

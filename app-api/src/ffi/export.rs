@@ -18,8 +18,9 @@ use crate::ffi::buf::BoundaryError;
 use crate::ffi::future::IntoFfi;
 use crate::ffi::host_handle::HostHandle;
 use crate::ffi::lent::LentRequest;
-use crate::ffi::panic::{catch, install_panic_hook};
+use crate::ffi::panic::install_panic_hook;
 use crate::ffi::settings::settings_from_abi;
+use crate::ffi_fn;
 use crate::host::Host;
 use crate::request::{Head, Request};
 use crate::response::IntoResponse;
@@ -86,27 +87,33 @@ impl Descriptor {
     }
 }
 
-unsafe extern "C" fn handle_glue<A: App>(
-    req: *const AbiRequest,
-    body: AbiBody,
-    host: AbiHost,
-) -> FfiFuture<AbiHandleOutcome> {
-    install_panic_hook();
-    // Take ownership first, so that both are released whatever happens next.
-    // SAFETY: `body` and `host` move to us under the ABI contract of `handle`.
-    let (body, host) = unsafe { (ForeignBody::from_abi(body), HostHandle::from_abi(host)) };
-    let started = catch(move || {
+ffi_fn! {
+    /// The descriptor's `handle`: builds the [`Request`] and the [`Host`] and starts the
+    /// author's handler. A request that cannot be read, or a panic, is a failed outcome.
+    ///
+    /// # Safety
+    /// The ABI contract of `handle`: `req` is borrowed for the call, and what it points to is
+    /// lent while a reference to `host`'s context is held (ABI 1.3); `body` and `host` move to
+    /// the plugin.
+    unsafe fn handle_glue<A: App>(
+        req: *const AbiRequest,
+        body: AbiBody,
+        host: AbiHost,
+    ) -> FfiFuture<AbiHandleOutcome> {
+        // Take ownership first, so that both are released whatever happens next.
+        // SAFETY: `body` and `host` move to us under the ABI contract of `handle`.
+        let (body, host) = unsafe { (ForeignBody::from_abi(body), HostHandle::from_abi(host)) };
+        install_panic_hook();
         // SAFETY: `req` is borrowed for the duration of this call, and what it points to is
         // lent for as long as a clone of `host` is held (ABI 1.3).
-        let request = unsafe { request_from_abi(&*req, body, &host) };
-        request.map(|request| A::handle(request, Host::from_handle(host)))
-    });
-    let failed = match started {
-        Ok(Ok(future)) => return future,
-        Ok(Err(err)) => AbiHandleOutcome::failed(OUTCOME_ERROR, format!("bad request: {err}")),
-        Err(panic) => AbiHandleOutcome::failed(OUTCOME_PANICKED, panic),
-    };
-    std::future::ready(failed).into_ffi()
+        match unsafe { request_from_abi(&*req, body, &host) } {
+            Ok(request) => A::handle(request, Host::from_handle(host)),
+            Err(err) => {
+                let failed = AbiHandleOutcome::failed(OUTCOME_ERROR, format!("bad request: {err}"));
+                std::future::ready(failed).into_ffi()
+            }
+        }
+    } ?= |panic| std::future::ready(AbiHandleOutcome::failed(OUTCOME_PANICKED, panic)).into_ffi()
 }
 
 /// The future the host polls for one request: the author's `future`, boxed as it is (the
@@ -124,7 +131,7 @@ where
 trait AppOutcome<T> {
     /// The ABI outcome.
     type Abi;
-    /// The future's output, converted. Runs under the poll's [`catch`].
+    /// The future's output, converted. Runs under the poll's `catch`.
     fn done(output: T) -> Self::Abi;
     /// A panic in the future or in `done`, with its message.
     fn panicked(message: String) -> Self::Abi;
@@ -159,62 +166,59 @@ impl AppOutcome<Result<(), String>> for HookDone {
     }
 }
 
-/// Polls an app's future boxed by [`FfiFuture::boxed`]. A panic, in the author's future or in
-/// converting its output, ends it with the panic's message. One [`catch`] covers both, and
-/// nothing else wraps it: each layer of a combinator (and `poll_boxed`'s own `catch_unwind`)
-/// moved the output once more.
-unsafe extern "C" fn poll_app<F, C>(
-    fut_ptr: *mut c_void,
-    cx: *mut FfiContext<'_>,
-) -> FfiPoll<C::Abi>
-where
-    F: Future,
-    C: AppOutcome<F::Output>,
-{
-    let polled = catch(|| {
-        // SAFETY: `fut_ptr` is the box `FfiFuture::boxed` made, pinned there until
-        // `drop_boxed`; `cx` is valid for this call (the poll contract).
+ffi_fn! {
+    /// Polls an app's future boxed by [`FfiFuture::boxed`]. A panic, in the author's future or
+    /// in converting its output, ends it with the panic's message. The macro's one `catch`
+    /// covers both, and nothing else wraps it: each layer of a combinator moved the output
+    /// once more.
+    ///
+    /// # Safety
+    /// The future contract: `fut_ptr` is the box `FfiFuture::boxed` made, until `drop_fn`;
+    /// `cx` is valid for the call; not polled again after `Ready`.
+    unsafe fn poll_app<F: Future, C: AppOutcome<F::Output>>(
+        fut_ptr: *mut c_void,
+        cx: *mut FfiContext<'_>,
+    ) -> FfiPoll<C::Abi> {
+        // SAFETY: the caller's promise; the box pins the future until it is dropped.
         let (future, cx) = unsafe { (Pin::new_unchecked(&mut *fut_ptr.cast::<F>()), &mut *cx) };
-        cx.with_context(|cx| future.poll(cx)).map(C::done)
-    });
-    match polled {
-        Ok(Poll::Ready(outcome)) => FfiPoll::Ready(outcome),
-        Ok(Poll::Pending) => FfiPoll::Pending,
-        Err(panic) => FfiPoll::Ready(C::panicked(panic)),
-    }
+        match cx.with_context(|cx| future.poll(cx)) {
+            Poll::Ready(output) => FfiPoll::Ready(C::done(output)),
+            Poll::Pending => FfiPoll::Pending,
+        }
+    } ?= |panic| FfiPoll::Ready(C::panicked(panic))
 }
 
-unsafe extern "C" fn init_glue<A: App>(
-    settings: AbiSettings,
-    host: AbiHost,
-) -> FfiFuture<AbiHookOutcome> {
-    install_panic_hook();
-    // SAFETY: `host` moves to us under the ABI contract of `init`.
-    let host = unsafe { HostHandle::from_abi(host) };
-    let started = catch(move || {
+ffi_fn! {
+    /// The descriptor's `init`: runs the author's `init` hook with the app's settings.
+    ///
+    /// # Safety
+    /// The ABI contract of `init`: `settings` is borrowed for the call; `host` moves to the
+    /// plugin.
+    unsafe fn init_glue<A: App>(settings: AbiSettings, host: AbiHost) -> FfiFuture<AbiHookOutcome> {
+        // SAFETY: `host` moves to us under the ABI contract of `init`.
+        let host = unsafe { HostHandle::from_abi(host) };
+        install_panic_hook();
         // SAFETY: `settings` is borrowed for the duration of this call.
-        let config = unsafe { settings_from_abi(settings) };
-        config.map(|config| A::init(AppConfig::new(config), Host::from_handle(host)))
-    });
-    match started {
-        Ok(Ok(future)) => run_hook(future),
-        Ok(Err(err)) => std::future::ready(AbiHookOutcome::failed(OUTCOME_ERROR, err.0)).into_ffi(),
-        Err(panic) => {
-            std::future::ready(AbiHookOutcome::failed(OUTCOME_PANICKED, panic)).into_ffi()
+        match unsafe { settings_from_abi(settings) } {
+            Ok(config) => run_hook(A::init(AppConfig::new(config), Host::from_handle(host))),
+            Err(err) => {
+                std::future::ready(AbiHookOutcome::failed(OUTCOME_ERROR, err.0)).into_ffi()
+            }
         }
-    }
+    } ?= |panic| std::future::ready(AbiHookOutcome::failed(OUTCOME_PANICKED, panic)).into_ffi()
 }
 
-unsafe extern "C" fn shutdown_glue<A: App>(host: AbiHost) -> FfiFuture<AbiHookOutcome> {
-    install_panic_hook();
-    // SAFETY: `host` moves to us under the ABI contract of `shutdown`.
-    let host = unsafe { HostHandle::from_abi(host) };
-    match catch(move || A::shutdown(Host::from_handle(host))) {
-        Ok(future) => run_hook(future),
-        Err(panic) => {
-            std::future::ready(AbiHookOutcome::failed(OUTCOME_PANICKED, panic)).into_ffi()
-        }
-    }
+ffi_fn! {
+    /// The descriptor's `shutdown`: runs the author's `shutdown` hook.
+    ///
+    /// # Safety
+    /// The ABI contract of `shutdown`: `host` moves to the plugin.
+    unsafe fn shutdown_glue<A: App>(host: AbiHost) -> FfiFuture<AbiHookOutcome> {
+        // SAFETY: `host` moves to us under the ABI contract of `shutdown`.
+        let host = unsafe { HostHandle::from_abi(host) };
+        install_panic_hook();
+        run_hook(A::shutdown(Host::from_handle(host)))
+    } ?= |panic| std::future::ready(AbiHookOutcome::failed(OUTCOME_PANICKED, panic)).into_ffi()
 }
 
 fn run_hook(future: HookFuture) -> FfiFuture<AbiHookOutcome> {

@@ -11,12 +11,12 @@
 use std::ffi::c_void;
 use std::fmt;
 use std::mem::ManuallyDrop;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::ptr;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use crate::abi::{FfiContext, FfiFuture, FfiPoll, FfiWakerBase, FfiWakerVTable};
+use crate::ffi_fn;
 
 /// A waker of this side as the other side sees it: the base, then the waker, borrowed for one
 /// call ([`REF_VTABLE`]) or owned ([`OWNED_VTABLE`]).
@@ -77,14 +77,19 @@ unsafe fn local_waker<'a>(base: *const FfiWakerBase) -> Option<&'a Waker> {
     }
 }
 
-/// Runs a waker operation for the other side: a panic must not unwind into it.
-fn abort_on_panic<T>(what: &str, f: impl FnOnce() -> T) -> T {
-    catch_unwind(AssertUnwindSafe(f))
-        .unwrap_or_else(|_| abort_with(&format!("berth: a waker panicked in {what}; aborting\n")))
+/// A waker or a future panicked in a function the other side called: its state is unknown to
+/// both sides, so neither may go on.
+fn abort_after_panic(what: &str, panic: &str) -> ! {
+    abort_with(&format!("berth: {what} panicked ({panic}); aborting\n"))
 }
 
-unsafe extern "C" fn clone_local(base: *const FfiWakerBase) -> *const FfiWakerBase {
-    abort_on_panic("clone", || {
+ffi_fn! {
+    /// Clones one of this side's wakers as an owned one ([`OWNED_VTABLE`]).
+    ///
+    /// # Safety
+    /// The ABI's waker contract: the other side calls it only through the vtable it came with,
+    /// on a live base.
+    unsafe fn clone_local(base: *const FfiWakerBase) -> *const FfiWakerBase {
         // SAFETY: the other side calls this only through one of our vtables, on a live base.
         let waker = unsafe { local_waker(base) }
             .unwrap_or_else(Waker::noop)
@@ -98,21 +103,31 @@ unsafe extern "C" fn clone_local(base: *const FfiWakerBase) -> *const FfiWakerBa
             },
         };
         Box::into_raw(Box::new(owned)).cast_const().cast()
-    })
+    } ?= |panic| abort_after_panic("a waker's clone", &panic)
 }
 
-unsafe extern "C" fn wake_local_by_ref(base: *const FfiWakerBase) {
-    abort_on_panic("wake_by_ref", || {
+ffi_fn! {
+    /// Wakes one of this side's wakers, keeping it.
+    ///
+    /// # Safety
+    /// The ABI's waker contract: the other side calls it only through the vtable it came with,
+    /// on a live base.
+    unsafe fn wake_local_by_ref(base: *const FfiWakerBase) {
         // SAFETY: as in `clone_local`.
         if let Some(waker) = unsafe { local_waker(base) } {
             waker.wake_by_ref();
         }
-    });
+    } ?= |panic| abort_after_panic("a waker's wake_by_ref", &panic)
 }
 
-/// `wake` or `drop` of a lent waker: the other side broke the contract.
-unsafe extern "C" fn misused_local(_: *const FfiWakerBase) {
-    abort_with("berth: a lent waker was consumed across the boundary; aborting\n");
+ffi_fn! {
+    /// `wake` or `drop` of a lent waker: the other side broke the contract.
+    ///
+    /// # Safety
+    /// None: it aborts.
+    unsafe fn misused_local(_: *const FfiWakerBase) {
+        abort_with("berth: a lent waker was consumed across the boundary; aborting\n")
+    } ?= |_| ()
 }
 
 /// Says why on stderr (without panicking if it cannot), then aborts.
@@ -122,26 +137,34 @@ fn abort_with(message: &str) -> ! {
     std::process::abort()
 }
 
-unsafe extern "C" fn wake_owned(base: *const FfiWakerBase) {
-    abort_on_panic("wake", || {
-        // SAFETY: `base` is an owned `LocalWaker` made by `clone_local` (OWNED_VTABLE), handed
-        // back once: `wake` consumes it.
+ffi_fn! {
+    /// Wakes and frees an owned waker that [`clone_local`] made.
+    ///
+    /// # Safety
+    /// `base` is an owned `LocalWaker` made by `clone_local` ([`OWNED_VTABLE`]), handed back
+    /// once, by this or [`drop_owned`].
+    unsafe fn wake_owned(base: *const FfiWakerBase) {
+        // SAFETY: the caller's promise: `wake` consumes it.
         let waker = unsafe {
             let mut local = Box::from_raw(base.cast::<LocalWaker>().cast_mut());
             ManuallyDrop::take(&mut local.waker.owned)
         };
         waker.wake();
-    });
+    } ?= |panic| abort_after_panic("a waker's wake", &panic)
 }
 
-unsafe extern "C" fn drop_owned(base: *const FfiWakerBase) {
-    abort_on_panic("drop", || {
-        // SAFETY: as in `wake_owned`.
+ffi_fn! {
+    /// Frees an owned waker that [`clone_local`] made.
+    ///
+    /// # Safety
+    /// As for [`wake_owned`].
+    unsafe fn drop_owned(base: *const FfiWakerBase) {
+        // SAFETY: the caller's promise.
         unsafe {
             let mut local = Box::from_raw(base.cast::<LocalWaker>().cast_mut());
             ManuallyDrop::drop(&mut local.waker.owned);
         }
-    });
+    } ?= |panic| abort_after_panic("a waker's drop", &panic)
 }
 
 // The four functions of FOREIGN_VTABLE: a Rust waker whose `data` is a waker base of the other
@@ -271,33 +294,34 @@ pub trait IntoFfi: Future + Send + Sized + 'static {
 
 impl<F: Future + Send + 'static> IntoFfi for F {}
 
-unsafe extern "C" fn poll_boxed<F: Future>(
-    fut_ptr: *mut c_void,
-    cx: *mut FfiContext<'_>,
-) -> FfiPoll<F::Output> {
-    let polled = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `fut_ptr` is the box `FfiFuture::boxed` made, pinned there until
-        // `drop_boxed`; `cx` is valid for this call (the poll contract).
+ffi_fn! {
+    /// The `poll_fn` of [`FfiFuture::new`]: polls `F`; a panic is `FfiPoll::Panicked`.
+    ///
+    /// # Safety
+    /// The future contract: `fut_ptr` is the box [`FfiFuture::boxed`] made, until `drop_fn`;
+    /// `cx` is valid for the call; not polled again after `Ready` or `Panicked`.
+    unsafe fn poll_boxed<F: Future>(
+        fut_ptr: *mut c_void,
+        cx: *mut FfiContext<'_>,
+    ) -> FfiPoll<F::Output> {
+        // SAFETY: the caller's promise; the box pins the future until `drop_boxed`.
         let (future, cx) = unsafe { (Pin::new_unchecked(&mut *fut_ptr.cast::<F>()), &mut *cx) };
-        cx.with_context(|cx| future.poll(cx))
-    }));
-    match polled {
-        Ok(Poll::Ready(output)) => FfiPoll::Ready(output),
-        Ok(Poll::Pending) => FfiPoll::Pending,
-        Err(payload) => {
-            if let Err(inner) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-                std::mem::forget(inner);
-            }
-            FfiPoll::Panicked
+        match cx.with_context(|cx| future.poll(cx)) {
+            Poll::Ready(output) => FfiPoll::Ready(output),
+            Poll::Pending => FfiPoll::Pending,
         }
-    }
+    } ?= |_| FfiPoll::Panicked
 }
 
-unsafe extern "C" fn drop_boxed<F>(fut_ptr: *mut c_void) {
-    // SAFETY: the box `FfiFuture::boxed` made; the receiver drops it exactly once.
-    abort_on_panic("a future's drop", || {
+ffi_fn! {
+    /// The `drop_fn` of [`FfiFuture::boxed`]: frees the box.
+    ///
+    /// # Safety
+    /// `fut_ptr` is the box `FfiFuture::boxed` made, dropped exactly once, by its owner.
+    unsafe fn drop_boxed<F>(fut_ptr: *mut c_void) {
+        // SAFETY: the caller's promise.
         drop(unsafe { Box::from_raw(fut_ptr.cast::<F>()) })
-    });
+    } ?= |panic| abort_after_panic("a future's drop", &panic)
 }
 
 // SAFETY: `FfiFuture::new` takes only `Send` futures, and the other side's futures are `Send`

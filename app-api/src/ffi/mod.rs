@@ -5,14 +5,17 @@
 //! directions of every conversion are one piece of code. App authors never need it.
 //!
 //! Rules kept throughout:
-//! * every `extern "C"` function defined here catches panics and turns them into a defined value
-//!   (an error chunk, an error outcome, or nothing), so no unwind ever crosses the boundary;
+//! * every `extern "C"` function defined here (and the descriptor symbol `export_app!` emits,
+//!   and the host's capability table) is written with [`ffi_fn!`](crate::ffi_fn), which catches
+//!   panics and returns the stated fallback (an error chunk, an error outcome, nothing, or an
+//!   abort), so no unwind ever crosses the boundary;
 //! * every owned pointer received is released exactly once, through the function carried next to
 //!   it, on every path including errors.
 //!
 //! # Layers
 //!
 //! Below the SDK types (they import from these; these import none of them):
+//! * `macros`: [`ffi_fn!`](crate::ffi_fn);
 //! * `panic`: catching panics at the boundary, and the plugin's quiet panic hook;
 //! * `future`: Berth's own `FfiFuture` and wakers that keep their identity across;
 //! * `buf`: borrowed strings (`AbiStr`), owned buffers (`AbiBuf`), chunks read in place;
@@ -40,6 +43,7 @@ pub(crate) mod future;
 pub(crate) mod headers;
 pub(crate) mod host_handle;
 pub(crate) mod lent;
+mod macros;
 pub(crate) mod outcome;
 pub(crate) mod panic;
 pub(crate) mod response;
