@@ -108,6 +108,12 @@ impl Body {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// Reads the whole body as JSON.
+    #[cfg(feature = "json")]
+    pub async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, BodyError> {
+        from_json(&self.bytes().await?)
+    }
+
     /// The bytes of a body held whole in memory (empty for an empty body), or the body itself.
     pub(crate) fn into_full(self) -> Result<Bytes, Body> {
         match self.kind {
@@ -126,6 +132,12 @@ impl Body {
             Kind::Foreign(body) => body.into_abi(),
         }
     }
+}
+
+/// Parses a whole body as JSON.
+#[cfg(feature = "json")]
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
+    serde_json::from_slice(bytes).map_err(|e| BodyError::new(format!("invalid JSON: {e}")))
 }
 
 fn too_large(limit: usize) -> BodyError {

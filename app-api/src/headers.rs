@@ -1,6 +1,10 @@
-//! Headers received across the boundary, turned into a [`HeaderMap`] only when asked for.
+//! Headers: an upstream response's, received across the boundary and turned into a
+//! [`HeaderMap`] only when asked for, and the conversion every header setter of the SDK shares.
 
 use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+
+use crate::error::HeaderError;
 
 use crate::ffi::response::LentHeaders;
 
@@ -40,4 +44,21 @@ impl Headers {
             Headers::Map(map) => map,
         }
     }
+}
+
+/// Converts a header as `http`'s builders do: `name` and `value` may be anything they accept
+/// (`&str`, `String`, `&[u8]`, [`HeaderName`], [`HeaderValue`], numbers for values...).
+pub(crate) fn header<K, V>(name: K, value: V) -> Result<(HeaderName, HeaderValue), HeaderError>
+where
+    K: TryInto<HeaderName>,
+    K::Error: Into<http::Error>,
+    V: TryInto<HeaderValue>,
+    V::Error: Into<http::Error>,
+{
+    let name = name.try_into().map_err(|e| HeaderError::name(e.into()))?;
+    let value = match value.try_into() {
+        Ok(value) => value,
+        Err(e) => return Err(HeaderError::value(name, e.into())),
+    };
+    Ok((name, value))
 }

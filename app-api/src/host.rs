@@ -22,7 +22,7 @@ use crate::abi::{
     LOG_ERROR, LOG_INFO, LOG_TRACE, LOG_WARN,
 };
 use crate::body::Body;
-use crate::error::BodyError;
+use crate::error::{BodyError, HeaderError};
 use crate::ffi::host_handle::{FetchParts, HostFetch, HostHandle};
 use crate::headers::Headers;
 
@@ -144,12 +144,11 @@ impl Host {
 
     /// Sends an outbound HTTP request through the host's pooled client.
     ///
-    /// Failures (bad URL, unreachable upstream, time-out) are returned as [`FetchError`] values,
-    /// never panics. Any status the upstream answers with, 5xx included, is an `Ok`.
+    /// Failures (bad URL, a header [`OutboundRequest::header`] could not set, unreachable
+    /// upstream, time-out) are returned as [`FetchError`] values, never panics. Any status the upstream answers with, 5xx included, is an `Ok`.
     pub fn fetch(&self, request: OutboundRequest) -> Fetch {
-        if let Some(name) = request.invalid_header() {
-            let message = format!("invalid header {name:?}");
-            let error = FetchError::new(FetchErrorKind::InvalidRequest, message);
+        if let Some(err) = request.header_error() {
+            let error = FetchError::new(FetchErrorKind::InvalidRequest, err.to_string());
             return Fetch(FetchInner::Ready(Some(Box::new(Err(error)))));
         }
         match &self.inner {
@@ -291,10 +290,10 @@ impl fmt::Debug for Fetch {
 /// An outbound HTTP request, built for [`Host::fetch`].
 ///
 /// ```
-/// use berth_app::{Method, OutboundRequest};
+/// use berth_app::{Method, OutboundRequest, header};
 /// use std::time::Duration;
 /// let req = OutboundRequest::new(Method::POST, "http://127.0.0.1:8080/items")
-///     .header("content-type", "application/json")
+///     .header(header::CONTENT_TYPE, "application/json")
 ///     .body(r#"{"id": 7}"#)
 ///     .timeout(Duration::from_secs(5));
 /// assert_eq!(req.url(), "http://127.0.0.1:8080/items");
@@ -306,7 +305,8 @@ pub struct OutboundRequest {
     headers: HeaderMap,
     body: Body,
     timeout: Option<Duration>,
-    invalid_header: Option<String>,
+    /// The first header that could not be set.
+    header_error: Option<Box<HeaderError>>,
 }
 
 impl OutboundRequest {
@@ -318,7 +318,7 @@ impl OutboundRequest {
             headers: HeaderMap::new(),
             body: Body::empty(),
             timeout: None,
-            invalid_header: None,
+            header_error: None,
         }
     }
 
@@ -327,17 +327,26 @@ impl OutboundRequest {
         OutboundRequest::new(Method::GET, url)
     }
 
-    /// Appends a header. An invalid name or value makes the fetch fail with
-    /// [`FetchErrorKind::InvalidRequest`] instead of panicking here.
-    pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value.as_ref()),
-        ) {
-            (Ok(name), Ok(value)) => {
+    /// Appends a header. `name` and `value` may be anything the `http` crate's builders
+    /// accept, as for [`Response::with_header`](crate::Response::with_header).
+    ///
+    /// An invalid name or value does not panic: the request keeps the first such
+    /// [`HeaderError`], and [`Host::fetch`] fails with [`FetchErrorKind::InvalidRequest`] and
+    /// its message, without sending anything.
+    pub fn header<K, V>(mut self, name: K, value: V) -> Self
+    where
+        K: TryInto<HeaderName>,
+        K::Error: Into<http::Error>,
+        V: TryInto<HeaderValue>,
+        V::Error: Into<http::Error>,
+    {
+        match crate::headers::header(name, value) {
+            Ok((name, value)) => {
                 self.headers.append(name, value);
             }
-            _ => self.invalid_header = Some(name.to_owned()),
+            Err(err) => {
+                self.header_error.get_or_insert(Box::new(err));
+            }
         }
         self
     }
@@ -379,9 +388,9 @@ impl OutboundRequest {
         self.timeout
     }
 
-    /// The name of a header that could not be added, if any.
-    pub(crate) fn invalid_header(&self) -> Option<&str> {
-        self.invalid_header.as_deref()
+    /// The first header that could not be set, if any: [`Host::fetch`] fails with it.
+    pub fn header_error(&self) -> Option<&HeaderError> {
+        self.header_error.as_deref()
     }
 }
 
@@ -444,6 +453,12 @@ impl FetchResponse {
     pub async fn text(self) -> Result<String, BodyError> {
         let bytes = self.bytes().await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Reads the whole body as JSON, within the same limit as [`bytes`](FetchResponse::bytes).
+    #[cfg(feature = "json")]
+    pub async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, BodyError> {
+        crate::body::from_json(&self.bytes().await?)
     }
 }
 
@@ -564,4 +579,66 @@ macro_rules! debug {
 #[macro_export]
 macro_rules! trace {
     ($host:expr, $($arg:tt)+) => { $host.log($crate::Level::Trace, &::std::format!($($arg)+)) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_header_name_or_value_is_kept_as_an_error_not_a_panic() {
+        let req = OutboundRequest::get("http://upstream.test/")
+            .header("x-ok", "1")
+            .header("bad name", "x")
+            .header("x-note", "line\nbreak");
+        let err = req.header_error().expect("kept");
+        assert_eq!(err.to_string(), "invalid header name");
+        assert_eq!(req.headers()["x-ok"], "1");
+        let req = OutboundRequest::get("http://upstream.test/")
+            .header(http::header::CONTENT_TYPE, String::from("text/plain"))
+            .header("x-note", "line\nbreak");
+        let err = req.header_error().expect("kept");
+        assert_eq!(err.to_string(), "invalid value for header x-note");
+        assert_eq!(req.headers()["content-type"], "text/plain");
+    }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn a_fetch_with_a_bad_header_fails_as_an_invalid_request() {
+        use crate::testing::{MockHost, block_on};
+        let mock = std::sync::Arc::new(
+            MockHost::new().on_fetch(|_| panic!("a request with a bad header is never sent")),
+        );
+        let bad = OutboundRequest::get("http://upstream.test/").header("x-note", "a\rb");
+        let err = block_on(mock.host().fetch(bad)).expect_err("invalid");
+        assert_eq!(err.kind(), FetchErrorKind::InvalidRequest);
+        assert_eq!(
+            err.to_string(),
+            "invalid request: invalid value for header x-note"
+        );
+    }
+
+    #[cfg(all(feature = "testing", feature = "json"))]
+    #[test]
+    fn a_fetch_response_reads_json() {
+        use crate::testing::{MockHost, block_on};
+        let mock = std::sync::Arc::new(
+            MockHost::new().on_fetch(|_| Ok(crate::Response::json(&[1, 2, 3]))),
+        );
+        let response = block_on(mock.host().get("http://upstream.test/")).expect("mocked");
+        let numbers: Vec<u32> = block_on(response.json()).expect("json");
+        assert_eq!(numbers, [1, 2, 3]);
+    }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn a_mock_response_with_a_bad_header_is_a_fetch_error() {
+        use crate::testing::{MockHost, block_on};
+        let mock = std::sync::Arc::new(
+            MockHost::new()
+                .on_fetch(|_| Ok(crate::Response::text("x").with_header("bad name", "x"))),
+        );
+        let err = block_on(mock.host().get("http://upstream.test/")).expect_err("bad header");
+        assert_eq!(err.message(), "the mock's response: invalid header name");
+    }
 }

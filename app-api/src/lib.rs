@@ -79,7 +79,7 @@ pub mod testing;
 pub use body::Body;
 pub use bytes::Bytes;
 pub use config::AppConfig;
-pub use error::BodyError;
+pub use error::{BodyError, HeaderError};
 pub use host::{
     Elapsed, Fetch, FetchError, FetchErrorKind, FetchResponse, Host, Level, OutboundRequest, Sleep,
     Timeout,

@@ -14,7 +14,7 @@
 //!     assert_eq!(req.url(), "http://example.test/");
 //!     Ok(Response::text("hi"))
 //! });
-//! let response = mock.call(app, Request::builder(Method::GET, "/x").build());
+//! let response = mock.call(app, Request::builder(Method::GET, "/x").build().expect("valid request"));
 //! assert_eq!(berth_app::testing::block_on(response.into_body().text()).unwrap(), "/x says hi");
 //! ```
 
@@ -130,7 +130,9 @@ impl MockBackend for MockHost {
                 "the mock host has no fetch handler",
             )
         })?;
-        let (status, headers, body) = handler(request)?.into_parts();
+        let (status, headers, body) = handler(request)?.into_parts().map_err(|err| {
+            FetchError::new(FetchErrorKind::Other, format!("the mock's response: {err}"))
+        })?;
         Ok(FetchResponse::new(status, Headers::from_map(headers), body))
     }
 }

@@ -143,7 +143,10 @@ enum Answer {}
 impl<R: IntoResponse> AppOutcome<R> for Answer {
     type Abi = AbiHandleOutcome;
     fn done(answer: R) -> AbiHandleOutcome {
-        AbiHandleOutcome::ok(IntoResponse::into_response(answer).into_abi())
+        match IntoResponse::into_response(answer).into_abi() {
+            Ok(response) => AbiHandleOutcome::ok(response),
+            Err(err) => AbiHandleOutcome::failed(OUTCOME_ERROR, format!("response: {err}")),
+        }
     }
     fn panicked(message: String) -> AbiHandleOutcome {
         AbiHandleOutcome::failed(OUTCOME_PANICKED, message)
@@ -360,8 +363,21 @@ mod tests {
     impl App for GlueApp {
         fn handle(mut req: crate::Request, host: crate::Host) -> crate::__private::HandleFuture {
             crate::__private::serve(async move {
-                if req.path() == "/panic" {
-                    panic!("boom in the handler");
+                match req.path() {
+                    "/panic" => panic!("boom in the handler"),
+                    "/bad-fetch-header" => {
+                        let bad = crate::OutboundRequest::get("http://upstream.test/")
+                            .header("x-ok", "1")
+                            .header("x-note", "line\nbreak");
+                        let err = host.fetch(bad).await.expect_err("refused before sending");
+                        return crate::Response::text(format!("{:?}: {err}", err.kind()));
+                    }
+                    "/bad-response-header" => {
+                        return crate::Response::text("never sent")
+                            .with_header("bad name", "x")
+                            .with_header("x-note", "line\nbreak");
+                    }
+                    _ => {}
                 }
                 host.sleep(std::time::Duration::from_millis(1)).await;
                 crate::info!(host, "handling {}", req.path());
@@ -370,7 +386,7 @@ mod tests {
                     Err(err) => err.to_string(),
                 };
                 let refused = host.get("http://refused.test/").await.expect_err("refused");
-                let body = req.text().await.expect("request body");
+                let body = req.take_body().text().await.expect("request body");
                 let summary = format!(
                     "{} {} prefix={} path={} query={} version={:?} peer={:?} x-a={:?} body={} \
                      upstream={} refused={}",
@@ -421,6 +437,34 @@ mod tests {
         // SAFETY: as above.
         let future = unsafe { (descriptor.handle)(&req, body, host) };
         (block_on(future), ctx)
+    }
+
+    #[test]
+    fn a_fetch_with_a_header_that_could_not_be_set_fails_without_reaching_the_host() {
+        let (outcome, ctx) = call_glue("GET", "/bad-fetch-header", AbiBody::empty());
+        // SAFETY: the outcome is ours.
+        let (_, _, body) = unsafe { outcome.into_result() }.expect("ok outcome");
+        let (chunks, _) = read_all(body);
+        assert_eq!(
+            String::from_utf8_lossy(&chunks.concat()),
+            "InvalidRequest: invalid request: invalid value for header x-note"
+        );
+        assert!(ctx.fetched.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn a_response_with_a_header_that_could_not_be_set_is_an_invalid_outcome() {
+        let (outcome, ctx) = call_glue("GET", "/bad-response-header", AbiBody::empty());
+        // SAFETY: the outcome is ours.
+        let result = unsafe { outcome.into_result() }.map(|_| ());
+        assert_eq!(
+            result,
+            Err(HandleFailure::Invalid(
+                "response: invalid header name".to_owned()
+            )),
+            "the first error is the one reported"
+        );
+        assert_eq!(Arc::strong_count(&ctx), 1);
     }
 
     #[test]

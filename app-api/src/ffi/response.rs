@@ -221,6 +221,7 @@ mod tests {
                     HeaderValue::from_bytes(b"\"v1\"").expect("value"),
                 )
                 .into_abi()
+                .expect("valid headers")
         };
 
         // Headers released first, then the body read to its end and dropped.
@@ -253,6 +254,7 @@ mod tests {
         let (_, headers, body) = unsafe {
             crate::Response::new(StatusCode::NO_CONTENT)
                 .into_abi()
+                .expect("valid headers")
                 .into_parts()
         }
         .expect("valid");

@@ -17,7 +17,12 @@ mod tests {
 
     #[test]
     fn says_hello_as_plain_text() {
-        let response = MockHost::new().call(super::app, Request::builder(Method::GET, "/").build());
+        let response = MockHost::new().call(
+            super::app,
+            Request::builder(Method::GET, "/")
+                .build()
+                .expect("valid request"),
+        );
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
             response.headers()[header::CONTENT_TYPE],
