@@ -22,7 +22,7 @@
 //!     }
 //! }
 //!
-//! berth_app::export_app!(name = "first20", version = "0.1.0", handler = app);
+//! berth_app::export_app!(name = "first20", handler = app);
 //! ```
 //!
 //! The crate's `Cargo.toml` needs `crate-type = ["cdylib"]` (add `"rlib"` to unit-test the

@@ -72,7 +72,7 @@ fn number_param(req: &Request, name: &str) -> Result<Option<u64>, Failure> {
         })
 }
 
-berth_app::export_app!(name = "clock", version = "0.1.0", handler = app);
+berth_app::export_app!(name = "clock", handler = app);
 
 #[cfg(test)]
 mod tests {

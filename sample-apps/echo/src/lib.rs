@@ -39,7 +39,7 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-berth_app::export_app!(name = "echo", version = "0.1.0", handler = app);
+berth_app::export_app!(name = "echo", handler = app);
 
 #[cfg(test)]
 mod tests {

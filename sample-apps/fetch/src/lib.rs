@@ -46,7 +46,7 @@ fn bad_gateway(err: impl std::fmt::Display) -> Failure {
     (StatusCode::BAD_GATEWAY, format!("upstream failed: {err}\n"))
 }
 
-berth_app::export_app!(name = "fetch", version = "0.1.0", handler = app);
+berth_app::export_app!(name = "fetch", handler = app);
 
 #[cfg(test)]
 mod tests {

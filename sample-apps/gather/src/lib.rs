@@ -52,7 +52,7 @@ async fn fetch(host: &Host, url: String) -> Value {
     json!({ "url": url, "status": status, "bytes": bytes })
 }
 
-berth_app::export_app!(name = "gather", version = "0.1.0", handler = app);
+berth_app::export_app!(name = "gather", handler = app);
 
 #[cfg(test)]
 mod tests {

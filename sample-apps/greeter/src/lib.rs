@@ -34,7 +34,6 @@ async fn shutdown(host: Host) {
 
 berth_app::export_app!(
     name = "greeter",
-    version = "0.1.0",
     handler = app,
     init = init,
     shutdown = shutdown,

@@ -8,7 +8,7 @@ async fn app(_req: Request, _host: Host) -> Response {
     Response::text("Hello, world!\n")
 }
 
-berth_app::export_app!(name = "hello", version = "0.1.0", handler = app);
+berth_app::export_app!(name = "hello", handler = app);
 
 #[cfg(test)]
 mod tests {

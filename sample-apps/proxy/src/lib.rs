@@ -36,7 +36,7 @@ async fn app(mut req: Request, host: Host) -> Response {
     response.with_body(upstream.into_body())
 }
 
-berth_app::export_app!(name = "proxy", version = "0.1.0", handler = app);
+berth_app::export_app!(name = "proxy", handler = app);
 
 #[cfg(test)]
 mod tests {

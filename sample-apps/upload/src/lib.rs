@@ -35,7 +35,7 @@ async fn app(mut req: Request, _host: Host) -> Response {
     }))
 }
 
-berth_app::export_app!(name = "upload", version = "0.1.0", handler = app);
+berth_app::export_app!(name = "upload", handler = app);
 
 #[cfg(test)]
 mod tests {
