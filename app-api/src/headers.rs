@@ -46,9 +46,47 @@ impl Headers {
     }
 }
 
+/// How a setter adds a header to its map.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Add {
+    /// Replacing earlier values ([`HeaderMap::insert`]).
+    Insert,
+    /// After earlier values ([`HeaderMap::append`]).
+    Append,
+}
+
+/// What every header setter of the SDK does: converts `name` and `value` ([`header`]) and
+/// adds them to `map`, or keeps the error in `error` unless an earlier one is there.
+pub(crate) fn set<K, V>(
+    map: &mut HeaderMap,
+    error: &mut Option<Box<HeaderError>>,
+    add: Add,
+    name: K,
+    value: V,
+) where
+    K: TryInto<HeaderName>,
+    K::Error: Into<http::Error>,
+    V: TryInto<HeaderValue>,
+    V::Error: Into<http::Error>,
+{
+    match header(name, value) {
+        Ok((name, value)) => match add {
+            Add::Insert => {
+                map.insert(name, value);
+            }
+            Add::Append => {
+                map.append(name, value);
+            }
+        },
+        Err(err) => {
+            error.get_or_insert(Box::new(err));
+        }
+    }
+}
+
 /// Converts a header as `http`'s builders do: `name` and `value` may be anything they accept
 /// (`&str`, `String`, `&[u8]`, [`HeaderName`], [`HeaderValue`], numbers for values...).
-pub(crate) fn header<K, V>(name: K, value: V) -> Result<(HeaderName, HeaderValue), HeaderError>
+fn header<K, V>(name: K, value: V) -> Result<(HeaderName, HeaderValue), HeaderError>
 where
     K: TryInto<HeaderName>,
     K::Error: Into<http::Error>,

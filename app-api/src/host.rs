@@ -24,7 +24,7 @@ use crate::abi::{
 use crate::body::Body;
 use crate::error::{BodyError, HeaderError};
 use crate::ffi::host_handle::{FetchParts, HostFetch, HostHandle};
-use crate::headers::Headers;
+use crate::headers::{Add, Headers};
 
 /// The host, handed to every request: outbound HTTP, timers and logging.
 ///
@@ -340,14 +340,8 @@ impl OutboundRequest {
         V: TryInto<HeaderValue>,
         V::Error: Into<http::Error>,
     {
-        match crate::headers::header(name, value) {
-            Ok((name, value)) => {
-                self.headers.append(name, value);
-            }
-            Err(err) => {
-                self.header_error.get_or_insert(Box::new(err));
-            }
-        }
+        let (headers, error) = (&mut self.headers, &mut self.header_error);
+        crate::headers::set(headers, error, Add::Append, name, value);
         self
     }
 

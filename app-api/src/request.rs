@@ -11,6 +11,7 @@ use http::{HeaderMap, Method, Uri, Version};
 use crate::body::Body;
 use crate::error::{BodyError, HeaderError};
 use crate::ffi::lent::LentRequest;
+use crate::headers::Add;
 
 /// An inbound HTTP request, as routed to the app.
 ///
@@ -277,7 +278,7 @@ pub struct RequestBuilder {
     mount_prefix: String,
     target: String,
     /// The first header that could not be set.
-    header_error: Option<HeaderError>,
+    header_error: Option<Box<HeaderError>>,
 }
 
 impl RequestBuilder {
@@ -293,14 +294,8 @@ impl RequestBuilder {
         V: TryInto<HeaderValue>,
         V::Error: Into<http::Error>,
     {
-        match crate::headers::header(name, value) {
-            Ok((name, value)) => {
-                self.headers.append(name, value);
-            }
-            Err(err) => {
-                self.header_error.get_or_insert(err);
-            }
-        }
+        let (headers, error) = (&mut self.headers, &mut self.header_error);
+        crate::headers::set(headers, error, Add::Append, name, value);
         self
     }
 
@@ -328,7 +323,7 @@ impl RequestBuilder {
     /// If the request target given to [`Request::builder`] is not a valid URI.
     pub fn build(self) -> Result<Request, HeaderError> {
         if let Some(err) = self.header_error {
-            return Err(err);
+            return Err(*err);
         }
         let (path, query) = match self.target.split_once('?') {
             Some((path, query)) => (path, query),

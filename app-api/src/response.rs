@@ -6,6 +6,7 @@ use http::{HeaderMap, StatusCode};
 use crate::abi::AbiResponse;
 use crate::body::Body;
 use crate::error::HeaderError;
+use crate::headers::Add;
 
 /// An HTTP response: status, headers and a body (one buffer or a stream of chunks).
 ///
@@ -114,14 +115,8 @@ impl Response {
         V: TryInto<HeaderValue>,
         V::Error: Into<http::Error>,
     {
-        match crate::headers::header(name, value) {
-            Ok((name, value)) => {
-                self.headers.insert(name, value);
-            }
-            Err(err) => {
-                self.header_error.get_or_insert(Box::new(err));
-            }
-        }
+        let (headers, error) = (&mut self.headers, &mut self.header_error);
+        crate::headers::set(headers, error, Add::Insert, name, value);
         self
     }
 

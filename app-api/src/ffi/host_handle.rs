@@ -150,7 +150,7 @@ impl std::fmt::Debug for HostFetch {
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::c_void;
+
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use bytes::Bytes;
@@ -160,22 +160,10 @@ mod tests {
 
     use super::*;
 
-    use crate::ffi::headers::*;
     use crate::ffi::test_support::*;
 
-    /// Counts the releases of `lent_response`s apart from `counted_response`s: tests run at once.
+    /// Counts the releases of this module's responses.
     static LENT_RELEASES: AtomicUsize = AtomicUsize::new(0);
-
-    unsafe extern "C" fn count_lent_release(owner: *mut c_void) {
-        // SAFETY: `owner` is the `Box<HeaderList>` made in `lent_response`.
-        drop(unsafe { Box::from_raw(owner.cast::<HeaderList>()) });
-        LENT_RELEASES.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// The same, counted in [`LENT_RELEASES`].
-    fn lent_response(status: u16, map: &'static HeaderMap, body: AbiBody) -> AbiResponse {
-        response_released_by(count_lent_release, status, map, body)
-    }
 
     #[test]
     fn a_fetch_responses_headers_are_read_in_place_and_released_once_when_dropped() {
@@ -187,7 +175,12 @@ mod tests {
             ),
         ])));
         let before = LENT_RELEASES.load(Ordering::SeqCst);
-        let abi = lent_response(200, map, AbiBody::full(Bytes::from("upstream")));
+        let abi = counted_response(
+            &LENT_RELEASES,
+            200,
+            map,
+            AbiBody::full(Bytes::from("upstream")),
+        );
         let response = fetch_result(AbiFetchOutcome::ok(abi), None).expect("ok");
         assert_eq!(
             LENT_RELEASES.load(Ordering::SeqCst),
@@ -202,7 +195,7 @@ mod tests {
         assert_eq!(LENT_RELEASES.load(Ordering::SeqCst), before + 1);
 
         // An error outcome releases nothing twice either.
-        let abi = lent_response(1000, map, AbiBody::empty());
+        let abi = counted_response(&LENT_RELEASES, 1000, map, AbiBody::empty());
         let err = fetch_result(AbiFetchOutcome::ok(abi), None).expect_err("invalid status");
         assert_eq!(err.message(), "invalid response: invalid status code 1000");
         assert_eq!(LENT_RELEASES.load(Ordering::SeqCst), before + 2);

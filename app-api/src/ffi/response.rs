@@ -168,7 +168,7 @@ unsafe impl Sync for ResponseHead {}
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::c_void;
+
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -180,7 +180,7 @@ mod tests {
 
     use crate::abi::*;
     use crate::ffi::buf::*;
-    use crate::ffi::headers::*;
+
     use crate::ffi::test_support::*;
 
     #[test]
@@ -262,18 +262,8 @@ mod tests {
         assert!(body.is_end());
     }
 
+    /// Counts the releases of this module's responses.
     static RESPONSE_RELEASES: AtomicUsize = AtomicUsize::new(0);
-
-    unsafe extern "C" fn count_response_release(owner: *mut c_void) {
-        // SAFETY: `owner` is the `Box<HeaderList>` made in `counted_response`.
-        drop(unsafe { Box::from_raw(owner.cast::<HeaderList>()) });
-        RESPONSE_RELEASES.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// A response whose header storage counts its releases, with headers borrowed from `map`.
-    fn counted_response(status: u16, map: &'static HeaderMap, body: AbiBody) -> AbiResponse {
-        response_released_by(count_response_release, status, map, body)
-    }
 
     #[test]
     fn response_parts_are_released_once_even_when_invalid() {
@@ -289,7 +279,12 @@ mod tests {
             let _keep = &held;
             Ok(Bytes::new())
         });
-        let abi = counted_response(200, map, AbiBody::from_stream(Box::pin(body), None));
+        let abi = counted_response(
+            &RESPONSE_RELEASES,
+            200,
+            map,
+            AbiBody::from_stream(Box::pin(body), None),
+        );
         // SAFETY: just made, received once.
         let (status, headers, body) = unsafe { abi.into_parts() }.expect("valid");
         assert_eq!((status, &headers), (StatusCode::OK, map));
@@ -303,7 +298,12 @@ mod tests {
             let _keep = &held;
             Ok(Bytes::new())
         });
-        let abi = counted_response(1000, map, AbiBody::from_stream(Box::pin(body), None));
+        let abi = counted_response(
+            &RESPONSE_RELEASES,
+            1000,
+            map,
+            AbiBody::from_stream(Box::pin(body), None),
+        );
         // SAFETY: as above.
         let err = unsafe { abi.into_parts() }.expect_err("status 1000 is invalid");
         assert_eq!(err, BoundaryError("invalid status code 1000".to_owned()));

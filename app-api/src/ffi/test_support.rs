@@ -97,18 +97,26 @@ pub(super) fn stream_of(chunks: Vec<Result<Bytes, BodyError>>) -> ChunkStream {
     Box::pin(stream::iter(chunks))
 }
 
-pub(super) fn response_released_by(
-    release: unsafe extern "C" fn(*mut c_void),
+/// A response with headers borrowed from `map`, whose storage adds one to `releases` when it
+/// is released. Each test counts in a static of its own: tests run at once.
+pub(super) fn counted_response(
+    releases: &'static AtomicUsize,
     status: u16,
     map: &'static HeaderMap,
     body: AbiBody,
 ) -> AbiResponse {
-    let list = Box::new(HeaderList::new(map));
+    let storage = Box::new((HeaderList::new(map), releases));
     AbiResponse {
         status,
-        headers: list.as_abi(),
+        headers: storage.0.as_abi(),
         body,
-        owner: Box::into_raw(list).cast(),
-        release: Some(release),
+        owner: Box::into_raw(storage).cast(),
+        release: Some(count_release),
     }
+}
+
+unsafe extern "C" fn count_release(owner: *mut c_void) {
+    // SAFETY: `owner` is the box made in `counted_response`, released once.
+    let storage = unsafe { Box::from_raw(owner.cast::<(HeaderList, &'static AtomicUsize)>()) };
+    storage.1.fetch_add(1, Ordering::SeqCst);
 }
