@@ -47,14 +47,16 @@
 //! `ffi::export`, which sits above the SDK types:
 //!
 //! * [`abi`]: the raw C ABI shared with the host (app authors never touch it);
-//! * `error`: [`BodyError`], shared by the SDK types and the boundary code below them;
+//! * `error`: [`BodyError`] and [`HeaderError`], shared by the SDK types (and, for
+//!   `BodyError`, by the boundary code below them);
 //! * `config`: [`AppConfig`], the settings an `init` hook receives;
 //! * `ffi`: the one module tree with `unsafe` code. Its lower layer converts between the ABI
 //!   and plain Rust values for both sides (panics, futures and wakers, buffers, headers, bodies,
 //!   responses, outcomes, settings, socket addresses, the host's capability table, the lent
 //!   request); the host uses it too. Its `ffi::export` sits above the SDK types: the
 //!   descriptor and handler glue behind [`export_app!`];
-//! * `headers`: an upstream response's headers, turned into a map when first read;
+//! * `headers`: an upstream response's headers, turned into a map when first read, and the
+//!   conversion every header setter shares;
 //! * `body`: [`Body`], request and response bodies;
 //! * `request`: [`Request`] and [`RequestBuilder`];
 //! * `response`: [`Response`] and [`IntoResponse`];

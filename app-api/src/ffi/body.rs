@@ -15,7 +15,6 @@ use crate::abi::*;
 use crate::error::BodyError;
 use crate::ffi::buf::{ForeignBuf, ForeignChunk, boxed_owner};
 use crate::ffi::future::ContextExt;
-use crate::ffi_fn;
 
 /// The stream type every body crosses the boundary as.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;

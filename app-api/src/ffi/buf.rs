@@ -8,7 +8,6 @@ use std::ptr;
 use bytes::Bytes;
 
 use crate::abi::{AbiBuf, AbiStr};
-use crate::ffi_fn;
 
 /// An error found while reading what the other side handed over.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,6 @@ use crate::ffi::host_handle::HostHandle;
 use crate::ffi::lent::LentRequest;
 use crate::ffi::panic::install_panic_hook;
 use crate::ffi::settings::settings_from_abi;
-use crate::ffi_fn;
 use crate::host::Host;
 use crate::request::{Head, Request};
 use crate::response::IntoResponse;
@@ -292,17 +291,23 @@ mod tests {
         unsafe { &*ctx.cast::<FakeCtx>() }
     }
 
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
     unsafe extern "C" fn fake_clone_ctx(ctx: *mut c_void) -> *mut c_void {
         // SAFETY: `ctx` is a live `Arc<FakeCtx>` reference.
         unsafe { Arc::increment_strong_count(ctx.cast::<FakeCtx>()) };
         ctx
     }
 
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
     unsafe extern "C" fn fake_drop_ctx(ctx: *mut c_void) {
         // SAFETY: the plugin releases each reference it owns once.
         unsafe { Arc::decrement_strong_count(ctx.cast::<FakeCtx>()) };
     }
 
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
     unsafe extern "C" fn fake_log(ctx: *mut c_void, level: u32, msg: AbiStr) {
         // SAFETY: `msg` is borrowed for this call.
         let msg = unsafe { msg.to_str("log message") }.expect("UTF-8");
@@ -310,10 +315,14 @@ mod tests {
         logs.push((level, msg.to_owned()));
     }
 
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
     unsafe extern "C" fn fake_sleep(_ctx: *mut c_void, _nanos: u64) -> FfiFuture<u32> {
         std::future::ready(0).into_ffi()
     }
 
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
     unsafe extern "C" fn fake_fetch(
         ctx: *mut c_void,
         req: *const AbiFetchRequest,
@@ -350,10 +359,14 @@ mod tests {
         max_buffered_response: fake_max_buffered_response,
     };
 
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
     unsafe extern "C" fn fake_max_buffered_response(_ctx: *mut c_void) -> u64 {
         NO_LIMIT
     }
 
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
     unsafe extern "C" fn fake_time_left_ms(_ctx: *mut c_void) -> u64 {
         1500
     }

@@ -16,7 +16,6 @@ use std::ptr;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use crate::abi::{FfiContext, FfiFuture, FfiPoll, FfiWakerBase, FfiWakerVTable};
-use crate::ffi_fn;
 
 /// A waker of this side as the other side sees it: the base, then the waker, borrowed for one
 /// call ([`REF_VTABLE`]) or owned ([`OWNED_VTABLE`]).

@@ -35,6 +35,10 @@
 //! Each module's unit tests sit at its end; `test_support` holds the helpers they share.
 #![allow(unsafe_code)]
 
+// First, so that `ffi_fn!` is in scope in the modules declared after it.
+#[macro_use]
+mod macros;
+
 mod addr;
 pub(crate) mod body;
 pub(crate) mod buf;
@@ -43,7 +47,6 @@ pub(crate) mod future;
 pub(crate) mod headers;
 pub(crate) mod host_handle;
 pub(crate) mod lent;
-mod macros;
 pub(crate) mod outcome;
 pub(crate) mod panic;
 pub(crate) mod response;

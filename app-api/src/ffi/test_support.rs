@@ -115,6 +115,8 @@ pub(super) fn counted_response(
     }
 }
 
+/// # Safety
+/// `owner` is the box made in [`counted_response`], released once.
 unsafe extern "C" fn count_release(owner: *mut c_void) {
     // SAFETY: `owner` is the box made in `counted_response`, released once.
     let storage = unsafe { Box::from_raw(owner.cast::<(HeaderList, &'static AtomicUsize)>()) };
