@@ -9,7 +9,8 @@ use futures_core::Stream;
 use futures_util::StreamExt as _;
 
 use crate::abi::AbiBody;
-use crate::ffi::{ChunkStream, ForeignBody};
+use crate::error::BodyError;
+use crate::ffi::body::{ChunkStream, ForeignBody};
 
 /// A body: a stream of byte chunks, read as it arrives.
 ///
@@ -26,30 +27,6 @@ enum Kind {
     Stream(ChunkStream),
     Foreign(ForeignBody),
 }
-
-/// A body failed to stream: the peer went away, the producer reported an error, or a limit was
-/// reached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BodyError {
-    message: String,
-}
-
-impl BodyError {
-    /// An error with a message.
-    pub fn new(message: impl Into<String>) -> Self {
-        BodyError {
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for BodyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for BodyError {}
 
 impl Body {
     /// No bytes.
@@ -131,6 +108,12 @@ impl Body {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// Reads the whole body as JSON.
+    #[cfg(feature = "json")]
+    pub async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, BodyError> {
+        from_json(&self.bytes().await?)
+    }
+
     /// The bytes of a body held whole in memory (empty for an empty body), or the body itself.
     pub(crate) fn into_full(self) -> Result<Bytes, Body> {
         match self.kind {
@@ -149,6 +132,12 @@ impl Body {
             Kind::Foreign(body) => body.into_abi(),
         }
     }
+}
+
+/// Parses a whole body as JSON.
+#[cfg(feature = "json")]
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
+    serde_json::from_slice(bytes).map_err(|e| BodyError::new(format!("invalid JSON: {e}")))
 }
 
 fn too_large(limit: usize) -> BodyError {

@@ -17,9 +17,14 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 
-use crate::abi::{AbiFetchOutcome, FfiFuture, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_TRACE, LOG_WARN};
-use crate::body::{Body, BodyError};
-use crate::ffi::HostHandle;
+use crate::abi::{
+    FETCH_CONNECT, FETCH_DENIED, FETCH_INVALID_REQUEST, FETCH_TIMEOUT, FfiFuture, LOG_DEBUG,
+    LOG_ERROR, LOG_INFO, LOG_TRACE, LOG_WARN,
+};
+use crate::body::Body;
+use crate::error::{BodyError, HeaderError};
+use crate::ffi::host_handle::{FetchParts, HostFetch, HostHandle};
+use crate::headers::{Add, Headers};
 
 /// The host, handed to every request: outbound HTTP, timers and logging.
 ///
@@ -35,7 +40,21 @@ pub struct Host {
 enum Inner {
     Real(HostHandle),
     #[cfg(feature = "testing")]
-    Mock(std::sync::Arc<crate::testing::MockHost>),
+    Mock(std::sync::Arc<dyn MockBackend>),
+}
+
+/// What a [`Host`] backed by a mock needs of it: the `testing` feature's
+/// [`MockHost`](crate::testing::MockHost) implements it, so that this module need not know it.
+#[cfg(feature = "testing")]
+pub(crate) trait MockBackend: fmt::Debug + Send + Sync {
+    /// Records a log line.
+    fn log(&self, level: Level, message: &str);
+    /// The time left before the request's deadline, if it has one.
+    fn time_left(&self) -> Option<Duration>;
+    /// Records a sleep, which completes at once.
+    fn sleep(&self, duration: Duration);
+    /// Answers a fetch.
+    fn fetch(&self, request: OutboundRequest) -> Result<FetchResponse, FetchError>;
 }
 
 /// Log levels for [`Host::log`] and the logging macros.
@@ -73,7 +92,7 @@ impl Host {
     }
 
     #[cfg(feature = "testing")]
-    pub(crate) fn from_mock(mock: std::sync::Arc<crate::testing::MockHost>) -> Self {
+    pub(crate) fn from_mock(mock: std::sync::Arc<dyn MockBackend>) -> Self {
         Host {
             inner: Inner::Mock(mock),
         }
@@ -85,7 +104,7 @@ impl Host {
         match &self.inner {
             Inner::Real(handle) => handle.log(level.to_abi(), message),
             #[cfg(feature = "testing")]
-            Inner::Mock(mock) => mock.record_log(level, message),
+            Inner::Mock(mock) => mock.log(level, message),
         }
     }
 
@@ -107,7 +126,7 @@ impl Host {
             Inner::Real(handle) => Sleep(Some(handle.sleep(nanos))),
             #[cfg(feature = "testing")]
             Inner::Mock(mock) => {
-                mock.record_sleep(duration);
+                mock.sleep(duration);
                 Sleep(None)
             }
         }
@@ -125,12 +144,11 @@ impl Host {
 
     /// Sends an outbound HTTP request through the host's pooled client.
     ///
-    /// Failures (bad URL, unreachable upstream, time-out) are returned as [`FetchError`] values,
-    /// never panics. Any status the upstream answers with, 5xx included, is an `Ok`.
+    /// Failures (bad URL, a header [`OutboundRequest::header`] could not set, unreachable
+    /// upstream, time-out) are returned as [`FetchError`] values, never panics. Any status the upstream answers with, 5xx included, is an `Ok`.
     pub fn fetch(&self, request: OutboundRequest) -> Fetch {
-        if let Some(name) = request.invalid_header() {
-            let message = format!("invalid header {name:?}");
-            let error = FetchError::new(FetchErrorKind::InvalidRequest, message);
+        if let Some(err) = request.header_error() {
+            let error = FetchError::new(FetchErrorKind::InvalidRequest, err.to_string());
             return Fetch(FetchInner::Ready(Some(Box::new(Err(error)))));
         }
         match &self.inner {
@@ -233,7 +251,7 @@ impl std::error::Error for Elapsed {}
 pub struct Fetch(FetchInner);
 
 enum FetchInner {
-    Real(FfiFuture<AbiFetchOutcome>, Option<u64>),
+    Real(HostFetch, Option<u64>),
     /// Boxed: rare (a header the app could not set, or a mock host), and inline it would size
     /// every fetch's future for a whole response.
     Ready(Option<Box<Result<FetchResponse, FetchError>>>),
@@ -248,7 +266,7 @@ impl Future for Fetch {
                 let limit = *limit;
                 Pin::new(future)
                     .poll(cx)
-                    .map(|outcome| crate::ffi::fetch_result(outcome, limit))
+                    .map(|parts| fetch_result(parts, limit))
             }
             FetchInner::Ready(result) => Poll::Ready(result.take().map_or_else(
                 || {
@@ -272,10 +290,10 @@ impl fmt::Debug for Fetch {
 /// An outbound HTTP request, built for [`Host::fetch`].
 ///
 /// ```
-/// use berth_app::{Method, OutboundRequest};
+/// use berth_app::{Method, OutboundRequest, header};
 /// use std::time::Duration;
 /// let req = OutboundRequest::new(Method::POST, "http://127.0.0.1:8080/items")
-///     .header("content-type", "application/json")
+///     .header(header::CONTENT_TYPE, "application/json")
 ///     .body(r#"{"id": 7}"#)
 ///     .timeout(Duration::from_secs(5));
 /// assert_eq!(req.url(), "http://127.0.0.1:8080/items");
@@ -287,7 +305,8 @@ pub struct OutboundRequest {
     headers: HeaderMap,
     body: Body,
     timeout: Option<Duration>,
-    invalid_header: Option<String>,
+    /// The first header that could not be set.
+    header_error: Option<Box<HeaderError>>,
 }
 
 impl OutboundRequest {
@@ -299,7 +318,7 @@ impl OutboundRequest {
             headers: HeaderMap::new(),
             body: Body::empty(),
             timeout: None,
-            invalid_header: None,
+            header_error: None,
         }
     }
 
@@ -308,18 +327,21 @@ impl OutboundRequest {
         OutboundRequest::new(Method::GET, url)
     }
 
-    /// Appends a header. An invalid name or value makes the fetch fail with
-    /// [`FetchErrorKind::InvalidRequest`] instead of panicking here.
-    pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value.as_ref()),
-        ) {
-            (Ok(name), Ok(value)) => {
-                self.headers.append(name, value);
-            }
-            _ => self.invalid_header = Some(name.to_owned()),
-        }
+    /// Appends a header. `name` and `value` may be anything the `http` crate's builders
+    /// accept, as for [`Response::with_header`](crate::Response::with_header).
+    ///
+    /// An invalid name or value does not panic: the request keeps the first such
+    /// [`HeaderError`], and [`Host::fetch`] fails with [`FetchErrorKind::InvalidRequest`] and
+    /// its message, without sending anything.
+    pub fn header<K, V>(mut self, name: K, value: V) -> Self
+    where
+        K: TryInto<HeaderName>,
+        K::Error: Into<http::Error>,
+        V: TryInto<HeaderValue>,
+        V::Error: Into<http::Error>,
+    {
+        let (headers, error) = (&mut self.headers, &mut self.header_error);
+        crate::headers::set(headers, error, Add::Append, name, value);
         self
     }
 
@@ -360,9 +382,9 @@ impl OutboundRequest {
         self.timeout
     }
 
-    /// The name of a header that could not be added, if any.
-    pub(crate) fn invalid_header(&self) -> Option<&str> {
-        self.invalid_header.as_deref()
+    /// The first header that could not be set, if any: [`Host::fetch`] fails with it.
+    pub fn header_error(&self) -> Option<&HeaderError> {
+        self.header_error.as_deref()
     }
 }
 
@@ -370,13 +392,13 @@ impl OutboundRequest {
 #[derive(Debug)]
 pub struct FetchResponse {
     status: StatusCode,
-    headers: crate::headers::Headers,
+    headers: Headers,
     body: Body,
     buffer_limit: Option<u64>,
 }
 
 impl FetchResponse {
-    pub(crate) fn new(status: StatusCode, headers: crate::headers::Headers, body: Body) -> Self {
+    pub(crate) fn new(status: StatusCode, headers: Headers, body: Body) -> Self {
         FetchResponse {
             status,
             headers,
@@ -425,6 +447,38 @@ impl FetchResponse {
     pub async fn text(self) -> Result<String, BodyError> {
         let bytes = self.bytes().await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Reads the whole body as JSON, within the same limit as [`bytes`](FetchResponse::bytes).
+    #[cfg(feature = "json")]
+    pub async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, BodyError> {
+        crate::body::from_json(&self.bytes().await?)
+    }
+}
+
+/// The SDK's result of a host's answer to an outbound request.
+pub(crate) fn fetch_result(
+    parts: FetchParts,
+    buffer_limit: Option<u64>,
+) -> Result<FetchResponse, FetchError> {
+    use FetchErrorKind as Kind;
+    match parts {
+        Ok((status, headers, body)) => {
+            Ok(
+                FetchResponse::new(status, Headers::lent(headers), Body::from_foreign(body))
+                    .with_buffer_limit(buffer_limit),
+            )
+        }
+        Err((tag, message)) => {
+            let kind = match tag {
+                FETCH_INVALID_REQUEST => Kind::InvalidRequest,
+                FETCH_CONNECT => Kind::Connect,
+                FETCH_TIMEOUT => Kind::Timeout,
+                FETCH_DENIED => Kind::Denied,
+                _ => Kind::Other,
+            };
+            Err(FetchError::new(kind, message))
+        }
     }
 }
 
@@ -519,4 +573,66 @@ macro_rules! debug {
 #[macro_export]
 macro_rules! trace {
     ($host:expr, $($arg:tt)+) => { $host.log($crate::Level::Trace, &::std::format!($($arg)+)) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_header_name_or_value_is_kept_as_an_error_not_a_panic() {
+        let req = OutboundRequest::get("http://upstream.test/")
+            .header("x-ok", "1")
+            .header("bad name", "x")
+            .header("x-note", "line\nbreak");
+        let err = req.header_error().expect("kept");
+        assert_eq!(err.to_string(), "invalid header name");
+        assert_eq!(req.headers()["x-ok"], "1");
+        let req = OutboundRequest::get("http://upstream.test/")
+            .header(http::header::CONTENT_TYPE, String::from("text/plain"))
+            .header("x-note", "line\nbreak");
+        let err = req.header_error().expect("kept");
+        assert_eq!(err.to_string(), "invalid value for header x-note");
+        assert_eq!(req.headers()["content-type"], "text/plain");
+    }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn a_fetch_with_a_bad_header_fails_as_an_invalid_request() {
+        use crate::testing::{MockHost, block_on};
+        let mock = std::sync::Arc::new(
+            MockHost::new().on_fetch(|_| panic!("a request with a bad header is never sent")),
+        );
+        let bad = OutboundRequest::get("http://upstream.test/").header("x-note", "a\rb");
+        let err = block_on(mock.host().fetch(bad)).expect_err("invalid");
+        assert_eq!(err.kind(), FetchErrorKind::InvalidRequest);
+        assert_eq!(
+            err.to_string(),
+            "invalid request: invalid value for header x-note"
+        );
+    }
+
+    #[cfg(all(feature = "testing", feature = "json"))]
+    #[test]
+    fn a_fetch_response_reads_json() {
+        use crate::testing::{MockHost, block_on};
+        let mock = std::sync::Arc::new(
+            MockHost::new().on_fetch(|_| Ok(crate::Response::json(&[1, 2, 3]))),
+        );
+        let response = block_on(mock.host().get("http://upstream.test/")).expect("mocked");
+        let numbers: Vec<u32> = block_on(response.json()).expect("json");
+        assert_eq!(numbers, [1, 2, 3]);
+    }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn a_mock_response_with_a_bad_header_is_a_fetch_error() {
+        use crate::testing::{MockHost, block_on};
+        let mock = std::sync::Arc::new(
+            MockHost::new()
+                .on_fetch(|_| Ok(crate::Response::text("x").with_header("bad name", "x"))),
+        );
+        let err = block_on(mock.host().get("http://upstream.test/")).expect_err("bad header");
+        assert_eq!(err.message(), "the mock's response: invalid header name");
+    }
 }

@@ -22,7 +22,7 @@
 //!     }
 //! }
 //!
-//! berth_app::export_app!(name = "first20", version = "0.1.0", handler = app);
+//! berth_app::export_app!(name = "first20", handler = app);
 //! ```
 //!
 //! The crate's `Cargo.toml` needs `crate-type = ["cdylib"]` (add `"rlib"` to unit-test the
@@ -43,16 +43,32 @@
 //!
 //! # Layout
 //!
+//! From the bottom up; each module imports only from the ones listed before it, except
+//! `ffi::export`, which sits above the SDK types:
+//!
 //! * [`abi`]: the raw C ABI shared with the host (app authors never touch it);
-//! * `ffi`: the one module with `unsafe` code, converting between the ABI and the safe types;
-//! * [`Request`], [`Response`], [`Body`]: the HTTP types an app sees;
-//! * [`Host`], [`OutboundRequest`], [`FetchResponse`]: the host's capabilities;
+//! * `error`: [`BodyError`] and [`HeaderError`], shared by the SDK types (and, for
+//!   `BodyError`, by the boundary code below them);
+//! * `config`: [`AppConfig`], the settings an `init` hook receives;
+//! * `ffi`: the one module tree with `unsafe` code. Its lower layer converts between the ABI
+//!   and plain Rust values for both sides (panics, futures and wakers, buffers, headers, bodies,
+//!   responses, outcomes, settings, socket addresses, the host's capability table, the lent
+//!   request); the host uses it too. Its `ffi::export` sits above the SDK types: the
+//!   descriptor and handler glue behind [`export_app!`];
+//! * `headers`: an upstream response's headers, turned into a map when first read, and the
+//!   conversion every header setter shares;
+//! * `body`: [`Body`], request and response bodies;
+//! * `request`: [`Request`] and [`RequestBuilder`];
+//! * `response`: [`Response`] and [`IntoResponse`];
+//! * `host`: [`Host`] and what it returns ([`OutboundRequest`], [`Fetch`], [`FetchResponse`],
+//!   [`Sleep`], [`Timeout`]), the host's capabilities;
 //! * [`testing`]: a mock host for unit tests (feature `testing`).
 #![deny(missing_docs)]
 
 pub mod abi;
 mod body;
 mod config;
+mod error;
 #[doc(hidden)]
 pub mod ffi;
 mod headers;
@@ -62,9 +78,10 @@ mod response;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use body::{Body, BodyError};
+pub use body::Body;
 pub use bytes::Bytes;
 pub use config::AppConfig;
+pub use error::{BodyError, HeaderError};
 pub use host::{
     Elapsed, Fetch, FetchError, FetchErrorKind, FetchResponse, Host, Level, OutboundRequest, Sleep,
     Timeout,
@@ -136,13 +153,20 @@ macro_rules! export_app {
             )?
         }
 
-        /// The Berth app descriptor (ABI entry point).
-        #[unsafe(no_mangle)]
-        pub extern "C" fn berth_app_descriptor() -> *const $crate::abi::AppDescriptor {
-            static DESCRIPTOR: $crate::__private::Descriptor = $crate::__private::Descriptor::new::<
-                __BerthApp,
-            >($name, $crate::__berth_version!($($version)?));
-            DESCRIPTOR.as_ptr()
+        $crate::ffi_fn! {
+            /// The Berth app descriptor (ABI entry point).
+            ///
+            /// # Safety
+            /// None needed: it returns a pointer to a `static`.
+            #[unsafe(no_mangle)]
+            pub unsafe fn berth_app_descriptor() -> *const $crate::abi::AppDescriptor {
+                static DESCRIPTOR: $crate::__private::Descriptor =
+                    $crate::__private::Descriptor::new::<__BerthApp>(
+                        $name,
+                        $crate::__berth_version!($($version)?),
+                    );
+                DESCRIPTOR.as_ptr()
+            } ?= |_| ::core::ptr::null()
         }
     };
 }
@@ -162,14 +186,10 @@ macro_rules! __berth_version {
 /// Not public API: what [`export_app!`] expands to.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::ffi::{App, Descriptor, serve};
+    pub use crate::ffi::export::{App, Descriptor, HookFuture, serve};
 
     /// A handler's future in ABI form, as [`serve`] makes it.
     pub type HandleFuture = crate::abi::FfiFuture<crate::abi::AbiHandleOutcome>;
-
-    /// The boxed future of a lifecycle hook.
-    pub type HookFuture =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'static>>;
 
     /// What an `init` or `shutdown` hook may return.
     pub trait IntoHookResult {

@@ -5,10 +5,13 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use http::header::{AsHeaderName, HeaderValue};
+use http::header::{AsHeaderName, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri, Version};
 
-use crate::body::{Body, BodyError};
+use crate::body::Body;
+use crate::error::{BodyError, HeaderError};
+use crate::ffi::lent::LentRequest;
+use crate::headers::Add;
 
 /// An inbound HTTP request, as routed to the app.
 ///
@@ -34,7 +37,7 @@ pub(crate) enum Head {
     /// Both are boxed: the request moves into the app's future, and most apps build neither,
     /// so they should not add to its size.
     Lent {
-        request: crate::ffi::LentRequest,
+        request: LentRequest,
         uri: OnceLock<Box<Uri>>,
         headers: OnceLock<Box<HeaderMap>>,
     },
@@ -51,7 +54,7 @@ pub(crate) struct Built {
 }
 
 impl Head {
-    pub(crate) fn lent(request: crate::ffi::LentRequest) -> Self {
+    pub(crate) fn lent(request: LentRequest) -> Self {
         Head::Lent {
             request,
             uri: OnceLock::new(),
@@ -138,9 +141,13 @@ impl Request {
     ///
     /// ```
     /// use berth_app::{Method, Request};
-    /// let req = Request::builder(Method::POST, "/items?id=7").body("hi").build();
+    /// let req = Request::builder(Method::POST, "/items?id=7")
+    ///     .header("content-type", "text/plain")
+    ///     .body("hi")
+    ///     .build()?;
     /// assert_eq!(req.path(), "/items");
     /// assert_eq!(req.query_param("id").as_deref(), Some("7"));
+    /// # Ok::<(), berth_app::HeaderError>(())
     /// ```
     pub fn builder(method: Method, uri: &str) -> RequestBuilder {
         RequestBuilder {
@@ -150,6 +157,7 @@ impl Request {
             body: Body::empty(),
             mount_prefix: String::new(),
             target: uri.to_owned(),
+            header_error: None,
         }
     }
 
@@ -241,21 +249,22 @@ impl Request {
         self.body
     }
 
-    /// Reads the whole body into memory.
-    pub async fn bytes(&mut self) -> Result<Bytes, BodyError> {
-        self.take_body().bytes().await
+    /// Reads the whole body into memory. Like [`Body::bytes`] and
+    /// [`FetchResponse::bytes`](crate::FetchResponse::bytes), it consumes the request: read
+    /// what else you need of it first, or [`take_body`](Request::take_body) and read that.
+    pub async fn bytes(self) -> Result<Bytes, BodyError> {
+        self.body.bytes().await
     }
 
     /// Reads the whole body as UTF-8 text (invalid sequences replaced).
-    pub async fn text(&mut self) -> Result<String, BodyError> {
-        self.take_body().text().await
+    pub async fn text(self) -> Result<String, BodyError> {
+        self.body.text().await
     }
 
     /// Reads the whole body as JSON.
     #[cfg(feature = "json")]
-    pub async fn json<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, BodyError> {
-        let bytes = self.bytes().await?;
-        serde_json::from_slice(&bytes).map_err(|e| BodyError::new(format!("invalid JSON: {e}")))
+    pub async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, BodyError> {
+        self.body.json().await
     }
 }
 
@@ -268,16 +277,25 @@ pub struct RequestBuilder {
     body: Body,
     mount_prefix: String,
     target: String,
+    /// The first header that could not be set.
+    header_error: Option<Box<HeaderError>>,
 }
 
 impl RequestBuilder {
-    /// Adds a header. Invalid names or values are programming errors in a test and panic.
-    pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        let name = http::header::HeaderName::from_bytes(name.as_bytes())
-            .unwrap_or_else(|_| panic!("invalid header name {name:?}"));
-        let value = HeaderValue::from_bytes(value.as_ref())
-            .unwrap_or_else(|_| panic!("invalid value for header {name}"));
-        self.headers.append(name, value);
+    /// Appends a header. `name` and `value` may be anything the `http` crate's builders
+    /// accept, as for [`Response::with_header`](crate::Response::with_header).
+    ///
+    /// An invalid name or value does not panic: the builder keeps the first such
+    /// [`HeaderError`], and [`build`](RequestBuilder::build) returns it.
+    pub fn header<K, V>(mut self, name: K, value: V) -> Self
+    where
+        K: TryInto<HeaderName>,
+        K::Error: Into<http::Error>,
+        V: TryInto<HeaderValue>,
+        V::Error: Into<http::Error>,
+    {
+        let (headers, error) = (&mut self.headers, &mut self.header_error);
+        crate::headers::set(headers, error, Add::Append, name, value);
         self
     }
 
@@ -299,8 +317,14 @@ impl RequestBuilder {
         self
     }
 
-    /// Finishes the request.
-    pub fn build(self) -> Request {
+    /// Finishes the request, or returns the first header that could not be set.
+    ///
+    /// # Panics
+    /// If the request target given to [`Request::builder`] is not a valid URI.
+    pub fn build(self) -> Result<Request, HeaderError> {
+        if let Some(err) = self.header_error {
+            return Err(*err);
+        }
         let (path, query) = match self.target.split_once('?') {
             Some((path, query)) => (path, query),
             None => (self.target.as_str(), ""),
@@ -310,7 +334,7 @@ impl RequestBuilder {
         let uri: Uri = full
             .parse()
             .unwrap_or_else(|_| panic!("invalid request target {full:?}"));
-        Request {
+        Ok(Request {
             method: self.method,
             version: Version::HTTP_11,
             peer_addr: self.peer_addr,
@@ -321,6 +345,74 @@ impl RequestBuilder {
                 headers: self.headers,
             })),
             body: self.body,
-        }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_executor::block_on;
+    use http::Method;
+
+    use super::*;
+
+    #[test]
+    fn a_built_request_keeps_its_headers_in_order() {
+        let req = Request::builder(Method::GET, "/a?b=c")
+            .header("x-a", "1")
+            .header(http::header::ACCEPT, "*/*")
+            .header(String::from("x-a"), &b"\xff"[..])
+            .build()
+            .expect("valid headers");
+        let x_a: Vec<_> = req.headers().get_all("x-a").iter().collect();
+        assert_eq!(x_a, ["1".as_bytes(), b"\xff"]);
+        assert_eq!(req.headers()["accept"], "*/*");
+    }
+
+    #[test]
+    fn a_bad_header_name_or_value_makes_build_fail_not_panic() {
+        let err = Request::builder(Method::GET, "/")
+            .header("bad name", "x")
+            .build()
+            .expect_err("bad name");
+        assert_eq!(err.to_string(), "invalid header name");
+        let err = Request::builder(Method::GET, "/")
+            .header("x-ok", "1")
+            .header("x-note", "line\nbreak")
+            .header("bad name", "x")
+            .build()
+            .expect_err("bad value");
+        assert_eq!(err.to_string(), "invalid value for header x-note");
+        assert_eq!(err.header_name().map(|n| n.as_str()), Some("x-note"));
+    }
+
+    #[test]
+    fn the_body_reads_with_the_same_receiver_as_bodies_and_fetch_responses() {
+        let built = |body: &'static str| {
+            Request::builder(Method::POST, "/")
+                .body(body)
+                .build()
+                .expect("valid")
+        };
+        assert_eq!(block_on(built("hi").bytes()), Ok(Bytes::from("hi")));
+        assert_eq!(block_on(built("hi").text()).as_deref(), Ok("hi"));
+        let mut req = built("kept");
+        let body = req.take_body();
+        assert_eq!(block_on(body.text()).as_deref(), Ok("kept"));
+        assert_eq!(req.path(), "/", "the request is still there");
+    }
+
+    #[cfg(feature = "json")]
+    #[test]
+    fn request_and_body_read_json() {
+        let req = Request::builder(Method::POST, "/")
+            .body(r#"{"id": 7}"#)
+            .build()
+            .expect("valid");
+        let value: serde_json::Value = block_on(req.json()).expect("json");
+        assert_eq!(value["id"], 7);
+        let body = Body::from("not json");
+        let err = block_on(body.json::<serde_json::Value>()).expect_err("invalid");
+        assert!(err.to_string().starts_with("invalid JSON: "), "{err}");
     }
 }

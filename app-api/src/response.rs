@@ -1,12 +1,12 @@
 //! The response an app returns.
 
-use std::sync::OnceLock;
-
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, StatusCode};
 
 use crate::abi::AbiResponse;
 use crate::body::Body;
+use crate::error::HeaderError;
+use crate::headers::Add;
 
 /// An HTTP response: status, headers and a body (one buffer or a stream of chunks).
 ///
@@ -20,8 +20,11 @@ use crate::body::Body;
 #[derive(Debug)]
 pub struct Response {
     status: StatusCode,
-    headers: ResponseHeaders,
+    headers: HeaderMap,
     body: Body,
+    /// The first header that could not be set (boxed: rare, and a response moves through the
+    /// handler's future).
+    header_error: Option<Box<HeaderError>>,
 }
 
 impl Response {
@@ -30,31 +33,47 @@ impl Response {
     pub fn new(status: StatusCode) -> Self {
         Response {
             status,
-            headers: ResponseHeaders::default(),
+            headers: HeaderMap::new(),
             body: Body::empty(),
+            header_error: None,
         }
     }
 
     /// `200 OK` with a `text/plain; charset=utf-8` body: a `String`, or a `&'static str`,
     /// which is sent without being copied.
     pub fn text(text: impl Into<Body>) -> Self {
+        const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
         Response::new(StatusCode::OK)
             .with_header(CONTENT_TYPE, TEXT)
             .with_body(text)
     }
 
-    /// `200 OK` with raw bytes and the given content type.
-    pub fn bytes(bytes: impl Into<bytes::Bytes>, content_type: &'static str) -> Self {
+    /// `200 OK` with raw bytes and the given content type, which may be chosen at run time. A
+    /// content type that is not a valid header value is a [`HeaderError`], as with
+    /// [`with_header`](Response::with_header).
+    ///
+    /// ```
+    /// use berth_app::Response;
+    /// let kind = String::from("image/png");
+    /// let response = Response::bytes(vec![0x89, b'P', b'N', b'G'], kind);
+    /// assert_eq!(response.headers()["content-type"], "image/png");
+    /// ```
+    pub fn bytes<V>(bytes: impl Into<bytes::Bytes>, content_type: V) -> Self
+    where
+        V: TryInto<HeaderValue>,
+        V::Error: Into<http::Error>,
+    {
         Response::new(StatusCode::OK)
-            .with_header(CONTENT_TYPE, self::content_type(content_type))
+            .with_header(CONTENT_TYPE, content_type)
             .with_body(bytes.into())
     }
 
     /// `200 OK` with `value` serialised as JSON (`500` if it cannot be serialised).
     #[cfg(feature = "json")]
     pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Self {
+        const JSON: HeaderValue = HeaderValue::from_static("application/json");
         match serde_json::to_vec(value) {
-            Ok(json) => Response::bytes(json, "application/json"),
+            Ok(json) => Response::bytes(json, JSON),
             Err(err) => Response::text(format!("cannot serialise response: {err}\n"))
                 .with_status(StatusCode::INTERNAL_SERVER_ERROR),
         }
@@ -72,10 +91,32 @@ impl Response {
         self
     }
 
-    /// Sets header `name` to `value`, replacing earlier values.
+    /// Sets header `name` to `value`, replacing earlier values. Both may be anything the
+    /// `http` crate's builders accept: a [`HeaderName`](http::HeaderName) or a
+    /// [`HeaderValue`], or text to parse (`&str`, `String`, `&[u8]`...).
+    ///
+    /// An invalid name or value does not panic: the response keeps the first such
+    /// [`HeaderError`] ([`header_error`](Response::header_error)), and Berth answers it with
+    /// a `500` and logs the error, as for any invalid response.
+    ///
+    /// ```
+    /// use berth_app::{Response, header};
+    /// let ok = Response::text("hi").with_header(header::CACHE_CONTROL, "no-cache");
+    /// assert_eq!(ok.headers()["cache-control"], "no-cache");
+    /// let bad = Response::text("hi").with_header("x-note", "line\nbreak");
+    /// let err = bad.header_error().expect("kept");
+    /// assert_eq!(err.to_string(), "invalid value for header x-note");
+    /// ```
     #[inline]
-    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
+    pub fn with_header<K, V>(mut self, name: K, value: V) -> Self
+    where
+        K: TryInto<http::HeaderName>,
+        K::Error: Into<http::Error>,
+        V: TryInto<HeaderValue>,
+        V::Error: Into<http::Error>,
+    {
+        let (headers, error) = (&mut self.headers, &mut self.header_error);
+        crate::headers::set(headers, error, Add::Insert, name, value);
         self
     }
 
@@ -92,12 +133,18 @@ impl Response {
 
     /// The headers.
     pub fn headers(&self) -> &HeaderMap {
-        self.headers.map()
+        &self.headers
     }
 
     /// The headers, to change.
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
-        self.headers.map_mut()
+        &mut self.headers
+    }
+
+    /// The first header that could not be set, if any: such a response is answered with a
+    /// `500`.
+    pub fn header_error(&self) -> Option<&HeaderError> {
+        self.header_error.as_deref()
     }
 
     /// The body, to read (in tests).
@@ -110,119 +157,24 @@ impl Response {
         self.body
     }
 
+    /// Status, headers and body, or the first header that could not be set.
     #[cfg(feature = "testing")]
-    pub(crate) fn into_parts(mut self) -> (StatusCode, HeaderMap, Body) {
-        let headers = std::mem::take(self.headers.map_mut());
-        (self.status, headers, self.body)
-    }
-
-    pub(crate) fn into_abi(self) -> AbiResponse {
-        // Room in the ABI header array for the inline headers and a couple more, before it
-        // spills to the heap: the array travels inside the response's block.
-        const LISTED: usize = 4;
-        match self.body.into_full() {
-            Ok(data) => AbiResponse::with_full_body::<_, LISTED>(self.status, self.headers, data),
-            Err(body) => {
-                AbiResponse::with_headers::<_, LISTED>(self.status, self.headers, body.into_abi())
-            }
+    pub(crate) fn into_parts(self) -> Result<(StatusCode, HeaderMap, Body), HeaderError> {
+        match self.header_error {
+            Some(err) => Err(*err),
+            None => Ok((self.status, self.headers, self.body)),
         }
     }
-}
 
-/// [`Response::text`]'s content type.
-const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
-
-/// `value` as a header value. `HeaderValue::from_static` checks each byte of a value it is not
-/// given as a constant, every time (for `application/octet-stream`, longer than the rest of a
-/// small answer); the common content types are checked once, at compile time.
-fn content_type(value: &'static str) -> HeaderValue {
-    const HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
-    const JSON: HeaderValue = HeaderValue::from_static("application/json");
-    const OCTETS: HeaderValue = HeaderValue::from_static("application/octet-stream");
-    match value {
-        "text/plain; charset=utf-8" => TEXT,
-        "text/html; charset=utf-8" => HTML,
-        "application/json" => JSON,
-        "application/octet-stream" => OCTETS,
-        _ => HeaderValue::from_static(value),
-    }
-}
-
-/// A response's headers. The first few set by name stay inline, so a response with a couple of
-/// headers (most have a content type and perhaps one more) costs no allocation for them: a
-/// `HeaderMap` allocates twice for its first entry, which a hello-world app felt as much as
-/// the rest of its answer. The map is built only when the app asks for one. Kept small, as
-/// the response moves through the handler's future several times.
-#[derive(Debug, Default)]
-pub(crate) struct ResponseHeaders {
-    /// Distinct names, filled from the front; empty once `map` holds every header.
-    inline: [Option<(HeaderName, HeaderValue)>; ResponseHeaders::INLINE],
-    /// Every header when `mapped`; else, once built, a copy of `inline` for readers.
-    map: OnceLock<Box<HeaderMap>>,
-    mapped: bool,
-}
-
-impl ResponseHeaders {
-    const INLINE: usize = 2;
-
-    #[inline]
-    fn insert(&mut self, name: HeaderName, value: HeaderValue) {
-        if !self.mapped {
-            // A reader's copy of `inline` is about to be stale.
-            self.map = OnceLock::new();
-            for slot in &mut self.inline {
-                match slot {
-                    Some((held, old)) if *held == name => {
-                        *old = value;
-                        return;
-                    }
-                    Some(_) => {}
-                    None => {
-                        *slot = Some((name, value));
-                        return;
-                    }
-                }
-            }
+    /// The response in ABI form, or the first header that could not be set.
+    pub(crate) fn into_abi(self) -> Result<AbiResponse, HeaderError> {
+        if let Some(err) = self.header_error {
+            return Err(*err);
         }
-        self.map_mut().insert(name, value);
-    }
-
-    fn map(&self) -> &HeaderMap {
-        self.map.get_or_init(|| {
-            let inline = self.inline.iter().map_while(Option::clone);
-            Box::new(inline.collect())
+        Ok(match self.body.into_full() {
+            Ok(data) => AbiResponse::with_full_body(self.status, self.headers, data),
+            Err(body) => AbiResponse::new(self.status, self.headers, body.into_abi()),
         })
-    }
-
-    fn map_mut(&mut self) -> &mut HeaderMap {
-        if !self.mapped {
-            let mut map = HeaderMap::with_capacity(ResponseHeaders::INLINE + 1);
-            map.extend(self.inline.iter_mut().map_while(Option::take));
-            self.map = OnceLock::from(Box::new(map));
-            self.mapped = true;
-        }
-        match self.map.get_mut() {
-            Some(map) => map,
-            None => unreachable!("set above when not mapped yet"),
-        }
-    }
-
-    /// How many values there are (a repeated name once per value).
-    pub(crate) fn len(&self) -> usize {
-        match self.map.get() {
-            Some(map) if self.mapped => map.len(),
-            _ => self.inline.iter().map_while(Option::as_ref).count(),
-        }
-    }
-
-    /// Every value in order, a repeated name once per value.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        let inline = self.inline.iter().map_while(|slot| {
-            let (name, value) = slot.as_ref()?;
-            Some((name, value))
-        });
-        let map = self.map.get().filter(|_| self.mapped);
-        inline.chain(map.into_iter().flat_map(|map| map.iter()))
     }
 }
 
@@ -275,7 +227,7 @@ mod tests {
 
     use super::*;
 
-    fn pairs(headers: &ResponseHeaders) -> Vec<(String, String)> {
+    fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
         let listed: Vec<_> = headers
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_str().expect("ascii").to_owned()))
@@ -285,11 +237,10 @@ mod tests {
     }
 
     #[test]
-    fn inline_headers_replace_by_name_and_keep_their_order() {
+    fn headers_replace_by_name_and_keep_their_order() {
         let response = Response::text("hi")
             .with_header(CACHE_CONTROL, HeaderValue::from_static("no-cache"))
             .with_header(CONTENT_TYPE, HeaderValue::from_static("text/html"));
-        assert!(!response.headers.mapped, "two names stay inline");
         assert_eq!(
             pairs(&response.headers),
             [("content-type", "text/html"), ("cache-control", "no-cache")]
@@ -299,12 +250,11 @@ mod tests {
     }
 
     #[test]
-    fn more_headers_than_fit_inline_move_to_a_map_in_order() {
+    fn more_headers_keep_their_order() {
         let response = Response::text("hi")
             .with_header(CACHE_CONTROL, HeaderValue::from_static("no-cache"))
             .with_header(ETAG, HeaderValue::from_static("\"1\""))
             .with_header(CACHE_CONTROL, HeaderValue::from_static("max-age=1"));
-        assert!(response.headers.mapped);
         assert_eq!(
             pairs(&response.headers),
             [
@@ -328,6 +278,59 @@ mod tests {
             .append(SERVER, HeaderValue::from_static("again"));
         assert_eq!(response.headers().get_all(SERVER).iter().count(), 2);
         assert_eq!(pairs(&response.headers).len(), 3);
+    }
+
+    #[test]
+    fn bytes_take_a_content_type_chosen_at_run_time() {
+        let chosen = format!("image/{}", "png");
+        let response = Response::bytes(vec![1, 2], chosen.as_str());
+        assert_eq!(response.headers()[CONTENT_TYPE], "image/png");
+        let response = Response::bytes(vec![1, 2], chosen);
+        assert_eq!(response.headers()[CONTENT_TYPE], "image/png");
+        assert!(response.header_error().is_none());
+        let response = Response::bytes(vec![1, 2], HeaderValue::from_static("text/csv"));
+        assert_eq!(response.headers()[CONTENT_TYPE], "text/csv");
+
+        let bad = Response::bytes(vec![1, 2], "text/plain\r\n");
+        let err = bad.header_error().expect("kept, not a panic");
+        assert_eq!(err.to_string(), "invalid value for header content-type");
+        assert_eq!(err.header_name(), Some(&CONTENT_TYPE));
+        assert!(bad.headers().get(CONTENT_TYPE).is_none());
+    }
+
+    #[test]
+    fn a_bad_header_name_or_value_is_kept_as_an_error_not_a_panic() {
+        let bad_name = Response::text("hi").with_header("bad name", "x");
+        let err = bad_name.header_error().expect("kept");
+        assert_eq!(err.to_string(), "invalid header name");
+        assert_eq!(err.header_name(), None);
+        assert!(std::error::Error::source(err).is_some());
+
+        let bad_value = Response::text("hi").with_header("x-note", "line\nbreak");
+        let err = bad_value.header_error().expect("kept");
+        assert_eq!(err.to_string(), "invalid value for header x-note");
+
+        // The first error is kept; valid headers set around it still apply.
+        let both = Response::text("hi")
+            .with_header("x-note", "line\nbreak")
+            .with_header(SERVER, "berth")
+            .with_header("bad name", "x");
+        let err = both.header_error().expect("kept");
+        assert_eq!(err.to_string(), "invalid value for header x-note");
+        assert_eq!(both.headers()[SERVER], "berth");
+        assert!(
+            both.into_abi().is_err(),
+            "the host is not handed such a response"
+        );
+
+        // Names and values of other types, as `http`'s builders take them.
+        let typed = Response::text("hi")
+            .with_header(ETAG, HeaderValue::from_static("\"1\""))
+            .with_header(String::from("x-count"), 3_u64)
+            .with_header(&b"x-raw"[..], &b"\xff"[..]);
+        assert!(typed.header_error().is_none());
+        assert_eq!(typed.headers()["x-count"], "3");
+        assert_eq!(typed.headers()["x-raw"].as_bytes(), b"\xff");
     }
 
     #[test]

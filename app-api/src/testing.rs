@@ -14,7 +14,7 @@
 //!     assert_eq!(req.url(), "http://example.test/");
 //!     Ok(Response::text("hi"))
 //! });
-//! let response = mock.call(app, Request::builder(Method::GET, "/x").build());
+//! let response = mock.call(app, Request::builder(Method::GET, "/x").build().expect("valid request"));
 //! assert_eq!(berth_app::testing::block_on(response.into_body().text()).unwrap(), "/x says hi");
 //! ```
 
@@ -25,10 +25,12 @@ use std::time::Duration;
 
 pub use futures_executor::block_on;
 
-use crate::{
-    FetchError, FetchErrorKind, FetchResponse, Host, IntoResponse, Level, OutboundRequest, Request,
-    Response,
+use crate::headers::Headers;
+use crate::host::{
+    FetchError, FetchErrorKind, FetchResponse, Host, Level, MockBackend, OutboundRequest,
 };
+use crate::request::Request;
+use crate::response::{IntoResponse, Response};
 
 type FetchFn = dyn Fn(OutboundRequest) -> Result<Response, FetchError> + Send + Sync;
 
@@ -68,10 +70,6 @@ impl MockHost {
         self
     }
 
-    pub(crate) fn time_left(&self) -> Option<Duration> {
-        self.time_left
-    }
-
     /// Runs `handler` on `request` to completion with this host.
     pub fn call<H, F, R>(self, handler: H, request: Request) -> Response
     where
@@ -94,7 +92,7 @@ impl MockHost {
 
     /// A [`Host`] backed by this mock.
     pub fn host(self: &Arc<Self>) -> Host {
-        Host::from_mock(Arc::clone(self))
+        Host::from_mock(Arc::clone(self) as Arc<dyn MockBackend>)
     }
 
     /// The log lines so far.
@@ -109,29 +107,33 @@ impl MockHost {
     pub fn slept(&self) -> Duration {
         *self.slept.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
 
-    pub(crate) fn record_log(&self, level: Level, message: &str) {
+impl MockBackend for MockHost {
+    fn log(&self, level: Level, message: &str) {
         let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
         logs.push((level, message.to_owned()));
     }
 
-    pub(crate) fn record_sleep(&self, duration: Duration) {
+    fn time_left(&self) -> Option<Duration> {
+        self.time_left
+    }
+
+    fn sleep(&self, duration: Duration) {
         *self.slept.lock().unwrap_or_else(PoisonError::into_inner) += duration;
     }
 
-    pub(crate) fn fetch(&self, request: OutboundRequest) -> Result<FetchResponse, FetchError> {
+    fn fetch(&self, request: OutboundRequest) -> Result<FetchResponse, FetchError> {
         let handler = self.fetch.as_ref().ok_or_else(|| {
             FetchError::new(
                 FetchErrorKind::Connect,
                 "the mock host has no fetch handler",
             )
         })?;
-        let (status, headers, body) = handler(request)?.into_parts();
-        Ok(FetchResponse::new(
-            status,
-            crate::headers::Headers::from_map(headers),
-            body,
-        ))
+        let (status, headers, body) = handler(request)?.into_parts().map_err(|err| {
+            FetchError::new(FetchErrorKind::Other, format!("the mock's response: {err}"))
+        })?;
+        Ok(FetchResponse::new(status, Headers::from_map(headers), body))
     }
 }
 

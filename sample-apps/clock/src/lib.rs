@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use berth_app::futures::stream;
-use berth_app::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use berth_app::header::{CACHE_CONTROL, CONTENT_TYPE};
 use berth_app::{Body, BodyError, Bytes, Host, Request, Response, StatusCode};
 
 /// An error answer: status and text.
@@ -39,8 +39,8 @@ async fn app(req: Request, host: Host) -> Result<Response, Failure> {
         Some((Ok::<_, BodyError>(event), ticker))
     });
     Ok(Response::stream(Body::from_stream(events))
-        .with_header(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"))
-        .with_header(CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+        .with_header(CONTENT_TYPE, "text/event-stream")
+        .with_header(CACHE_CONTROL, "no-cache"))
 }
 
 /// The state of one event stream. It lives inside the body stream, so it is dropped when the
@@ -72,7 +72,7 @@ fn number_param(req: &Request, name: &str) -> Result<Option<u64>, Failure> {
         })
 }
 
-berth_app::export_app!(name = "clock", version = "0.1.0", handler = app);
+berth_app::export_app!(name = "clock", handler = app);
 
 #[cfg(test)]
 mod tests {
@@ -83,7 +83,9 @@ mod tests {
     use berth_app::{Level, Method, Request, Response, StatusCode, header};
 
     fn call(mock: &Arc<MockHost>, uri: &str) -> Response {
-        let req = Request::builder(Method::GET, uri).build();
+        let req = Request::builder(Method::GET, uri)
+            .build()
+            .expect("valid request");
         mock.call_shared(super::app, req)
     }
 

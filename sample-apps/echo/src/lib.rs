@@ -9,7 +9,7 @@ use berth_app::{Host, Request, Response, StatusCode};
 use serde_json::json;
 
 async fn app(mut req: Request, _host: Host) -> Response {
-    let body = match req.bytes().await {
+    let body = match req.take_body().bytes().await {
         Ok(body) => body,
         Err(err) => {
             return Response::text(format!("cannot read the body: {err}\n"))
@@ -39,7 +39,7 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-berth_app::export_app!(name = "echo", version = "0.1.0", handler = app);
+berth_app::export_app!(name = "echo", handler = app);
 
 #[cfg(test)]
 mod tests {
@@ -60,11 +60,12 @@ mod tests {
         let req = Request::builder(Method::POST, "/some/path?a=1&b=x%20y&a=3")
             .mount_prefix("/echo")
             .header("x-a", "1")
-            .header("x-b", b"\xff")
+            .header("x-b", &b"\xff"[..])
             .header("x-a", "2")
             .peer_addr("192.0.2.7:5000".parse().expect("address"))
             .body("héllo")
-            .build();
+            .build()
+            .expect("valid request");
         let got = echo(req);
         assert_eq!(
             got,
@@ -85,7 +86,11 @@ mod tests {
 
     #[test]
     fn empty_request_has_null_peer_and_empty_body() {
-        let got = echo(Request::builder(Method::GET, "/").build());
+        let got = echo(
+            Request::builder(Method::GET, "/")
+                .build()
+                .expect("valid request"),
+        );
         assert_eq!(got["peer"], Value::Null);
         assert_eq!(got["body"], "");
         assert_eq!(got["body_len"], 0);

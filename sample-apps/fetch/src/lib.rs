@@ -46,7 +46,7 @@ fn bad_gateway(err: impl std::fmt::Display) -> Failure {
     (StatusCode::BAD_GATEWAY, format!("upstream failed: {err}\n"))
 }
 
-berth_app::export_app!(name = "fetch", version = "0.1.0", handler = app);
+berth_app::export_app!(name = "fetch", handler = app);
 
 #[cfg(test)]
 mod tests {
@@ -58,7 +58,12 @@ mod tests {
     use berth_app::{Body, BodyError, Bytes, Method, Request, Response, StatusCode, header};
 
     fn get(mock: MockHost, uri: &str) -> (StatusCode, String, Bytes) {
-        let response = mock.call(super::app, Request::builder(Method::GET, uri).build());
+        let response = mock.call(
+            super::app,
+            Request::builder(Method::GET, uri)
+                .build()
+                .expect("valid request"),
+        );
         let status = response.status();
         let content_type = response.headers()[header::CONTENT_TYPE]
             .to_str()
@@ -142,7 +147,9 @@ mod tests {
             MockHost::new()
                 .on_fetch(|_| Ok(Response::stream(Body::from_stream(stream::pending())))),
         );
-        let req = Request::builder(Method::GET, "/?url=http://upstream.test/").build();
+        let req = Request::builder(Method::GET, "/?url=http://upstream.test/")
+            .build()
+            .expect("valid request");
         let response = mock.call_shared(super::app, req);
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(mock.slept(), Duration::from_secs(10));

@@ -52,7 +52,7 @@ async fn fetch(host: &Host, url: String) -> Value {
     json!({ "url": url, "status": status, "bytes": bytes })
 }
 
-berth_app::export_app!(name = "gather", version = "0.1.0", handler = app);
+berth_app::export_app!(name = "gather", handler = app);
 
 #[cfg(test)]
 mod tests {
@@ -64,7 +64,12 @@ mod tests {
     use serde_json::{Value, json};
 
     fn gather(mock: &Arc<MockHost>, uri: &str) -> (StatusCode, Value) {
-        let response = mock.call_shared(super::app, Request::builder(Method::GET, uri).build());
+        let response = mock.call_shared(
+            super::app,
+            Request::builder(Method::GET, uri)
+                .build()
+                .expect("valid request"),
+        );
         let status = response.status();
         let body = block_on(response.into_body().bytes()).expect("body");
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))

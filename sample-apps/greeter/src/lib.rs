@@ -34,7 +34,6 @@ async fn shutdown(host: Host) {
 
 berth_app::export_app!(
     name = "greeter",
-    version = "0.1.0",
     handler = app,
     init = init,
     shutdown = shutdown,
@@ -53,9 +52,13 @@ mod tests {
 
     #[test]
     fn greets_the_named_person_or_the_world() {
-        let named = Request::builder(Method::GET, "/?name=Ada").build();
+        let named = Request::builder(Method::GET, "/?name=Ada")
+            .build()
+            .expect("valid request");
         assert_eq!(body(super::greet("Hello", &named)), "Hello, Ada!\n");
-        let anonymous = Request::builder(Method::GET, "/").build();
+        let anonymous = Request::builder(Method::GET, "/")
+            .build()
+            .expect("valid request");
         assert_eq!(body(super::greet("Hello", &anonymous)), "Hello, world!\n");
     }
 
@@ -67,7 +70,9 @@ mod tests {
         block_on(super::init(config, mock.host()));
         let response = mock.call_shared(
             super::app,
-            Request::builder(Method::GET, "/?name=Ada").build(),
+            Request::builder(Method::GET, "/?name=Ada")
+                .build()
+                .expect("valid request"),
         );
         assert_eq!(body(response), "Ahoy, Ada!\n");
         block_on(super::shutdown(mock.host()));

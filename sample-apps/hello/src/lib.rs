@@ -8,7 +8,7 @@ async fn app(_req: Request, _host: Host) -> Response {
     Response::text("Hello, world!\n")
 }
 
-berth_app::export_app!(name = "hello", version = "0.1.0", handler = app);
+berth_app::export_app!(name = "hello", handler = app);
 
 #[cfg(test)]
 mod tests {
@@ -17,7 +17,12 @@ mod tests {
 
     #[test]
     fn says_hello_as_plain_text() {
-        let response = MockHost::new().call(super::app, Request::builder(Method::GET, "/").build());
+        let response = MockHost::new().call(
+            super::app,
+            Request::builder(Method::GET, "/")
+                .build()
+                .expect("valid request"),
+        );
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
             response.headers()[header::CONTENT_TYPE],

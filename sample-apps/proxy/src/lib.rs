@@ -18,7 +18,7 @@ async fn app(mut req: Request, host: Host) -> Response {
     };
     let mut outbound = OutboundRequest::new(req.method().clone(), url).body(req.take_body());
     if let Some(content_type) = req.header(CONTENT_TYPE) {
-        outbound = outbound.header(CONTENT_TYPE.as_str(), content_type.as_bytes());
+        outbound = outbound.header(CONTENT_TYPE, content_type.clone());
     }
     let upstream = match host.fetch(outbound).await {
         Ok(upstream) => upstream,
@@ -36,7 +36,7 @@ async fn app(mut req: Request, host: Host) -> Response {
     response.with_body(upstream.into_body())
 }
 
-berth_app::export_app!(name = "proxy", version = "0.1.0", handler = app);
+berth_app::export_app!(name = "proxy", handler = app);
 
 #[cfg(test)]
 mod tests {
@@ -55,11 +55,11 @@ mod tests {
             assert_eq!(req.url(), "http://upstream.test/a?b=c");
             Ok(Response::text("gone\n")
                 .with_status(StatusCode::GONE)
-                .with_header(header::CONTENT_LENGTH, "5".parse().expect("value"))
-                .with_header(header::SERVER, "upstream".parse().expect("value")))
+                .with_header(header::CONTENT_LENGTH, 5)
+                .with_header(header::SERVER, "upstream"))
         });
         let req = Request::builder(Method::GET, "/?url=http%3A%2F%2Fupstream.test%2Fa%3Fb%3Dc");
-        let response = mock.call(super::app, req.build());
+        let response = mock.call(super::app, req.build().expect("valid request"));
         assert_eq!(response.status(), StatusCode::GONE);
         let headers = response.headers();
         assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
@@ -78,7 +78,9 @@ mod tests {
                 first.chain(stream::pending()),
             )))
         });
-        let req = Request::builder(Method::GET, "/?url=http://upstream.test/").build();
+        let req = Request::builder(Method::GET, "/?url=http://upstream.test/")
+            .build()
+            .expect("valid request");
         let response = mock.call(super::app, req);
         assert_eq!(response.status(), StatusCode::OK);
         let mut body = response.into_body();
@@ -103,7 +105,8 @@ mod tests {
             .header("content-type", "application/json")
             .header("x-private", "not forwarded")
             .body(r#"{"id": 7}"#)
-            .build();
+            .build()
+            .expect("valid request");
         let response = mock.call(super::app, req);
         assert_eq!(response.status(), StatusCode::CREATED);
         assert_eq!(text(response), r#"{"id": 7}"#);
@@ -111,7 +114,9 @@ mod tests {
 
     #[test]
     fn missing_url_is_a_bad_request() {
-        let req = Request::builder(Method::GET, "/").build();
+        let req = Request::builder(Method::GET, "/")
+            .build()
+            .expect("valid request");
         let response = MockHost::new().call(super::app, req);
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(text(response), "missing ?url= parameter\n");
@@ -120,7 +125,9 @@ mod tests {
     #[test]
     fn fetch_error_is_a_bad_gateway() {
         // A mock host without a fetch handler fails every fetch with a connect error.
-        let req = Request::builder(Method::GET, "/?url=http://upstream.test/").build();
+        let req = Request::builder(Method::GET, "/?url=http://upstream.test/")
+            .build()
+            .expect("valid request");
         let response = MockHost::new().call(super::app, req);
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
         let body = text(response);

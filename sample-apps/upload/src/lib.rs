@@ -35,7 +35,7 @@ async fn app(mut req: Request, _host: Host) -> Response {
     }))
 }
 
-berth_app::export_app!(name = "upload", version = "0.1.0", handler = app);
+berth_app::export_app!(name = "upload", handler = app);
 
 #[cfg(test)]
 mod tests {
@@ -45,7 +45,10 @@ mod tests {
     use serde_json::{Value, json};
 
     fn upload(body: Body) -> (StatusCode, String, Bytes) {
-        let req = Request::builder(Method::PUT, "/").body(body).build();
+        let req = Request::builder(Method::PUT, "/")
+            .body(body)
+            .build()
+            .expect("valid request");
         let response = MockHost::new().call(super::app, req);
         let status = response.status();
         let content_type = response.headers()[header::CONTENT_TYPE]

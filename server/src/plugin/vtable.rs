@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_app::abi::*;
-use berth_app::ffi::{ForeignBody, IntoFfi as _, catch, headers_from_abi};
+use berth_app::ffi::{ForeignBody, IntoFfi as _, headers_from_abi};
 
 use crate::host::Exchange;
 use crate::plugin::RequestScope;
@@ -24,18 +24,30 @@ pub(super) static HOST_VTABLE: HostVTable = HostVTable {
     max_buffered_response,
 };
 
-unsafe extern "C" fn max_buffered_response(ctx: *mut c_void) -> u64 {
-    // SAFETY: `ctx` is live for this call (the host contract).
-    unsafe { scope(ctx) }.services.policy.max_buffered
+berth_app::ffi_fn! {
+    /// The app's limit on a buffered outbound response (0, failing closed, should it panic).
+    ///
+    /// # Safety
+    /// The host contract: `ctx` is a live reference the plugin holds.
+    unsafe fn max_buffered_response(ctx: *mut c_void) -> u64 {
+        // SAFETY: `ctx` is live for this call (the host contract).
+        unsafe { scope(ctx) }.services.policy.max_buffered
+    } ?= |_| 0
 }
 
-unsafe extern "C" fn time_left_ms(ctx: *mut c_void) -> u64 {
-    // SAFETY: `ctx` is live for this call (the host contract).
-    let scope = unsafe { scope(ctx) };
-    scope.deadline.map_or(NO_DEADLINE, |deadline| {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        u64::try_from(left.as_millis()).unwrap_or(NO_DEADLINE - 1)
-    })
+berth_app::ffi_fn! {
+    /// Milliseconds left until the request's deadline (none left should it panic).
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`].
+    unsafe fn time_left_ms(ctx: *mut c_void) -> u64 {
+        // SAFETY: `ctx` is live for this call (the host contract).
+        let scope = unsafe { scope(ctx) };
+        scope.deadline.map_or(NO_DEADLINE, |deadline| {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            u64::try_from(left.as_millis()).unwrap_or(NO_DEADLINE - 1)
+        })
+    } ?= |_| 0
 }
 
 /// Borrows the scope behind a `ctx` reference the plugin holds.
@@ -47,42 +59,67 @@ unsafe fn scope<'a>(ctx: *mut c_void) -> &'a RequestScope {
     unsafe { &*ctx.cast::<RequestScope>() }
 }
 
-unsafe extern "C" fn clone_ctx(ctx: *mut c_void) -> *mut c_void {
-    // SAFETY: `ctx` is a live `Arc<RequestScope>` reference (the host contract).
-    unsafe { Arc::increment_strong_count(ctx.cast::<RequestScope>()) };
-    ctx
+berth_app::ffi_fn! {
+    /// A new reference to the scope. There is nothing to hand back should it panic: abort.
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`].
+    unsafe fn clone_ctx(ctx: *mut c_void) -> *mut c_void {
+        // SAFETY: `ctx` is a live `Arc<RequestScope>` reference (the host contract).
+        unsafe { Arc::increment_strong_count(ctx.cast::<RequestScope>()) };
+        ctx
+    } ?= |_| std::process::abort()
 }
 
-unsafe extern "C" fn drop_ctx(ctx: *mut c_void) {
-    // SAFETY: the plugin releases each reference it owns exactly once (the host contract).
-    let released = catch(|| unsafe { Arc::decrement_strong_count(ctx.cast::<RequestScope>()) });
-    let _ = released;
+berth_app::ffi_fn! {
+    /// Releases one reference to the scope; a destructor that panics leaks it instead.
+    ///
+    /// # Safety
+    /// The plugin releases each reference it owns exactly once (the host contract).
+    unsafe fn drop_ctx(ctx: *mut c_void) {
+        // SAFETY: the caller's promise.
+        unsafe { Arc::decrement_strong_count(ctx.cast::<RequestScope>()) }
+    } ?= |_| ()
 }
 
-unsafe extern "C" fn log(ctx: *mut c_void, level: u32, message: AbiStr) {
-    let logged = catch(|| {
+berth_app::ffi_fn! {
+    /// Logs a line for the app.
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`]; `message` is borrowed for the call.
+    unsafe fn log(ctx: *mut c_void, level: u32, message: AbiStr) {
         // SAFETY: `ctx` is live and `message` borrowed for this call (the host contract).
         let (scope, message) = unsafe { (scope(ctx), message.as_bytes()) };
         scope.services.log(level, &String::from_utf8_lossy(message));
-    });
-    let _ = logged;
+    } ?= |_| ()
 }
 
-unsafe extern "C" fn sleep(ctx: *mut c_void, nanos: u64) -> FfiFuture<u32> {
-    // SAFETY: `ctx` is live for this call (the host contract).
-    let scope = unsafe { scope(ctx) };
-    catch(|| scope.services.sleep(Duration::from_nanos(nanos)).into_ffi())
-        .unwrap_or_else(|_| std::future::ready(0).into_ffi())
+berth_app::ffi_fn! {
+    /// Starts a timer on the host's runtime; one that cannot start is done at once.
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`].
+    unsafe fn sleep(ctx: *mut c_void, nanos: u64) -> FfiFuture<u32> {
+        // SAFETY: `ctx` is live for this call (the host contract).
+        let scope = unsafe { scope(ctx) };
+        scope.services.sleep(Duration::from_nanos(nanos)).into_ffi()
+    } ?= |_| std::future::ready(0).into_ffi()
 }
 
-unsafe extern "C" fn fetch(
-    ctx: *mut c_void,
-    req: *const AbiFetchRequest,
-    body: AbiBody,
-) -> FfiFuture<AbiFetchOutcome> {
-    // SAFETY: `body` moves to us (the host contract); wrapping it first guarantees its release.
-    let body = unsafe { ForeignBody::from_abi(body) };
-    let started = catch(|| {
+berth_app::ffi_fn! {
+    /// Starts an outbound request for the app.
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`]; `req` is borrowed for the call; `body` moves to the
+    /// host.
+    unsafe fn fetch(
+        ctx: *mut c_void,
+        req: *const AbiFetchRequest,
+        body: AbiBody,
+    ) -> FfiFuture<AbiFetchOutcome> {
+        // SAFETY: `body` moves to us (the host contract); wrapping it first guarantees its
+        // release.
+        let body = unsafe { ForeignBody::from_abi(body) };
         // SAFETY: `ctx` is live and `req` borrowed for this call (the host contract).
         let (scope, req) = unsafe { (scope(ctx), &*req) };
         // SAFETY: as above, every field of `req` is borrowed for this call. The method and the
@@ -110,9 +147,8 @@ unsafe extern "C" fn fetch(
                 std::future::ready(AbiFetchOutcome::failed(FETCH_INVALID_REQUEST, e.0)).into_ffi()
             }
         }
-    });
-    started.unwrap_or_else(|panic| {
+    } ?= |panic| {
         let message = format!("host panicked starting the fetch: {panic}");
         std::future::ready(AbiFetchOutcome::failed(FETCH_OTHER, message)).into_ffi()
-    })
+    }
 }

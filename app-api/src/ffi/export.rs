@@ -1,0 +1,585 @@
+//! The plugin's export glue, above the SDK types: the descriptor [`export_app!`] emits, the
+//! handler and hook functions it points to, which build a [`Request`] and a [`Host`] from ABI
+//! values, and the futures that hand the app's answer back.
+//!
+//! [`export_app!`]: crate::export_app
+
+use std::ffi::c_void;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use crate::abi::*;
+use crate::body::Body;
+use crate::config::AppConfig;
+use crate::ffi::addr::socket_addr_from_abi;
+use crate::ffi::body::ForeignBody;
+use crate::ffi::buf::BoundaryError;
+use crate::ffi::future::IntoFfi;
+use crate::ffi::host_handle::HostHandle;
+use crate::ffi::lent::LentRequest;
+use crate::ffi::panic::install_panic_hook;
+use crate::ffi::settings::settings_from_abi;
+use crate::host::Host;
+use crate::request::{Head, Request};
+use crate::response::IntoResponse;
+
+/// The boxed future of a lifecycle hook.
+pub type HookFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
+
+/// The app type [`export_app!`](crate::export_app) generates. Not public API.
+pub trait App {
+    /// Whether the author gave an `init` hook.
+    const HAS_INIT: bool = false;
+    /// Whether the author gave a `shutdown` hook.
+    const HAS_SHUTDOWN: bool = false;
+
+    /// Starts the author's handler; `export_app!` implements it with [`serve`].
+    fn handle(req: Request, host: Host) -> FfiFuture<AbiHandleOutcome>;
+
+    /// Runs the author's `init` hook.
+    fn init(_config: AppConfig, _host: Host) -> HookFuture {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Runs the author's `shutdown` hook.
+    fn shutdown(_host: Host) -> HookFuture {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// A plugin's descriptor, as a `static` in the plugin. Not public API.
+#[derive(Debug)]
+pub struct Descriptor(AppDescriptor);
+
+impl Descriptor {
+    /// Builds the descriptor of app `A`.
+    pub const fn new<A: App>(name: &'static str, version: &'static str) -> Self {
+        Descriptor(AppDescriptor {
+            header: DescriptorHeader {
+                magic: MAGIC,
+                abi_major: ABI_MAJOR,
+                abi_minor: ABI_MINOR,
+                layout_fingerprint: LAYOUT_FINGERPRINT,
+                size: std::mem::size_of::<AppDescriptor>() as u64,
+            },
+            name: AbiStr::from_static(name),
+            version: AbiStr::from_static(version),
+            sdk_version: AbiStr::from_static(env!("CARGO_PKG_VERSION")),
+            handle: handle_glue::<A>,
+            init: if A::HAS_INIT {
+                Some(init_glue::<A>)
+            } else {
+                None
+            },
+            shutdown: if A::HAS_SHUTDOWN {
+                Some(shutdown_glue::<A>)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// The pointer the exported symbol returns.
+    pub const fn as_ptr(&'static self) -> *const AppDescriptor {
+        &self.0
+    }
+}
+
+ffi_fn! {
+    /// The descriptor's `handle`: builds the [`Request`] and the [`Host`] and starts the
+    /// author's handler. A request that cannot be read, or a panic, is a failed outcome.
+    ///
+    /// # Safety
+    /// The ABI contract of `handle`: `req` is borrowed for the call, and what it points to is
+    /// lent while a reference to `host`'s context is held (ABI 1.3); `body` and `host` move to
+    /// the plugin.
+    unsafe fn handle_glue<A: App>(
+        req: *const AbiRequest,
+        body: AbiBody,
+        host: AbiHost,
+    ) -> FfiFuture<AbiHandleOutcome> {
+        // Take ownership first, so that both are released whatever happens next.
+        // SAFETY: `body` and `host` move to us under the ABI contract of `handle`.
+        let (body, host) = unsafe { (ForeignBody::from_abi(body), HostHandle::from_abi(host)) };
+        install_panic_hook();
+        // SAFETY: `req` is borrowed for the duration of this call, and what it points to is
+        // lent for as long as a clone of `host` is held (ABI 1.3).
+        match unsafe { request_from_abi(&*req, body, &host) } {
+            Ok(request) => A::handle(request, Host::from_handle(host)),
+            Err(err) => {
+                let failed = AbiHandleOutcome::failed(OUTCOME_ERROR, format!("bad request: {err}"));
+                std::future::ready(failed).into_ffi()
+            }
+        }
+    } ?= |panic| std::future::ready(AbiHandleOutcome::failed(OUTCOME_PANICKED, panic)).into_ffi()
+}
+
+/// The future the host polls for one request: the author's `future`, boxed as it is (the
+/// `FfiFuture`'s box is the only allocation), its answer handed over in ABI form.
+pub fn serve<F>(future: F) -> FfiFuture<AbiHandleOutcome>
+where
+    F: Future + Send + 'static,
+    F::Output: IntoResponse,
+{
+    FfiFuture::boxed(future, poll_app::<F, Answer>)
+}
+
+/// What an app's future (a handler's, [`Answer`], or a hook's, [`HookDone`]) ends as across
+/// the boundary.
+trait AppOutcome<T> {
+    /// The ABI outcome.
+    type Abi;
+    /// The future's output, converted. Runs under the poll's `catch`.
+    fn done(output: T) -> Self::Abi;
+    /// A panic in the future or in `done`, with its message.
+    fn panicked(message: String) -> Self::Abi;
+}
+
+/// A handler's answer.
+enum Answer {}
+
+impl<R: IntoResponse> AppOutcome<R> for Answer {
+    type Abi = AbiHandleOutcome;
+    fn done(answer: R) -> AbiHandleOutcome {
+        match IntoResponse::into_response(answer).into_abi() {
+            Ok(response) => AbiHandleOutcome::ok(response),
+            Err(err) => AbiHandleOutcome::failed(OUTCOME_ERROR, format!("response: {err}")),
+        }
+    }
+    fn panicked(message: String) -> AbiHandleOutcome {
+        AbiHandleOutcome::failed(OUTCOME_PANICKED, message)
+    }
+}
+
+/// A lifecycle hook's result.
+enum HookDone {}
+
+impl AppOutcome<Result<(), String>> for HookDone {
+    type Abi = AbiHookOutcome;
+    fn done(result: Result<(), String>) -> AbiHookOutcome {
+        match result {
+            Ok(()) => AbiHookOutcome::ok(),
+            Err(message) => AbiHookOutcome::failed(OUTCOME_ERROR, message),
+        }
+    }
+    fn panicked(message: String) -> AbiHookOutcome {
+        AbiHookOutcome::failed(OUTCOME_PANICKED, message)
+    }
+}
+
+ffi_fn! {
+    /// Polls an app's future boxed by [`FfiFuture::boxed`]. A panic, in the author's future or
+    /// in converting its output, ends it with the panic's message. The macro's one `catch`
+    /// covers both, and nothing else wraps it: each layer of a combinator moved the output
+    /// once more.
+    ///
+    /// # Safety
+    /// The future contract: `fut_ptr` is the box `FfiFuture::boxed` made, until `drop_fn`;
+    /// `cx` is valid for the call; not polled again after `Ready`.
+    unsafe fn poll_app<F: Future, C: AppOutcome<F::Output>>(
+        fut_ptr: *mut c_void,
+        cx: *mut FfiContext<'_>,
+    ) -> FfiPoll<C::Abi> {
+        // SAFETY: the caller's promise; the box pins the future until it is dropped.
+        let (future, cx) = unsafe { (Pin::new_unchecked(&mut *fut_ptr.cast::<F>()), &mut *cx) };
+        match cx.with_context(|cx| future.poll(cx)) {
+            Poll::Ready(output) => FfiPoll::Ready(C::done(output)),
+            Poll::Pending => FfiPoll::Pending,
+        }
+    } ?= |panic| FfiPoll::Ready(C::panicked(panic))
+}
+
+ffi_fn! {
+    /// The descriptor's `init`: runs the author's `init` hook with the app's settings.
+    ///
+    /// # Safety
+    /// The ABI contract of `init`: `settings` is borrowed for the call; `host` moves to the
+    /// plugin.
+    unsafe fn init_glue<A: App>(settings: AbiSettings, host: AbiHost) -> FfiFuture<AbiHookOutcome> {
+        // SAFETY: `host` moves to us under the ABI contract of `init`.
+        let host = unsafe { HostHandle::from_abi(host) };
+        install_panic_hook();
+        // SAFETY: `settings` is borrowed for the duration of this call.
+        match unsafe { settings_from_abi(settings) } {
+            Ok(config) => run_hook(A::init(AppConfig::new(config), Host::from_handle(host))),
+            Err(err) => {
+                std::future::ready(AbiHookOutcome::failed(OUTCOME_ERROR, err.0)).into_ffi()
+            }
+        }
+    } ?= |panic| std::future::ready(AbiHookOutcome::failed(OUTCOME_PANICKED, panic)).into_ffi()
+}
+
+ffi_fn! {
+    /// The descriptor's `shutdown`: runs the author's `shutdown` hook.
+    ///
+    /// # Safety
+    /// The ABI contract of `shutdown`: `host` moves to the plugin.
+    unsafe fn shutdown_glue<A: App>(host: AbiHost) -> FfiFuture<AbiHookOutcome> {
+        // SAFETY: `host` moves to us under the ABI contract of `shutdown`.
+        let host = unsafe { HostHandle::from_abi(host) };
+        install_panic_hook();
+        run_hook(A::shutdown(Host::from_handle(host)))
+    } ?= |panic| std::future::ready(AbiHookOutcome::failed(OUTCOME_PANICKED, panic)).into_ffi()
+}
+
+fn run_hook(future: HookFuture) -> FfiFuture<AbiHookOutcome> {
+    FfiFuture::boxed(future, poll_app::<HookFuture, HookDone>)
+}
+
+/// Reads a borrowed request into an owned [`Request`].
+///
+/// # Safety
+/// `req` must satisfy the ABI's borrowed contract for the duration of this call.
+unsafe fn request_from_abi(
+    req: &AbiRequest,
+    body: ForeignBody,
+    host: &HostHandle,
+) -> Result<Request, BoundaryError> {
+    // SAFETY: the method is borrowed for the duration of this call (the caller's contract).
+    let method = unsafe { req.method.as_bytes() };
+    let method =
+        http::Method::from_bytes(method).map_err(|_| BoundaryError("invalid method".to_owned()))?;
+    let version = match req.version {
+        HTTP_09 => http::Version::HTTP_09,
+        HTTP_10 => http::Version::HTTP_10,
+        HTTP_2 => http::Version::HTTP_2,
+        HTTP_3 => http::Version::HTTP_3,
+        _ => http::Version::HTTP_11,
+    };
+    // SAFETY: the host lends what `req` points to while `host`'s clone is held (ABI 1.3).
+    let lent = unsafe { LentRequest::new(req, host.clone()) };
+    Ok(Request {
+        method,
+        version,
+        peer_addr: socket_addr_from_abi(&req.peer_addr),
+        local_addr: socket_addr_from_abi(&req.local_addr),
+        head: Head::lent(lent),
+        body: Body::from_foreign(body),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::c_void;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use futures_executor::block_on;
+    use futures_util::StreamExt as _;
+    use futures_util::stream;
+    use http::header::{CONTENT_TYPE, HeaderValue};
+    use http::{HeaderMap, StatusCode};
+
+    use super::*;
+
+    use crate::ffi::addr::*;
+    use crate::ffi::headers::*;
+    use crate::ffi::outcome::*;
+    use crate::ffi::test_support::*;
+
+    /// The per-request host context of the fake host below.
+    #[derive(Default)]
+    struct FakeCtx {
+        logs: Mutex<Vec<(u32, String)>>,
+        fetched: Mutex<Vec<String>>,
+    }
+
+    /// Each `ctx` reference is one `Arc<FakeCtx>` strong count.
+    fn ctx_ref<'a>(ctx: *mut c_void) -> &'a FakeCtx {
+        // SAFETY: `ctx` came from `Arc::into_raw` and its reference is still held by the caller.
+        unsafe { &*ctx.cast::<FakeCtx>() }
+    }
+
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_clone_ctx(ctx: *mut c_void) -> *mut c_void {
+        // SAFETY: `ctx` is a live `Arc<FakeCtx>` reference.
+        unsafe { Arc::increment_strong_count(ctx.cast::<FakeCtx>()) };
+        ctx
+    }
+
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_drop_ctx(ctx: *mut c_void) {
+        // SAFETY: the plugin releases each reference it owns once.
+        unsafe { Arc::decrement_strong_count(ctx.cast::<FakeCtx>()) };
+    }
+
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_log(ctx: *mut c_void, level: u32, msg: AbiStr) {
+        // SAFETY: `msg` is borrowed for this call.
+        let msg = unsafe { msg.to_str("log message") }.expect("UTF-8");
+        let mut logs = ctx_ref(ctx).logs.lock().expect("lock");
+        logs.push((level, msg.to_owned()));
+    }
+
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_sleep(_ctx: *mut c_void, _nanos: u64) -> FfiFuture<u32> {
+        std::future::ready(0).into_ffi()
+    }
+
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_fetch(
+        ctx: *mut c_void,
+        req: *const AbiFetchRequest,
+        body: AbiBody,
+    ) -> FfiFuture<AbiFetchOutcome> {
+        drop(receive(body));
+        // SAFETY: `req` is borrowed for this call.
+        let url = unsafe { (*req).url.to_str("url") }.expect("UTF-8");
+        ctx_ref(ctx)
+            .fetched
+            .lock()
+            .expect("lock")
+            .push(url.to_owned());
+        let outcome = if url.contains("refused") {
+            AbiFetchOutcome::failed(FETCH_CONNECT, format!("{url} refused"))
+        } else {
+            AbiFetchOutcome::ok(AbiResponse::new(
+                StatusCode::OK,
+                HeaderMap::new(),
+                AbiBody::full(Bytes::from("upstream")),
+            ))
+        };
+        std::future::ready(outcome).into_ffi()
+    }
+
+    static FAKE_VTABLE: HostVTable = HostVTable {
+        size: std::mem::size_of::<HostVTable>(),
+        clone_ctx: fake_clone_ctx,
+        drop_ctx: fake_drop_ctx,
+        log: fake_log,
+        sleep: fake_sleep,
+        fetch: fake_fetch,
+        time_left_ms: fake_time_left_ms,
+        max_buffered_response: fake_max_buffered_response,
+    };
+
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_max_buffered_response(_ctx: *mut c_void) -> u64 {
+        NO_LIMIT
+    }
+
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_time_left_ms(_ctx: *mut c_void) -> u64 {
+        1500
+    }
+
+    struct GlueApp;
+
+    impl App for GlueApp {
+        fn handle(mut req: crate::Request, host: crate::Host) -> crate::__private::HandleFuture {
+            crate::__private::serve(async move {
+                match req.path() {
+                    "/panic" => panic!("boom in the handler"),
+                    "/bad-fetch-header" => {
+                        let bad = crate::OutboundRequest::get("http://upstream.test/")
+                            .header("x-ok", "1")
+                            .header("x-note", "line\nbreak");
+                        let err = host.fetch(bad).await.expect_err("refused before sending");
+                        return crate::Response::text(format!("{:?}: {err}", err.kind()));
+                    }
+                    "/bad-response-header" => {
+                        return crate::Response::text("never sent")
+                            .with_header("bad name", "x")
+                            .with_header("x-note", "line\nbreak");
+                    }
+                    _ => {}
+                }
+                host.sleep(std::time::Duration::from_millis(1)).await;
+                crate::info!(host, "handling {}", req.path());
+                let upstream = match host.get("http://upstream.test/").await {
+                    Ok(upstream) => upstream.text().await.expect("upstream body"),
+                    Err(err) => err.to_string(),
+                };
+                let refused = host.get("http://refused.test/").await.expect_err("refused");
+                let body = req.take_body().text().await.expect("request body");
+                let summary = format!(
+                    "{} {} prefix={} path={} query={} version={:?} peer={:?} x-a={:?} body={} \
+                     upstream={} refused={}",
+                    req.method(),
+                    req.uri(),
+                    req.mount_prefix(),
+                    req.path(),
+                    req.query(),
+                    req.version(),
+                    req.peer_addr(),
+                    req.headers().get_all("x-a").iter().collect::<Vec<_>>(),
+                    body,
+                    upstream,
+                    refused,
+                );
+                crate::Response::text(summary).with_status(StatusCode::ACCEPTED)
+            })
+        }
+    }
+
+    static GLUE_DESCRIPTOR: Descriptor = Descriptor::new::<GlueApp>("glue", "1.2.3");
+
+    /// Calls the descriptor's handler the way the host does and waits for its outcome.
+    fn call_glue(method: &str, path: &str, body: AbiBody) -> (AbiHandleOutcome, Arc<FakeCtx>) {
+        let mut headers = HeaderMap::new();
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_bytes(b"\xff").expect("opaque"));
+        let list = HeaderList::new(&headers);
+        let uri = format!("/glue{path}?q=1");
+        let req = AbiRequest {
+            method: AbiStr::new(method.as_bytes()),
+            uri: AbiStr::new(uri.as_bytes()),
+            version: HTTP_2,
+            headers: list.as_abi(),
+            peer_addr: socket_addr_to_abi(Some("192.0.2.1:5000".parse().expect("v4"))),
+            local_addr: socket_addr_to_abi(None),
+            mount_prefix: AbiStr::new(b"/glue"),
+            path: AbiStr::new(path.as_bytes()),
+            query: AbiStr::new(b"q=1"),
+        };
+        let ctx = Arc::new(FakeCtx::default());
+        let host = AbiHost {
+            vtable: &FAKE_VTABLE,
+            ctx: Arc::into_raw(Arc::clone(&ctx)).cast_mut().cast(),
+        };
+        // SAFETY: the descriptor is a static; `req` outlives the call; `body` and `host` move.
+        let descriptor = unsafe { &*GLUE_DESCRIPTOR.as_ptr() };
+        // SAFETY: as above.
+        let future = unsafe { (descriptor.handle)(&req, body, host) };
+        (block_on(future), ctx)
+    }
+
+    #[test]
+    fn a_fetch_with_a_header_that_could_not_be_set_fails_without_reaching_the_host() {
+        let (outcome, ctx) = call_glue("GET", "/bad-fetch-header", AbiBody::empty());
+        // SAFETY: the outcome is ours.
+        let (_, _, body) = unsafe { outcome.into_result() }.expect("ok outcome");
+        let (chunks, _) = read_all(body);
+        assert_eq!(
+            String::from_utf8_lossy(&chunks.concat()),
+            "InvalidRequest: invalid request: invalid value for header x-note"
+        );
+        assert!(ctx.fetched.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn a_response_with_a_header_that_could_not_be_set_is_an_invalid_outcome() {
+        let (outcome, ctx) = call_glue("GET", "/bad-response-header", AbiBody::empty());
+        // SAFETY: the outcome is ours.
+        let result = unsafe { outcome.into_result() }.map(|_| ());
+        assert_eq!(
+            result,
+            Err(HandleFailure::Invalid(
+                "response: invalid header name".to_owned()
+            )),
+            "the first error is the one reported"
+        );
+        assert_eq!(Arc::strong_count(&ctx), 1);
+    }
+
+    #[test]
+    fn descriptor_header_is_current() {
+        // SAFETY: a static.
+        let descriptor = unsafe { &*GLUE_DESCRIPTOR.as_ptr() };
+        let header = descriptor.header;
+        assert_eq!(header.magic, MAGIC);
+        assert_eq!((header.abi_major, header.abi_minor), (ABI_MAJOR, ABI_MINOR));
+        assert_eq!(header.layout_fingerprint, LAYOUT_FINGERPRINT);
+        assert_eq!(header.size, std::mem::size_of::<AppDescriptor>() as u64);
+        // SAFETY: static strings.
+        unsafe {
+            assert_eq!(descriptor.name.to_str("name"), Ok("glue"));
+            assert_eq!(descriptor.version.to_str("version"), Ok("1.2.3"));
+            assert_eq!(
+                descriptor.sdk_version.to_str("sdk"),
+                Ok(env!("CARGO_PKG_VERSION"))
+            );
+        }
+    }
+
+    #[test]
+    fn handler_glue_round_trips_a_request() {
+        let (outcome, ctx) = call_glue("POST", "/x", AbiBody::full(Bytes::from("payload")));
+        // SAFETY: the outcome is ours.
+        let (status, headers, body) = unsafe { outcome.into_result() }.expect("ok outcome");
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(headers[CONTENT_TYPE], "text/plain; charset=utf-8");
+        let (chunks, error) = read_all(body);
+        assert_eq!(error, None);
+        assert_eq!(
+            String::from_utf8_lossy(&chunks.concat()),
+            "POST /glue/x?q=1 prefix=/glue path=/x query=q=1 version=HTTP/2.0 \
+             peer=Some(192.0.2.1:5000) x-a=[\"1\", \"\\xff\"] body=payload upstream=upstream \
+             refused=connect error: http://refused.test/ refused"
+        );
+        assert_eq!(
+            *ctx.logs.lock().expect("lock"),
+            [(LOG_INFO, "handling /x".to_owned())]
+        );
+        assert_eq!(
+            *ctx.fetched.lock().expect("lock"),
+            ["http://upstream.test/", "http://refused.test/"]
+        );
+        assert_eq!(
+            Arc::strong_count(&ctx),
+            1,
+            "every host reference was released"
+        );
+    }
+
+    #[test]
+    fn handler_panic_is_an_outcome() {
+        let witness = Arc::new(());
+        let held = Arc::clone(&witness);
+        let body = stream::iter([0]).map(move |_| {
+            let _keep = &held;
+            Ok(Bytes::new())
+        });
+        let (outcome, ctx) = call_glue("GET", "/panic", AbiBody::from_stream(Box::pin(body), None));
+        assert_eq!(outcome.tag, OUTCOME_PANICKED);
+        // SAFETY: the outcome is ours.
+        let result = unsafe { outcome.into_result() }.map(|_| ());
+        // The glue installed the panic hook, so the message carries the panic's location.
+        let Err(HandleFailure::Panicked(message)) = result else {
+            panic!("expected a panic outcome, got {result:?}");
+        };
+        assert!(
+            message.starts_with("boom in the handler (at app-api/src/ffi/export.rs:"),
+            "{message:?}"
+        );
+        assert_eq!(Arc::strong_count(&ctx), 1);
+        assert_eq!(
+            Arc::strong_count(&witness),
+            1,
+            "the request body was released"
+        );
+    }
+
+    #[test]
+    fn unreadable_request_is_an_error_outcome() {
+        let witness = Arc::new(());
+        let held = Arc::clone(&witness);
+        let body = stream::iter([0]).map(move |_| {
+            let _keep = &held;
+            Ok(Bytes::new())
+        });
+        let (outcome, ctx) = call_glue(
+            "BAD METHOD",
+            "/x",
+            AbiBody::from_stream(Box::pin(body), None),
+        );
+        // SAFETY: the outcome is ours.
+        let result = unsafe { outcome.into_result() }.map(|_| ());
+        assert_eq!(
+            result,
+            Err(HandleFailure::Invalid(
+                "bad request: invalid method".to_owned()
+            ))
+        );
+        assert_eq!(Arc::strong_count(&ctx), 1);
+        assert_eq!(Arc::strong_count(&witness), 1);
+    }
+}

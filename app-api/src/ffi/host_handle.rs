@@ -1,0 +1,232 @@
+//! The plugin side's calls into the host's capability table ([`HostHandle`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, StatusCode};
+
+use crate::abi::*;
+use crate::ffi::body::ForeignBody;
+use crate::ffi::headers::HeaderList;
+use crate::ffi::response::LentHeaders;
+
+/// One reference to the host's per-request context plus its capability table.
+#[derive(Debug)]
+pub struct HostHandle(AbiHost);
+
+impl HostHandle {
+    /// Takes ownership of a received host reference.
+    ///
+    /// # Safety
+    /// `raw` must satisfy the ABI's host contract: a valid vtable and one owned `ctx` reference.
+    pub unsafe fn from_abi(raw: AbiHost) -> Self {
+        HostHandle(raw)
+    }
+
+    fn vtable(&self) -> &HostVTable {
+        // SAFETY: the host contract: the vtable is a static in host code.
+        unsafe { &*self.0.vtable }
+    }
+
+    /// Whether the host's table is large enough to contain a function ending at `end` bytes.
+    pub fn has_capability(&self, end: usize) -> bool {
+        self.vtable().size >= end
+    }
+
+    /// Time left until the request's deadline; `None` without one, or from a host older than
+    /// ABI 1.2.
+    pub fn time_left(&self) -> Option<std::time::Duration> {
+        let end = std::mem::offset_of!(HostVTable, time_left_ms) + std::mem::size_of::<usize>();
+        if !self.has_capability(end) {
+            return None;
+        }
+        // SAFETY: the table is large enough to hold `time_left_ms` (checked above); `ctx` is a
+        // live reference we own.
+        let millis = unsafe { (self.vtable().time_left_ms)(self.0.ctx) };
+        (millis != NO_DEADLINE).then(|| std::time::Duration::from_millis(millis))
+    }
+
+    /// The largest outbound response body the app may buffer; `None` without a limit, or from
+    /// a host older than ABI 1.2.
+    pub fn max_buffered_response(&self) -> Option<u64> {
+        let end =
+            std::mem::offset_of!(HostVTable, max_buffered_response) + std::mem::size_of::<usize>();
+        if !self.has_capability(end) {
+            return None;
+        }
+        // SAFETY: the table is large enough to hold the function (checked above); `ctx` is a
+        // live reference we own.
+        let limit = unsafe { (self.vtable().max_buffered_response)(self.0.ctx) };
+        (limit != NO_LIMIT).then_some(limit)
+    }
+
+    /// Logs `message` in the host's log at a `LOG_*` level.
+    pub fn log(&self, level: u32, message: &str) {
+        // SAFETY: `ctx` is a live reference we own; `msg` is borrowed for the call.
+        unsafe { (self.vtable().log)(self.0.ctx, level, AbiStr::new(message.as_bytes())) }
+    }
+
+    /// Starts a host timer.
+    pub fn sleep(&self, nanos: u64) -> FfiFuture<u32> {
+        // SAFETY: `ctx` is a live reference we own.
+        unsafe { (self.vtable().sleep)(self.0.ctx, nanos) }
+    }
+
+    /// Starts an outbound request; `body` moves to the host.
+    pub(crate) fn fetch(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &HeaderMap,
+        body: AbiBody,
+        timeout_ms: u64,
+    ) -> HostFetch {
+        let list = HeaderList::new(headers);
+        let req = AbiFetchRequest {
+            method: AbiStr::new(method.as_bytes()),
+            url: AbiStr::new(url.as_bytes()),
+            headers: list.as_abi(),
+            timeout_ms,
+        };
+        // SAFETY: `ctx` is a live reference we own; `req` and everything it points to outlive
+        // the call; `body` moves to the host.
+        HostFetch(unsafe { (self.vtable().fetch)(self.0.ctx, &req, body) })
+    }
+}
+
+impl Clone for HostHandle {
+    fn clone(&self) -> Self {
+        // SAFETY: `ctx` is a live reference; `clone_ctx` returns a new one we then own.
+        let ctx = unsafe { (self.vtable().clone_ctx)(self.0.ctx) };
+        HostHandle(AbiHost {
+            vtable: self.0.vtable,
+            ctx,
+        })
+    }
+}
+
+impl Drop for HostHandle {
+    fn drop(&mut self) {
+        // SAFETY: we own exactly one reference, released here once.
+        unsafe { (self.vtable().drop_ctx)(self.0.ctx) }
+    }
+}
+
+/// What the host answered an outbound request with: the status, the headers (read in place
+/// until dropped) and the body; or a `FETCH_*` error tag and its message.
+pub(crate) type FetchParts = Result<(StatusCode, LentHeaders, ForeignBody), (u32, String)>;
+
+/// An outbound request in flight on the host ([`HostHandle::fetch`]); dropping it aborts the
+/// request there.
+pub(crate) struct HostFetch(FfiFuture<AbiFetchOutcome>);
+
+impl HostFetch {
+    /// A fetch that the host has answered with `outcome` already.
+    #[cfg(test)]
+    pub(crate) fn ready(outcome: AbiFetchOutcome) -> Self {
+        use crate::ffi::future::IntoFfi as _;
+        HostFetch(std::future::ready(outcome).into_ffi())
+    }
+}
+
+impl Future for HostFetch {
+    type Output = FetchParts;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<FetchParts> {
+        Pin::new(&mut self.0).poll(cx).map(|outcome| {
+            // SAFETY: the outcome was returned by the host's fetch future and is owned by us;
+            // its headers stay lent until the `LentHeaders` is dropped.
+            unsafe { outcome.into_result_with(|response| response.into_lent_parts()) }
+        })
+    }
+}
+
+impl std::fmt::Debug for HostFetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostFetch")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use futures_executor::block_on;
+    use http::header::{CONTENT_TYPE, HeaderValue};
+    use http::{HeaderMap, StatusCode};
+
+    use super::*;
+
+    use crate::ffi::test_support::*;
+
+    /// Counts the releases of this module's responses.
+    static LENT_RELEASES: AtomicUsize = AtomicUsize::new(0);
+
+    #[test]
+    fn a_fetch_responses_headers_are_read_in_place_and_released_once_when_dropped() {
+        let map: &'static HeaderMap = Box::leak(Box::new(HeaderMap::from_iter([
+            (CONTENT_TYPE, HeaderValue::from_static("text/plain")),
+            (
+                http::header::HeaderName::from_static("x-opaque"),
+                HeaderValue::from_bytes(b"a\xffb").expect("opaque"),
+            ),
+        ])));
+        let before = LENT_RELEASES.load(Ordering::SeqCst);
+        let abi = counted_response(
+            &LENT_RELEASES,
+            200,
+            map,
+            AbiBody::full(Bytes::from("upstream")),
+        );
+        let response = fetch_result(AbiFetchOutcome::ok(abi), None).expect("ok");
+        assert_eq!(
+            LENT_RELEASES.load(Ordering::SeqCst),
+            before,
+            "lent until the response is dropped"
+        );
+        assert_eq!(response.headers(), map);
+        assert_eq!(response.headers(), map, "the map is built once");
+        let body = response.into_body();
+        assert_eq!(LENT_RELEASES.load(Ordering::SeqCst), before + 1);
+        assert_eq!(block_on(body.text()).expect("body"), "upstream");
+        assert_eq!(LENT_RELEASES.load(Ordering::SeqCst), before + 1);
+
+        // An error outcome releases nothing twice either.
+        let abi = counted_response(&LENT_RELEASES, 1000, map, AbiBody::empty());
+        let err = fetch_result(AbiFetchOutcome::ok(abi), None).expect_err("invalid status");
+        assert_eq!(err.message(), "invalid response: invalid status code 1000");
+        assert_eq!(LENT_RELEASES.load(Ordering::SeqCst), before + 2);
+    }
+
+    #[test]
+    fn fetch_result_maps_tags_to_kinds() {
+        use crate::FetchErrorKind as Kind;
+        let cases = [
+            (FETCH_INVALID_REQUEST, Kind::InvalidRequest),
+            (FETCH_CONNECT, Kind::Connect),
+            (FETCH_TIMEOUT, Kind::Timeout),
+            (FETCH_DENIED, Kind::Denied),
+            (FETCH_OTHER, Kind::Other),
+            (99, Kind::Other),
+        ];
+        for (tag, kind) in cases {
+            let err = fetch_result(AbiFetchOutcome::failed(tag, format!("tag {tag}")), None)
+                .expect_err("failed");
+            assert_eq!(
+                (err.kind(), err.message()),
+                (kind, format!("tag {tag}").as_str())
+            );
+        }
+        let ok = AbiFetchOutcome::ok(AbiResponse::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            AbiBody::full(Bytes::from("upstream")),
+        ));
+        let response = fetch_result(ok, None).expect("ok");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(block_on(response.text()).expect("body"), "upstream");
+    }
+}
