@@ -3,7 +3,7 @@
 //! The routing table is an immutable [`Router`] behind an [`ArcSwap`]: a request loads the
 //! current table once and clones the `Arc` of the version it is routed to, so a swap replaces
 //! the table atomically for new requests while requests in flight keep their version alive.
-//! Each request holds an [`InFlight`] guard until its response body is finished; a replaced or
+//! Each request holds an [`InFlight`](super::InFlight) guard until its response body is finished; a replaced or
 //! removed version is *retired* — its `shutdown` hook run — only once its count of requests in
 //! flight reaches zero. Its library stays mapped (see `plugin`), so nothing a retired version
 //! left behind (a waker, a thread-local destructor) can jump into unmapped code.

@@ -43,7 +43,7 @@ pub enum OpenError {
     /// The descriptor does not start with Berth's magic number.
     #[error("bad magic number in descriptor: expected {expected:#018x}, found {found:#018x}")]
     BadMagic {
-        /// [`abi::MAGIC`].
+        /// [`MAGIC`].
         expected: u64,
         /// What the plugin has.
         found: u64,
