@@ -12,6 +12,8 @@
 //!   (`/proc` readings, timing assertions, replacing apps, the admin `/apps` document);
 //! * `upstream`: servers the apps call out to: a small hyper server and a "hang" server that
 //!   never answers and reports when its peer goes away;
+//! * `services`: real data servers, PostgreSQL and Redis, each on a free loopback port in a
+//!   temporary directory, stopped, restarted and dropped at a test's will;
 //! * `cli`: flags, environment variables, `--help`, exit codes;
 //! * `loading`: the apps directory, `GET /`, bad plugin files;
 //! * `apps`: the sample apps (`hello`, `echo`, `fetch`, `gather`) over HTTP/1.1 and HTTP/2;
@@ -41,6 +43,7 @@ mod limits;
 mod loading;
 mod outbound;
 mod reload;
+mod services;
 mod streaming;
 mod tls;
 mod upstream;
