@@ -1,9 +1,8 @@
 //! Berth's log output: `tracing` events formatted as text on a thread of their own.
 //!
 //! Two things here matter under load, when the access log writes a line per request: the
-//! timestamp, which `tracing-subscriber`'s default timer formats field by field for every line
-//! (2,000 of the 25,000 instructions of an access-logged hello request), and the writes, one
-//! system call per line unless they are buffered.
+//! timestamp, which `tracing-subscriber`'s default timer formats field by field for every line,
+//! and the writes, one system call per line unless they are buffered.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};

@@ -108,8 +108,8 @@ pub struct IdleIo<I> {
     timer: Pin<Box<Sleep>>,
     /// The waker the timer was last polled with, while that poll still stands (it returned
     /// `Pending` and the timer has not moved since). The same task polling again need not
-    /// poll the timer, only look whether it has fired: a tokio timer poll, with its budget
-    /// and waker bookkeeping, was 1% of a keep-alive request.
+    /// poll the timer, only look whether it has fired, which skips a tokio timer poll's budget
+    /// and waker bookkeeping on every read of a keep-alive connection.
     timer_waker: Option<std::task::Waker>,
 }
 
