@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::host::Outbound;
 use crate::{admin, http, tls};
 
+/// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
