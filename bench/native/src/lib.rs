@@ -5,7 +5,7 @@
 //! set up the way Berth sets up its own server, and this crate is where that setup lives:
 //!
 //! * the tokio multi-thread runtime with default settings ([`runtime`]),
-//! * a `socket2` listener with a backlog of 8192 ([`bind`]),
+//! * Berth's own listener set-up, a backlog of 8192 ([`bind`]),
 //! * `TCP_NODELAY` on every accepted connection, and hyper-util's auto builder serving
 //!   HTTP/1.1 and HTTP/2 cleartext on one port ([`serve`]).
 //!
@@ -37,7 +37,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 
 /// The body every baseline answers with: one buffer, like a sample app's small answer.
 pub type Body = Full<Bytes>;
@@ -50,21 +49,10 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Binds `addr` the way Berth does: through `socket2`, with `SO_REUSEADDR` and a backlog of
-/// 8192 (tokio's own `bind` uses 1024, which overflows in a burst of new connections). The
-/// kernel caps the backlog at `net.core.somaxconn`.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(8192)?;
-    TcpListener::from_std(socket.into())
-}
+/// Binds `addr` the way Berth does (it is Berth's own function): through `socket2`, with
+/// `SO_REUSEADDR` and a backlog of 8192 (tokio's own `bind` uses 1024, which overflows in a
+/// burst of new connections). The kernel caps the backlog at `net.core.somaxconn`.
+pub use berth_server::http::bind;
 
 /// Serves `handler` on `listen` until the process is killed: builds the runtime, binds, logs
 /// `listening on http://ADDR` to stderr, then accepts forever. Each connection gets

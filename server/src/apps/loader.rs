@@ -213,6 +213,7 @@ pub async fn run_init(
     let Some(init) = plugin.init(settings, scope) else {
         return Ok(());
     };
+    let started = std::time::Instant::now();
     let caught = AssertUnwindSafe(init).catch_unwind();
     let finished = match limit {
         Some(limit) => tokio::time::timeout(limit, caught)
@@ -223,7 +224,9 @@ pub async fn run_init(
     match finished {
         Err(_) => Err(LoadError::Init("the plugin's init future panicked".into())),
         Ok(outcome) => {
-            plugin::hook_result(outcome).map_err(|failure| LoadError::Init(failure.to_string()))
+            plugin::hook_result(outcome).map_err(|failure| LoadError::Init(failure.to_string()))?;
+            tracing::debug!(app = %plugin.name, elapsed = ?started.elapsed(), "init finished");
+            Ok(())
         }
     }
 }

@@ -3,9 +3,9 @@
 //! The routing table is an immutable [`Router`] behind an [`ArcSwap`]: a request loads the
 //! current table once and clones the `Arc` of the version it is routed to, so a swap replaces
 //! the table atomically for new requests while requests in flight keep their version alive.
-//! Each request holds an [`InFlight`](super::InFlight) guard until its response body is finished; a replaced or
-//! removed version is *retired* — its `shutdown` hook run — only once its count of requests in
-//! flight reaches zero. Its library stays mapped (see `plugin`), so nothing a retired version
+//! Each request holds an [`InFlight`](super::InFlight) guard until its response body is
+//! finished; a replaced or removed version is *retired* — its `shutdown` hook run — only once
+//! its count of requests in flight reaches zero. Its library stays mapped (see `plugin`), so nothing a retired version
 //! left behind (a waker, a thread-local destructor) can jump into unmapped code.
 
 use std::collections::{BTreeMap, HashMap};
@@ -302,10 +302,8 @@ impl Registry {
         let hook_timeout = app_config.hook_timeout.unwrap_or(self.config.hook_timeout);
         let services = self.services(&name, &app_config);
         let deadline = tokio::time::Instant::now() + hook_timeout;
-        let started = std::time::Instant::now();
         let scope = RequestScope::new(&services, Some(deadline));
         loader::run_init(&plugin, &app_config.settings, scope, Some(hook_timeout)).await?;
-        tracing::debug!(app = &*name, elapsed = ?started.elapsed(), "init finished");
         let stats = Arc::clone(lock(&self.stats).entry(Arc::clone(&name)).or_default());
         Ok(Arc::new(AppVersion {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
