@@ -124,7 +124,7 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"BERTHAPP");
 pub const ABI_MAJOR: u32 = 1;
 
 /// Compatible additions within [`ABI_MAJOR`]. See the module docs for what bumps it.
-pub const ABI_MINOR: u32 = 3;
+pub const ABI_MINOR: u32 = 4;
 
 /// NUL-terminated name of the one symbol every plugin exports:
 /// `extern "C" fn() -> *const AppDescriptor`.
@@ -423,7 +423,209 @@ pub struct HostVTable {
     /// The largest outbound response body, in bytes, the app may read whole into memory
     /// (`FetchResponse::bytes`); streaming a body is not limited by it. [`NO_LIMIT`]: none.
     pub max_buffered_response: unsafe extern "C" fn(ctx: *mut c_void) -> u64,
+
+    // --- ABI 1.4 ---
+    /// Opens a TCP connection for the app on the host's reactor: the host resolves the name,
+    /// checks the app's allowlist (deny by default), applies its connect time limit and the
+    /// app's limit on open sockets, and does TLS when `req.tls` asks for it. `req` is borrowed
+    /// for the call. Dropping the returned future abandons the attempt; the socket it resolves
+    /// to is owned by the plugin (see [`AbiSocket`]).
+    pub connect: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        req: *const AbiConnectRequest,
+    ) -> FfiFuture<AbiConnectOutcome>,
+    /// Runs `task` (moved to the host) as a task of its own on the host's runtime, owned by the
+    /// app *version* rather than by the request whose `ctx` spawned it: no request deadline
+    /// bounds it, and it is cancelled (dropped) after the version's `shutdown` hook has run.
+    /// The returned future (owned by the plugin) resolves to a `TASK_*` constant when the task
+    /// ends; dropping it cancels the task. A task that panics ends with [`TASK_PANICKED`] and
+    /// the host logs the panic with the app's name.
+    pub spawn: unsafe extern "C" fn(ctx: *mut c_void, task: FfiFuture<u32>) -> FfiFuture<u32>,
+    /// A new `ctx` reference (released with `drop_ctx`) for the same app version but no request:
+    /// no deadline, nothing lent. What a spawned task calls the host with, so that its timers
+    /// and fetches are not bound by the deadline of the request that spawned it.
+    pub task_ctx: unsafe extern "C" fn(ctx: *mut c_void) -> *mut c_void,
+    /// Hands the app version's state (built by `init`) to the host, which keeps it until the
+    /// version is gone: after its `shutdown` hook, its last request and its last task, the host
+    /// calls `state.drop(state.ptr)` once. Returns [`STATE_SET`], or [`STATE_TAKEN`] (the
+    /// version has a state already; the host then drops the new one at once).
+    pub set_app_state: unsafe extern "C" fn(ctx: *mut c_void, state: AbiAppState) -> u32,
+    /// The `ptr` of the app version's state, or null when it has none. Valid for as long as
+    /// the caller holds a reference to `ctx`.
+    pub app_state: unsafe extern "C" fn(ctx: *mut c_void) -> *const c_void,
 }
+
+/// What [`HostVTable::connect`] opens (ABI 1.4). Borrowed for the call.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiConnectRequest {
+    /// The host name or IP address literal (IPv6 without brackets) to connect to. The host
+    /// resolves names itself; the allowlist is matched on this name and `port`.
+    pub host: AbiStr,
+    /// The TCP port.
+    pub port: u16,
+    /// [`CONNECT_PLAIN`] or [`CONNECT_TLS`] (TLS from the first byte).
+    pub tls: u32,
+    /// The name TLS verifies the server's certificate against (SNI); empty means `host`.
+    pub server_name: AbiStr,
+    /// Time limit for the connection (and its TLS handshake), in milliseconds; 0 means the
+    /// host's default. The host also bounds it by the deadline of the request `ctx` serves.
+    pub timeout_ms: u64,
+}
+
+/// [`AbiConnectRequest::tls`]: a plain TCP connection.
+pub const CONNECT_PLAIN: u32 = 0;
+/// [`AbiConnectRequest::tls`]: TLS from the first byte, verified with the host's roots.
+pub const CONNECT_TLS: u32 = 1;
+
+/// What a connect (or [`AbiSocketVTable::start_tls`]) resolves to (ABI 1.4): `socket` for
+/// [`CONNECT_OK`]; for every other tag `message` holds a UTF-8 reason and `socket` is null.
+/// Both are owned by the receiver (the plugin).
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiConnectOutcome {
+    /// One of the `CONNECT_*` outcome constants.
+    pub tag: u32,
+    /// The connected socket.
+    pub socket: AbiSocket,
+    /// Error message.
+    pub message: AbiBuf,
+}
+
+/// The connection is open.
+pub const CONNECT_OK: u32 = 0;
+/// The request could not be used: an empty or invalid host name, port 0, a bad server name.
+pub const CONNECT_INVALID: u32 = 1;
+/// No connection could be made (refused, unreachable, the name did not resolve).
+pub const CONNECT_FAILED: u32 = 2;
+/// The time limit passed before the connection (or its TLS handshake) was made.
+pub const CONNECT_TIMEOUT: u32 = 3;
+/// The app's allowlist does not grant this host and port; nothing was opened.
+pub const CONNECT_DENIED: u32 = 4;
+/// Any other failure.
+pub const CONNECT_OTHER: u32 = 5;
+/// The app holds as many open sockets as it may; nothing was opened.
+pub const CONNECT_LIMIT: u32 = 6;
+/// The TLS handshake failed (the certificate did not verify, the server does not speak TLS).
+pub const CONNECT_TLS_FAILED: u32 = 7;
+
+/// An open socket (ABI 1.4), owned by the plugin: `state` is host data that only the
+/// functions of `vtable` touch, and `vtable.drop(state)` closes and frees it, exactly once.
+/// The plugin never calls two of its functions at once on one socket (the SDK's stream takes
+/// `&mut self` for each). The host may close the connection under it, when the app version is
+/// retired; every call after that fails with [`IO_ERR_CLOSED`].
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiSocket {
+    /// Host state, opaque to the plugin; null when there is no socket.
+    pub state: *mut c_void,
+    /// The socket's functions, a static in host code; null when there is no socket.
+    pub vtable: *const AbiSocketVTable,
+}
+
+/// The functions of an [`AbiSocket`] (ABI 1.4), each given the socket's `state`. The `poll_*`
+/// functions follow `AsyncRead`/`AsyncWrite`: [`IO_PENDING`] means the context's waker will be
+/// woken when the call can make progress.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiSocketVTable {
+    /// `size_of::<AbiSocketVTable>()` in the host.
+    pub size: usize,
+    /// Reads up to `len` bytes into `buf` (the plugin's memory, written only during the call).
+    /// Ready with `len == 0` is the end of the stream.
+    pub poll_read: unsafe extern "C" fn(
+        state: *mut c_void,
+        cx: *mut FfiContext<'_>,
+        buf: *mut u8,
+        len: usize,
+    ) -> AbiIoPoll,
+    /// Writes up to `len` bytes from `buf` (borrowed for the call); ready with the count taken.
+    pub poll_write: unsafe extern "C" fn(
+        state: *mut c_void,
+        cx: *mut FfiContext<'_>,
+        buf: *const u8,
+        len: usize,
+    ) -> AbiIoPoll,
+    /// Flushes what was written (through TLS, when the socket has it).
+    pub poll_flush: unsafe extern "C" fn(state: *mut c_void, cx: *mut FfiContext<'_>) -> AbiIoPoll,
+    /// Shuts down the write half (TLS's close-notify first, when the socket has it).
+    pub poll_shutdown:
+        unsafe extern "C" fn(state: *mut c_void, cx: *mut FfiContext<'_>) -> AbiIoPoll,
+    /// Upgrades a plain socket to TLS in mid-stream (as PostgreSQL's `SSLRequest` needs),
+    /// verifying the server against `server_name` (borrowed for the call; empty means the host
+    /// name the socket was opened with). Takes `state`: the plugin must not use or drop it
+    /// again. The future resolves to the TLS socket, or to [`CONNECT_TLS_FAILED`] with a
+    /// reason (the connection is then closed).
+    pub start_tls: unsafe extern "C" fn(
+        state: *mut c_void,
+        server_name: AbiStr,
+    ) -> FfiFuture<AbiConnectOutcome>,
+    /// The address the socket is connected to.
+    pub peer_addr: unsafe extern "C" fn(state: *mut c_void) -> AbiSocketAddr,
+    /// Closes the connection and frees `state`.
+    pub drop: unsafe extern "C" fn(state: *mut c_void),
+}
+
+/// What a socket's `poll_*` function returns (ABI 1.4).
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiIoPoll {
+    /// [`IO_PENDING`], [`IO_READY`] or [`IO_ERROR`].
+    pub tag: u32,
+    /// For [`IO_READY`] from `poll_read` and `poll_write`: the number of bytes moved.
+    pub len: usize,
+    /// For [`IO_ERROR`]: one of the `IO_ERR_*` kinds.
+    pub error: u32,
+    /// For [`IO_ERROR`]: an owned UTF-8 reason, released by the receiver; empty otherwise.
+    pub message: AbiBuf,
+}
+
+/// Not ready; the waker was registered.
+pub const IO_PENDING: u32 = 0;
+/// Done; see [`AbiIoPoll::len`].
+pub const IO_READY: u32 = 1;
+/// Failed; see [`AbiIoPoll::error`]. A socket that failed may be polled again, and fails again.
+pub const IO_ERROR: u32 = 2;
+
+/// [`AbiIoPoll::error`]: anything not listed below.
+pub const IO_ERR_OTHER: u32 = 0;
+/// The peer reset the connection.
+pub const IO_ERR_RESET: u32 = 1;
+/// The connection was aborted.
+pub const IO_ERR_ABORTED: u32 = 2;
+/// Writing to a connection whose peer has gone.
+pub const IO_ERR_BROKEN_PIPE: u32 = 3;
+/// The operation timed out.
+pub const IO_ERR_TIMED_OUT: u32 = 4;
+/// The stream ended in the middle of something (a TLS record, say).
+pub const IO_ERR_UNEXPECTED_EOF: u32 = 5;
+/// The peer sent data that cannot be valid (a bad TLS record, say).
+pub const IO_ERR_INVALID_DATA: u32 = 6;
+/// The host closed the socket: the app version that opened it was retired.
+pub const IO_ERR_CLOSED: u32 = 7;
+
+/// [`HostVTable::spawn`]'s join future: the task ran to its end.
+pub const TASK_DONE: u32 = 0;
+/// The task panicked (the panic was caught in the plugin and logged by the host).
+pub const TASK_PANICKED: u32 = 1;
+/// The task was cancelled before it ended: its app version was retired.
+pub const TASK_CANCELLED: u32 = 2;
+
+/// An app version's state (ABI 1.4), handed to the host by [`HostVTable::set_app_state`]:
+/// `ptr` is plugin data, freed by `drop(ptr)` in plugin code, exactly once.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiAppState {
+    /// The state, opaque to the host.
+    pub ptr: *mut c_void,
+    /// Frees `ptr`; `None` when nothing needs freeing.
+    pub drop: Option<unsafe extern "C" fn(ptr: *mut c_void)>,
+}
+
+/// [`HostVTable::set_app_state`]: the state is kept.
+pub const STATE_SET: u32 = 0;
+/// [`HostVTable::set_app_state`]: the version had a state already; the new one was dropped.
+pub const STATE_TAKEN: u32 = 1;
 
 /// [`HostVTable::max_buffered_response`] when there is no limit.
 pub const NO_LIMIT: u64 = u64::MAX;
@@ -497,6 +699,7 @@ pub struct AppDescriptor {
 /// the size of the plugin's minor.
 pub const DESCRIPTOR_SIZES: [u64; ABI_MINOR as usize + 1] = [
     offset_of!(AppDescriptor, init) as u64,
+    size_of::<AppDescriptor>() as u64,
     size_of::<AppDescriptor>() as u64,
     size_of::<AppDescriptor>() as u64,
     size_of::<AppDescriptor>() as u64,
@@ -607,6 +810,42 @@ pub const LAYOUT_FINGERPRINT: u64 = {
     h = layout!(h, FfiPoll<u32>);
     h = layout!(h, FfiFuture<AbiHandleOutcome>);
     h = layout!(h, FfiContext<'static>);
+    // ABI 1.4
+    h = layout!(
+        h,
+        HostVTable,
+        connect,
+        spawn,
+        task_ctx,
+        set_app_state,
+        app_state
+    );
+    h = layout!(
+        h,
+        AbiConnectRequest,
+        host,
+        port,
+        tls,
+        server_name,
+        timeout_ms
+    );
+    h = layout!(h, AbiConnectOutcome, tag, socket, message);
+    h = layout!(h, AbiSocket, state, vtable);
+    h = layout!(
+        h,
+        AbiSocketVTable,
+        size,
+        poll_read,
+        poll_write,
+        poll_flush,
+        poll_shutdown,
+        start_tls,
+        peer_addr,
+        drop
+    );
+    h = layout!(h, AbiIoPoll, tag, len, error, message);
+    h = layout!(h, AbiAppState, ptr, drop);
+    h = layout!(h, FfiPoll<AbiConnectOutcome>);
     h
 };
 
@@ -624,6 +863,8 @@ pub const LAYOUT_FINGERPRINTS: &[u64] = &[
     0x083d_708b_54d1_fd41,
     // 1.3 changed no layout, only a promise: the request is lent (see `AbiRequest`).
     0x083d_708b_54d1_fd41,
+    // 1.4 appended sockets, tasks and app state.
+    0xf308_a93e_27e1_16bd,
 ];
 
 /// On other targets older minors' layouts were never recorded: only plugins of the current minor

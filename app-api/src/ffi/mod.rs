@@ -24,6 +24,7 @@
 //! * `response`: responses handed over and taken apart;
 //! * `outcome`: handler, hook and fetch outcomes (`HandleFailure`);
 //! * `settings`: an app's settings lent to its `init` hook;
+//! * `socket`: sockets' poll results and connect outcomes (ABI 1.4);
 //! * `addr`: socket addresses;
 //! * `host_handle`: the plugin's calls into the host's capability table (`HostHandle`);
 //! * `lent`: the request the host lends the plugin, read in place.
@@ -51,6 +52,7 @@ pub(crate) mod outcome;
 pub(crate) mod panic;
 pub(crate) mod response;
 pub(crate) mod settings;
+pub(crate) mod socket;
 
 pub use addr::{socket_addr_from_abi, socket_addr_to_abi};
 pub use body::{ChunkStream, ForeignBody};
@@ -61,16 +63,17 @@ pub use host_handle::HostHandle;
 pub use outcome::HandleFailure;
 pub use panic::{catch, panic_message};
 pub use settings::SettingList;
+pub use socket::{io_error_from_abi, io_error_kind};
 
 use crate::abi::{
-    AbiBody, AbiBuf, AbiFetchOutcome, AbiHandleOutcome, AbiHookOutcome, AbiHost, AbiResponse,
-    AppDescriptor, HostVTable,
+    AbiAppState, AbiBody, AbiBuf, AbiConnectOutcome, AbiFetchOutcome, AbiHandleOutcome,
+    AbiHookOutcome, AbiHost, AbiResponse, AbiSocket, AbiSocketVTable, AppDescriptor, HostVTable,
 };
 
 // SAFETY (for all the `Send`/`Sync` impls below): the structs only carry pointers whose targets
-// the ABI contract makes thread-safe to move — bodies, buffers, responses and host contexts are
-// used by one thread at a time and their release functions may run on any thread; descriptors and
-// vtables are immutable statics.
+// the ABI contract makes thread-safe to move — bodies, buffers, responses, sockets, app states and
+// host contexts are used by one thread at a time and their release functions may run on any
+// thread; descriptors and vtables are immutable statics.
 unsafe impl Send for AbiBuf {}
 unsafe impl Send for AbiBody {}
 unsafe impl Send for AbiResponse {}
@@ -80,6 +83,10 @@ unsafe impl Send for AbiHookOutcome {}
 unsafe impl Send for AbiHost {}
 unsafe impl Sync for AbiHost {}
 unsafe impl Sync for HostVTable {}
+unsafe impl Send for AbiSocket {}
+unsafe impl Send for AbiConnectOutcome {}
+unsafe impl Send for AbiAppState {}
+unsafe impl Sync for AbiSocketVTable {}
 unsafe impl Sync for AppDescriptor {}
 
 #[cfg(test)]
