@@ -12,6 +12,9 @@
 //!   (`/proc` readings, timing assertions, replacing apps, the admin `/apps` document);
 //! * `upstream`: servers the apps call out to: a small hyper server and a "hang" server that
 //!   never answers and reports when its peer goes away;
+//! * `data`: the `todo` app on PostgreSQL and the `counter` app on Redis through host sockets,
+//!   and their faults: an unreachable or denied database, restarts, an exhausted pool, clients
+//!   that leave mid-query, a swap under load;
 //! * `services`: real data servers, PostgreSQL and Redis, each on a free loopback port in a
 //!   temporary directory, stopped, restarted and dropped at a test's will;
 //! * `cli`: flags, environment variables, `--help`, exit codes;
@@ -37,6 +40,7 @@ mod admin;
 mod app_config;
 mod apps;
 mod cli;
+mod data;
 mod harness;
 mod lifecycle;
 mod limits;

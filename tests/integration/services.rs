@@ -165,6 +165,20 @@ impl Postgres {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
+    /// Starts `psql` running `sql` in a session of its own, without waiting for it: a
+    /// transaction that holds a lock, say, until the returned child is killed.
+    pub fn psql_background(&self, sql: &str) -> Child {
+        Command::new(self.bin.join("psql"))
+            .args(["--no-psqlrc", "--quiet", "--host", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .args(["--username", Self::USER, "--dbname", "postgres", "--command", sql])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start psql: {err}"))
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
