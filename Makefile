@@ -1,5 +1,6 @@
 # Two commands for a fresh machine with the Rust toolchain:
 #   make run    build the sample apps and berth, put the apps in ./apps, serve them on :8080
+#   make services  (optional, first) PostgreSQL and Redis for the `todo` and `counter` apps
 #   make test   run the whole test suite (unit, doc and integration tests on the real binary)
 #   make bench  Berth vs. native hyper, uvicorn and aiohttp; writes BENCHMARKS.md (~20 min)
 
@@ -8,13 +9,22 @@ LISTEN ?= 127.0.0.1:8080
 # The sample fetch, gather and proxy apps call back into this machine; every other upstream is denied.
 ALLOW_OUTBOUND ?= http://127.0.0.1:*,http://localhost:*
 APPS_DIR ?= apps
-SAMPLE_APPS := hello echo fetch gather greeter upload proxy clock
+SAMPLE_APPS := hello echo fetch gather greeter upload proxy clock todo counter
 SO := $(if $(filter Darwin,$(shell uname -s)),dylib,so)
 
-.PHONY: run apps test lint bench
+.PHONY: run apps services services-stop test lint bench
 
+# sample-apps/berth.toml holds the settings of `todo` and `counter` (the servers `make services`
+# starts); apps_dir in it is not set, so --apps-dir still decides.
 run: apps
-	$(CARGO) run --release -p berth-server --bin berth -- --apps-dir $(APPS_DIR) --listen $(LISTEN) --allow-outbound "$(ALLOW_OUTBOUND)"
+	$(CARGO) run --release -p berth-server --bin berth -- --config sample-apps/berth.toml --apps-dir $(APPS_DIR) --listen $(LISTEN) --allow-outbound "$(ALLOW_OUTBOUND)"
+
+# A throwaway PostgreSQL (127.0.0.1:55432) and Redis (127.0.0.1:56379) for `todo` and `counter`.
+services:
+	sample-apps/data-services.sh start
+
+services-stop:
+	sample-apps/data-services.sh stop
 
 apps:
 	$(CARGO) build --release $(addprefix -p ,$(SAMPLE_APPS))
