@@ -111,12 +111,12 @@ impl Registry {
 
     /// The services of a version of `app` about to be loaded with `app_config`.
     fn services(&self, app: &Arc<str>, app_config: &crate::config::AppConfig) -> Arc<AppServices> {
-        Arc::new(AppServices {
-            app: Arc::clone(app),
-            outbound: self.outbound.clone(),
-            policy: super::outbound_policy(&self.config, app_config),
-            runtime: self.runtime.clone(),
-        })
+        AppServices::new(
+            Arc::clone(app),
+            self.outbound.clone(),
+            super::outbound_policy(&self.config, app_config),
+            self.runtime.clone(),
+        )
     }
 
     /// Brings the mounted apps in line with the apps directory: loads new files, swaps changed
@@ -303,7 +303,14 @@ impl Registry {
         let services = self.services(&name, &app_config);
         let deadline = tokio::time::Instant::now() + hook_timeout;
         let scope = RequestScope::new(&services, Some(deadline));
-        loader::run_init(&plugin, &app_config.settings, scope, Some(hook_timeout)).await?;
+        if let Err(error) =
+            loader::run_init(&plugin, &app_config.settings, scope, Some(hook_timeout)).await
+        {
+            // A version that never mounts has no shutdown hook run; what its init started
+            // (tasks, sockets) ends here.
+            services.retire();
+            return Err(error);
+        }
         let stats = Arc::clone(lock(&self.stats).entry(Arc::clone(&name)).or_default());
         Ok(Arc::new(AppVersion {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -326,8 +333,8 @@ impl Registry {
         }))
     }
 
-    /// Retires `version` in the background: waits for its last request, then runs its
-    /// `shutdown` hook.
+    /// Retires `version` in the background: waits for its last request, runs its `shutdown`
+    /// hook, then cancels its tasks and closes its sockets.
     fn retire(self: &Arc<Self>, version: Arc<AppVersion>) {
         lock(&self.retiring).push(Arc::clone(&version));
         let registry = Arc::clone(self);
@@ -343,7 +350,14 @@ impl Registry {
         tasks.push(task);
     }
 
+    /// Runs `version`'s `shutdown` hook, then retires its services: its tasks are cancelled
+    /// and its sockets closed, whatever the hook did.
     async fn run_shutdown(&self, version: &AppVersion) {
+        self.run_shutdown_hook(version).await;
+        version.services.retire();
+    }
+
+    async fn run_shutdown_hook(&self, version: &AppVersion) {
         let limit = version.hook_timeout;
         let deadline = tokio::time::Instant::now() + limit;
         let scope = RequestScope::new(&version.services, Some(deadline));
@@ -363,8 +377,8 @@ impl Registry {
     }
 
     /// At process exit, after the drain: runs every mounted version's `shutdown` hook (requests
-    /// the drain gave up on are abandoned, not waited for), and gives versions still retiring
-    /// one hook time limit to finish.
+    /// the drain gave up on are abandoned, not waited for) and then cancels its tasks and
+    /// closes its sockets, and gives versions still retiring one hook time limit to finish.
     pub async fn shutdown(self: &Arc<Self>) {
         let router = self.router();
         self.router.store(Arc::new(Router::default()));
@@ -417,7 +431,7 @@ impl Registry {
             .collect();
         let retiring: Vec<Value> = lock(&self.retiring)
             .iter()
-            .map(|v| json!({"name": &*v.name, "id": v.id, "version": v.plugin.version, "in_flight": v.in_flight()}))
+            .map(|v| json!({"name": &*v.name, "id": v.id, "version": v.plugin.version, "in_flight": v.in_flight(), "sockets": v.services.sockets.open(), "tasks": v.services.tasks.live()}))
             .collect();
         json!({
             "apps": apps,

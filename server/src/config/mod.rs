@@ -12,6 +12,8 @@
 //! admin_listen = "127.0.0.1:9090"   # or "off"
 //! drain_timeout = "30s"             # durations: seconds (30, 0.5) or "500ms", "30s", "2m"
 //! outbound_timeout = "30s"
+//! outbound_connect_timeout = "5s"  # fetches' and sockets' connects
+//! max_sockets = 100                 # open TCP sockets per app version
 //! request_timeout = "60s"
 //! hook_timeout = "10s"
 //! watch = true
@@ -22,6 +24,9 @@
 //! enabled = true
 //! request_timeout = "5s"
 //! hook_timeout = "2s"
+//! connect_timeout = "2s"            # this app's sockets
+//! max_sockets = 10
+//! allowed_outbound_hosts = ["https://api.example.com", "postgres://db.internal"]
 //! [apps.hello.settings]
 //! greeting = "Hi there"
 //! ```
@@ -157,8 +162,13 @@ impl Default for Limits {
 /// How apps reach upstreams.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundConfig {
-    /// Time limit to connect (default 5 s), inside the request's time limit.
+    /// Time limit to connect (default 5 s), inside the request's time limit: for fetches, and
+    /// for apps' sockets (with their TLS handshake) unless the app sets its own or
+    /// [`AppConfig::connect_timeout`] overrides it.
     pub connect_timeout: Duration,
+    /// Most TCP sockets one app version holds open at once (default 100); per app
+    /// `max_sockets`. A connect past it fails at once.
+    pub max_sockets: usize,
     /// Most outbound requests one app has in flight at once (default 64). A fetch holds its
     /// permit from the call that makes it until its response body is done; waiting for a
     /// permit counts inside the request's time limit. Per app `outbound_max_concurrency`.
@@ -175,7 +185,8 @@ pub struct OutboundConfig {
 impl Default for OutboundConfig {
     fn default() -> Self {
         OutboundConfig {
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: crate::host::SocketLimits::default().connect_timeout,
+            max_sockets: crate::host::SocketLimits::default().max_sockets,
             max_concurrency: 64,
             max_buffered: 16 * 1024 * 1024,
             ca_file: None,
@@ -208,6 +219,12 @@ pub struct AppConfig {
     pub outbound_max_concurrency: Option<usize>,
     /// This app's buffered response limit, instead of [`OutboundConfig::max_buffered`].
     pub outbound_max_buffered: Option<u64>,
+    /// This app's time limit for opening a socket, instead of
+    /// [`OutboundConfig::connect_timeout`] (its fetches keep the server's: the HTTP client's
+    /// pool is shared).
+    pub connect_timeout: Option<Duration>,
+    /// This app's socket limit, instead of [`OutboundConfig::max_sockets`].
+    pub max_sockets: Option<usize>,
 }
 
 impl Default for AppConfig {
@@ -222,6 +239,8 @@ impl Default for AppConfig {
             allowed_outbound_hosts: None,
             outbound_max_concurrency: None,
             outbound_max_buffered: None,
+            connect_timeout: None,
+            max_sockets: None,
         }
     }
 }
@@ -389,6 +408,9 @@ impl Config {
             connect_timeout: file
                 .outbound_connect_timeout
                 .map_or(defaults.outbound.connect_timeout, |d| d.0),
+            max_sockets: file
+                .max_sockets
+                .map_or(defaults.outbound.max_sockets, |n| n.0),
             max_concurrency: file
                 .outbound_max_concurrency
                 .map_or(defaults.outbound.max_concurrency, |n| n.0),

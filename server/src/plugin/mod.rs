@@ -13,6 +13,7 @@
 
 pub mod lent;
 pub mod scope;
+mod socket;
 mod vtable;
 
 use std::mem::ManuallyDrop;
@@ -300,7 +301,7 @@ mod tests {
                     abi_minor: ABI_MINOR + 1,
                     ..good()
                 },
-                "supports up to 3",
+                &format!("supports up to {ABI_MINOR}"),
             ),
             (
                 DescriptorHeader {
@@ -311,7 +312,7 @@ mod tests {
             ),
             (
                 DescriptorHeader { size: 8, ..good() },
-                "descriptor is 8 bytes, expected at least 104 for ABI 1.3",
+                &format!("descriptor is 8 bytes, expected at least 104 for ABI 1.{ABI_MINOR}"),
             ),
         ];
         for (header, needle) in cases {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use berth_app::abi::*;
 use berth_app::ffi::{ForeignBody, IntoFfi as _, headers_from_abi};
 
-use crate::host::Exchange;
+use crate::host::{AppState, ConnectRequest, Exchange};
 use crate::plugin::RequestScope;
 
 /// The table every host handle points to.
@@ -22,6 +22,11 @@ pub(super) static HOST_VTABLE: HostVTable = HostVTable {
     fetch,
     time_left_ms,
     max_buffered_response,
+    connect,
+    spawn,
+    task_ctx,
+    set_app_state,
+    app_state,
 };
 
 berth_app::ffi_fn! {
@@ -151,4 +156,132 @@ berth_app::ffi_fn! {
         let message = format!("host panicked starting the fetch: {panic}");
         std::future::ready(AbiFetchOutcome::failed(FETCH_OTHER, message)).into_ffi()
     }
+}
+
+berth_app::ffi_fn! {
+    /// Opens a socket for the app.
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`]; `req` is borrowed for the call.
+    unsafe fn connect(ctx: *mut c_void, req: *const AbiConnectRequest) -> FfiFuture<AbiConnectOutcome> {
+        // SAFETY: `ctx` is live and `req` borrowed for this call (the host contract).
+        let (scope, req) = unsafe { (scope(ctx), &*req) };
+        // SAFETY: as above, the strings of `req` are borrowed for this call; they are copied.
+        let (host, server_name) = unsafe {
+            (req.host.to_str("the host name"), req.server_name.to_str("the TLS server name"))
+        };
+        let (host, server_name) = match (host, server_name) {
+            (Ok(host), Ok(name)) => (host.to_owned(), (!name.is_empty()).then(|| name.to_owned())),
+            (Err(e), _) | (_, Err(e)) => {
+                return std::future::ready(AbiConnectOutcome::failed(CONNECT_INVALID, e.0))
+                    .into_ffi();
+            }
+        };
+        let tls = match req.tls {
+            CONNECT_PLAIN => false,
+            CONNECT_TLS => true,
+            other => {
+                let message = format!("unknown TLS mode {other} (CONNECT_PLAIN or CONNECT_TLS)");
+                return std::future::ready(AbiConnectOutcome::failed(CONNECT_INVALID, message))
+                    .into_ffi();
+            }
+        };
+        let request = ConnectRequest {
+            host,
+            port: req.port,
+            tls,
+            server_name,
+            timeout: (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms)),
+        };
+        let connecting = scope.services.connect(request, scope.deadline);
+        futures_util::FutureExt::map(connecting, super::socket::outcome).into_ffi()
+    } ?= |panic| {
+        let message = format!("the host panicked opening the socket: {panic}");
+        std::future::ready(AbiConnectOutcome::failed(CONNECT_OTHER, message)).into_ffi()
+    }
+}
+
+berth_app::ffi_fn! {
+    /// Runs the app's task as a task of its version.
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`]; `task` moves to the host.
+    unsafe fn spawn(ctx: *mut c_void, task: FfiFuture<u32>) -> FfiFuture<u32> {
+        // Owned from here: dropped on every path, the panicking one included.
+        let mut task = task;
+        // SAFETY: `ctx` is live for this call (the host contract).
+        let scope = unsafe { scope(ctx) };
+        let task = std::future::poll_fn(move |cx| task.poll_caught(cx));
+        scope.services.spawn(task).into_ffi()
+    } ?= |_| std::future::ready(TASK_PANICKED).into_ffi()
+}
+
+berth_app::ffi_fn! {
+    /// A new reference to a scope of the same version, with no deadline and no request.
+    /// There is nothing to hand back should it panic: abort.
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`].
+    unsafe fn task_ctx(ctx: *mut c_void) -> *mut c_void {
+        // SAFETY: `ctx` is live for this call (the host contract).
+        let scope = unsafe { scope(ctx) };
+        let task_scope = RequestScope::new(&scope.services, None);
+        Arc::into_raw(task_scope).cast_mut().cast()
+    } ?= |_| std::process::abort()
+}
+
+/// An app version's state as the plugin handed it over: freed through its own `drop` when the
+/// version's services go.
+#[derive(Debug)]
+struct PluginState(AbiAppState);
+
+// SAFETY: the host never reads through the pointer; it hands the pointer back to the plugin,
+// on any thread, and frees it once. The ABI makes the state the plugin's to share between
+// threads (the SDK requires it to be `Send + Sync`).
+unsafe impl Sync for PluginState {}
+
+impl AppState for PluginState {
+    fn ptr(&self) -> *const c_void {
+        self.0.ptr.cast_const()
+    }
+}
+
+impl Drop for PluginState {
+    fn drop(&mut self) {
+        if let Some(free) = self.0.drop {
+            // SAFETY: the state is owned by the host (handed over by `set_app_state`) and
+            // freed once, here, through the function the plugin gave with it (plugin code,
+            // which catches its own panics).
+            unsafe { free(self.0.ptr) }
+        }
+    }
+}
+
+berth_app::ffi_fn! {
+    /// Keeps the app version's state, or drops it when the version has one.
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`]; `state` moves to the host.
+    unsafe fn set_app_state(ctx: *mut c_void, state: AbiAppState) -> u32 {
+        // Owned from here: freed on every path, the panicking one included.
+        let state = Box::new(PluginState(state));
+        // SAFETY: `ctx` is live for this call (the host contract).
+        let scope = unsafe { scope(ctx) };
+        if scope.services.set_state(state) {
+            STATE_SET
+        } else {
+            STATE_TAKEN
+        }
+    } ?= |_| STATE_TAKEN
+}
+
+berth_app::ffi_fn! {
+    /// The app version's state pointer, or null (also should it panic).
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`].
+    unsafe fn app_state(ctx: *mut c_void) -> *const c_void {
+        // SAFETY: `ctx` is live for this call (the host contract).
+        unsafe { scope(ctx) }.services.state_ptr()
+    } ?= |_| std::ptr::null()
 }
