@@ -607,6 +607,73 @@ mod tests {
     }
 
     #[test]
+    fn socket_limits_at_the_top_and_per_app() {
+        let config = load("sockets-default", "", &[]).unwrap();
+        assert_eq!(config.outbound.connect_timeout, Duration::from_secs(5));
+        assert_eq!(config.outbound.max_sockets, 100);
+        assert_eq!(config.app("db").connect_timeout, None);
+        assert_eq!(config.app("db").max_sockets, None);
+
+        let toml = r#"
+            outbound_connect_timeout = "2s"
+            max_sockets = 20
+            [apps.db]
+            connect_timeout = "500ms"
+            max_sockets = 3
+            allowed_outbound_hosts = ["postgres://db.internal", "redis://cache:6380"]
+            [apps.other]
+        "#;
+        let config = load("sockets", toml, &[]).unwrap();
+        assert_eq!(config.outbound.connect_timeout, Duration::from_secs(2));
+        assert_eq!(config.outbound.max_sockets, 20);
+        let db = config.app("db");
+        assert_eq!(db.connect_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(db.max_sockets, Some(3));
+        let policy = crate::apps::outbound_policy(&config, &db);
+        assert_eq!(policy.connect_timeout, Duration::from_millis(500));
+        assert_eq!(policy.max_sockets, 3);
+        assert!(policy.allowlist.allows_socket("db.internal", 5432));
+        let other = crate::apps::outbound_policy(&config, &config.app("other"));
+        assert_eq!(other.connect_timeout, Duration::from_secs(2));
+        assert_eq!(other.max_sockets, 20);
+
+        // Each spelling of the connect time limit is accepted at both levels.
+        let toml = "connect_timeout = 3\n[apps.db]\noutbound_connect_timeout = 1\n";
+        let config = load("sockets-alias", toml, &[]).unwrap();
+        assert_eq!(config.outbound.connect_timeout, Duration::from_secs(3));
+        assert_eq!(
+            config.app("db").connect_timeout,
+            Some(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn bad_socket_settings_name_the_key() {
+        use super::test_support::load_err;
+        let message = load_err("max-sockets-zero", "max_sockets = 0\n");
+        assert!(message.contains("key `max_sockets`"), "{message}");
+        assert!(message.contains("at least 1"), "{message}");
+        let message = load_err("connect-zero", "[apps.db]\nconnect_timeout = 0\n");
+        assert!(
+            message.contains("key `apps.db.connect_timeout`"),
+            "{message}"
+        );
+        assert!(message.contains("more than 0"), "{message}");
+        let message = load_err(
+            "tcp-without-port",
+            "[apps.db]\nallowed_outbound_hosts = [\"tcp://db\"]\n",
+        );
+        assert!(
+            message.contains("key `apps.db.allowed_outbound_hosts`"),
+            "{message}"
+        );
+        assert!(message.contains("\"tcp://db\""), "{message}");
+        assert!(message.contains("needs a port"), "{message}");
+        let message = load_err("max-sockets-type", "[apps.db]\nmax_sockets = \"many\"\n");
+        assert!(message.contains("key `apps.db.max_sockets`"), "{message}");
+    }
+
+    #[test]
     fn admin_listen_off() {
         let config = load("admin-off", "admin_listen = \"off\"\n", &[]).unwrap();
         assert_eq!(config.admin_listen, None);

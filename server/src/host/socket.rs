@@ -562,3 +562,321 @@ async fn open(checked: Checked, request: ConnectRequest) -> Result<Socket, Conne
         handshake_timeout: checked.handshake_timeout,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::future::poll_fn;
+
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::RootCertStore;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::host::SocketLimits;
+
+    fn policy(entries: &[&str], max_sockets: usize) -> OutboundPolicy {
+        let limits = SocketLimits {
+            max_sockets,
+            ..SocketLimits::default()
+        };
+        OutboundPolicy::new(Allowlist::parse(entries).unwrap(), 8, 1024, limits)
+    }
+
+    /// One app version's sockets, with `tls` as the host's TLS settings.
+    struct Version {
+        app: Arc<str>,
+        policy: OutboundPolicy,
+        tls: Arc<ClientConfig>,
+        sockets: Sockets,
+    }
+
+    impl Version {
+        fn new(entries: &[&str], max_sockets: usize) -> Self {
+            let tls = crate::tls::without_alpn(&crate::tls::client_config(None).unwrap());
+            Version::with_tls(entries, max_sockets, tls)
+        }
+
+        fn with_tls(entries: &[&str], max_sockets: usize, tls: Arc<ClientConfig>) -> Self {
+            Version {
+                app: Arc::from("db-app"),
+                policy: policy(entries, max_sockets),
+                tls,
+                sockets: Sockets::default(),
+            }
+        }
+
+        fn connect(
+            &self,
+            request: ConnectRequest,
+        ) -> impl Future<Output = Result<Socket, ConnectError>> + use<> {
+            let connector = Connector {
+                app: &self.app,
+                policy: &self.policy,
+                tls: &self.tls,
+                sockets: &self.sockets,
+            };
+            connect(&connector, request, None)
+        }
+    }
+
+    fn plain(host: &str, port: u16) -> ConnectRequest {
+        ConnectRequest {
+            host: host.to_owned(),
+            port,
+            tls: false,
+            server_name: None,
+            timeout: None,
+        }
+    }
+
+    async fn write_all(socket: &Socket, mut data: &[u8]) {
+        while !data.is_empty() {
+            let n = poll_fn(|cx| socket.poll_write(cx, data)).await.unwrap();
+            data = &data[n..];
+        }
+        poll_fn(|cx| socket.poll_flush(cx)).await.unwrap();
+    }
+
+    async fn read_some(socket: &Socket) -> io::Result<Vec<u8>> {
+        let mut buf = [0u8; 64];
+        let mut read = ReadBuf::new(&mut buf);
+        poll_fn(|cx| socket.poll_read(cx, &mut read)).await?;
+        Ok(read.filled().to_vec())
+    }
+
+    #[tokio::test]
+    async fn an_allowed_connect_reads_and_writes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let version = Version::new(&["tcp://127.0.0.1:*"], 10);
+        let socket = version
+            .connect(plain("127.0.0.1", addr.port()))
+            .await
+            .unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        assert_eq!(socket.peer_addr(), Some(addr));
+        assert!(!socket.is_tls());
+        assert_eq!(version.sockets.open(), 1);
+
+        write_all(&socket, b"PING\r\n").await;
+        let mut got = [0u8; 6];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"PING\r\n");
+        peer.write_all(b"+PONG\r\n").await.unwrap();
+        assert_eq!(read_some(&socket).await.unwrap(), b"+PONG\r\n");
+
+        // Shutting down the write half: the peer reads the end of the stream.
+        poll_fn(|cx| socket.poll_shutdown(cx)).await.unwrap();
+        assert_eq!(peer.read(&mut got).await.unwrap(), 0);
+
+        // Dropping the socket closes it and frees its place.
+        drop(socket);
+        assert_eq!(version.sockets.open(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_denied_connect_opens_nothing_and_says_why() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let http_only = format!("http://127.0.0.1:{port}");
+        for entries in [&[][..], &[http_only.as_str()][..]] {
+            let version = Version::new(entries, 10);
+            let error = version.connect(plain("127.0.0.1", port)).await.unwrap_err();
+            assert_eq!(error.tag(), abi::CONNECT_DENIED, "{error}");
+            let message = error.to_string();
+            assert!(message.contains("\"db-app\""), "{message}");
+            assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+            assert!(message.contains("allowed_outbound_hosts"), "{message}");
+            assert_eq!(version.sockets.open(), 0);
+        }
+        // Denied before any DNS lookup too: a name that cannot resolve is refused as denied.
+        let version = Version::new(&[], 10);
+        let error = version.connect(plain("no-such-host.invalid", 5432)).await;
+        assert_eq!(error.unwrap_err().tag(), abi::CONNECT_DENIED);
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "the listener accepted a connection");
+    }
+
+    #[tokio::test]
+    async fn the_socket_limit_fails_at_once_and_frees_on_drop() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let version = Version::new(&["tcp://127.0.0.1:*"], 2);
+        let first = version.connect(plain("127.0.0.1", port)).await.unwrap();
+        let _second = version.connect(plain("127.0.0.1", port)).await.unwrap();
+        let error = version.connect(plain("127.0.0.1", port)).await.unwrap_err();
+        assert_eq!(error.tag(), abi::CONNECT_LIMIT, "{error}");
+        let message = error.to_string();
+        assert!(message.contains("max_sockets"), "{message}");
+        assert!(message.contains("\"db-app\""), "{message}");
+        assert!(message.contains('2'), "{message}");
+        drop(first);
+        let _third = version.connect(plain("127.0.0.1", port)).await.unwrap();
+        assert_eq!(version.sockets.open(), 2);
+    }
+
+    #[tokio::test]
+    async fn failures_have_their_tags() {
+        // Nothing listens on a port just released.
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let version = Version::new(&["*"], 10);
+        let error = version.connect(plain("127.0.0.1", port)).await.unwrap_err();
+        assert_eq!(error.tag(), abi::CONNECT_FAILED, "{error}");
+        assert_eq!(version.sockets.open(), 0);
+
+        let error = version.connect(plain("no-such-host.invalid", 1)).await;
+        assert_eq!(error.unwrap_err().tag(), abi::CONNECT_FAILED);
+        for bad in [plain("", 1), plain("127.0.0.1", 0), plain("a b", 1)] {
+            let error = version.connect(bad).await.unwrap_err();
+            assert_eq!(error.tag(), abi::CONNECT_INVALID, "{error}");
+        }
+        let bad_name = ConnectRequest {
+            tls: true,
+            server_name: Some("not a name".into()),
+            ..plain("127.0.0.1", 1)
+        };
+        let error = version.connect(bad_name).await.unwrap_err();
+        assert_eq!(error.tag(), abi::CONNECT_INVALID, "{error}");
+    }
+
+    #[test]
+    fn the_time_limit_is_the_apps_bounded_by_the_deadline() {
+        let policy = policy(&[], 1);
+        let now = Instant::now();
+        let mut request = plain("db", 1);
+        assert_eq!(time_limit(&request, &policy, None), Duration::from_secs(5));
+        request.timeout = Some(Duration::from_secs(1));
+        assert_eq!(time_limit(&request, &policy, None), Duration::from_secs(1));
+        let soon = now + Duration::from_millis(300);
+        assert!(time_limit(&request, &policy, Some(soon)) <= Duration::from_millis(300));
+        let past = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+        assert_eq!(time_limit(&request, &policy, Some(past)), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn retiring_the_version_closes_its_sockets() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let version = Version::new(&["tcp://127.0.0.1:*"], 10);
+        let socket = version.connect(plain("127.0.0.1", port)).await.unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        assert_eq!(version.sockets.open(), 1);
+
+        version.sockets.close_all();
+        assert_eq!(version.sockets.open(), 0);
+        // The peer sees the end of the stream though the app still holds the socket.
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(Duration::from_secs(5), peer.read(&mut buf)).await;
+        assert_eq!(read.unwrap().unwrap(), 0);
+        // Every later call fails as closed.
+        let error = read_some(&socket).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotConnected);
+        assert_eq!(error.to_string(), RETIRED);
+        let write = poll_fn(|cx| socket.poll_write(cx, b"x")).await.unwrap_err();
+        assert_eq!(write.kind(), io::ErrorKind::NotConnected);
+        assert_eq!(
+            berth_app::ffi::io_error_kind(write.kind()),
+            abi::IO_ERR_CLOSED
+        );
+        // And the version opens no more.
+        let error = version.connect(plain("127.0.0.1", port)).await.unwrap_err();
+        assert_eq!(error.tag(), abi::CONNECT_OTHER, "{error}");
+        assert!(error.to_string().contains("retired"), "{error}");
+        drop(socket);
+        assert_eq!(version.sockets.open(), 0);
+    }
+
+    /// A TLS server config for `localhost` and the client settings that trust it.
+    fn tls_pair() -> (Arc<rustls::ServerConfig>, Arc<ClientConfig>) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(ca.der().to_vec())).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    #[tokio::test]
+    async fn tls_from_the_start_and_in_mid_stream() {
+        let (server, client) = tls_pair();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let version = Version::with_tls(&["tcp://localhost:*"], 10, client);
+
+        // TLS from the first byte.
+        let request = ConnectRequest {
+            tls: true,
+            ..plain("localhost", port)
+        };
+        let (connected, accepted) = tokio::join!(version.connect(request), async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            acceptor.accept(tcp).await.unwrap()
+        });
+        let socket = connected.unwrap();
+        let mut peer = accepted;
+        assert!(socket.is_tls());
+        write_all(&socket, b"hello").await;
+        let mut got = [0u8; 5];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+
+        // Plain first, then upgraded (PostgreSQL's SSLRequest).
+        let socket = version.connect(plain("localhost", port)).await.unwrap();
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        write_all(&socket, b"SSL?").await;
+        let mut asked = [0u8; 4];
+        tcp.read_exact(&mut asked).await.unwrap();
+        tcp.write_all(b"S").await.unwrap();
+        assert_eq!(read_some(&socket).await.unwrap(), b"S");
+        let (upgraded, accepted) = tokio::join!(socket.start_tls(None), acceptor.accept(tcp));
+        let socket = upgraded.unwrap();
+        let mut peer = accepted.unwrap();
+        assert!(socket.is_tls());
+        assert_eq!(version.sockets.open(), 2);
+        peer.write_all(b"secret").await.unwrap();
+        peer.flush().await.unwrap();
+        assert_eq!(read_some(&socket).await.unwrap(), b"secret");
+
+        // A name the certificate does not have fails as a TLS failure.
+        let request = ConnectRequest {
+            tls: true,
+            server_name: Some("other.test".into()),
+            ..plain("localhost", port)
+        };
+        let (connected, _) = tokio::join!(version.connect(request), async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let _ = acceptor.accept(tcp).await;
+        });
+        let error = connected.unwrap_err();
+        assert_eq!(error.tag(), abi::CONNECT_TLS_FAILED, "{error}");
+        assert_eq!(version.sockets.open(), 2);
+    }
+}

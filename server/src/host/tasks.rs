@@ -134,3 +134,96 @@ impl Tasks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Sets its flag when dropped: tells when a task's future is gone.
+    struct DropFlag(Arc<AtomicBool>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A task that never ends, and the flag its future sets when dropped.
+    fn endless() -> (
+        impl Future<Output = Result<u32, Panicked>> + Send + 'static,
+        Arc<AtomicBool>,
+    ) {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = DropFlag(Arc::clone(&dropped));
+        let task = async move {
+            let _flag = flag;
+            std::future::pending::<()>().await;
+            Ok(0)
+        };
+        (task, dropped)
+    }
+
+    /// Waits (a few seconds at most) until `done` holds.
+    async fn until(done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting");
+    }
+
+    fn app() -> Arc<str> {
+        Arc::from("tasker")
+    }
+
+    #[tokio::test]
+    async fn a_task_ends_done_or_panicked() {
+        let tasks = Tasks::default();
+        let runtime = tokio::runtime::Handle::current();
+        let done = tasks.spawn(&runtime, &app(), async { Ok(7) });
+        assert_eq!(done.await, TASK_DONE);
+        let panicked = tasks.spawn(&runtime, &app(), async { Err(Panicked) });
+        assert_eq!(panicked.await, TASK_PANICKED);
+        until(|| tasks.live() == 0).await;
+    }
+
+    #[tokio::test]
+    async fn retiring_cancels_every_task_and_later_ones() {
+        let tasks = Tasks::default();
+        let runtime = tokio::runtime::Handle::current();
+        let (task, dropped) = endless();
+        let joined = tasks.spawn(&runtime, &app(), task);
+        let (other, other_dropped) = endless();
+        let _other_joined = tasks.spawn(&runtime, &app(), other);
+        assert_eq!(tasks.live(), 2);
+
+        tasks.cancel_all();
+        assert_eq!(joined.await, TASK_CANCELLED);
+        until(|| dropped.load(Ordering::SeqCst) && other_dropped.load(Ordering::SeqCst)).await;
+        until(|| tasks.live() == 0).await;
+
+        // A task spawned after the version was retired never runs.
+        let (late, late_dropped) = endless();
+        assert_eq!(tasks.spawn(&runtime, &app(), late).await, TASK_CANCELLED);
+        assert!(late_dropped.load(Ordering::SeqCst));
+        assert_eq!(tasks.live(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_join_future_cancels_the_task() {
+        let tasks = Tasks::default();
+        let runtime = tokio::runtime::Handle::current();
+        let (task, dropped) = endless();
+        let joined = tasks.spawn(&runtime, &app(), task);
+        tokio::task::yield_now().await;
+        assert_eq!(tasks.live(), 1);
+        drop(joined);
+        until(|| dropped.load(Ordering::SeqCst)).await;
+        until(|| tasks.live() == 0).await;
+    }
+}
