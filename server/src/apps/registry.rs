@@ -8,11 +8,11 @@
 //! its count of requests in flight reaches zero. Its library stays mapped (see `plugin`), so nothing a retired version
 //! left behind (a waker, a thread-local destructor) can jump into unmapped code.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -49,8 +49,24 @@ pub struct Registry {
     retiring: Mutex<Vec<Arc<AppVersion>>>,
     retire_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     retired: AtomicU64,
+    /// The last [`RECENTLY_RETIRED`] retired versions, for the admin API: whether their
+    /// services (and with them the app's state) are gone yet, and what they still hold.
+    recently_retired: Mutex<VecDeque<Retired>>,
     next_id: AtomicU64,
     ready: AtomicBool,
+}
+
+/// How many retired versions the admin API lists.
+const RECENTLY_RETIRED: usize = 16;
+
+/// A retired version as the admin API lists it. Its services are held weakly: the registry
+/// must not keep them (and the app's state) alive.
+#[derive(Debug)]
+struct Retired {
+    name: Arc<str>,
+    id: u64,
+    version: String,
+    services: Weak<AppServices>,
 }
 
 /// Which files a rescan loads.
@@ -87,6 +103,7 @@ impl Registry {
             retiring: Mutex::new(Vec::new()),
             retire_tasks: Mutex::new(Vec::new()),
             retired: AtomicU64::new(0),
+            recently_retired: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
         }))
@@ -343,6 +360,18 @@ impl Registry {
             registry.run_shutdown(&version).await;
             lock(&registry.retiring).retain(|v| !Arc::ptr_eq(v, &version));
             registry.retired.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut recent = lock(&registry.recently_retired);
+                if recent.len() == RECENTLY_RETIRED {
+                    recent.pop_front();
+                }
+                recent.push_back(Retired {
+                    name: Arc::clone(&version.name),
+                    id: version.id,
+                    version: version.plugin.version.clone(),
+                    services: Arc::downgrade(&version.services),
+                });
+            }
             tracing::info!(app = &*version.name, id = version.id, version = version.plugin.version, file = %version.file.display(), "retired app version: its last request finished");
         });
         let mut tasks = lock(&self.retire_tasks);
@@ -433,11 +462,29 @@ impl Registry {
             .iter()
             .map(|v| json!({"name": &*v.name, "id": v.id, "version": v.plugin.version, "in_flight": v.in_flight(), "sockets": v.services.sockets.open(), "tasks": v.services.tasks.live()}))
             .collect();
+        let recently_retired: Vec<Value> = lock(&self.recently_retired)
+            .iter()
+            .map(|r| {
+                let services = r.services.upgrade();
+                let (sockets, tasks) = services
+                    .as_ref()
+                    .map_or((0, 0), |s| (s.sockets.open(), s.tasks.live()));
+                json!({
+                    "name": &*r.name,
+                    "id": r.id,
+                    "version": r.version,
+                    "sockets": sockets,
+                    "tasks": tasks,
+                    "released": services.is_none(),
+                })
+            })
+            .collect();
         json!({
             "apps": apps,
             "failed": failed,
             "retiring": retiring,
             "retired": self.retired.load(Ordering::Relaxed),
+            "recently_retired": recently_retired,
         })
     }
 
