@@ -469,8 +469,14 @@ fn denied(app: &str, host: &str, port: u16, allowlist: &Allowlist) -> ConnectErr
     } else {
         "it is not in the app's allowed_outbound_hosts"
     };
+    // An IPv6 literal goes in brackets, in the message as in an entry.
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
     ConnectError::Denied(format!(
-        "app {app:?} may not connect to {host}:{port}: {hint} (add e.g. \"tcp://{host}:{port}\")"
+        "app {app:?} may not connect to {authority}: {hint} (add e.g. \"tcp://{authority}\")"
     ))
 }
 
