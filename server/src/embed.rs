@@ -164,15 +164,17 @@ impl LoadedApp {
         loader::run_init(&self.plugin, &self.settings, scope, None).await
     }
 
-    /// Runs the app's `shutdown` hook, if it has one.
+    /// Runs the app's `shutdown` hook, if it has one, then cancels the tasks the app spawned
+    /// and closes its sockets, as the server does when it retires a version.
     pub async fn shutdown(&self) -> Result<(), CallError> {
-        let Some(shutdown) = self
-            .plugin
-            .shutdown(RequestScope::new(self.services()?, None))
-        else {
+        let services = self.services()?;
+        let Some(shutdown) = self.plugin.shutdown(RequestScope::new(services, None)) else {
+            services.retire();
             return Ok(());
         };
-        match AssertUnwindSafe(shutdown).catch_unwind().await {
+        let outcome = AssertUnwindSafe(shutdown).catch_unwind().await;
+        services.retire();
+        match outcome {
             Err(_) => Err(self.failure(HandleFailure::Panicked(
                 "the plugin's shutdown future panicked".into(),
             ))),
@@ -222,12 +224,12 @@ impl LoadedApp {
     fn services(&self) -> Result<&Arc<AppServices>, CallError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| CallError::NoRuntime)?;
         Ok(self.services.get_or_init(|| {
-            Arc::new(AppServices {
-                app: Arc::clone(&self.name),
-                outbound: self.outbound.clone(),
-                policy: self.policy.clone(),
+            AppServices::new(
+                Arc::clone(&self.name),
+                self.outbound.clone(),
+                self.policy.clone(),
                 runtime,
-            })
+            )
         }))
     }
 

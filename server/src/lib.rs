@@ -26,8 +26,9 @@
 //! * [`plugin`]: the one module tree with `unsafe` code: opening libraries, checking their
 //!   descriptor, the request lent to an app, calling its handler, and the capability table it
 //!   calls back into;
-//! * [`host`]: what apps call back into: logging, timers, and the outbound HTTP client with its
-//!   allowlist.
+//! * [`host`]: what apps call back into: logging, timers, the outbound HTTP client with its
+//!   allowlist, TCP sockets, spawned tasks and the app version's state; sockets and tasks end
+//!   when their version is retired.
 //!
 //! Around them:
 //!

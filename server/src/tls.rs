@@ -7,7 +7,8 @@
 //!
 //! * [`server_config`]: a certificate chain and private key from PEM files, ALPN `h2` and
 //!   `http/1.1`; wrap it in a [`tokio_rustls::TlsAcceptor`] and call [`accept`] per connection;
-//! * [`client_config`] and [`https_connector`]: the outbound side, for hyper-util's client.
+//! * [`client_config`] and [`https_connector`]: the outbound side, for hyper-util's client;
+//!   [`without_alpn`]: the same roots for apps' TLS sockets.
 //!
 //! Every [`TlsError`] names the file it is about, so `berth` can print it as it is.
 
@@ -198,6 +199,14 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<ClientConfig, TlsError> 
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
     Ok(config)
+}
+
+/// `client` without ALPN, for apps' raw TLS sockets: they speak PostgreSQL or Redis, not
+/// HTTP, and a server that checks ALPN must not be told otherwise.
+pub fn without_alpn(client: &ClientConfig) -> Arc<ClientConfig> {
+    let mut config = client.clone();
+    config.alpn_protocols.clear();
+    Arc::new(config)
 }
 
 /// A connector for hyper-util's client that speaks plain HTTP for `http://` URLs and TLS with

@@ -20,9 +20,10 @@ pub use router::Router;
 pub use version::{AppVersion, InFlight};
 
 use crate::config::{AppConfig, Config};
-use crate::host::OutboundPolicy;
+use crate::host::{OutboundPolicy, SocketLimits};
 
-/// An app's outbound rules: its own entry's where it has them, the server's otherwise.
+/// An app's outbound rules (fetches and sockets): its own entry's where it has them, the
+/// server's otherwise.
 pub fn outbound_policy(config: &Config, app: &AppConfig) -> OutboundPolicy {
     OutboundPolicy::new(
         app.allowed_outbound_hosts
@@ -32,5 +33,11 @@ pub fn outbound_policy(config: &Config, app: &AppConfig) -> OutboundPolicy {
             .unwrap_or(config.outbound.max_concurrency),
         app.outbound_max_buffered
             .unwrap_or(config.outbound.max_buffered),
+        SocketLimits {
+            connect_timeout: app
+                .connect_timeout
+                .unwrap_or(config.outbound.connect_timeout),
+            max_sockets: app.max_sockets.unwrap_or(config.outbound.max_sockets),
+        },
     )
 }

@@ -8,11 +8,11 @@
 //! its count of requests in flight reaches zero. Its library stays mapped (see `plugin`), so nothing a retired version
 //! left behind (a waker, a thread-local destructor) can jump into unmapped code.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -49,8 +49,24 @@ pub struct Registry {
     retiring: Mutex<Vec<Arc<AppVersion>>>,
     retire_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     retired: AtomicU64,
+    /// The last [`RECENTLY_RETIRED`] retired versions, for the admin API: whether their
+    /// services (and with them the app's state) are gone yet, and what they still hold.
+    recently_retired: Mutex<VecDeque<Retired>>,
     next_id: AtomicU64,
     ready: AtomicBool,
+}
+
+/// How many retired versions the admin API lists.
+const RECENTLY_RETIRED: usize = 16;
+
+/// A retired version as the admin API lists it. Its services are held weakly: the registry
+/// must not keep them (and the app's state) alive.
+#[derive(Debug)]
+struct Retired {
+    name: Arc<str>,
+    id: u64,
+    version: String,
+    services: Weak<AppServices>,
 }
 
 /// Which files a rescan loads.
@@ -87,6 +103,7 @@ impl Registry {
             retiring: Mutex::new(Vec::new()),
             retire_tasks: Mutex::new(Vec::new()),
             retired: AtomicU64::new(0),
+            recently_retired: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
         }))
@@ -111,12 +128,12 @@ impl Registry {
 
     /// The services of a version of `app` about to be loaded with `app_config`.
     fn services(&self, app: &Arc<str>, app_config: &crate::config::AppConfig) -> Arc<AppServices> {
-        Arc::new(AppServices {
-            app: Arc::clone(app),
-            outbound: self.outbound.clone(),
-            policy: super::outbound_policy(&self.config, app_config),
-            runtime: self.runtime.clone(),
-        })
+        AppServices::new(
+            Arc::clone(app),
+            self.outbound.clone(),
+            super::outbound_policy(&self.config, app_config),
+            self.runtime.clone(),
+        )
     }
 
     /// Brings the mounted apps in line with the apps directory: loads new files, swaps changed
@@ -303,7 +320,14 @@ impl Registry {
         let services = self.services(&name, &app_config);
         let deadline = tokio::time::Instant::now() + hook_timeout;
         let scope = RequestScope::new(&services, Some(deadline));
-        loader::run_init(&plugin, &app_config.settings, scope, Some(hook_timeout)).await?;
+        if let Err(error) =
+            loader::run_init(&plugin, &app_config.settings, scope, Some(hook_timeout)).await
+        {
+            // A version that never mounts has no shutdown hook run; what its init started
+            // (tasks, sockets) ends here.
+            services.retire();
+            return Err(error);
+        }
         let stats = Arc::clone(lock(&self.stats).entry(Arc::clone(&name)).or_default());
         Ok(Arc::new(AppVersion {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -326,8 +350,8 @@ impl Registry {
         }))
     }
 
-    /// Retires `version` in the background: waits for its last request, then runs its
-    /// `shutdown` hook.
+    /// Retires `version` in the background: waits for its last request, runs its `shutdown`
+    /// hook, then cancels its tasks and closes its sockets.
     fn retire(self: &Arc<Self>, version: Arc<AppVersion>) {
         lock(&self.retiring).push(Arc::clone(&version));
         let registry = Arc::clone(self);
@@ -336,6 +360,18 @@ impl Registry {
             registry.run_shutdown(&version).await;
             lock(&registry.retiring).retain(|v| !Arc::ptr_eq(v, &version));
             registry.retired.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut recent = lock(&registry.recently_retired);
+                if recent.len() == RECENTLY_RETIRED {
+                    recent.pop_front();
+                }
+                recent.push_back(Retired {
+                    name: Arc::clone(&version.name),
+                    id: version.id,
+                    version: version.plugin.version.clone(),
+                    services: Arc::downgrade(&version.services),
+                });
+            }
             tracing::info!(app = &*version.name, id = version.id, version = version.plugin.version, file = %version.file.display(), "retired app version: its last request finished");
         });
         let mut tasks = lock(&self.retire_tasks);
@@ -343,7 +379,14 @@ impl Registry {
         tasks.push(task);
     }
 
+    /// Runs `version`'s `shutdown` hook, then retires its services: its tasks are cancelled
+    /// and its sockets closed, whatever the hook did.
     async fn run_shutdown(&self, version: &AppVersion) {
+        self.run_shutdown_hook(version).await;
+        version.services.retire();
+    }
+
+    async fn run_shutdown_hook(&self, version: &AppVersion) {
         let limit = version.hook_timeout;
         let deadline = tokio::time::Instant::now() + limit;
         let scope = RequestScope::new(&version.services, Some(deadline));
@@ -363,8 +406,8 @@ impl Registry {
     }
 
     /// At process exit, after the drain: runs every mounted version's `shutdown` hook (requests
-    /// the drain gave up on are abandoned, not waited for), and gives versions still retiring
-    /// one hook time limit to finish.
+    /// the drain gave up on are abandoned, not waited for) and then cancels its tasks and
+    /// closes its sockets, and gives versions still retiring one hook time limit to finish.
     pub async fn shutdown(self: &Arc<Self>) {
         let router = self.router();
         self.router.store(Arc::new(Router::default()));
@@ -417,13 +460,31 @@ impl Registry {
             .collect();
         let retiring: Vec<Value> = lock(&self.retiring)
             .iter()
-            .map(|v| json!({"name": &*v.name, "id": v.id, "version": v.plugin.version, "in_flight": v.in_flight()}))
+            .map(|v| json!({"name": &*v.name, "id": v.id, "version": v.plugin.version, "in_flight": v.in_flight(), "sockets": v.services.sockets.open(), "tasks": v.services.tasks.live()}))
+            .collect();
+        let recently_retired: Vec<Value> = lock(&self.recently_retired)
+            .iter()
+            .map(|r| {
+                let services = r.services.upgrade();
+                let (sockets, tasks) = services
+                    .as_ref()
+                    .map_or((0, 0), |s| (s.sockets.open(), s.tasks.live()));
+                json!({
+                    "name": &*r.name,
+                    "id": r.id,
+                    "version": r.version,
+                    "sockets": sockets,
+                    "tasks": tasks,
+                    "released": services.is_none(),
+                })
+            })
             .collect();
         json!({
             "apps": apps,
             "failed": failed,
             "retiring": retiring,
             "retired": self.retired.load(Ordering::Relaxed),
+            "recently_retired": recently_retired,
         })
     }
 

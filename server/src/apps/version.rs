@@ -105,6 +105,8 @@ impl AppVersion {
             "loaded_at": humantime::format_rfc3339_seconds(self.loaded_at).to_string(),
             "sdk_version": self.plugin.sdk_version,
             "abi": format!("{}.{}", berth_app::abi::ABI_MAJOR, self.plugin.abi_minor),
+            "sockets": self.services.sockets.open(),
+            "tasks": self.services.tasks.live(),
         })
     }
 }

@@ -99,7 +99,10 @@ pub(super) struct FileConfig {
     pub(super) max_body_size: Option<Size>,
     pub(super) max_connections: Option<Count>,
     pub(super) h2_max_concurrent_streams: Option<Count>,
+    /// Also accepted as `connect_timeout`, its name in `[apps.<name>]`.
+    #[serde(alias = "connect_timeout")]
     pub(super) outbound_connect_timeout: Option<PositiveSecs>,
+    pub(super) max_sockets: Option<Count>,
     pub(super) outbound_max_concurrency: Option<Count>,
     pub(super) outbound_max_buffered: Option<Size>,
     pub(super) outbound_ca_file: Option<PathBuf>,
@@ -120,6 +123,10 @@ pub(super) struct FileApp {
     allowed_outbound_hosts: Option<Hosts>,
     outbound_max_concurrency: Option<Count>,
     outbound_max_buffered: Option<Size>,
+    /// Also accepted as `outbound_connect_timeout`, its name at the top level.
+    #[serde(alias = "outbound_connect_timeout")]
+    connect_timeout: Option<PositiveSecs>,
+    max_sockets: Option<Count>,
 }
 
 impl From<FileApp> for AppConfig {
@@ -129,6 +136,8 @@ impl From<FileApp> for AppConfig {
             allowed_outbound_hosts: app.allowed_outbound_hosts.map(|h| h.0),
             outbound_max_concurrency: app.outbound_max_concurrency.map(|n| n.0),
             outbound_max_buffered: app.outbound_max_buffered.map(|s| s.0),
+            connect_timeout: app.connect_timeout.map(|d| d.0),
+            max_sockets: app.max_sockets.map(|n| n.0),
             mount: app.mount.map(|m| m.0),
             enabled: app.enabled.unwrap_or(true),
             request_timeout: app.request_timeout.map(|d| d.0),

@@ -12,6 +12,8 @@
 //! admin_listen = "127.0.0.1:9090"   # or "off"
 //! drain_timeout = "30s"             # durations: seconds (30, 0.5) or "500ms", "30s", "2m"
 //! outbound_timeout = "30s"
+//! outbound_connect_timeout = "5s"  # fetches' and sockets' connects
+//! max_sockets = 100                 # open TCP sockets per app version
 //! request_timeout = "60s"
 //! hook_timeout = "10s"
 //! watch = true
@@ -22,6 +24,9 @@
 //! enabled = true
 //! request_timeout = "5s"
 //! hook_timeout = "2s"
+//! connect_timeout = "2s"            # this app's sockets
+//! max_sockets = 10
+//! allowed_outbound_hosts = ["https://api.example.com", "postgres://db.internal"]
 //! [apps.hello.settings]
 //! greeting = "Hi there"
 //! ```
@@ -157,8 +162,13 @@ impl Default for Limits {
 /// How apps reach upstreams.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundConfig {
-    /// Time limit to connect (default 5 s), inside the request's time limit.
+    /// Time limit to connect (default 5 s), inside the request's time limit: for fetches, and
+    /// for apps' sockets (with their TLS handshake) unless the app sets its own or
+    /// [`AppConfig::connect_timeout`] overrides it.
     pub connect_timeout: Duration,
+    /// Most TCP sockets one app version holds open at once (default 100); per app
+    /// `max_sockets`. A connect past it fails at once.
+    pub max_sockets: usize,
     /// Most outbound requests one app has in flight at once (default 64). A fetch holds its
     /// permit from the call that makes it until its response body is done; waiting for a
     /// permit counts inside the request's time limit. Per app `outbound_max_concurrency`.
@@ -175,7 +185,8 @@ pub struct OutboundConfig {
 impl Default for OutboundConfig {
     fn default() -> Self {
         OutboundConfig {
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: crate::host::SocketLimits::default().connect_timeout,
+            max_sockets: crate::host::SocketLimits::default().max_sockets,
             max_concurrency: 64,
             max_buffered: 16 * 1024 * 1024,
             ca_file: None,
@@ -208,6 +219,12 @@ pub struct AppConfig {
     pub outbound_max_concurrency: Option<usize>,
     /// This app's buffered response limit, instead of [`OutboundConfig::max_buffered`].
     pub outbound_max_buffered: Option<u64>,
+    /// This app's time limit for opening a socket, instead of
+    /// [`OutboundConfig::connect_timeout`] (its fetches keep the server's: the HTTP client's
+    /// pool is shared).
+    pub connect_timeout: Option<Duration>,
+    /// This app's socket limit, instead of [`OutboundConfig::max_sockets`].
+    pub max_sockets: Option<usize>,
 }
 
 impl Default for AppConfig {
@@ -222,6 +239,8 @@ impl Default for AppConfig {
             allowed_outbound_hosts: None,
             outbound_max_concurrency: None,
             outbound_max_buffered: None,
+            connect_timeout: None,
+            max_sockets: None,
         }
     }
 }
@@ -389,6 +408,9 @@ impl Config {
             connect_timeout: file
                 .outbound_connect_timeout
                 .map_or(defaults.outbound.connect_timeout, |d| d.0),
+            max_sockets: file
+                .max_sockets
+                .map_or(defaults.outbound.max_sockets, |n| n.0),
             max_concurrency: file
                 .outbound_max_concurrency
                 .map_or(defaults.outbound.max_concurrency, |n| n.0),
@@ -582,6 +604,73 @@ mod tests {
         assert_eq!(config.request_timeout, Duration::from_millis(1500));
         assert!(!config.watch);
         assert!(config.access_log);
+    }
+
+    #[test]
+    fn socket_limits_at_the_top_and_per_app() {
+        let config = load("sockets-default", "", &[]).unwrap();
+        assert_eq!(config.outbound.connect_timeout, Duration::from_secs(5));
+        assert_eq!(config.outbound.max_sockets, 100);
+        assert_eq!(config.app("db").connect_timeout, None);
+        assert_eq!(config.app("db").max_sockets, None);
+
+        let toml = r#"
+            outbound_connect_timeout = "2s"
+            max_sockets = 20
+            [apps.db]
+            connect_timeout = "500ms"
+            max_sockets = 3
+            allowed_outbound_hosts = ["postgres://db.internal", "redis://cache:6380"]
+            [apps.other]
+        "#;
+        let config = load("sockets", toml, &[]).unwrap();
+        assert_eq!(config.outbound.connect_timeout, Duration::from_secs(2));
+        assert_eq!(config.outbound.max_sockets, 20);
+        let db = config.app("db");
+        assert_eq!(db.connect_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(db.max_sockets, Some(3));
+        let policy = crate::apps::outbound_policy(&config, &db);
+        assert_eq!(policy.connect_timeout, Duration::from_millis(500));
+        assert_eq!(policy.max_sockets, 3);
+        assert!(policy.allowlist.allows_socket("db.internal", 5432));
+        let other = crate::apps::outbound_policy(&config, &config.app("other"));
+        assert_eq!(other.connect_timeout, Duration::from_secs(2));
+        assert_eq!(other.max_sockets, 20);
+
+        // Each spelling of the connect time limit is accepted at both levels.
+        let toml = "connect_timeout = 3\n[apps.db]\noutbound_connect_timeout = 1\n";
+        let config = load("sockets-alias", toml, &[]).unwrap();
+        assert_eq!(config.outbound.connect_timeout, Duration::from_secs(3));
+        assert_eq!(
+            config.app("db").connect_timeout,
+            Some(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn bad_socket_settings_name_the_key() {
+        use super::test_support::load_err;
+        let message = load_err("max-sockets-zero", "max_sockets = 0\n");
+        assert!(message.contains("key `max_sockets`"), "{message}");
+        assert!(message.contains("at least 1"), "{message}");
+        let message = load_err("connect-zero", "[apps.db]\nconnect_timeout = 0\n");
+        assert!(
+            message.contains("key `apps.db.connect_timeout`"),
+            "{message}"
+        );
+        assert!(message.contains("more than 0"), "{message}");
+        let message = load_err(
+            "tcp-without-port",
+            "[apps.db]\nallowed_outbound_hosts = [\"tcp://db\"]\n",
+        );
+        assert!(
+            message.contains("key `apps.db.allowed_outbound_hosts`"),
+            "{message}"
+        );
+        assert!(message.contains("\"tcp://db\""), "{message}");
+        assert!(message.contains("needs a port"), "{message}");
+        let message = load_err("max-sockets-type", "[apps.db]\nmax_sockets = \"many\"\n");
+        assert!(message.contains("key `apps.db.max_sockets`"), "{message}");
     }
 
     #[test]

@@ -1,10 +1,18 @@
 //! Which upstreams an app may call: `allowed_outbound_hosts` (Spin's model).
 //!
-//! An entry is `*` (anything, for development) or `scheme://host[:port]` where the scheme is
-//! `http`, `https` or `*`, the host is a name or IP address (case-insensitive), `*.domain` (any
-//! subdomain of `domain`, not `domain` itself) or `*`, and the port is a number or `*`
-//! (omitted: the scheme's default port). A request is matched on the URL the app asked for —
-//! never on a `Host` header it set — so a header cannot smuggle a request past the list.
+//! An entry is `*` (anything, for development) or `scheme://host[:port]` where the host is a
+//! name or IP address (case-insensitive), `*.domain` (any subdomain of `domain`, not `domain`
+//! itself) or `*`, and the port is a number or `*`. The scheme says what the entry grants:
+//!
+//! * `http`, `https`: HTTP fetches with that scheme (port omitted: 80, 443);
+//! * `tcp`, `postgres`/`postgresql`, `redis`/`rediss`: TCP sockets (ABI 1.4) to that host and
+//!   port (omitted: 5432 for PostgreSQL, 6379 for Redis; `tcp` has no default and needs one);
+//! * `*`: both (port omitted: any).
+//!
+//! The two kinds never grant each other: a `tcp://` entry lets no fetch through, an `https://`
+//! entry opens no socket, because a socket to an HTTP server's port would bypass everything the
+//! fetch path checks. A request is matched on the URL the app asked for — never on a `Host`
+//! header it set — and a socket on the host name the app asked for, before it is resolved.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -50,10 +58,13 @@ impl HostPattern {
         })?;
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "*" => None,
-            s @ ("http" | "https") => Some(s.to_owned()),
+            s @ ("http" | "https" | "tcp" | "postgres" | "postgresql" | "redis" | "rediss") => {
+                Some(s.to_owned())
+            }
             other => {
                 return Err(format!(
-                    "{entry:?}: unsupported scheme {other:?}; use http, https or *"
+                    "{entry:?}: unsupported scheme {other:?}; use http, https, tcp, postgres, \
+                     redis or *"
                 ));
             }
         };
@@ -69,6 +80,16 @@ impl HostPattern {
             None => match scheme.as_deref() {
                 Some("http") => Some(80),
                 Some("https") => Some(443),
+                Some("postgres" | "postgresql") => Some(5432),
+                Some("redis" | "rediss") => Some(6379),
+                // A bare TCP port could be anything: granting every port by omission would
+                // be the wrong default.
+                Some("tcp") => {
+                    return Err(format!(
+                        "{entry:?}: a tcp:// entry needs a port, e.g. \"tcp://{host}:5432\" \
+                         (or `:*` for any port)"
+                    ));
+                }
                 _ => None,
             },
             Some("*") => None,
@@ -98,8 +119,23 @@ impl HostPattern {
         })
     }
 
+    /// Whether the entry grants a fetch of `scheme://host:port` (`scheme` is `http` or
+    /// `https`: socket schemes never equal it).
     fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
         let scheme_ok = self.scheme.as_deref().is_none_or(|s| s == scheme);
+        scheme_ok && self.matches_host_port(host, port)
+    }
+
+    /// Whether the entry grants a TCP socket to `host:port`: `*` and socket-scheme entries do.
+    fn matches_socket(&self, host: &str, port: u16) -> bool {
+        let scheme_ok = match self.scheme.as_deref() {
+            None => true,
+            Some(scheme) => is_socket_scheme(scheme),
+        };
+        scheme_ok && self.matches_host_port(host, port)
+    }
+
+    fn matches_host_port(&self, host: &str, port: u16) -> bool {
         let port_ok = self.port.is_none_or(|p| p == port);
         let host_ok = match &self.host {
             HostMatch::Any => true,
@@ -108,8 +144,16 @@ impl HostPattern {
                 .strip_suffix(domain.as_str())
                 .is_some_and(|prefix| prefix.len() > 1 && prefix.ends_with('.')),
         };
-        scheme_ok && host_ok && port_ok
+        host_ok && port_ok
     }
+}
+
+/// Whether entries with `scheme` grant sockets rather than fetches.
+fn is_socket_scheme(scheme: &str) -> bool {
+    matches!(
+        scheme,
+        "tcp" | "postgres" | "postgresql" | "redis" | "rediss"
+    )
 }
 
 impl fmt::Display for HostPattern {
@@ -185,6 +229,18 @@ impl Allowlist {
     pub fn allows(&self, target: &Target<'_>) -> bool {
         let Target { scheme, host, port } = target;
         self.0.iter().any(|p| p.matches(scheme, host, *port))
+    }
+
+    /// Whether the list lets an app open a TCP socket to `host` (a name as the app wrote it,
+    /// or an IP literal, IPv6 with or without brackets) on `port`. Matched before the name is
+    /// resolved, so the app's own name is what is granted, whatever it resolves to.
+    pub fn allows_socket(&self, host: &str, port: u16) -> bool {
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let host = lowercase(host);
+        self.0.iter().any(|p| p.matches_socket(&host, port))
     }
 
     /// Whether the list is empty (every request denied).
@@ -280,11 +336,81 @@ mod tests {
         assert_eq!(target("http://:80/"), None);
     }
 
+    fn allows_socket(entries: &[&str], host: &str, port: u16) -> bool {
+        Allowlist::parse(entries)
+            .expect("valid entries")
+            .allows_socket(host, port)
+    }
+
+    #[test]
+    fn sockets_are_denied_by_default() {
+        assert!(!allows_socket(&[], "127.0.0.1", 5432));
+    }
+
+    #[test]
+    fn socket_schemes_grant_host_and_port() {
+        let list = ["tcp://db.internal:7000"];
+        assert!(allows_socket(&list, "db.internal", 7000));
+        assert!(allows_socket(&list, "DB.Internal", 7000));
+        assert!(!allows_socket(&list, "db.internal", 7001));
+        assert!(!allows_socket(&list, "other.internal", 7000));
+        assert!(allows_socket(&["tcp://127.0.0.1:*"], "127.0.0.1", 1));
+        assert!(allows_socket(&["tcp://*.internal:1"], "a.internal", 1));
+        assert!(!allows_socket(&["tcp://*.internal:1"], "internal", 1));
+        assert!(allows_socket(&["tcp://[::1]:5"], "::1", 5));
+        assert!(allows_socket(&["tcp://[::1]:5"], "[::1]", 5));
+    }
+
+    #[test]
+    fn database_schemes_default_to_their_ports() {
+        for entry in ["postgres://db", "postgresql://db"] {
+            assert!(allows_socket(&[entry], "db", 5432), "{entry}");
+            assert!(!allows_socket(&[entry], "db", 5433), "{entry}");
+        }
+        for entry in ["redis://cache", "rediss://cache"] {
+            assert!(allows_socket(&[entry], "cache", 6379), "{entry}");
+            assert!(!allows_socket(&[entry], "cache", 6380), "{entry}");
+        }
+        assert!(allows_socket(&["postgres://db:6000"], "db", 6000));
+    }
+
+    #[test]
+    fn wildcards_grant_sockets_too() {
+        assert!(allows_socket(&["*"], "anything.test", 1));
+        assert!(allows_socket(&["*://db:5432"], "db", 5432));
+        assert!(!allows_socket(&["*://db:5432"], "db", 5433));
+        // `*://host` without a port is any port, for fetches and sockets alike.
+        assert!(allows_socket(&["*://db"], "db", 9));
+    }
+
+    #[test]
+    fn http_entries_open_no_socket_and_socket_entries_allow_no_fetch() {
+        assert!(!allows_socket(
+            &["http://127.0.0.1:8080"],
+            "127.0.0.1",
+            8080
+        ));
+        assert!(!allows_socket(
+            &["https://*.example.com"],
+            "a.example.com",
+            443
+        ));
+        assert!(!allows_socket(&["http://localhost:*"], "localhost", 5432));
+        assert!(!allows(&["tcp://127.0.0.1:8080"], "http://127.0.0.1:8080/"));
+        assert!(!allows(&["postgres://db"], "http://db:5432/"));
+        assert!(!allows(&["redis://cache:80"], "http://cache/"));
+        assert!(!allows(&["rediss://cache:443"], "https://cache/"));
+    }
+
     #[test]
     fn bad_entries_say_why() {
         for (entry, needle) in [
             ("example.com", "scheme://host"),
             ("ftp://example.com", "unsupported scheme"),
+            ("tcp://db", "\"tcp://db\": a tcp:// entry needs a port"),
+            ("tcp://db:port", "invalid port"),
+            ("postgres://db/app", "no path"),
+            ("redis://ca*che", "wildcard"),
             ("http://example.com/path", "no path"),
             ("http://example.com:http", "invalid port"),
             ("http://ex*ample.com", "wildcard"),

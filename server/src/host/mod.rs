@@ -2,9 +2,11 @@
 //! the host's runtime.
 //!
 //! * [`AppServices`]: what every request of one app version shares, and the capabilities
-//!   themselves (log, sleep, fetch);
+//!   themselves (log, sleep, fetch, connect, spawn, the version's state);
 //! * [`outbound`]: the pooled HTTP client apps fetch through, and each app's rules for it;
-//! * [`allowlist`]: the upstreams an app may call;
+//! * [`allowlist`]: the upstreams an app may call and the hosts it may open sockets to;
+//! * [`socket`]: apps' TCP sockets, closed by the host when their version is retired;
+//! * [`tasks`]: the tasks an app version spawns, cancelled when it is retired;
 //! * [`body`]: bodies crossing to an app as streams (request bodies, fetched responses);
 //! * `relay`: wakers for futures an app polls with wakers of its own.
 
@@ -12,19 +14,33 @@ pub mod allowlist;
 pub mod body;
 pub mod outbound;
 mod relay;
+pub mod socket;
+pub mod tasks;
 
-use std::sync::Arc;
+use std::ffi::c_void;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use berth_app::ffi::Panicked;
 
 use berth_app::abi::{
     self, AbiBody, AbiFetchOutcome, AbiResponse, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARN,
 };
 
-pub use outbound::{Exchange, FetchFailure, Outbound, OutboundPolicy};
+pub use outbound::{Exchange, FetchFailure, Outbound, OutboundPolicy, SocketLimits};
 pub(crate) use relay::Relayed;
+pub use socket::{ConnectError, ConnectRequest, Socket, Sockets};
+pub use tasks::Tasks;
 
-/// What every request of one app version shares: who the app is and the services it may call.
-/// Built once per load, so that a request's own state is one small block.
+/// What every request of one app version shares: who the app is, the services it may call,
+/// and what the version owns beyond any request (its sockets, tasks and state). Built once per
+/// load, so that a request's own state is one small block.
+///
+/// It lives as long as anything of the version holds it: the version itself while mounted,
+/// and every host reference (request scope) the plugin holds. Its sockets and tasks do not
+/// hold it (see [`socket`] and [`tasks`]), so retiring the version ([`AppServices::retire`])
+/// leaves nothing of the host keeping it alive, and its state is dropped with it.
 #[derive(Debug)]
 pub struct AppServices {
     /// The app's name, for log lines.
@@ -35,9 +51,106 @@ pub struct AppServices {
     pub policy: OutboundPolicy,
     /// The host's runtime, so capabilities work even when called off a runtime thread.
     pub runtime: tokio::runtime::Handle,
+    /// The version's open sockets.
+    pub sockets: Sockets,
+    /// The version's spawned tasks.
+    pub tasks: Tasks,
+    /// The version's state, set once by the app (ABI 1.4), dropped with these services.
+    state: OnceLock<Box<dyn AppState>>,
+}
+
+/// An app version's state as the host keeps it: opaque, freed by whoever made it when
+/// dropped (`plugin` implements it over the ABI's `AbiAppState`).
+pub trait AppState: Send + Sync + fmt::Debug {
+    /// The plugin's pointer, handed back to it as is.
+    fn ptr(&self) -> *const c_void;
 }
 
 impl AppServices {
+    /// The services of one version of `app`, with no socket, task or state yet.
+    pub fn new(
+        app: Arc<str>,
+        outbound: Outbound,
+        policy: OutboundPolicy,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Self> {
+        Arc::new(AppServices {
+            app,
+            outbound,
+            policy,
+            runtime,
+            sockets: Sockets::default(),
+            tasks: Tasks::default(),
+            state: OnceLock::new(),
+        })
+    }
+
+    /// Retires the version's resources, after its `shutdown` hook has run: cancels every task
+    /// and closes every socket it still has, and refuses new ones. Requests still holding the
+    /// services keep working otherwise (logging, timers, fetches).
+    pub fn retire(&self) {
+        self.tasks.cancel_all();
+        self.sockets.close_all();
+    }
+
+    /// Keeps `state` as the version's state, unless it has one already: then `state` is
+    /// dropped at once and `false` returned.
+    pub fn set_state(&self, state: Box<dyn AppState>) -> bool {
+        match self.state.set(state) {
+            Ok(()) => true,
+            Err(refused) => {
+                drop(refused);
+                false
+            }
+        }
+    }
+
+    /// The version's state pointer, or null when it has none.
+    pub fn state_ptr(&self) -> *const c_void {
+        self.state
+            .get()
+            .map_or(std::ptr::null(), |state| state.ptr())
+    }
+
+    /// Opens a socket for the app (see [`socket::connect`]): checked at once, then connected
+    /// in the caller's task when it runs on the host's runtime, else as a host task. Dropping
+    /// the returned future abandons the attempt either way.
+    pub fn connect(
+        &self,
+        request: ConnectRequest,
+        deadline: Option<tokio::time::Instant>,
+    ) -> impl Future<Output = Result<Socket, ConnectError>> + Send + use<> {
+        let in_task = in_task();
+        let _guard = (!in_task).then(|| self.runtime.enter());
+        let connector = socket::Connector {
+            app: &self.app,
+            policy: &self.policy,
+            tls: self.outbound.socket_tls(),
+            sockets: &self.sockets,
+        };
+        let connecting = socket::connect(&connector, request, deadline);
+        if in_task {
+            futures_util::future::Either::Left(connecting)
+        } else {
+            let task = AbortOnDrop(self.runtime.spawn(connecting));
+            futures_util::future::Either::Right(async move {
+                task.await.unwrap_or_else(|join_error| {
+                    Err(ConnectError::Other(format!(
+                        "connect task failed: {join_error}"
+                    )))
+                })
+            })
+        }
+    }
+
+    /// Runs `task` as a task of this version (see [`Tasks::spawn`]).
+    pub fn spawn<F>(&self, task: F) -> impl Future<Output = u32> + Send + use<F>
+    where
+        F: Future<Output = Result<u32, Panicked>> + Send + 'static,
+    {
+        self.tasks.spawn(&self.runtime, &self.app, task)
+    }
+
     /// Logs `message` at the app's `level` (an ABI `LOG_*` value), tagged with its name.
     pub fn log(&self, level: u32, message: &str) {
         let app = &*self.app;

@@ -16,26 +16,55 @@ use rustls::ClientConfig;
 
 use crate::host::allowlist::{Allowlist, Target};
 
-/// An app's outbound rules: the upstreams it may call, and a cap on its requests in flight.
-/// Clones share the cap.
+/// An app's outbound rules: the upstreams it may call, a cap on its requests in flight, and
+/// its sockets' limits. Clones share the cap.
 #[derive(Debug, Clone)]
 pub struct OutboundPolicy {
-    /// Upstreams the app may call.
+    /// Upstreams the app may call, and hosts and ports it may open sockets to.
     pub allowlist: Allowlist,
     /// One permit per outbound request in flight.
     pub permits: Arc<tokio::sync::Semaphore>,
     /// The largest response body the app may read whole into memory.
     pub max_buffered: u64,
+    /// Time limit for opening a socket (and its TLS handshake) when the app sets none.
+    pub connect_timeout: Duration,
+    /// Most sockets one version of the app holds open at once (connects under way count).
+    pub max_sockets: usize,
+}
+
+/// The socket limits of an [`OutboundPolicy`], defaulting to the server's (5 s, 100).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketLimits {
+    /// See [`OutboundPolicy::connect_timeout`].
+    pub connect_timeout: Duration,
+    /// See [`OutboundPolicy::max_sockets`].
+    pub max_sockets: usize,
+}
+
+impl Default for SocketLimits {
+    fn default() -> Self {
+        SocketLimits {
+            connect_timeout: Duration::from_secs(5),
+            max_sockets: 100,
+        }
+    }
 }
 
 impl OutboundPolicy {
-    /// Rules allowing `allowlist`, at most `max_concurrency` requests at once, and response
-    /// bodies of up to `max_buffered` bytes read whole.
-    pub fn new(allowlist: Allowlist, max_concurrency: usize, max_buffered: u64) -> Self {
+    /// Rules allowing `allowlist`, at most `max_concurrency` requests at once, response
+    /// bodies of up to `max_buffered` bytes read whole, and `sockets`' limits.
+    pub fn new(
+        allowlist: Allowlist,
+        max_concurrency: usize,
+        max_buffered: u64,
+        sockets: SocketLimits,
+    ) -> Self {
         OutboundPolicy {
             allowlist,
             permits: Arc::new(tokio::sync::Semaphore::new(max_concurrency)),
             max_buffered,
+            connect_timeout: sockets.connect_timeout,
+            max_sockets: sockets.max_sockets,
         }
     }
 }
@@ -66,12 +95,16 @@ pub struct Outbound {
     /// Shared, so that a request's future holds a pointer rather than a copy of the client.
     client: Arc<Client<HttpsConnector<HttpConnector>, ForeignBody>>,
     default_timeout: Duration,
+    /// The TLS settings of apps' sockets: the client's roots, no ALPN. Made once, shared by
+    /// every socket (rustls keeps its session cache in it).
+    socket_tls: Arc<ClientConfig>,
 }
 
 impl Outbound {
     /// A pooled client whose requests time out after `default_timeout` unless the app sets its
     /// own limit.
     pub fn new(default_timeout: Duration, connect_timeout: Duration, tls: ClientConfig) -> Self {
+        let socket_tls = crate::tls::without_alpn(&tls);
         let connector = crate::tls::https_connector(tls, connect_timeout);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -80,7 +113,13 @@ impl Outbound {
         Outbound {
             client: Arc::new(client),
             default_timeout,
+            socket_tls,
         }
+    }
+
+    /// The TLS settings of apps' sockets (the client's roots, no ALPN).
+    pub fn socket_tls(&self) -> &Arc<ClientConfig> {
+        &self.socket_tls
     }
 
     /// Sends a request for `app` under its `policy` and waits for the response head, within

@@ -3,7 +3,8 @@
 //! It opens plugin libraries, checks their descriptor before trusting anything else in them,
 //! calls their handler and hooks, lends them the request ([`lent`]) inside the state behind
 //! their host handle ([`scope`]), and implements the capability table they call back into
-//! (`vtable`). The conversions between ABI values and Rust values are shared with the plugin
+//! (`vtable`, which also keeps an app version's state for it) and the table of the sockets
+//! they open (`socket`). The conversions between ABI values and Rust values are shared with the plugin
 //! side, in [`berth_app::ffi`].
 //!
 //! Libraries are opened with `RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE` and never closed: a waker,
@@ -13,6 +14,7 @@
 
 pub mod lent;
 pub mod scope;
+mod socket;
 mod vtable;
 
 use std::mem::ManuallyDrop;
@@ -300,7 +302,7 @@ mod tests {
                     abi_minor: ABI_MINOR + 1,
                     ..good()
                 },
-                "supports up to 3",
+                &format!("supports up to {ABI_MINOR}"),
             ),
             (
                 DescriptorHeader {
@@ -311,7 +313,7 @@ mod tests {
             ),
             (
                 DescriptorHeader { size: 8, ..good() },
-                "descriptor is 8 bytes, expected at least 104 for ABI 1.3",
+                &format!("descriptor is 8 bytes, expected at least 104 for ABI 1.{ABI_MINOR}"),
             ),
         ];
         for (header, needle) in cases {

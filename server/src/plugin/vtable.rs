@@ -9,7 +9,7 @@ use std::time::Duration;
 use berth_app::abi::*;
 use berth_app::ffi::{ForeignBody, IntoFfi as _, headers_from_abi};
 
-use crate::host::Exchange;
+use crate::host::{AppState, ConnectRequest, Exchange};
 use crate::plugin::RequestScope;
 
 /// The table every host handle points to.
@@ -22,6 +22,11 @@ pub(super) static HOST_VTABLE: HostVTable = HostVTable {
     fetch,
     time_left_ms,
     max_buffered_response,
+    connect,
+    spawn,
+    task_ctx,
+    set_app_state,
+    app_state,
 };
 
 berth_app::ffi_fn! {
@@ -150,5 +155,395 @@ berth_app::ffi_fn! {
     } ?= |panic| {
         let message = format!("host panicked starting the fetch: {panic}");
         std::future::ready(AbiFetchOutcome::failed(FETCH_OTHER, message)).into_ffi()
+    }
+}
+
+berth_app::ffi_fn! {
+    /// Opens a socket for the app.
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`]; `req` is borrowed for the call.
+    unsafe fn connect(ctx: *mut c_void, req: *const AbiConnectRequest) -> FfiFuture<AbiConnectOutcome> {
+        // SAFETY: `ctx` is live and `req` borrowed for this call (the host contract).
+        let (scope, req) = unsafe { (scope(ctx), &*req) };
+        // SAFETY: as above, the strings of `req` are borrowed for this call; they are copied.
+        let (host, server_name) = unsafe {
+            (req.host.to_str("the host name"), req.server_name.to_str("the TLS server name"))
+        };
+        let (host, server_name) = match (host, server_name) {
+            (Ok(host), Ok(name)) => (host.to_owned(), (!name.is_empty()).then(|| name.to_owned())),
+            (Err(e), _) | (_, Err(e)) => {
+                return std::future::ready(AbiConnectOutcome::failed(CONNECT_INVALID, e.0))
+                    .into_ffi();
+            }
+        };
+        let tls = match req.tls {
+            CONNECT_PLAIN => false,
+            CONNECT_TLS => true,
+            other => {
+                let message = format!("unknown TLS mode {other} (CONNECT_PLAIN or CONNECT_TLS)");
+                return std::future::ready(AbiConnectOutcome::failed(CONNECT_INVALID, message))
+                    .into_ffi();
+            }
+        };
+        let request = ConnectRequest {
+            host,
+            port: req.port,
+            tls,
+            server_name,
+            timeout: (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms)),
+        };
+        let connecting = scope.services.connect(request, scope.deadline);
+        futures_util::FutureExt::map(connecting, super::socket::outcome).into_ffi()
+    } ?= |panic| {
+        let message = format!("the host panicked opening the socket: {panic}");
+        std::future::ready(AbiConnectOutcome::failed(CONNECT_OTHER, message)).into_ffi()
+    }
+}
+
+berth_app::ffi_fn! {
+    /// Runs the app's task as a task of its version.
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`]; `task` moves to the host.
+    unsafe fn spawn(ctx: *mut c_void, task: FfiFuture<u32>) -> FfiFuture<u32> {
+        // Owned from here: dropped on every path, the panicking one included.
+        let mut task = task;
+        // SAFETY: `ctx` is live for this call (the host contract).
+        let scope = unsafe { scope(ctx) };
+        let task = std::future::poll_fn(move |cx| task.poll_caught(cx));
+        scope.services.spawn(task).into_ffi()
+    } ?= |_| std::future::ready(TASK_PANICKED).into_ffi()
+}
+
+berth_app::ffi_fn! {
+    /// A new reference to a scope of the same version, with no deadline and no request.
+    /// There is nothing to hand back should it panic: abort.
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`].
+    unsafe fn task_ctx(ctx: *mut c_void) -> *mut c_void {
+        // SAFETY: `ctx` is live for this call (the host contract).
+        let scope = unsafe { scope(ctx) };
+        let task_scope = RequestScope::new(&scope.services, None);
+        Arc::into_raw(task_scope).cast_mut().cast()
+    } ?= |_| std::process::abort()
+}
+
+/// An app version's state as the plugin handed it over: freed through its own `drop` when the
+/// version's services go.
+#[derive(Debug)]
+struct PluginState(AbiAppState);
+
+// SAFETY: the host never reads through the pointer; it hands the pointer back to the plugin,
+// on any thread, and frees it once. The ABI makes the state the plugin's to share between
+// threads (the SDK requires it to be `Send + Sync`).
+unsafe impl Sync for PluginState {}
+
+impl AppState for PluginState {
+    fn ptr(&self) -> *const c_void {
+        self.0.ptr.cast_const()
+    }
+}
+
+impl Drop for PluginState {
+    fn drop(&mut self) {
+        if let Some(free) = self.0.drop {
+            // SAFETY: the state is owned by the host (handed over by `set_app_state`) and
+            // freed once, here, through the function the plugin gave with it (plugin code,
+            // which catches its own panics).
+            unsafe { free(self.0.ptr) }
+        }
+    }
+}
+
+berth_app::ffi_fn! {
+    /// Keeps the app version's state, or drops it when the version has one.
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`]; `state` moves to the host.
+    unsafe fn set_app_state(ctx: *mut c_void, state: AbiAppState) -> u32 {
+        // Owned from here: freed on every path, the panicking one included.
+        let state = Box::new(PluginState(state));
+        // SAFETY: `ctx` is live for this call (the host contract).
+        let scope = unsafe { scope(ctx) };
+        if scope.services.set_state(state) {
+            STATE_SET
+        } else {
+            STATE_TAKEN
+        }
+    } ?= |_| STATE_TAKEN
+}
+
+berth_app::ffi_fn! {
+    /// The app version's state pointer, or null (also should it panic).
+    ///
+    /// # Safety
+    /// As for [`max_buffered_response`].
+    unsafe fn app_state(ctx: *mut c_void) -> *const c_void {
+        // SAFETY: `ctx` is live for this call (the host contract).
+        unsafe { scope(ctx) }.services.state_ptr()
+    } ?= |_| std::ptr::null()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::io;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Poll;
+
+    use berth_app::ffi::ContextExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::host::allowlist::Allowlist;
+    use crate::host::{AppServices, Outbound, OutboundPolicy, SocketLimits};
+
+    fn services(entries: &[&str]) -> Arc<AppServices> {
+        let tls = crate::tls::client_config(None).expect("TLS settings");
+        let outbound = Outbound::new(Duration::from_secs(5), Duration::from_secs(5), tls);
+        let allowlist = Allowlist::parse(entries).expect("valid entries");
+        let policy = OutboundPolicy::new(allowlist, 8, 1024, SocketLimits::default());
+        let runtime = tokio::runtime::Handle::current();
+        AppServices::new(Arc::from("abi-app"), outbound, policy, runtime)
+    }
+
+    /// A `ctx` reference to a hook scope of `services`, as `host_for` hands one over.
+    fn ctx_for(services: &Arc<AppServices>) -> *mut c_void {
+        Arc::into_raw(RequestScope::new(services, None))
+            .cast_mut()
+            .cast()
+    }
+
+    berth_app::ffi_fn! {
+        /// Counts a state's drop: `ptr` is an `Arc<AtomicUsize>` from [`counted_state`].
+        ///
+        /// # Safety
+        /// `ptr` came from `Arc::into_raw` in `counted_state`, and is freed once.
+        unsafe fn count_drop(ptr: *mut c_void) {
+            // SAFETY: the caller's promise.
+            let counter = unsafe { Arc::from_raw(ptr.cast_const().cast::<AtomicUsize>()) };
+            counter.fetch_add(1, Ordering::SeqCst);
+        } ?= |_| ()
+    }
+
+    /// A state whose drop counts on `counter`, as a plugin would hand it over.
+    fn counted_state(counter: &Arc<AtomicUsize>) -> AbiAppState {
+        AbiAppState {
+            ptr: Arc::into_raw(Arc::clone(counter)).cast_mut().cast(),
+            drop: Some(count_drop),
+        }
+    }
+
+    /// A `ctx` reference held by a plugin future, released when the future is dropped.
+    struct HeldCtx(*mut c_void);
+
+    // SAFETY: a `ctx` reference may be used and released from any thread (the host contract).
+    unsafe impl Send for HeldCtx {}
+
+    impl Drop for HeldCtx {
+        fn drop(&mut self) {
+            // SAFETY: an owned reference, released once.
+            unsafe { drop_ctx(self.0) }
+        }
+    }
+
+    /// Waits (a few seconds at most) until `done` holds.
+    async fn until(done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting");
+    }
+
+    #[test]
+    fn the_table_has_the_size_of_this_abi() {
+        assert_eq!(HOST_VTABLE.size, size_of::<HostVTable>());
+    }
+
+    #[tokio::test]
+    async fn app_state_is_kept_once_and_dropped_with_the_services() {
+        let services = services(&[]);
+        let counter = Arc::new(AtomicUsize::new(0));
+        let ctx = ctx_for(&services);
+        let first = counted_state(&counter);
+        let first_ptr = first.ptr.cast_const();
+        // SAFETY: `ctx` is a live reference; the states are handed over.
+        unsafe {
+            assert!(app_state(ctx).is_null());
+            assert_eq!(set_app_state(ctx, first), STATE_SET);
+            assert_eq!(app_state(ctx), first_ptr);
+            assert_eq!(set_app_state(ctx, counted_state(&counter)), STATE_TAKEN);
+            assert_eq!(app_state(ctx), first_ptr);
+        }
+        // The refused one is dropped at once.
+        assert_eq!(counter.load(Ordering::SeqCst), 1);
+        // SAFETY: our reference, released once.
+        unsafe { drop_ctx(ctx) };
+        assert_eq!(counter.load(Ordering::SeqCst), 1);
+        // The kept one goes with the last reference to the services, exactly once.
+        drop(services);
+        assert_eq!(counter.load(Ordering::SeqCst), 2);
+        assert_eq!(Arc::strong_count(&counter), 1);
+    }
+
+    #[tokio::test]
+    async fn a_task_keeps_its_version_only_until_it_is_retired() {
+        let services = services(&[]);
+        let counter = Arc::new(AtomicUsize::new(0));
+        let ctx = ctx_for(&services);
+        // SAFETY: `ctx` is a live reference; the state is handed over.
+        assert_eq!(
+            unsafe { set_app_state(ctx, counted_state(&counter)) },
+            STATE_SET
+        );
+        // SAFETY: as above.
+        let task_ctx = HeldCtx(unsafe { task_ctx(ctx) });
+        // SAFETY: a live reference, from `task_ctx`.
+        assert_eq!(unsafe { time_left_ms(task_ctx.0) }, NO_DEADLINE);
+        // A task that holds its host reference and never ends, as an app's background loop.
+        let task = FfiFuture::new(async move {
+            let _held = task_ctx;
+            std::future::pending::<()>().await;
+            0
+        });
+        // SAFETY: as above; the task is handed over.
+        let joined = unsafe { spawn(ctx, task) };
+        // SAFETY: our reference, released once.
+        unsafe { drop_ctx(ctx) };
+        let weak = Arc::downgrade(&services);
+        assert_eq!(services.tasks.live(), 1);
+        drop(services);
+        // Only the task's reference keeps the version's services now.
+        assert!(weak.upgrade().is_some());
+        assert_eq!(counter.load(Ordering::SeqCst), 0);
+
+        // Retiring cancels the task, whose reference goes with its future: so do the services,
+        // and with them the state.
+        if let Some(services) = weak.upgrade() {
+            services.retire();
+        }
+        assert_eq!(joined.await, TASK_CANCELLED);
+        until(|| weak.upgrade().is_none()).await;
+        assert_eq!(counter.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn spawned_tasks_end_done_or_panicked() {
+        let services = services(&[]);
+        let ctx = ctx_for(&services);
+        // SAFETY: `ctx` is a live reference; the tasks are handed over.
+        let (done, panicked) = unsafe {
+            (
+                spawn(ctx, FfiFuture::new(async { 0 })),
+                spawn(
+                    ctx,
+                    FfiFuture::new(std::future::poll_fn(|_| -> Poll<u32> {
+                        panic!("the task's bug")
+                    })),
+                ),
+            )
+        };
+        assert_eq!(done.await, TASK_DONE);
+        assert_eq!(panicked.await, TASK_PANICKED);
+        // SAFETY: our reference, released once.
+        unsafe { drop_ctx(ctx) };
+    }
+
+    /// Polls a socket function until it is ready.
+    async fn io(mut call: impl FnMut(*mut FfiContext<'_>) -> AbiIoPoll) -> io::Result<usize> {
+        poll_fn(|cx| {
+            // SAFETY: the poll result comes from the host's socket table, owned by us.
+            cx.with_ffi_context(|fcx| unsafe { call(fcx).into_poll() })
+        })
+        .await
+    }
+
+    fn connect_request(host: &str, port: u16, tls: u32) -> AbiConnectRequest {
+        AbiConnectRequest {
+            host: AbiStr::new(host.as_bytes()),
+            port,
+            tls,
+            server_name: AbiStr::new(b""),
+            timeout_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn sockets_through_the_abi_until_their_version_is_retired() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let services = services(&["tcp://127.0.0.1:*"]);
+        let ctx = ctx_for(&services);
+
+        let request = connect_request("127.0.0.1", addr.port(), CONNECT_PLAIN);
+        // SAFETY: `ctx` is live, `request` borrowed for the call; the outcome is ours.
+        let socket = unsafe { connect(ctx, &request).await.into_result() }.expect("connected");
+        let (mut peer, _) = listener.accept().await.expect("accepted");
+        // SAFETY: a socket from the host: its vtable is a static.
+        let table = unsafe { &*socket.vtable };
+        assert_eq!(table.size, size_of::<AbiSocketVTable>());
+        // SAFETY: a live socket.
+        let peer_addr = unsafe { (table.peer_addr)(socket.state) };
+        assert_eq!(berth_app::ffi::socket_addr_from_abi(&peer_addr), Some(addr));
+
+        let data = b"ping";
+        // SAFETY: a live socket; `data` is readable for each call.
+        let written = io(|cx| unsafe { (table.poll_write)(socket.state, cx, data.as_ptr(), 4) });
+        assert_eq!(written.await.expect("written"), 4);
+        // SAFETY: a live socket.
+        io(|cx| unsafe { (table.poll_flush)(socket.state, cx) })
+            .await
+            .expect("flushed");
+        let mut got = [0u8; 4];
+        peer.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"ping");
+        peer.write_all(b"pong").await.expect("written");
+        let mut buf = [0u8; 16];
+        let into = buf.as_mut_ptr();
+        // SAFETY: a live socket; `buf` is writable for each call.
+        let read = io(|cx| unsafe { (table.poll_read)(socket.state, cx, into, 16) }).await;
+        assert_eq!(&buf[..read.expect("read")], b"pong");
+        assert_eq!(services.sockets.open(), 1);
+
+        // The version is retired: the host closes the socket under the plugin.
+        services.retire();
+        assert_eq!(services.sockets.open(), 0);
+        assert_eq!(peer.read(&mut got).await.expect("EOF"), 0);
+        // SAFETY: still a live socket (the plugin has not dropped it).
+        let read = io(|cx| unsafe { (table.poll_read)(socket.state, cx, into, 16) }).await;
+        let error = read.expect_err("closed");
+        assert_eq!(error.kind(), io::ErrorKind::NotConnected);
+        assert!(error.to_string().contains("retired"), "{error}");
+        // SAFETY: the plugin drops its socket once.
+        unsafe { (table.drop)(socket.state) };
+
+        // SAFETY: our reference, released once.
+        unsafe { drop_ctx(ctx) };
+    }
+
+    #[tokio::test]
+    async fn refused_connects_carry_their_tags() {
+        let services = services(&["tcp://127.0.0.1:9"]);
+        let ctx = ctx_for(&services);
+        for (request, tag) in [
+            (
+                connect_request("127.0.0.1", 10, CONNECT_PLAIN),
+                CONNECT_DENIED,
+            ),
+            (connect_request("127.0.0.1", 9, 7), CONNECT_INVALID),
+            (connect_request("", 9, CONNECT_PLAIN), CONNECT_INVALID),
+        ] {
+            // SAFETY: `ctx` is live, `request` borrowed for the call; the outcome is ours.
+            let result = unsafe { connect(ctx, &request).await.into_result() };
+            assert_eq!(result.map(|_| ()).map_err(|(tag, _)| tag), Err(tag));
+        }
+        // SAFETY: our reference, released once.
+        unsafe { drop_ctx(ctx) };
     }
 }
