@@ -19,7 +19,10 @@ pub mod tasks;
 
 use std::ffi::c_void;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwapOption;
 use std::time::Duration;
 
 use berth_app::ffi::Panicked;
@@ -39,8 +42,9 @@ pub use tasks::Tasks;
 ///
 /// It lives as long as anything of the version holds it: the version itself while mounted,
 /// and every host reference (request scope) the plugin holds. Its sockets and tasks do not
-/// hold it (see [`socket`] and [`tasks`]), so retiring the version ([`AppServices::retire`])
-/// leaves nothing of the host keeping it alive, and its state is dropped with it.
+/// hold it (see [`socket`] and [`tasks`]). The app's state may (a pool keeps a host handle for
+/// its connections), which would keep both alive for ever: so retiring an idle version
+/// ([`AppServices::retire`]) drops the state there and then.
 #[derive(Debug)]
 pub struct AppServices {
     /// The app's name, for log lines.
@@ -55,8 +59,11 @@ pub struct AppServices {
     pub sockets: Sockets,
     /// The version's spawned tasks.
     pub tasks: Tasks,
-    /// The version's state, set once by the app (ABI 1.4), dropped with these services.
-    state: OnceLock<Box<dyn AppState>>,
+    /// The version's state, set once by the app (ABI 1.4), dropped when the version is
+    /// retired idle, or else with these services.
+    state: ArcSwapOption<Box<dyn AppState>>,
+    /// Whether a state was ever set: a second one is refused even after the first is gone.
+    state_set: AtomicBool,
 }
 
 /// An app version's state as the host keeps it: opaque, freed by whoever made it when
@@ -81,34 +88,41 @@ impl AppServices {
             runtime,
             sockets: Sockets::default(),
             tasks: Tasks::default(),
-            state: OnceLock::new(),
+            state: ArcSwapOption::empty(),
+            state_set: AtomicBool::new(false),
         })
     }
 
     /// Retires the version's resources, after its `shutdown` hook has run: cancels every task
-    /// and closes every socket it still has, and refuses new ones. Requests still holding the
-    /// services keep working otherwise (logging, timers, fetches).
-    pub fn retire(&self) {
+    /// and closes every socket it still has, and refuses new ones. When the version is `idle`
+    /// (no request of it in flight: its tasks just ended, so nothing can still read the state)
+    /// its state is dropped too. A version retired with requests still in flight (the process
+    /// is exiting and the drain gave up on them) keeps its state for them. Requests still
+    /// holding the services keep working otherwise (logging, timers, fetches).
+    pub fn retire(&self, idle: bool) {
         self.tasks.cancel_all();
         self.sockets.close_all();
-    }
-
-    /// Keeps `state` as the version's state, unless it has one already: then `state` is
-    /// dropped at once and `false` returned.
-    pub fn set_state(&self, state: Box<dyn AppState>) -> bool {
-        match self.state.set(state) {
-            Ok(()) => true,
-            Err(refused) => {
-                drop(refused);
-                false
-            }
+        if idle {
+            drop(self.state.swap(None));
         }
     }
 
-    /// The version's state pointer, or null when it has none.
+    /// Keeps `state` as the version's state, unless it has had one already: then `state` is
+    /// dropped at once and `false` returned.
+    pub fn set_state(&self, state: Box<dyn AppState>) -> bool {
+        if self.state_set.swap(true, Ordering::SeqCst) {
+            drop(state);
+            return false;
+        }
+        self.state.store(Some(Arc::new(state)));
+        true
+    }
+
+    /// The version's state pointer, or null when it has none (or no more).
     pub fn state_ptr(&self) -> *const c_void {
         self.state
-            .get()
+            .load()
+            .as_ref()
             .map_or(std::ptr::null(), |state| state.ptr())
     }
 

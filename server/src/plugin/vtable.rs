@@ -426,7 +426,7 @@ mod tests {
         // Retiring cancels the task, whose reference goes with its future: so do the services,
         // and with them the state.
         if let Some(services) = weak.upgrade() {
-            services.retire();
+            services.retire(true);
         }
         assert_eq!(joined.await, TASK_CANCELLED);
         until(|| weak.upgrade().is_none()).await;
@@ -512,7 +512,7 @@ mod tests {
         assert_eq!(services.sockets.open(), 1);
 
         // The version is retired: the host closes the socket under the plugin.
-        services.retire();
+        services.retire(true);
         assert_eq!(services.sockets.open(), 0);
         assert_eq!(peer.read(&mut got).await.expect("EOF"), 0);
         // SAFETY: still a live socket (the plugin has not dropped it).
