@@ -29,9 +29,21 @@ ENV_DIR = ROOT / "target" / "bench-env"
 VENV = ENV_DIR / "venv"
 SETUP_STATE = ENV_DIR / "setup.json"
 # What bench/run.py --cases accepts, in the order the suite measures it.
-CASES = ("boundary", "hello:1", "hello:64", "hello:256", "hello:h2", "fetch", "fan-out")
-# The load tools and nginx, each with the Debian package it comes from.
-TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "nginx": "nginx-light", "taskset": "util-linux"}
+CASES = ("boundary", "hello:1", "hello:64", "hello:256", "hello:h2", "fetch", "db", "redis", "fan-out")
+# The load tools, nginx, PostgreSQL and Redis, each with the Debian package it comes from.
+# PostgreSQL's initdb and pg_ctl are not on PATH on Debian: find_tool looks in its bin directory.
+TOOLS = {
+    "wrk": "wrk",
+    "h2load": "nghttp2-client",
+    "nginx": "nginx-light",
+    "taskset": "util-linux",
+    "runuser": "util-linux",
+    "initdb": "postgresql",
+    "pg_ctl": "postgresql",
+    "psql": "postgresql-client",
+    "redis-server": "redis-server",
+    "redis-cli": "redis-tools",
+}
 
 SERVER_CPU = "0"
 LOAD_CPU = "1"
@@ -51,9 +63,18 @@ def log(message):
 
 
 def find_tool(name):
-    return shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None
-    )
+    """`name` on PATH, in /usr/sbin or /sbin, or in PostgreSQL's bin directory; None if nowhere."""
+    places = [f"/usr/sbin/{name}", f"/sbin/{name}"]
+    if postgres_bin():
+        places.append(str(postgres_bin() / name))
+    return shutil.which(name) or next((p for p in places if os.access(p, os.X_OK)), None)
+
+
+def postgres_bin():
+    """Where Debian's PostgreSQL keeps its programs (/usr/lib/postgresql/<version>/bin), the
+    newest version when there are several; None when it is not installed."""
+    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if p.parent.parent.name.isdigit()]
+    return max(found, key=lambda p: int(p.parent.name), default=None)
 
 
 def free_port():

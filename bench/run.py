@@ -2,7 +2,7 @@
 """Berth's benchmark suite, the measuring step: Berth against a native hyper server and the
 Python servers it replaces, side by side in one run on this machine.
 
-    python3 bench/setup.py                  # first: wrk, h2load, nginx, the peers' virtualenv
+    python3 bench/setup.py                  # first: the load tools, PostgreSQL, Redis, the peers
     python3 bench/run.py [--smoke] [--runs 3] [--cases LIST] [--baseline REV] [--results FILE]
     python3 bench/report.py [FILE]          # then: BENCHMARKS.md and the chart from FILE
 
@@ -22,18 +22,23 @@ provisions and says so when that is missing. The cases (`--cases`, all by defaul
   `hello:h2`).
 * fetch: Berth + `fetch` vs. native-fetch, uvicorn and aiohttp, each fetching a small file from
   nginx per request.
+* db: Berth + `todo` (`GET /todo/items/{id}`: one row by primary key through the app's pool, a
+  cached prepared statement) vs. native-db (the same query with tokio-postgres behind
+  deadpool-postgres), both with 16 connections, against a PostgreSQL the suite starts.
+* redis: Berth + `counter` (`GET /counter/{key}`: Redis `GET` on one multiplexed connection) vs.
+  native-redis (redis-rs's `MultiplexedConnection`), against a Redis the suite starts.
 * fan-out: `fanout --n 10000` (10,000 connections, one request each, sent at once) against
   Berth + `gather?sleep_ms=1000` and native-sleep: successes, wall time, p99, peak RSS.
 
-Each server runs pinned to CPU 0 (`taskset -c 0`); the load generator and nginx run pinned to
-CPU 1. Within a run, every case is measured on all servers back to back (each server started,
-warmed up and measured alone, then stopped; the order alternates between runs), so that each
-ratio compares figures taken seconds apart. The report gives every figure as the median of
+Each server runs pinned to CPU 0 (`taskset -c 0`); the load generator, nginx, PostgreSQL and Redis
+run pinned to CPU 1. Within a run, every case is measured on all servers back to back (each server
+started, warmed up and measured alone, then stopped; the order alternates between runs), so that
+each ratio compares figures taken seconds apart. The report gives every figure as the median of
 `--runs` runs, and each ratio as the median of the per-run ratios to the native baseline.
 
-`--cases LIST` measures only the listed cases, comma-separated: `boundary`, `hello` (all four
-hello cases) or `hello:1`, `hello:64`, `hello:256`, `hello:h2`, `fetch`, `fan-out`. Each case
-still runs on all of its servers. `--cases hello:64,hello:h2` is the pair issue 15 asks about.
+`--cases LIST` measures only the listed cases, comma-separated: `boundary`, `hello` (all four hello
+cases) or `hello:1`, `hello:64`, `hello:256`, `hello:h2`, `fetch`, `db`, `redis`, `fan-out`. Each
+case still runs on all of its servers. `--cases hello:64,hello:h2` is the pair issue 15 asks about.
 
 `--baseline REV` also measures Berth as it was at git revision REV. It checks REV out into a
 temporary `git worktree`, builds `berth` and the sample apps the chosen cases load there in
@@ -41,15 +46,24 @@ release mode into target/bench-baseline (a target directory of its own, seeded w
 this tree's release build the first time and kept between runs, so that only Berth's own crates
 and any dependency that differs get compiled), and removes the worktree. That build runs as one
 more server, `berth@<short hash>`, with its own build of the apps (the ABI may differ between
-revisions), next to `berth` in every hello (not the `--access-log` variant), fetch and fan-out
-case: started and measured alone, back to back with the others, in the same alternating order,
-every run. The report gives its ratio to native like every server's, and its ratio to the
-current Berth (the median and spread of the per-run ratios). A paired before/after
-of hello at 64 connections and over HTTP/2 against `main`:
+revisions), next to `berth` in every hello (not the `--access-log` variant), fetch, db, redis
+and fan-out case: started and measured alone, back to back with the others, in the same
+alternating order, every run. (A revision without the `todo` and `counter` apps cannot be built
+for db and redis: leave those cases out.) The report gives its ratio to native like every
+server's, and its ratio to the current Berth (the median and spread of the per-run ratios). A
+paired before/after of hello at 64 connections and over HTTP/2 against `main`:
 
     python3 bench/setup.py
     python3 bench/run.py --cases hello:64,hello:h2 --baseline main --results /tmp/pair.json
     python3 bench/report.py /tmp/pair.json          # writes /tmp/pair.md and /tmp/pair.svg
+
+PostgreSQL and Redis are the suite's own (db and redis only): `initdb` into the temporary directory
+and `pg_ctl start` on a free port (127.0.0.1, trust authentication for the user `berth`, fsync off;
+as the `postgres` user through `runuser` when run as root, since PostgreSQL refuses to run as
+root), and `redis-server` on a free port with nothing saved to disk. Both are seeded once (500 rows
+in `todo_items`, one counter), only read while measuring, and stopped at the end. wrk asks every
+server for the same row (`/todo/items/42`) and the same key (`/counter/hits`): the row and key stay
+in the servers' caches, so the figures are of the servers and clients, not of disk.
 
 `--smoke` runs every case once for about 2 s (fan-out with 200 requests, the boundary benchmark
 with criterion's `--quick`) and exits with 1 if any server fails to answer or any case sees an
@@ -110,7 +124,25 @@ BOUNDARY_LINE = re.compile(
     r"difference (-?[\d.]+) ns"
 )
 # The sample apps each scenario loads (and a baseline builds).
-SCENARIO_APPS = {"hello": "hello", "fetch": "fetch", "fan-out": "gather"}
+SCENARIO_APPS = {"hello": "hello", "fetch": "fetch", "db": "todo", "redis": "counter", "fan-out": "gather"}
+# The scenarios whose app Berth serves alone, from an apps directory of its own (apps-SCENARIO), with
+# a config file of its own (berth-SCENARIO.toml) giving it its database: without its settings the app
+# would fail to start in every other scenario's Berth.
+DATA_SCENARIOS = ("db", "redis")
+# The `todo` app's table (as its `init` creates it), how many rows the suite puts in it, and the row
+# every request asks for.
+TODO_SCHEMA = """CREATE TABLE IF NOT EXISTS todo_items (
+    id BIGSERIAL PRIMARY KEY,
+    title TEXT NOT NULL,
+    done BOOLEAN NOT NULL DEFAULT false
+)"""
+TODO_ROWS = 500
+TODO_ID = 42
+# Connections in each pool, Berth's (the `todo` app's `pool_size`) and native-db's alike.
+POOL_SIZE = 16
+# The Redis counter every request reads, and its value.
+COUNTER_KEY = "hits"
+COUNTER_VALUE = 1234
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,12 +244,13 @@ def cargo_target():
     return target if target.is_absolute() else ROOT / target
 
 
-def build(rec, boundary):
-    """Release builds of what the servers run, and of the boundary benchmark (compiled here, on
-    every CPU, so that its pinned run measures and does not compile)."""
+def build(rec, boundary, data_apps):
+    """Release builds of what the servers run (with `data_apps`, the db and redis scenarios' apps
+    when those are measured), and of the boundary benchmark (compiled here, on every CPU, so that
+    its pinned run measures and does not compile)."""
     commands = [
         ["cargo", "build", "--release", "-p", "berth-server", "-p", "hello", "-p", "fetch"]
-        + ["-p", "gather", "-p", "berth-bench"],
+        + ["-p", "gather", *(arg for app in data_apps for arg in ("-p", app)), "-p", "berth-bench"],
     ]
     if boundary:
         commands.append([*BOUNDARY_BENCH, "--no-run"])
@@ -400,6 +433,126 @@ http {{
         cpu=LOAD_CPU,
     )
     return server.start(rec, tmp)
+
+
+class Postgres:
+    """A PostgreSQL cluster of the suite's own, pinned to the load CPU: `initdb` into the temporary
+    directory, `pg_ctl start` on `port` (127.0.0.1 only, trust authentication for USER, fsync off).
+    PostgreSQL refuses to run as root: then its programs run as the `postgres` user the Debian
+    package creates (`runuser`), in a directory handed to that user."""
+
+    USER = "berth"
+
+    def __init__(self, rec, tmp, port):
+        self.rec = rec
+        self.port = port
+        self.base = tmp / "postgres"
+        self.data = self.base / "data"
+        self.as_user = [find_tool("runuser"), "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.running = False
+
+    def url(self):
+        return f"postgres://{self.USER}@127.0.0.1:{self.port}/postgres"
+
+    def start(self):
+        self.base.mkdir()
+        if self.as_user:
+            # The temporary directory is mkdtemp's 0700: the postgres user must get through it.
+            self.base.parent.chmod(0o755)
+            shutil.chown(self.base, user="postgres")
+        initdb = [find_tool("initdb"), "--no-sync", "--auth=trust", "--encoding=UTF8", "--locale=C"]
+        self.rec.run([*self.as_user, *initdb, "--username", self.USER, "--pgdata", self.data], timeout=120)
+        options = (
+            f"-c port={self.port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.base} -c fsync=off"
+        )
+        # taskset's CPU set passes through runuser and pg_ctl to the server and its backends.
+        start = [find_tool("pg_ctl"), "start", "--wait", "--options", options]
+        start += ["--log", self.base / "server.log", "--pgdata", self.data]
+        self.rec.run(["taskset", "-c", LOAD_CPU, *self.as_user, *start], timeout=120)
+        self.running = True
+        return self
+
+    def psql(self, sql):
+        """Runs `sql` with psql; its unaligned output."""
+        cmd = [find_tool("psql"), "--no-psqlrc", "--quiet", "--tuples-only", "--no-align"]
+        cmd += ["--set=ON_ERROR_STOP=1", "--host", "127.0.0.1", "--port", self.port]
+        cmd += ["--username", self.USER, "--dbname", "postgres"]
+        proc, _ = self.rec.run([*cmd, "--command", sql], timeout=60)
+        return proc.stdout.strip()
+
+    def stop(self):
+        if self.running:
+            self.running = False
+            stop = [find_tool("pg_ctl"), "stop", "--mode=fast", "--wait", "--pgdata", self.data]
+            self.rec.run([*self.as_user, *stop], timeout=60, check=False, quiet=True)
+
+
+class Redis:
+    """A Redis server of the suite's own on `port`, pinned to the load CPU, saving nothing."""
+
+    def __init__(self, rec, tmp, port):
+        self.rec = rec
+        self.port = port
+        self.base = tmp / "redis"
+        self.proc = None
+
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/"
+
+    def start(self):
+        self.base.mkdir()
+        server = [find_tool("redis-server"), "--port", self.port, "--bind", "127.0.0.1"]
+        cmd = ["taskset", "-c", LOAD_CPU, *server, "--save", "", "--appendonly", "no", "--dir", self.base]
+        self.rec.note(cmd)
+        with open(self.base / "redis.log", "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(part) for part in cmd], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                log_text = (self.base / "redis.log").read_text(errors="replace")[-1000:]
+                raise SuiteError(f"redis-server exited with {self.proc.returncode} at start:\n{log_text}")
+            ping = subprocess.run(
+                [find_tool("redis-cli"), "-h", "127.0.0.1", "-p", str(self.port), "ping"],
+                capture_output=True,
+                text=True,
+            )
+            if ping.stdout.strip() == "PONG":
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise SuiteError(f"redis-server did not answer PING on 127.0.0.1:{self.port} within 30 s")
+
+    def cli(self, *args):
+        """Runs one command with redis-cli; its output."""
+        cmd = [find_tool("redis-cli"), "-h", "127.0.0.1", "-p", self.port, *args]
+        proc, _ = self.rec.run(cmd, timeout=60)
+        return proc.stdout.strip()
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def expect_json(expected):
+    """A check that a body is `expected` as JSON."""
+
+    def check(body):
+        try:
+            return json.loads(body) == expected
+        except ValueError:
+            return False
+
+    return check
+
+
 # --------------------------------------------------------------------------------------------
 # Load generators
 
@@ -542,6 +695,7 @@ class Suite:
         self.conns = [c for c in (1, 64, 256) if f"hello:{c}" in self.cases]
         self.h2 = (16, 16)  # connections, streams per connection
         self.fetch_conns = 64
+        self.data_conns = 64  # db and redis
         self.tmp = Path(tempfile.mkdtemp(prefix="berth-bench-"))
         self.rec = Recorder(self.tmp)
         self.results = []  # one dict per measurement
@@ -559,6 +713,8 @@ class Suite:
         self.started = time.monotonic()
         self.started_at = datetime.datetime.now(datetime.timezone.utc)
         self.nginx = None
+        self.postgres = None
+        self.redis = None
 
     def measures(self, scenario):
         """Whether any of `scenario`'s cases was chosen."""
@@ -581,12 +737,9 @@ class Suite:
             self.rec.commands.setdefault(line, None)
         self.python = state["python"]
         self.commit, self.dirty = git_state()
-        self.release = build(self.rec, "boundary" in self.cases)
-        apps = self.tmp / "apps"
-        apps.mkdir()
-        for app in ("hello", "fetch", "gather"):
-            shutil.copy(self.release / f"lib{app}.so", apps / f"{app}.so")
-        self.apps = apps
+        data_apps = [SCENARIO_APPS[scenario] for scenario in DATA_SCENARIOS if self.measures(scenario)]
+        self.release = build(self.rec, "boundary" in self.cases, data_apps)
+        self.install_apps(self.release, False, ["hello", "fetch", "gather", *data_apps])
         keys = [
             "berth",
             "berth-logged",
@@ -594,9 +747,13 @@ class Suite:
             "native-abi",
             "native-fetch",
             "native-sleep",
+            "native-db",
+            "native-redis",
             "uvicorn",
             "aiohttp",
             "nginx",
+            "postgres",
+            "redis",
         ]
         if self.baseline_rev:
             # Only the apps the chosen cases load: an older revision may lack the others.
@@ -605,16 +762,55 @@ class Suite:
             self.baseline = {"rev": self.baseline_rev, "commit": commit, "short": short, "key": f"berth@{short}"}
             # Its own apps, built at the same revision: the ABI may differ between revisions.
             self.baseline_release = release
-            self.baseline_apps = self.tmp / "baseline-apps"
-            self.baseline_apps.mkdir()
-            for app in wanted:
-                shutil.copy(release / f"lib{app}.so", self.baseline_apps / f"{app}.so")
+            self.install_apps(release, True, wanted)
             keys.append(self.baseline["key"])
         self.ports = {key: free_port() for key in keys}
         if self.measures("fetch"):
             self.nginx = start_nginx(self.rec, self.tmp, self.ports["nginx"])
             self.upstream = f"http://127.0.0.1:{self.ports['nginx']}/small.txt"
             log(f"upstream: nginx on {self.upstream}")
+        if self.measures("db"):
+            self.postgres = Postgres(self.rec, self.tmp, self.ports["postgres"]).start()
+            self.postgres.psql(TODO_SCHEMA)
+            self.postgres.psql(
+                "INSERT INTO todo_items (title, done) SELECT 'item ' || i, i % 3 = 0 "
+                f"FROM generate_series(1, {TODO_ROWS}) AS i; ANALYZE todo_items"
+            )
+            rows = self.postgres.psql("SELECT count(*) FROM todo_items")
+            log(f"database: PostgreSQL on {self.postgres.url()}, {rows} rows in todo_items")
+            self.write_config("db", "todo", [f'"postgres://127.0.0.1:{self.ports["postgres"]}"'], {
+                "database_url": self.postgres.url(),
+                "pool_size": POOL_SIZE,
+            })
+        if self.measures("redis"):
+            self.redis = Redis(self.rec, self.tmp, self.ports["redis"]).start()
+            self.redis.cli("SET", f"counter:{COUNTER_KEY}", COUNTER_VALUE)
+            value = self.redis.cli("GET", f"counter:{COUNTER_KEY}")
+            log(f"cache: Redis on {self.redis.url()}, counter:{COUNTER_KEY} = {value}")
+            self.write_config("redis", "counter", [f'"redis://127.0.0.1:{self.ports["redis"]}"'], {
+                "redis_url": self.redis.url(),
+            })
+
+    def app_dir(self, baseline, scenario=None):
+        """The apps directory (relative to the temporary directory, the servers' working
+        directory) that this tree's Berth, or the baseline's, serves in `scenario`: `apps` (or
+        `baseline-apps`) for hello, fetch and fan-out, `apps-SCENARIO` for a data scenario's app."""
+        name = "baseline-apps" if baseline else "apps"
+        return f"{name}-{scenario}" if scenario in DATA_SCENARIOS else name
+
+    def install_apps(self, release, baseline, apps):
+        """Copies each of `apps` from `release` into the apps directory of the scenario that loads it."""
+        for scenario, app in SCENARIO_APPS.items():
+            if app in apps:
+                directory = self.tmp / self.app_dir(baseline, scenario)
+                directory.mkdir(exist_ok=True)
+                shutil.copy(release / f"lib{app}.so", directory / f"{app}.so")
+
+    def write_config(self, scenario, app, hosts, settings):
+        """berth-SCENARIO.toml: `app`'s outbound allowlist (its database) and its settings."""
+        lines = [f"[apps.{app}]", f"allowed_outbound_hosts = [{', '.join(hosts)}]", f"[apps.{app}.settings]"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+        (self.tmp / f"berth-{scenario}.toml").write_text("\n".join(lines) + "\n")
 
     def server_env(self):
         """This environment without the variables that would change Berth's settings or its log."""
@@ -622,14 +818,16 @@ class Suite:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         return env
 
-    def berth(self, key, check_path, expect, *flags):
+    def berth(self, key, check_path, expect, *flags, scenario=None):
         """Berth with the apps of this tree, or, under the baseline's key, the baseline's build
-        with its own apps."""
-        baseline = self.baseline and key == self.baseline["key"]
+        with its own apps; for a data scenario, with that scenario's app alone and its config file."""
+        baseline = bool(self.baseline) and key == self.baseline["key"]
+        if scenario in DATA_SCENARIOS:
+            flags = ("--config", f"berth-{scenario}.toml", *flags)
         argv = [
             (self.baseline_release if baseline else self.release) / "berth",
             "--apps-dir",
-            self.baseline_apps if baseline else "apps",
+            self.app_dir(baseline, scenario),
             "--listen",
             f"127.0.0.1:{self.ports[key]}",
             "--admin-listen",
@@ -640,11 +838,11 @@ class Suite:
         ]
         return Server(key, argv, self.ports[key], check_path, expect, cwd=self.tmp, env=self.server_env())
 
-    def berths(self, check_path, expect, *flags):
+    def berths(self, check_path, expect, *flags, scenario=None):
         """Berth, and next to it the baseline's Berth with the same settings when there is one."""
-        servers = [self.berth("berth", check_path, expect, *flags)]
+        servers = [self.berth("berth", check_path, expect, *flags, scenario=scenario)]
         if self.baseline:
-            servers.append(self.berth(self.baseline["key"], check_path, expect, *flags))
+            servers.append(self.berth(self.baseline["key"], check_path, expect, *flags, scenario=scenario))
         return servers
 
     def peers(self, check_path, expect):
@@ -733,6 +931,28 @@ class Suite:
             *self.peers(query, head),
         ]
 
+    def db_servers(self):
+        path = f"/todo/items/{TODO_ID}"
+        row = expect_json({"id": TODO_ID, "title": f"item {TODO_ID}", "done": TODO_ID % 3 == 0})
+        port = self.ports["native-db"]
+        native = [self.release / "native-db", "--listen", f"127.0.0.1:{port}"]
+        native += ["--database-url", self.postgres.url(), "--pool-size", POOL_SIZE]
+        return [
+            *self.berths(path, row, scenario="db"),
+            Server("native", native, port, path, row, cwd=self.tmp, env=self.server_env()),
+        ]
+
+    def redis_servers(self):
+        path = f"/counter/{COUNTER_KEY}"
+        counter = expect_json({"key": COUNTER_KEY, "value": COUNTER_VALUE})
+        port = self.ports["native-redis"]
+        native = [self.release / "native-redis", "--listen", f"127.0.0.1:{port}"]
+        native += ["--redis-url", self.redis.url()]
+        return [
+            *self.berths(path, counter, scenario="redis"),
+            Server("native", native, port, path, counter, cwd=self.tmp, env=self.server_env()),
+        ]
+
     def fanout_servers(self):
         sleeps = lambda body: len(body) > 0  # noqa: E731
         return [
@@ -787,6 +1007,8 @@ class Suite:
                 # Server CPU time per request: steadier than requests/s when the machine is shared.
                 result["cpu_us"] = server_cpu / 100.0 / result["rps"] * 1e6
             result["interference"] = max(0.0, core_busy - server_cpu)
+            # The load side's whole core: wrk, and nginx, PostgreSQL or Redis when the case uses one.
+            result["load_core"] = 100.0 * (cores1[LOAD_CPU][0] - cores0[LOAD_CPU][0]) / TICKS / wall
             result["attempts"] = attempt + 1
             if not server.alive():
                 result.setdefault("errors", []).append(f"{server.name} died:\n{server.tail()}")
@@ -898,6 +1120,14 @@ class Suite:
             result = self.alone(server, url, lambda: run_wrk(self.rec, url, self.fetch_conns, self.duration))
             self.record(run, "fetch", f"HTTP/1.1, {self.fetch_conns} conns", server, result)
 
+    def data(self, run, scenario):
+        """db or redis: each server at `data_conns` connections, every request for the same row or key."""
+        servers = self.db_servers() if scenario == "db" else self.redis_servers()
+        for server in self.pairs(servers, run):
+            url = server.url(server.check_path)
+            result = self.alone(server, url, lambda: run_wrk(self.rec, url, self.data_conns, self.duration))
+            self.record(run, scenario, f"HTTP/1.1, {self.data_conns} conns", server, result)
+
     def fanout(self, run):
         for server in self.fanout_servers():
             # A fresh process for every run: its VmHWM is this run's peak.
@@ -926,6 +1156,9 @@ class Suite:
                 self.hello(run)
             if self.measures("fetch"):
                 self.fetch(run)
+            for scenario in DATA_SCENARIOS:
+                if self.measures(scenario):
+                    self.data(run, scenario)
             if self.measures("fan-out"):
                 self.fanout(run)
 
@@ -954,8 +1187,9 @@ class Suite:
         }
 
     def cleanup(self, keep):
-        if self.nginx:
-            self.nginx.stop()
+        for service in (self.nginx, self.postgres, self.redis):
+            if service:
+                service.stop()
         if keep:
             log(f"kept {self.tmp}")
         else:
@@ -1028,6 +1262,8 @@ def machine_facts():
         "wrk": version(["wrk", "-v"], r"wrk [^\n]*?(?= Copyright|\n|$)"),
         "h2load": version(["h2load", "--version"]),
         "nginx": version([find_tool("nginx") or "nginx", "-v"], r"nginx/[\d.]+"),
+        "PostgreSQL": version([find_tool("pg_ctl") or "pg_ctl", "--version"], r"[\d.]+"),
+        "Redis": version([find_tool("redis-server") or "redis-server", "--version"], r"(?<=v=)[\d.]+"),
     }
 
 
@@ -1071,14 +1307,14 @@ def main():
         type=parse_cases,
         default=set(CASES),
         metavar="LIST",
-        help="comma-separated: boundary, hello (or hello:1, hello:64, hello:256, hello:h2), fetch, "
-        "fan-out (default: all); each case runs on all of its servers",
+        help="comma-separated: boundary, hello (or hello:1, hello:64, hello:256, hello:h2), fetch, db, "
+        "redis, fan-out (default: all); each case runs on all of its servers",
     )
     parser.add_argument(
         "--baseline",
         metavar="REV",
         help="also build Berth at git revision REV (temporary worktree, release, target/bench-baseline) "
-        "and measure it as server berth@REV next to Berth in each hello, fetch and fan-out case",
+        "and measure it as server berth@REV next to Berth in each case but boundary",
     )
     parser.add_argument(
         "--results",

@@ -4,8 +4,10 @@ first.
 
     python3 bench/setup.py
 
-* wrk, h2load, nginx and taskset from Debian's packages (apt-get, through sudo unless root), for
-  the ones missing;
+* wrk, h2load, nginx, taskset and runuser, PostgreSQL (initdb, pg_ctl, psql) and Redis
+  (redis-server, redis-cli) from Debian's packages (apt-get, through sudo unless root), for the
+  ones missing (run.py starts its own PostgreSQL and Redis in its temporary directory; it does
+  not use the cluster or service the packages may set up);
 * uvicorn and aiohttp, pinned in bench/peers/requirements.txt, in a virtualenv at
   target/bench-env/venv, made again when requirements.txt or the Python changes.
 
@@ -45,10 +47,10 @@ def note(commands, cmd):
 
 
 def ensure_tools(commands):
-    """wrk, h2load, nginx and taskset from Debian's packages, unless already there."""
-    missing = [pkg for tool, pkg in TOOLS.items() if not find_tool(tool)]
+    """The tools in TOOLS from Debian's packages, unless already there."""
+    missing = list(dict.fromkeys(pkg for tool, pkg in TOOLS.items() if not find_tool(tool)))
     if not missing:
-        log("tools: wrk, h2load, nginx, taskset already installed")
+        log(f"tools: {', '.join(TOOLS)} already installed")
         return
     apt_install(commands, missing)
     still = [tool for tool in TOOLS if not find_tool(tool)]

@@ -15,6 +15,11 @@
 //! * `src/bin/native-fetch.rs`: GETs an upstream with hyper-util's pooled client and answers
 //!   its first 20 bytes (the `fetch` app's baseline).
 //! * `src/bin/native-sleep.rs`: sleeps 1 s, then answers (the `gather?sleep_ms=1000` baseline).
+//! * `src/bin/native-db.rs`: reads one row from PostgreSQL through a deadpool-postgres pool with
+//!   a cached prepared statement and answers it as JSON (the `todo` app's `GET
+//!   /todo/items/{id}` baseline).
+//! * `src/bin/native-redis.rs`: `GET counter:{key}` from Redis on one multiplexed connection,
+//!   answered as JSON (the `counter` app's `GET /counter/{key}` baseline).
 //! * `src/bin/native-abi.rs`: native-hello's server, answering through the `hello` app's plugin
 //!   via Berth's C ABI (`berth_server::embed`) and nothing else of Berth: it tells what the
 //!   boundary costs apart from what the rest of the server costs.
@@ -63,8 +68,22 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    serve_with(listen, async move { Ok(handler) })
+}
+
+/// [`serve`], with the handler made by `setup`, which runs on the server's runtime before it
+/// binds: for state that must live on that runtime, such as a connection pool or a multiplexed
+/// connection and the tasks that drive them. An error from `setup` is returned before anything
+/// listens, so `listening on` still means ready.
+pub fn serve_with<S, H, F>(listen: SocketAddr, setup: S) -> anyhow::Result<()>
+where
+    S: Future<Output = anyhow::Result<H>>,
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let runtime = runtime().context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
+        let handler = setup.await?;
         let listener = bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
         let local = listener.local_addr().context("no local address")?;
         eprintln!("listening on http://{local}");
