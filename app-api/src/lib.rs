@@ -122,6 +122,8 @@ pub mod ffi;
 mod headers;
 mod host;
 mod net;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod request;
 mod response;
 mod task;
