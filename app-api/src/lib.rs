@@ -124,6 +124,8 @@ mod host;
 mod net;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod request;
 mod response;
 mod task;

@@ -9,7 +9,7 @@ use std::ffi::c_void;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Poll, Waker};
 
 use crate::abi::{FfiContext, FfiFuture, FfiPoll, LOG_ERROR, TASK_DONE, TASK_PANICKED};
 use crate::ffi::host_handle::HostHandle;
@@ -57,7 +57,7 @@ impl<T> TaskSlot<T> {
 
     /// Takes the result, or registers `cx`'s waker for [`set`](TaskSlot::set).
     #[cfg(feature = "testing")]
-    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<T, String>> {
+    pub(crate) fn poll_take(&self, cx: &mut std::task::Context<'_>) -> Poll<Result<T, String>> {
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         match state.result.take() {
             Some(result) => Poll::Ready(result),
