@@ -216,8 +216,9 @@ impl Host {
     }
 
     /// Opens a TCP connection, with TLS if asked, through the host: it resolves the name,
-    /// checks the app's allowlist (`allow_connect` in `berth.toml`; nothing is allowed by
-    /// default), and limits the time and the number of sockets the app holds. The stream then
+    /// checks the app's allowlist (`allowed_outbound_hosts` in `berth.toml`, e.g.
+    /// `"tcp://db:5432"`; nothing is allowed by default), and limits the time and the number
+    /// of sockets the app holds. The stream then
     /// reads and writes through the host's reactor; see [`HostStream`](crate::HostStream).
     ///
     /// Failures are [`std::io::Error`]s whose kind says why (see [`Connect`]). A mock host

@@ -3,8 +3,8 @@
 //!
 //! The plugin's own copy of tokio has no reactor, so a `tokio::net::TcpStream` cannot work
 //! inside an app. The host opens the connection on its reactor instead (after checking the
-//! app's allowlist, `allow_connect` in `berth.toml`), and the app reads and writes it through
-//! the host. [`HostStream`] implements both tokio's and futures' `AsyncRead`/`AsyncWrite`, so
+//! app's allowlist, `allowed_outbound_hosts` in `berth.toml`), and the app reads and writes it
+//! through the host. [`HostStream`] implements both tokio's and futures' `AsyncRead`/`AsyncWrite`, so
 //! database drivers and protocol crates that take a generic stream run on it unchanged.
 
 use std::fmt;

@@ -2,9 +2,9 @@
 //! connection pool.
 //!
 //! The real `tokio-postgres` client runs inside the app, its connection riding on a
-//! [`HostStream`]: the host connects (after checking the app's allowlist, so the database's host
-//! and port must be in `allow_connect`) and does TLS, and [`Host::spawn`] drives each
-//! connection between requests. The whole `tokio_postgres::Client` API works: parameters,
+//! [`HostStream`]: the host connects (after checking the app's allowlist, so the database must
+//! be granted by `allowed_outbound_hosts`, e.g. `"postgres://db"`) and does TLS, and
+//! [`Host::spawn`] drives each connection between requests. The whole `tokio_postgres::Client` API works: parameters,
 //! prepared statements, transactions, `COPY` streams.
 //!
 //! The pool is built once, in `init`, and kept as the app's state; a handler takes a
@@ -396,7 +396,7 @@ pub enum PoolError {
     /// usually answers `503`.
     Timeout(Duration),
     /// The database could not be reached: the host refused (`PermissionDenied`: not in the
-    /// app's `allow_connect`), the connection failed or timed out, or TLS failed.
+    /// app's `allowed_outbound_hosts`), the connection failed or timed out, or TLS failed.
     Connect(io::Error),
     /// PostgreSQL answered with an error (authentication, a query), or the connection broke.
     Postgres(tokio_postgres::Error),
@@ -415,6 +415,37 @@ impl PoolError {
             // Only with deadpool's own timeouts or hooks, which this pool sets none of.
             other => PoolError::Config(other.to_string()),
         }
+    }
+}
+
+/// A handler may return `Result<_, PoolError>` and use `?`: the client gets `503 Service
+/// Unavailable` when the database cannot be had now (a timeout, a failed connect, a closed
+/// pool) and `500` for anything else, with a fixed text that reveals nothing of the database
+/// (log the error first where its detail matters).
+///
+/// ```no_run
+/// use berth_app::postgres::{Pool, PoolError};
+/// use berth_app::{Host, Request};
+///
+/// async fn app(_req: Request, host: Host) -> Result<String, PoolError> {
+///     let pool = host.state::<Pool>().ok_or(PoolError::Closed)?;
+///     let row = pool.get(&host).await?.query_one("SELECT count(*) FROM items", &[]).await?;
+///     Ok(format!("{} items\n", row.get::<_, i64>(0)))
+/// }
+/// # berth_app::export_app!(name = "items", handler = app);
+/// ```
+impl crate::IntoResponse for PoolError {
+    fn into_response(self) -> crate::Response {
+        let (status, text) = match self {
+            PoolError::Timeout(_) | PoolError::Connect(_) | PoolError::Closed => (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable\n",
+            ),
+            PoolError::Postgres(_) | PoolError::Config(_) => {
+                (http::StatusCode::INTERNAL_SERVER_ERROR, "database error\n")
+            }
+        };
+        crate::Response::text(text).with_status(status)
     }
 }
 
@@ -514,7 +545,10 @@ mod tests {
                 .starts_with("cannot connect to the database: sockets need")
         );
         pool.close();
-        assert!(matches!(block_on(pool.get(&host)), Err(PoolError::Closed)));
+        let closed = block_on(pool.get(&host)).expect_err("closed");
+        assert!(matches!(closed, PoolError::Closed));
+        let response = crate::IntoResponse::into_response(closed);
+        assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

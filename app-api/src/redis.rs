@@ -1,11 +1,12 @@
 //! Redis through the host's sockets (feature `redis`): [`redis`]'s multiplexed connection,
 //! reconnected when it is lost.
 //!
-//! The real `redis` crate runs inside the app, its connection riding on a [`HostStream`](crate::HostStream) that
-//! the host opened (so the server's host and port must be in the app's `allow_connect`), and
-//! [`Host::spawn`](crate::Host::spawn) drives it. One [`MultiplexedConnection`] serves every request at once, as
-//! redis-rs intends; [`Client::get`] hands out cheap clones of it and opens a new one when the
-//! last was lost. Commands are redis's own: [`AsyncCommands`],
+//! The real `redis` crate runs inside the app, its connection riding on a
+//! [`HostStream`](crate::HostStream) that the host opened (so the server must be granted by
+//! the app's `allowed_outbound_hosts`, e.g. `"redis://cache"`), and
+//! [`Host::spawn`](crate::Host::spawn) drives it. One [`MultiplexedConnection`] serves every
+//! request at once, as redis-rs intends; [`Client::get`] hands out cheap clones of it and
+//! opens a new one when the last was lost. Commands are redis's own: [`AsyncCommands`],
 //! [`pipe`](redis::pipe), [`cmd`](redis::cmd).
 //!
 //! ```no_run
