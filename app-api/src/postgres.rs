@@ -357,7 +357,7 @@ impl managed::Manager for Manager {
         let log = self.host.clone();
         let driver = self.host.spawn(async move {
             if let Err(err) = connection.await {
-                crate::warn!(log, "postgres connection ended: {err}");
+                crate::warn!(log, "postgres connection ended: {}", detail(&err));
             }
         });
         Ok(PgConnection {
@@ -462,7 +462,7 @@ impl fmt::Display for PoolError {
                 write!(f, "no database connection free within {after:?}")
             }
             PoolError::Connect(err) => write!(f, "cannot connect to the database: {err}"),
-            PoolError::Postgres(err) => write!(f, "database error: {err}"),
+            PoolError::Postgres(err) => write!(f, "database error: {}", detail(err)),
             PoolError::Closed => f.write_str("the database pool is closed"),
             PoolError::Config(message) => write!(f, "database settings: {message}"),
         }
@@ -479,11 +479,20 @@ impl std::error::Error for PoolError {
     }
 }
 
+/// A tokio-postgres error with the server's message: its own `Display` says only "db error"
+/// for everything the server reports.
+fn detail(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => err.to_string(),
+    }
+}
+
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConnectError::Io(err) => err.fmt(f),
-            ConnectError::Postgres(err) => err.fmt(f),
+            ConnectError::Postgres(err) => f.write_str(&detail(err)),
         }
     }
 }
