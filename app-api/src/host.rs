@@ -1,4 +1,5 @@
-//! The host's capabilities: outbound HTTP, timers and logging.
+//! The host's capabilities: outbound HTTP, timers, logging, sockets, tasks and the app's
+//! state.
 //!
 //! A plugin links its own copy of any async runtime it depends on, and that copy has no reactor:
 //! `tokio::time::sleep`, `tokio::spawn` or a tokio socket called from app code panics with
@@ -7,8 +8,11 @@
 //! runtime. Pure computation, `futures` combinators (`join`, `select`) and channels from
 //! runtime-agnostic crates work as usual.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,10 +27,13 @@ use crate::abi::{
 };
 use crate::body::Body;
 use crate::error::{BodyError, HeaderError};
-use crate::ffi::host_handle::{FetchParts, HostFetch, HostHandle};
+use crate::ffi::host_handle::{ConnectArgs, FetchParts, HostFetch, HostHandle};
 use crate::headers::{Add, Headers};
+use crate::net::{Connect, ConnectOptions};
+use crate::task::JoinHandle;
 
-/// The host, handed to every request: outbound HTTP, timers and logging.
+/// The host, handed to every request: outbound HTTP, timers, logging, sockets, background
+/// tasks and the app's state.
 ///
 /// Cloning is cheap (a reference count in the host). The futures it returns own what they need,
 /// so they can be stored, raced and joined freely; dropping one cancels the work on the host
@@ -55,6 +62,32 @@ pub(crate) trait MockBackend: fmt::Debug + Send + Sync {
     fn sleep(&self, duration: Duration);
     /// Answers a fetch.
     fn fetch(&self, request: OutboundRequest) -> Result<FetchResponse, FetchError>;
+    /// The app's state, if the mock was given one.
+    fn state(&self) -> Option<&(dyn Any + Send + Sync)>;
+}
+
+/// The mock as a spawned task sees it: the same, without a deadline.
+#[cfg(feature = "testing")]
+#[derive(Debug)]
+struct MockTask(std::sync::Arc<dyn MockBackend>);
+
+#[cfg(feature = "testing")]
+impl MockBackend for MockTask {
+    fn log(&self, level: Level, message: &str) {
+        self.0.log(level, message);
+    }
+    fn time_left(&self) -> Option<Duration> {
+        None
+    }
+    fn sleep(&self, duration: Duration) {
+        self.0.sleep(duration);
+    }
+    fn fetch(&self, request: OutboundRequest) -> Result<FetchResponse, FetchError> {
+        self.0.fetch(request)
+    }
+    fn state(&self) -> Option<&(dyn Any + Send + Sync)> {
+        self.0.state()
+    }
 }
 
 /// Log levels for [`Host::log`] and the logging macros.
@@ -174,6 +207,180 @@ impl Host {
     /// `GET url`: shorthand for `fetch(OutboundRequest::get(url))`.
     pub fn get(&self, url: impl Into<String>) -> Fetch {
         self.fetch(OutboundRequest::get(url))
+    }
+
+    /// Opens a plain TCP connection to `host:port` through the host: shorthand for
+    /// `connect_with(ConnectOptions::new(host, port))`.
+    pub fn connect(&self, host: &str, port: u16) -> Connect {
+        self.connect_with(ConnectOptions::new(host, port))
+    }
+
+    /// Opens a TCP connection, with TLS if asked, through the host: it resolves the name,
+    /// checks the app's allowlist (`allowed_outbound_hosts` in `berth.toml`, e.g.
+    /// `"tcp://db:5432"`; nothing is allowed by default), and limits the time and the number
+    /// of sockets the app holds. The stream then
+    /// reads and writes through the host's reactor; see [`HostStream`](crate::HostStream).
+    ///
+    /// Failures are [`std::io::Error`]s whose kind says why (see [`Connect`]). A mock host
+    /// opens no sockets: it fails with `Unsupported`.
+    pub fn connect_with(&self, options: ConnectOptions) -> Connect {
+        match &self.inner {
+            Inner::Real(handle) => {
+                let timeout_ms = options.timeout.map_or(0, |t| {
+                    u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+                });
+                Connect(handle.connect(&ConnectArgs {
+                    host: &options.host,
+                    port: options.port,
+                    tls: options.tls,
+                    server_name: options.server_name.as_deref().unwrap_or(""),
+                    timeout_ms,
+                }))
+            }
+            #[cfg(feature = "testing")]
+            Inner::Mock(_) => Connect(crate::ffi::socket::SocketConnect::failed(
+                crate::net::UNSUPPORTED,
+                "sockets need a real host: the mock host opens none",
+            )),
+        }
+    }
+
+    /// Runs `future` as a task of its own on the host's runtime, beside the request (a
+    /// plugin cannot use `tokio::spawn`): for connection drivers, background refreshes, work
+    /// that should go on while the handler waits for something else.
+    ///
+    /// The task belongs to the app version, not to the request: no request deadline bounds
+    /// it, and the host cancels it after the version's `shutdown` hook. **Dropping the
+    /// [`JoinHandle`] cancels the task** (unlike tokio's), so keep the handle for as long as
+    /// the task should run. A panic in the task is caught, logged ("task panicked: ...") and
+    /// returned as a [`JoinError`](crate::JoinError).
+    ///
+    /// A task that uses the host (timers, fetches, sockets) should use a host of its own,
+    /// [`task_host`](Host::task_host), rather than a clone of the request's: that one's
+    /// deadline is the request's, and it keeps the request's data alive. [`spawn_with`](Host::spawn_with)
+    /// hands it one. With a mock host, the task runs on a thread of its own.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.inner {
+            Inner::Real(handle) => {
+                let task = handle.task_handle().unwrap_or_else(|| handle.clone());
+                JoinHandle::spawn_real(handle, task, future)
+            }
+            #[cfg(feature = "testing")]
+            Inner::Mock(_) => JoinHandle::spawn_mock(self.task_host(), future),
+        }
+    }
+
+    /// [`spawn`](Host::spawn)s the future `make` builds from a [`task_host`](Host::task_host):
+    ///
+    /// ```
+    /// # async fn app(host: berth_app::Host) {
+    /// let refresh = host.spawn_with(|host| async move {
+    ///     host.sleep(std::time::Duration::from_secs(1)).await;
+    ///     host.get("http://config.internal/flags").await.is_ok()
+    /// });
+    /// let refreshed: bool = refresh.await.unwrap_or(false);
+    /// # }
+    /// ```
+    pub fn spawn_with<M, F>(&self, make: M) -> JoinHandle<F::Output>
+    where
+        M: FnOnce(Host) -> F,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn(make(self.task_host()))
+    }
+
+    /// A host for work that outlives the request: the same app version, but no request
+    /// deadline ([`time_left`](Host::time_left) is `None`) and none of the request's data
+    /// kept alive. For spawned tasks, and for what `init` builds to use later (a connection
+    /// pool connects through it, so its connections are not bound to whichever request
+    /// happened to open them).
+    pub fn task_host(&self) -> Host {
+        match &self.inner {
+            Inner::Real(handle) => match handle.task_handle() {
+                Some(task) => Host::from_handle(task),
+                None => self.clone(),
+            },
+            #[cfg(feature = "testing")]
+            Inner::Mock(mock) => {
+                Host::from_mock(std::sync::Arc::new(MockTask(std::sync::Arc::clone(mock))))
+            }
+        }
+    }
+
+    /// The app's state: what the `init` hook returned (see [`export_app!`](crate::export_app)),
+    /// if it is of type `S`. `None` when `init` returned nothing, or something else: the type
+    /// is checked, never assumed.
+    ///
+    /// The reference lives as long as this `&Host`: the host keeps the state until the app
+    /// version's last request, task and host reference are gone. To keep it across `.await`s
+    /// in a `'static` future, clone the host or use [`state_handle`](Host::state_handle).
+    pub fn state<S: Any + Send + Sync>(&self) -> Option<&S> {
+        let state = match &self.inner {
+            Inner::Real(handle) => handle.app_state(),
+            #[cfg(feature = "testing")]
+            Inner::Mock(mock) => mock.state(),
+        };
+        state?.downcast_ref()
+    }
+
+    /// The app's state as an owned handle ([`State`]) that derefs to `S`, for code that wants
+    /// the state without a `&Host` beside it. `None` as for [`state`](Host::state).
+    pub fn state_handle<S: Any + Send + Sync>(&self) -> Option<State<S>> {
+        self.state::<S>()?;
+        Some(State {
+            host: self.clone(),
+            _state: PhantomData,
+        })
+    }
+
+    /// Hands `init`'s result to the host as the app version's state.
+    pub(crate) fn set_state(&self, state: Box<dyn Any + Send + Sync>) -> Result<(), String> {
+        match &self.inner {
+            Inner::Real(handle) => handle.set_app_state(state),
+            #[cfg(feature = "testing")]
+            Inner::Mock(_) => {
+                Err("a mock host's state is given with MockHost::with_state".to_owned())
+            }
+        }
+    }
+}
+
+/// The app's state, owned: a host reference (which keeps the state alive) that derefs to `S`.
+/// From [`Host::state_handle`].
+pub struct State<S> {
+    host: Host,
+    _state: PhantomData<fn() -> S>,
+}
+
+impl<S: Any + Send + Sync> Deref for State<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        match self.host.state::<S>() {
+            Some(state) => state,
+            // `state_handle` checked it, and an app version's state never changes.
+            None => unreachable!("the app state of a State handle is gone"),
+        }
+    }
+}
+
+impl<S> Clone for State<S> {
+    fn clone(&self) -> Self {
+        State {
+            host: self.host.clone(),
+            _state: PhantomData,
+        }
+    }
+}
+
+impl<S: Any + Send + Sync + fmt::Debug> fmt::Debug for State<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("State").field(&**self).finish()
     }
 }
 
@@ -622,6 +829,44 @@ mod tests {
         let response = block_on(mock.host().get("http://upstream.test/")).expect("mocked");
         let numbers: Vec<u32> = block_on(response.json()).expect("json");
         assert_eq!(numbers, [1, 2, 3]);
+    }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn a_mock_host_keeps_state_runs_tasks_and_opens_no_sockets() {
+        use crate::testing::{MockHost, block_on};
+        let mock = std::sync::Arc::new(
+            MockHost::new()
+                .with_state(41_u32)
+                .with_time_left(Duration::from_secs(1)),
+        );
+        let host = mock.host();
+        assert_eq!(host.state::<u32>(), Some(&41));
+        assert_eq!(host.state::<i64>(), None, "a wrong type is None");
+        assert_eq!(
+            host.task_host().time_left(),
+            None,
+            "a task host has no deadline"
+        );
+        let state = host.state_handle::<u32>().expect("state");
+        let sum = host.spawn(async move { *state + 1 });
+        assert_eq!(block_on(sum), Ok(42));
+        let err = block_on(host.spawn(async { panic!("boom in a mock task") })).expect_err("panic");
+        assert!(
+            err.is_panic() && err.message().starts_with("boom in a mock task"),
+            "{err}"
+        );
+        assert_eq!(mock.logs()[0].0, Level::Error);
+        // Dropping the handle cancels a task that would never end.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let forever = host.spawn(async move {
+            let _tx = tx;
+            std::future::pending::<()>().await
+        });
+        forever.abort();
+        assert!(rx.recv().is_err(), "the task (and its sender) was dropped");
+        let err = block_on(host.connect("db.test", 5432)).expect_err("no sockets");
+        assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
     }
 
     #[cfg(feature = "testing")]

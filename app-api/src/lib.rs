@@ -35,6 +35,50 @@
 //! reactor running". Use [`Host::sleep`], [`Host::timeout`] and [`Host::fetch`] instead;
 //! `futures` combinators such as [`futures::future::join_all`] work as usual.
 //!
+//! # App state
+//!
+//! What an app builds once and shares between requests (a connection pool, a parsed
+//! configuration, a cache) is returned by its `init` hook, as ASGI's lifespan state: the host
+//! keeps it for that version of the app, and requests borrow it with [`Host::state`], typed
+//! (a wrong type gives `None`, never a wrong value) and without locking. Interior mutability
+//! (atomics, a `Mutex`) is the app's choice where it needs to change. The `shutdown` hook
+//! reads it the same way, to close things; the host drops it after the version's last
+//! request and task.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use berth_app::{AppConfig, Host, Request, Response};
+//!
+//! struct Counter {
+//!     greeting: String,
+//!     hits: AtomicU64,
+//! }
+//!
+//! async fn init(config: AppConfig, _host: Host) -> Result<Counter, String> {
+//!     let greeting = config.get_or("greeting", "hello").to_owned();
+//!     Ok(Counter { greeting, hits: AtomicU64::new(0) })
+//! }
+//!
+//! async fn app(_req: Request, host: Host) -> Response {
+//!     let Some(state) = host.state::<Counter>() else {
+//!         return Response::text("no state\n");
+//!     };
+//!     let n = state.hits.fetch_add(1, Ordering::Relaxed) + 1;
+//!     Response::text(format!("{} #{n}\n", state.greeting))
+//! }
+//!
+//! berth_app::export_app!(name = "counter", handler = app, init = init);
+//! ```
+//!
+//! # Sockets and tasks
+//!
+//! [`Host::connect`] opens a TCP connection (TLS optional) on the host's reactor, for the
+//! hosts and ports `berth.toml` allows the app; the [`HostStream`] it gives implements tokio's
+//! and futures' `AsyncRead`/`AsyncWrite`, so protocol crates that take a generic stream work
+//! on it. [`Host::spawn`] runs a future as a task of the host's (a connection's driver, say),
+//! cancelled when its [`JoinHandle`] is dropped. The features `postgres` and `redis` build
+//! connection pools on both: see `berth_app::postgres` and `berth_app::redis`.
+//!
 //! # Panics
 //!
 //! A panic in the handler, or while streaming its body, is caught inside the plugin: the client
@@ -60,8 +104,12 @@
 //! * `body`: [`Body`], request and response bodies;
 //! * `request`: [`Request`] and [`RequestBuilder`];
 //! * `response`: [`Response`] and [`IntoResponse`];
+//! * `net`: [`HostStream`], a connection the host opened, and [`ConnectOptions`];
+//! * `task`: [`JoinHandle`] and [`JoinError`], for tasks spawned on the host;
 //! * `host`: [`Host`] and what it returns ([`OutboundRequest`], [`Fetch`], [`FetchResponse`],
-//!   [`Sleep`], [`Timeout`]), the host's capabilities;
+//!   [`Sleep`], [`Timeout`], [`Connect`], [`State`]), the host's capabilities;
+//! * `postgres` and `redis` (features of the same names): database clients over host
+//!   sockets and tasks;
 //! * [`testing`]: a mock host for unit tests (feature `testing`).
 #![deny(missing_docs)]
 
@@ -73,8 +121,14 @@ mod error;
 pub mod ffi;
 mod headers;
 mod host;
+mod net;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod request;
 mod response;
+mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -84,11 +138,13 @@ pub use config::AppConfig;
 pub use error::{BodyError, HeaderError};
 pub use host::{
     Elapsed, Fetch, FetchError, FetchErrorKind, FetchResponse, Host, Level, OutboundRequest, Sleep,
-    Timeout,
+    State, Timeout,
 };
 pub use http::{self, HeaderMap, Method, StatusCode, Uri, Version, header};
+pub use net::{Connect, ConnectOptions, HostStream};
 pub use request::{Request, RequestBuilder};
 pub use response::{IntoResponse, Response};
+pub use task::{JoinError, JoinHandle};
 
 /// Runtime-agnostic future and stream combinators (`join`, `select`, `join_all`, streams).
 pub mod futures {
@@ -105,9 +161,12 @@ pub mod futures {
 ///
 /// * `version` may be left out: it defaults to the crate's version.
 /// * `init = f` (optional) runs once before the app is mounted, like ASGI's lifespan startup:
-///   `async fn f(config: AppConfig, host: Host) -> Result<(), E>` (or `()`), with `E:
+///   `async fn f(config: AppConfig, host: Host) -> Result<S, E>` (or `()`), with `E:
 ///   Display`. The app's settings from `berth.toml` are in `config`. An error, a panic or a
-///   time-out keeps the app from being mounted, and the reason is reported.
+///   time-out keeps the app from being mounted, and the reason is reported. The `S` it returns
+///   (any `Send + Sync + 'static` type; `()` for none) becomes the app version's state, which
+///   every request and the `shutdown` hook read with [`Host::state`]; see *App state* in the
+///   crate docs.
 /// * `shutdown = g` (optional) runs once before a version of the app is retired (replaced,
 ///   removed, or the server stopping), after its last request: `async fn g(host: Host)` (or
 ///   returning `Result<(), E>`).
@@ -138,9 +197,7 @@ macro_rules! export_app {
 
             $(
                 fn init(config: $crate::AppConfig, host: $crate::Host) -> $crate::__private::HookFuture {
-                    ::std::boxed::Box::pin(async move {
-                        $crate::__private::IntoHookResult::into_hook_result($init(config, host).await)
-                    })
+                    $crate::__private::init_hook(config, host, $init)
                 }
             )?
 
@@ -186,6 +243,9 @@ macro_rules! __berth_version {
 /// Not public API: what [`export_app!`] expands to.
 #[doc(hidden)]
 pub mod __private {
+    use std::any::{Any, TypeId};
+    use std::future::Future;
+
     pub use crate::ffi::export::{App, Descriptor, HookFuture, serve};
 
     /// A handler's future in ABI form, as [`serve`] makes it.
@@ -207,5 +267,45 @@ pub mod __private {
         fn into_hook_result(self) -> Result<(), String> {
             self.map_err(|e| e.to_string())
         }
+    }
+
+    /// What an `init` hook may return: `()`, or `Result<S, E>` whose `S` becomes the app's
+    /// state (a `()` state is not stored).
+    pub trait IntoInitResult {
+        /// Converts into the hook's outcome and the state to keep.
+        fn into_init_result(self) -> Result<Option<Box<dyn Any + Send + Sync>>, String>;
+    }
+
+    impl IntoInitResult for () {
+        fn into_init_result(self) -> Result<Option<Box<dyn Any + Send + Sync>>, String> {
+            Ok(None)
+        }
+    }
+
+    impl<S: Any + Send + Sync, E: std::fmt::Display> IntoInitResult for Result<S, E> {
+        fn into_init_result(self) -> Result<Option<Box<dyn Any + Send + Sync>>, String> {
+            let state = self.map_err(|e| e.to_string())?;
+            if TypeId::of::<S>() == TypeId::of::<()>() {
+                return Ok(None);
+            }
+            Ok(Some(Box::new(state)))
+        }
+    }
+
+    /// Runs the author's `init` and hands the state it returns to the host.
+    pub fn init_hook<I, F>(config: crate::AppConfig, host: crate::Host, init: I) -> HookFuture
+    where
+        I: FnOnce(crate::AppConfig, crate::Host) -> F,
+        F: Future + Send + 'static,
+        F::Output: IntoInitResult,
+    {
+        let keep = host.clone();
+        let future = init(config, host);
+        Box::pin(async move {
+            match future.await.into_init_result()? {
+                Some(state) => keep.set_state(state),
+                None => Ok(()),
+            }
+        })
     }
 }

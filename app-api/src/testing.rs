@@ -18,6 +18,7 @@
 //! assert_eq!(berth_app::testing::block_on(response.into_body().text()).unwrap(), "/x says hi");
 //! ```
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -35,12 +36,15 @@ use crate::response::{IntoResponse, Response};
 type FetchFn = dyn Fn(OutboundRequest) -> Result<Response, FetchError> + Send + Sync;
 
 /// A host that answers fetches with a closure, completes sleeps at once (adding them to a
-/// virtual clock), and records log lines.
+/// virtual clock), records log lines, holds the app's state if given one, and runs spawned
+/// tasks on threads of their own. It opens no sockets: [`Host::connect`](crate::Host::connect)
+/// fails with `Unsupported`.
 pub struct MockHost {
     fetch: Option<Box<FetchFn>>,
     time_left: Option<Duration>,
     logs: Mutex<Vec<(Level, String)>>,
     slept: Mutex<Duration>,
+    state: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl MockHost {
@@ -51,7 +55,16 @@ impl MockHost {
             time_left: None,
             logs: Mutex::new(Vec::new()),
             slept: Mutex::new(Duration::ZERO),
+            state: None,
         }
+    }
+
+    /// Gives the app's state, as `init` would have: [`Host::state`](crate::Host::state)
+    /// returns it. Build it with the app's own `init` (`block_on(init(config, host))`) or by
+    /// hand.
+    pub fn with_state<S: Any + Send + Sync>(mut self, state: S) -> Self {
+        self.state = Some(Box::new(state));
+        self
     }
 
     /// Answers every fetch with `handler`.
@@ -135,6 +148,10 @@ impl MockBackend for MockHost {
         })?;
         Ok(FetchResponse::new(status, Headers::from_map(headers), body))
     }
+
+    fn state(&self) -> Option<&(dyn Any + Send + Sync)> {
+        self.state.as_deref()
+    }
 }
 
 impl Default for MockHost {
@@ -148,6 +165,7 @@ impl fmt::Debug for MockHost {
         f.debug_struct("MockHost")
             .field("has_fetch", &self.fetch.is_some())
             .field("slept", &self.slept())
+            .field("has_state", &self.state.is_some())
             .finish()
     }
 }

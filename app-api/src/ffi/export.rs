@@ -283,6 +283,81 @@ mod tests {
     struct FakeCtx {
         logs: Mutex<Vec<(u32, String)>>,
         fetched: Mutex<Vec<String>>,
+        /// The app version's state (the fake keeps one per context).
+        state: Mutex<Option<AbiAppState>>,
+    }
+
+    impl Drop for FakeCtx {
+        fn drop(&mut self) {
+            let state = self.state.get_mut().expect("lock").take();
+            if let Some(AbiAppState {
+                ptr,
+                drop: Some(drop),
+            }) = state
+            {
+                // SAFETY: the host contract: the state is dropped once, when the version is gone.
+                unsafe { drop(ptr) };
+            }
+        }
+    }
+
+    /// Closes of this module's fake sockets.
+    static SOCKET_CLOSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_connect(
+        _ctx: *mut c_void,
+        req: *const AbiConnectRequest,
+    ) -> FfiFuture<AbiConnectOutcome> {
+        // SAFETY: `req` is borrowed for this call.
+        let host = unsafe { (*req).host.to_str("host") }.expect("UTF-8");
+        let outcome = match host {
+            "denied.test" => {
+                AbiConnectOutcome::failed(CONNECT_DENIED, "denied.test:1 is not allowed".to_owned())
+            }
+            "full.test" => AbiConnectOutcome::failed(CONNECT_LIMIT, "too many sockets".to_owned()),
+            _ => AbiConnectOutcome::ok(fake_socket(None, &SOCKET_CLOSES)),
+        };
+        std::future::ready(outcome).into_ffi()
+    }
+
+    /// Runs the task when its join future is polled; dropping the join future drops it.
+    ///
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_spawn(_ctx: *mut c_void, task: FfiFuture<u32>) -> FfiFuture<u32> {
+        task.into_ffi()
+    }
+
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_task_ctx(ctx: *mut c_void) -> *mut c_void {
+        // SAFETY: as `fake_clone_ctx`: the fake's task context is the same context.
+        unsafe { fake_clone_ctx(ctx) }
+    }
+
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_set_app_state(ctx: *mut c_void, state: AbiAppState) -> u32 {
+        let mut kept = ctx_ref(ctx).state.lock().expect("lock");
+        if kept.is_some() {
+            if let Some(drop) = state.drop {
+                // SAFETY: the state moved to us; a second one is dropped at once.
+                unsafe { drop(state.ptr) };
+            }
+            return STATE_TAKEN;
+        }
+        *kept = Some(state);
+        STATE_SET
+    }
+
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_app_state(ctx: *mut c_void) -> *const c_void {
+        let kept = ctx_ref(ctx).state.lock().expect("lock");
+        kept.as_ref()
+            .map_or(std::ptr::null(), |state| state.ptr.cast_const())
     }
 
     /// Each `ctx` reference is one `Arc<FakeCtx>` strong count.
@@ -357,6 +432,11 @@ mod tests {
         fetch: fake_fetch,
         time_left_ms: fake_time_left_ms,
         max_buffered_response: fake_max_buffered_response,
+        connect: fake_connect,
+        spawn: fake_spawn,
+        task_ctx: fake_task_ctx,
+        set_app_state: fake_set_app_state,
+        app_state: fake_app_state,
     };
 
     /// # Safety
@@ -421,6 +501,212 @@ mod tests {
     }
 
     static GLUE_DESCRIPTOR: Descriptor = Descriptor::new::<GlueApp>("glue", "1.2.3");
+
+    /// The app state of [`SdkApp`]; `dropped` counts its drops.
+    struct Counter {
+        start: u32,
+        _dropped: Arc<()>,
+    }
+
+    /// An app that uses the ABI 1.4 capabilities: state from `init`, sockets, tasks.
+    struct SdkApp;
+
+    async fn sdk_init(config: crate::AppConfig, _host: crate::Host) -> Result<Counter, String> {
+        let start = config
+            .get_or("start", "7")
+            .parse()
+            .map_err(|_| "bad start")?;
+        let dropped = Arc::clone(&DROP_WITNESS);
+        Ok(Counter {
+            start,
+            _dropped: dropped,
+        })
+    }
+
+    /// Held by every `Counter` made: the tests count its strong references.
+    static DROP_WITNESS: std::sync::LazyLock<Arc<()>> = std::sync::LazyLock::new(|| Arc::new(()));
+
+    impl App for SdkApp {
+        const HAS_INIT: bool = true;
+
+        fn init(config: crate::AppConfig, host: crate::Host) -> HookFuture {
+            crate::__private::init_hook(config, host, sdk_init)
+        }
+
+        fn handle(req: crate::Request, host: crate::Host) -> crate::__private::HandleFuture {
+            crate::__private::serve(async move { sdk_handler(req, host).await })
+        }
+    }
+
+    async fn sdk_handler(req: crate::Request, host: crate::Host) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        match req.path() {
+            "/state" => {
+                let wrong = host.state::<String>().is_some();
+                let handle = host.state_handle::<Counter>().expect("state");
+                format!("start={} wrong_type={wrong}", handle.start)
+            }
+            "/socket" => {
+                let mut stream = host.connect("db.test", 5432).await.expect("connected");
+                stream.write_all(b"ping").await.expect("write");
+                let mut buf = [0; 4];
+                stream.read_exact(&mut buf).await.expect("read");
+                let peer = stream.peer_addr().expect("peer");
+                let mut tls = stream.start_tls("").await.expect("tls");
+                tls.write_all(b"pong").await.expect("write");
+                tls.flush().await.expect("flush");
+                let mut echoed = String::new();
+                tls.read_to_string(&mut echoed).await.expect("read");
+                let reset = tls.write_all(b"fail").await.expect_err("reset");
+                tls.shutdown().await.expect("shutdown");
+                let denied = host.connect("denied.test", 1).await.expect_err("denied");
+                let full = host.connect("full.test", 1).await.expect_err("full");
+                format!(
+                    "{} {peer} {echoed} | {:?} | {:?}: {denied} | {:?}",
+                    String::from_utf8_lossy(&buf),
+                    reset.kind(),
+                    denied.kind(),
+                    full.kind()
+                )
+            }
+            "/spawn" => {
+                let start = host.state::<Counter>().map_or(0, |c| c.start);
+                let sum = host.spawn_with(move |task| async move {
+                    task.sleep(std::time::Duration::from_millis(1)).await;
+                    start + 35
+                });
+                let panicked = host.spawn(async { panic!("boom in a task") });
+                let err: crate::JoinError = panicked.await.expect_err("panicked");
+                format!(
+                    "{} {} {}",
+                    sum.await.expect("sum"),
+                    err.is_panic(),
+                    err.message()
+                )
+            }
+            _ => "?".to_owned(),
+        }
+    }
+
+    static SDK_DESCRIPTOR: Descriptor = Descriptor::new::<SdkApp>("sdk", "1.4.0");
+
+    /// Runs `SdkApp`'s `init` on `ctx` with `settings`, as the host does.
+    fn init_sdk(ctx: &Arc<FakeCtx>, settings: &[(&str, &str)]) -> Result<(), HandleFailure> {
+        let map = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let list = crate::ffi::settings::SettingList::new(&map);
+        let host = AbiHost {
+            vtable: &FAKE_VTABLE,
+            ctx: Arc::into_raw(Arc::clone(ctx)).cast_mut().cast(),
+        };
+        // SAFETY: the descriptor is a static.
+        let init = unsafe { &*SDK_DESCRIPTOR.as_ptr() }
+            .init
+            .expect("an init hook");
+        // SAFETY: `settings` outlive the call; `host` moves.
+        let outcome = block_on(unsafe { init(list.as_abi(), host) });
+        // SAFETY: the outcome is ours.
+        unsafe { outcome.into_result() }
+    }
+
+    /// Calls `SdkApp`'s handler on `ctx` for `path` and returns its text.
+    fn call_sdk(ctx: &Arc<FakeCtx>, path: &str) -> String {
+        let req = AbiRequest {
+            method: AbiStr::new(b"GET"),
+            uri: AbiStr::new(path.as_bytes()),
+            version: HTTP_11,
+            headers: AbiHeaders {
+                ptr: std::ptr::null(),
+                len: 0,
+            },
+            peer_addr: socket_addr_to_abi(None),
+            local_addr: socket_addr_to_abi(None),
+            mount_prefix: AbiStr::new(b""),
+            path: AbiStr::new(path.as_bytes()),
+            query: AbiStr::new(b""),
+        };
+        let host = AbiHost {
+            vtable: &FAKE_VTABLE,
+            ctx: Arc::into_raw(Arc::clone(ctx)).cast_mut().cast(),
+        };
+        // SAFETY: the descriptor is a static; `req` outlives the call; the body and `host` move.
+        let future = unsafe { ((*SDK_DESCRIPTOR.as_ptr()).handle)(&req, AbiBody::empty(), host) };
+        // SAFETY: the outcome is ours.
+        let (_, _, body) = unsafe { block_on(future).into_result() }.expect("ok outcome");
+        String::from_utf8_lossy(&read_all(body).0.concat()).into_owned()
+    }
+
+    #[test]
+    fn init_hands_its_state_to_the_host_and_requests_read_it_until_the_version_is_gone() {
+        let witness = Arc::clone(&DROP_WITNESS);
+        let before = Arc::strong_count(&witness);
+        let ctx = Arc::new(FakeCtx::default());
+        init_sdk(&ctx, &[("start", "40")]).expect("init ok");
+        assert_eq!(Arc::strong_count(&witness), before + 1, "kept by the host");
+        assert_eq!(call_sdk(&ctx, "/state"), "start=40 wrong_type=false");
+        assert_eq!(call_sdk(&ctx, "/spawn").split(' ').next(), Some("75"));
+        assert_eq!(
+            init_sdk(&ctx, &[]),
+            Err(HandleFailure::Failed(
+                "the app version has a state already".to_owned()
+            ))
+        );
+        assert_eq!(
+            Arc::strong_count(&witness),
+            before + 1,
+            "the second one was dropped"
+        );
+        // A failed init hands nothing over.
+        let other = Arc::new(FakeCtx::default());
+        let failed = init_sdk(&other, &[("start", "x")]);
+        assert_eq!(failed, Err(HandleFailure::Failed("bad start".to_owned())));
+        assert!(other.state.lock().expect("lock").is_none());
+        drop(ctx);
+        assert_eq!(
+            Arc::strong_count(&witness),
+            before,
+            "dropped with the version"
+        );
+    }
+
+    #[test]
+    fn a_host_socket_reads_writes_upgrades_to_tls_and_closes_once() {
+        use std::sync::atomic::Ordering;
+        let before = SOCKET_CLOSES.load(Ordering::SeqCst);
+        let ctx = Arc::new(FakeCtx::default());
+        assert_eq!(
+            call_sdk(&ctx, "/socket"),
+            "ping 192.0.2.9:5432 pong (tls connected-name) | ConnectionReset | \
+             PermissionDenied: denied.test:1 is not allowed | QuotaExceeded"
+        );
+        // The plain socket moved to the host with start_tls; the TLS one was closed here.
+        assert_eq!(SOCKET_CLOSES.load(Ordering::SeqCst), before + 1);
+        assert_eq!(Arc::strong_count(&ctx), 1);
+    }
+
+    #[test]
+    fn a_spawned_task_returns_its_output_and_a_panic_is_logged_and_returned() {
+        let ctx = Arc::new(FakeCtx::default());
+        let text = call_sdk(&ctx, "/spawn");
+        assert!(
+            text.starts_with("35 true boom in a task (at app-api/src/ffi/export.rs:"),
+            "{text}"
+        );
+        let logs = ctx.logs.lock().expect("lock").clone();
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0].0, LOG_ERROR);
+        assert!(
+            logs[0].1.starts_with("task panicked: boom in a task"),
+            "{logs:?}"
+        );
+        assert_eq!(
+            Arc::strong_count(&ctx),
+            1,
+            "every task reference was released"
+        );
+    }
 
     /// Calls the descriptor's handler the way the host does and waits for its outcome.
     fn call_glue(method: &str, path: &str, body: AbiBody) -> (AbiHandleOutcome, Arc<FakeCtx>) {

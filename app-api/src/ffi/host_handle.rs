@@ -1,5 +1,7 @@
 //! The plugin side's calls into the host's capability table ([`HostHandle`]).
 
+use std::any::Any;
+use std::ffi::c_void;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,6 +12,29 @@ use crate::abi::*;
 use crate::ffi::body::ForeignBody;
 use crate::ffi::headers::HeaderList;
 use crate::ffi::response::LentHeaders;
+use crate::ffi::socket::SocketConnect;
+
+/// The offset just past function `$field` of the host's table: a host whose table is at least
+/// that large has the function.
+macro_rules! end_of {
+    ($field:ident) => {
+        std::mem::offset_of!(HostVTable, $field) + std::mem::size_of::<usize>()
+    };
+}
+
+/// An app version's state as the plugin hands it to the host: a thin pointer to this box.
+type BoxedState = Box<dyn Any + Send + Sync>;
+
+/// What [`HostHandle::connect`] opens.
+#[derive(Debug)]
+pub(crate) struct ConnectArgs<'a> {
+    pub(crate) host: &'a str,
+    pub(crate) port: u16,
+    pub(crate) tls: bool,
+    pub(crate) server_name: &'a str,
+    /// 0: the host's default.
+    pub(crate) timeout_ms: u64,
+}
 
 /// One reference to the host's per-request context plus its capability table.
 #[derive(Debug)]
@@ -93,6 +118,100 @@ impl HostHandle {
         // the call; `body` moves to the host.
         HostFetch(unsafe { (self.vtable().fetch)(self.0.ctx, &req, body) })
     }
+}
+
+impl HostHandle {
+    /// Opens a socket through the host (ABI 1.4).
+    pub(crate) fn connect(&self, args: &ConnectArgs<'_>) -> SocketConnect {
+        if !self.has_capability(end_of!(connect)) {
+            return SocketConnect::failed(CONNECT_OTHER, "this host has no sockets (ABI < 1.4)");
+        }
+        let req = AbiConnectRequest {
+            host: AbiStr::new(args.host.as_bytes()),
+            port: args.port,
+            tls: if args.tls { CONNECT_TLS } else { CONNECT_PLAIN },
+            server_name: AbiStr::new(args.server_name.as_bytes()),
+            timeout_ms: args.timeout_ms,
+        };
+        // SAFETY: the table holds `connect` (checked above); `ctx` is a live reference we own;
+        // `req` and the strings it points to outlive the call.
+        SocketConnect::pending(unsafe { (self.vtable().connect)(self.0.ctx, &req) })
+    }
+
+    /// Runs `task` on the host (ABI 1.4); the returned join future cancels it when dropped.
+    /// `None` (and `task` dropped) from a host without tasks.
+    pub(crate) fn spawn(&self, task: FfiFuture<u32>) -> Option<FfiFuture<u32>> {
+        if !self.has_capability(end_of!(spawn)) {
+            return None;
+        }
+        // SAFETY: the table holds `spawn` (checked above); `ctx` is a live reference we own;
+        // `task` moves to the host.
+        Some(unsafe { (self.vtable().spawn)(self.0.ctx, task) })
+    }
+
+    /// A reference to the app version's context without the request (ABI 1.4): no deadline,
+    /// nothing lent. `None` from an older host.
+    pub(crate) fn task_handle(&self) -> Option<HostHandle> {
+        if !self.has_capability(end_of!(task_ctx)) {
+            return None;
+        }
+        // SAFETY: the table holds `task_ctx` (checked above); `ctx` is a live reference we
+        // own; the new reference is ours, released by the new handle's `Drop`.
+        let ctx = unsafe { (self.vtable().task_ctx)(self.0.ctx) };
+        Some(HostHandle(AbiHost {
+            vtable: self.0.vtable,
+            ctx,
+        }))
+    }
+
+    /// Hands the app version's state to the host (ABI 1.4), which drops it (in this plugin's
+    /// code) once the version is gone.
+    pub(crate) fn set_app_state(&self, state: BoxedState) -> Result<(), String> {
+        if !self.has_capability(end_of!(set_app_state)) {
+            return Err("this host cannot keep an app's state (ABI < 1.4)".to_owned());
+        }
+        let state = AbiAppState {
+            ptr: Box::into_raw(Box::new(state)).cast(),
+            drop: Some(drop_app_state),
+        };
+        // SAFETY: the table holds `set_app_state` (checked above); `ctx` is a live reference we
+        // own; `state` moves to the host, which frees it through `drop_app_state` once.
+        match unsafe { (self.vtable().set_app_state)(self.0.ctx, state) } {
+            STATE_SET => Ok(()),
+            STATE_TAKEN => Err("the app version has a state already".to_owned()),
+            other => Err(format!("the host answered set_app_state with {other}")),
+        }
+    }
+
+    /// The app version's state, if `init` left one: valid for as long as this reference is
+    /// held, which `&self` ties the result to.
+    pub(crate) fn app_state(&self) -> Option<&(dyn Any + Send + Sync)> {
+        if !self.has_capability(end_of!(app_state)) {
+            return None;
+        }
+        // SAFETY: the table holds `app_state` (checked above); `ctx` is a live reference we own.
+        let ptr = unsafe { (self.vtable().app_state)(self.0.ctx) };
+        if ptr.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null state of this app version was made by `set_app_state` above, in
+        // this same library (one version is one library): a `Box<BoxedState>`. The host keeps
+        // it until the version's last context reference is gone, so it outlives `&self`.
+        let state = unsafe { &*ptr.cast::<BoxedState>() };
+        Some(&**state)
+    }
+}
+
+ffi_fn! {
+    /// Frees an app state that [`HostHandle::set_app_state`] handed to the host. A panic in the
+    /// state's `Drop` is caught and the rest is leaked.
+    ///
+    /// # Safety
+    /// `ptr` is the state `set_app_state` made, freed exactly once, by the host.
+    unsafe fn drop_app_state(ptr: *mut c_void) {
+        // SAFETY: the caller's promise.
+        drop(unsafe { Box::from_raw(ptr.cast::<BoxedState>()) })
+    } ?= |_| ()
 }
 
 impl Clone for HostHandle {

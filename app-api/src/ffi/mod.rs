@@ -24,9 +24,12 @@
 //! * `response`: responses handed over and taken apart;
 //! * `outcome`: handler, hook and fetch outcomes (`HandleFailure`);
 //! * `settings`: an app's settings lent to its `init` hook;
-//! * `socket`: sockets' poll results and connect outcomes (ABI 1.4);
+//! * `socket`: sockets' poll results and connect outcomes, and the plugin's open socket and
+//!   connect in flight (ABI 1.4);
 //! * `addr`: socket addresses;
-//! * `host_handle`: the plugin's calls into the host's capability table (`HostHandle`);
+//! * `host_handle`: the plugin's calls into the host's capability table (`HostHandle`), the
+//!   app state handed to the host among them;
+//! * `task`: a spawned future as the ABI's task, and the slot its output comes back through;
 //! * `lent`: the request the host lends the plugin, read in place.
 //!
 //! Above the SDK types:
@@ -53,6 +56,7 @@ pub(crate) mod panic;
 pub(crate) mod response;
 pub(crate) mod settings;
 pub(crate) mod socket;
+pub(crate) mod task;
 
 pub use addr::{socket_addr_from_abi, socket_addr_to_abi};
 pub use body::{ChunkStream, ForeignBody};

@@ -1,13 +1,20 @@
 //! Sockets across the boundary (ABI 1.4): the values both sides build and read — a socket
-//! poll's result and its I/O error kinds, a connect's outcome.
+//! poll's result and its I/O error kinds, a connect's outcome — and the plugin's side of an
+//! open socket ([`Socket`]) and of a connect in flight ([`SocketConnect`]).
 //!
 //! The host makes these from its own sockets (`server/src/plugin`); the plugin side reads them
 //! back into `std::io` results.
 
+use std::future::Future;
 use std::io;
-use std::task::Poll;
+use std::mem::ManuallyDrop;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use crate::abi::*;
+use crate::ffi::addr::socket_addr_from_abi;
+use crate::ffi::future::{ContextExt, Panicked};
 
 impl AbiIoPoll {
     /// Not ready yet: the context's waker was registered.
@@ -146,6 +153,166 @@ impl AbiConnectOutcome {
                 Err((tag, message))
             }
         }
+    }
+}
+
+/// An open host socket, owned by the plugin: its functions are called one at a time (each
+/// takes `&mut self`), and it is closed through the host's `drop` exactly once, when dropped.
+pub(crate) struct Socket(AbiSocket);
+
+impl Socket {
+    /// Takes ownership of a received socket.
+    ///
+    /// # Safety
+    /// `raw` must be an open socket under the ABI's socket contract (non-null state and vtable,
+    /// owned by the caller).
+    unsafe fn from_abi(raw: AbiSocket) -> Self {
+        Socket(raw)
+    }
+
+    fn vtable(&self) -> &AbiSocketVTable {
+        // SAFETY: the socket contract: the vtable is a static in host code, non-null for an
+        // open socket (checked by `AbiConnectOutcome::into_result`).
+        unsafe { &*self.0.vtable }
+    }
+
+    /// Reads into `buf`, as `AsyncRead::poll_read` does.
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let (poll_read, state) = (self.vtable().poll_read, self.0.state);
+        let (ptr, len) = (buf.as_mut_ptr(), buf.len());
+        // SAFETY: `state` is open and ours, used by one call at a time (`&mut self`); `buf` is
+        // initialised memory of `len` bytes, borrowed for the call; the context is valid for it.
+        let polled = cx.with_ffi_context(|fcx| unsafe { poll_read(state, fcx, ptr, len) });
+        // SAFETY: the host's answer, owned by us from now on.
+        within(unsafe { polled.into_poll() }, len, "read")
+    }
+
+    /// Writes from `buf`, as `AsyncWrite::poll_write` does.
+    pub(crate) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let (poll_write, state) = (self.vtable().poll_write, self.0.state);
+        let (ptr, len) = (buf.as_ptr(), buf.len());
+        // SAFETY: as in `poll_read`; `buf` is borrowed for the call.
+        let polled = cx.with_ffi_context(|fcx| unsafe { poll_write(state, fcx, ptr, len) });
+        // SAFETY: the host's answer, owned by us from now on.
+        within(unsafe { polled.into_poll() }, len, "wrote")
+    }
+
+    /// Flushes what was written.
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (poll_flush, state) = (self.vtable().poll_flush, self.0.state);
+        // SAFETY: as in `poll_read`.
+        let polled = cx.with_ffi_context(|fcx| unsafe { poll_flush(state, fcx) });
+        // SAFETY: the host's answer, owned by us from now on.
+        unsafe { polled.into_poll() }.map_ok(|_| ())
+    }
+
+    /// Shuts the write half down.
+    pub(crate) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (poll_shutdown, state) = (self.vtable().poll_shutdown, self.0.state);
+        // SAFETY: as in `poll_read`.
+        let polled = cx.with_ffi_context(|fcx| unsafe { poll_shutdown(state, fcx) });
+        // SAFETY: the host's answer, owned by us from now on.
+        unsafe { polled.into_poll() }.map_ok(|_| ())
+    }
+
+    /// The address the socket is connected to, when the host knows one.
+    pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {
+        // SAFETY: `state` is open and ours; `&self` excludes the `&mut self` calls.
+        let addr = unsafe { (self.vtable().peer_addr)(self.0.state) };
+        socket_addr_from_abi(&addr)
+    }
+
+    /// Upgrades the socket to TLS, verifying the server against `server_name` (empty: the
+    /// name it was opened with). The socket moves to the host.
+    pub(crate) fn start_tls(self, server_name: &str) -> SocketConnect {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: `state` is open and ours, and moves to the host here: `ManuallyDrop` keeps our
+        // `Drop` from closing it again. The name is borrowed for the call.
+        let future =
+            unsafe { (this.vtable().start_tls)(this.0.state, AbiStr::new(server_name.as_bytes())) };
+        SocketConnect::pending(future)
+    }
+}
+
+/// A read or write of `asked` bytes that the host says moved more is the host's bug: an error,
+/// not a slice out of bounds.
+fn within(poll: Poll<io::Result<usize>>, asked: usize, verb: &str) -> Poll<io::Result<usize>> {
+    match poll {
+        Poll::Ready(Ok(moved)) if moved > asked => Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the host {verb} {moved} bytes of a {asked}-byte buffer"),
+        ))),
+        other => other,
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: we own the open socket; it is closed here exactly once.
+        unsafe { (self.vtable().drop)(self.0.state) }
+    }
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Socket")
+    }
+}
+
+/// A connect (or a TLS upgrade) in flight on the host; dropping it abandons the attempt. It
+/// resolves to the open socket, or to a `CONNECT_*` failure and the host's reason.
+pub(crate) struct SocketConnect(Option<Result<FfiFuture<AbiConnectOutcome>, (u32, String)>>);
+
+impl SocketConnect {
+    pub(crate) fn pending(future: FfiFuture<AbiConnectOutcome>) -> Self {
+        SocketConnect(Some(Ok(future)))
+    }
+
+    /// A connect that failed before reaching the host.
+    pub(crate) fn failed(tag: u32, message: impl Into<String>) -> Self {
+        SocketConnect(Some(Err((tag, message.into()))))
+    }
+}
+
+impl Future for SocketConnect {
+    type Output = Result<Socket, (u32, String)>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = match &mut self.0 {
+            Some(Ok(future)) => match future.poll_caught(cx) {
+                Poll::Pending => return Poll::Pending,
+                // SAFETY: the host's outcome, owned by us from now on.
+                Poll::Ready(Ok(outcome)) => unsafe { outcome.into_result() }
+                    // SAFETY: `into_result` hands out only open sockets.
+                    .map(|socket| unsafe { Socket::from_abi(socket) }),
+                Poll::Ready(Err(Panicked)) => {
+                    Err((CONNECT_OTHER, "the host's connect panicked".to_owned()))
+                }
+            },
+            Some(Err(_)) => {
+                let Some(Err(failed)) = self.0.take() else {
+                    unreachable!("matched just above")
+                };
+                Err(failed)
+            }
+            None => Err((CONNECT_OTHER, "connect polled after completion".to_owned())),
+        };
+        self.0 = None;
+        Poll::Ready(result)
+    }
+}
+
+impl std::fmt::Debug for SocketConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SocketConnect")
     }
 }
 

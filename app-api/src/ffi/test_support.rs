@@ -122,3 +122,121 @@ unsafe extern "C" fn count_release(owner: *mut c_void) {
     let storage = unsafe { Box::from_raw(owner.cast::<(HeaderList, &'static AtomicUsize)>()) };
     storage.1.fetch_add(1, Ordering::SeqCst);
 }
+
+/// A fake host socket: an echo buffer (what is written is read back; an empty buffer reads as
+/// the end of the stream), which records its TLS upgrade and counts its closes in `closes`.
+pub(super) struct FakeSocket {
+    echo: std::collections::VecDeque<u8>,
+    /// The server name of the TLS upgrade, if there was one.
+    tls: Option<String>,
+    closes: &'static AtomicUsize,
+}
+
+/// An open fake socket, in ABI form.
+pub(super) fn fake_socket(tls: Option<String>, closes: &'static AtomicUsize) -> AbiSocket {
+    let state = FakeSocket {
+        echo: std::collections::VecDeque::new(),
+        tls,
+        closes,
+    };
+    AbiSocket {
+        state: Box::into_raw(Box::new(state)).cast(),
+        vtable: &FAKE_SOCKET_VTABLE,
+    }
+}
+
+static FAKE_SOCKET_VTABLE: AbiSocketVTable = AbiSocketVTable {
+    size: std::mem::size_of::<AbiSocketVTable>(),
+    poll_read: fake_socket_read,
+    poll_write: fake_socket_write,
+    poll_flush: fake_socket_ready,
+    poll_shutdown: fake_socket_ready,
+    start_tls: fake_socket_start_tls,
+    peer_addr: fake_socket_peer_addr,
+    drop: fake_socket_drop,
+};
+
+fn fake_state<'a>(state: *mut c_void) -> &'a mut FakeSocket {
+    // SAFETY: `state` is a live `FakeSocket` made by `fake_socket`, used one call at a time
+    // (the socket contract the plugin side keeps).
+    unsafe { &mut *state.cast::<FakeSocket>() }
+}
+
+/// # Safety
+/// The socket contract, which the plugin side under test keeps.
+unsafe extern "C" fn fake_socket_read(
+    state: *mut c_void,
+    _cx: *mut FfiContext<'_>,
+    buf: *mut u8,
+    len: usize,
+) -> AbiIoPoll {
+    let socket = fake_state(state);
+    let n = len.min(socket.echo.len());
+    // SAFETY: `buf` is `len` writable bytes for the call.
+    let out = unsafe { std::slice::from_raw_parts_mut(buf, n) };
+    for (slot, byte) in out.iter_mut().zip(socket.echo.drain(..n)) {
+        *slot = byte;
+    }
+    AbiIoPoll::ready(n)
+}
+
+/// # Safety
+/// The socket contract, which the plugin side under test keeps.
+unsafe extern "C" fn fake_socket_write(
+    state: *mut c_void,
+    _cx: *mut FfiContext<'_>,
+    buf: *const u8,
+    len: usize,
+) -> AbiIoPoll {
+    let socket = fake_state(state);
+    // SAFETY: `buf` is `len` readable bytes for the call.
+    let data = unsafe { std::slice::from_raw_parts(buf, len) };
+    if data == b"fail" {
+        let err = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by the fake");
+        return AbiIoPoll::failed(&err);
+    }
+    socket.echo.extend(data);
+    if let Some(name) = &socket.tls {
+        socket.echo.extend(format!(" (tls {name})").as_bytes());
+    }
+    AbiIoPoll::ready(len)
+}
+
+/// # Safety
+/// The socket contract, which the plugin side under test keeps.
+unsafe extern "C" fn fake_socket_ready(_state: *mut c_void, _cx: *mut FfiContext<'_>) -> AbiIoPoll {
+    AbiIoPoll::ready(0)
+}
+
+/// # Safety
+/// The socket contract, which the plugin side under test keeps.
+unsafe extern "C" fn fake_socket_start_tls(
+    state: *mut c_void,
+    server_name: AbiStr,
+) -> FfiFuture<AbiConnectOutcome> {
+    // SAFETY: `start_tls` takes the socket: freed here, once.
+    let old = unsafe { Box::from_raw(state.cast::<FakeSocket>()) };
+    // SAFETY: the name is borrowed for the call.
+    let name = unsafe { server_name.to_str("server name") }.expect("UTF-8");
+    let name = if name.is_empty() {
+        "connected-name"
+    } else {
+        name
+    };
+    let outcome = AbiConnectOutcome::ok(fake_socket(Some(name.to_owned()), old.closes));
+    std::future::ready(outcome).into_ffi()
+}
+
+/// # Safety
+/// The socket contract, which the plugin side under test keeps.
+unsafe extern "C" fn fake_socket_peer_addr(_state: *mut c_void) -> AbiSocketAddr {
+    crate::ffi::addr::socket_addr_to_abi(Some("192.0.2.9:5432".parse().expect("v4")))
+}
+
+/// # Safety
+/// The socket contract, which the plugin side under test keeps.
+unsafe extern "C" fn fake_socket_drop(state: *mut c_void) {
+    // SAFETY: the plugin closes each socket once.
+    let socket = unsafe { Box::from_raw(state.cast::<FakeSocket>()) };
+    socket.closes.fetch_add(1, Ordering::SeqCst);
+}
