@@ -56,16 +56,18 @@
 //! request's deadline ([`Host::time_left`]), so that a request whose pool is exhausted gets
 //! [`PoolError::Timeout`] in time for the app to answer `503` itself.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 pub use tokio_postgres;
 use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
-use tokio_postgres::{Client, Config};
+use tokio_postgres::{Client, Config, Statement};
 
 use crate::host::Host;
 use crate::net::{Connect, ConnectOptions, HostStream};
@@ -310,6 +312,32 @@ impl DerefMut for Object {
     }
 }
 
+impl Object {
+    /// Prepares `query` once per connection: later calls on the same connection return the
+    /// statement prepared the first time, saving a round trip to the server (as
+    /// deadpool-postgres's `prepare_cached` does). The cache goes with the connection.
+    pub async fn prepare_cached(&self, query: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.cached(query) {
+            return Ok(statement);
+        }
+        let statement = self.0.client.prepare(query).await?;
+        self.0
+            .statements
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(query.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn cached(&self, query: &str) -> Option<Statement> {
+        let statements = self.0.statements.lock();
+        statements
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(query)
+            .cloned()
+    }
+}
+
 impl fmt::Debug for Object {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Object")
@@ -318,10 +346,11 @@ impl fmt::Debug for Object {
     }
 }
 
-/// A pooled connection: the client, and the task driving its connection (dropped with it,
-/// which cancels the task).
+/// A pooled connection: the client, the statements prepared on it, and the task driving its
+/// connection (dropped with it, which cancels the task).
 struct PgConnection {
     client: Client,
+    statements: Mutex<HashMap<String, Statement>>,
     _driver: JoinHandle<()>,
 }
 
@@ -362,6 +391,7 @@ impl managed::Manager for Manager {
         });
         Ok(PgConnection {
             client,
+            statements: Mutex::default(),
             _driver: driver,
         })
     }

@@ -66,7 +66,9 @@ fn app_backends(postgres: &Postgres) -> Vec<u32> {
     let out = postgres.psql(&format!(
         "select pid from pg_stat_activity where application_name = '{APP_NAME}' order by pid"
     ));
-    out.lines().filter_map(|line| line.trim().parse().ok()).collect()
+    out.lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect()
 }
 
 /// Holds an exclusive lock on the table in a `psql` of its own until killed, so that the app's
@@ -96,19 +98,37 @@ async fn todo_serves_its_json_api_from_postgres() {
     let postgres = Postgres::start();
     let berth = start_todo(&postgres, "");
 
-    let (status, first) = json_request(&berth, Method::POST, "/todo/items", &json!({"title": "milk"})).await;
+    let (status, first) = json_request(
+        &berth,
+        Method::POST,
+        "/todo/items",
+        &json!({"title": "milk"}),
+    )
+    .await;
     assert_eq!(status, 201, "{first}");
     assert_eq!(first["title"], "milk");
     assert_eq!(first["done"], false);
     let id = first["id"].as_i64().expect("an integer id");
-    let (status, second) = json_request(&berth, Method::POST, "/todo/items", &json!({"title": "eggs"})).await;
+    let (status, second) = json_request(
+        &berth,
+        Method::POST,
+        "/todo/items",
+        &json!({"title": "eggs"}),
+    )
+    .await;
     assert_eq!(status, 201);
     assert!(second["id"].as_i64() > Some(id));
 
     let (status, list) = json_request(&berth, Method::GET, "/todo/items", &Value::Null).await;
     assert_eq!(status, 200);
     assert_eq!(list, json!([first, second]), "in id order");
-    let (status, one) = json_request(&berth, Method::GET, &format!("/todo/items/{id}"), &Value::Null).await;
+    let (status, one) = json_request(
+        &berth,
+        Method::GET,
+        &format!("/todo/items/{id}"),
+        &Value::Null,
+    )
+    .await;
     assert_eq!((status, &one), (200, &first));
 
     let (status, patched) = json_request(
@@ -119,18 +139,41 @@ async fn todo_serves_its_json_api_from_postgres() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(patched, json!({"id": id, "title": "oat milk", "done": true}));
+    assert_eq!(
+        patched,
+        json!({"id": id, "title": "oat milk", "done": true})
+    );
     // A client nobody here wrote sees the same row.
     assert_eq!(
-        postgres.psql(&format!("select title || '|' || done from todo_items where id = {id}")),
+        postgres.psql(&format!(
+            "select title || '|' || done from todo_items where id = {id}"
+        )),
         "oat milk|t"
     );
 
-    let (status, _) = json_request(&berth, Method::DELETE, &format!("/todo/items/{id}"), &Value::Null).await;
+    let (status, _) = json_request(
+        &berth,
+        Method::DELETE,
+        &format!("/todo/items/{id}"),
+        &Value::Null,
+    )
+    .await;
     assert_eq!(status, 204);
-    let (status, missing) = json_request(&berth, Method::GET, &format!("/todo/items/{id}"), &Value::Null).await;
+    let (status, missing) = json_request(
+        &berth,
+        Method::GET,
+        &format!("/todo/items/{id}"),
+        &Value::Null,
+    )
+    .await;
     assert_eq!(status, 404, "{missing}");
-    let (status, _) = json_request(&berth, Method::PATCH, &format!("/todo/items/{id}"), &json!({"done": false})).await;
+    let (status, _) = json_request(
+        &berth,
+        Method::PATCH,
+        &format!("/todo/items/{id}"),
+        &json!({"done": false}),
+    )
+    .await;
     assert_eq!(status, 404);
 
     // Bad input: a clear 400 with the reason, and nothing written.
@@ -143,9 +186,15 @@ async fn todo_serves_its_json_api_from_postgres() {
     .await;
     assert_eq!(reply.status, 400);
     assert!(reply.text().contains("invalid JSON"), "{}", reply.text());
-    let (status, reason) = json_request(&berth, Method::POST, "/todo/items", &json!({"name": "x"})).await;
+    let (status, reason) =
+        json_request(&berth, Method::POST, "/todo/items", &json!({"name": "x"})).await;
     assert_eq!(status, 400);
-    assert!(reason["error"].as_str().is_some_and(|e| e.contains("title")), "{reason}");
+    assert!(
+        reason["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("title")),
+        "{reason}"
+    );
     let (status, _) = json_request(&berth, Method::GET, "/todo/items/seven", &Value::Null).await;
     assert_eq!(status, 404);
     assert_eq!(postgres.psql("select count(*) from todo_items"), "1");
@@ -166,7 +215,9 @@ async fn an_unreachable_database_keeps_todo_unmounted_with_the_reason() {
     berth
         .wait_for_log(&["todo", "init", "127.0.0.1"], Duration::from_secs(5))
         .await;
-    let reply = try_send(Req::get(&berth.url("/todo/items"))).await.expect("an answer");
+    let reply = try_send(Req::get(&berth.url("/todo/items")))
+        .await
+        .expect("an answer");
     assert_eq!(reply.status, 404);
 }
 
@@ -199,7 +250,8 @@ async fn a_database_the_allowlist_does_not_grant_gets_no_connection() {
 async fn a_database_restart_fails_requests_in_flight_with_503_then_recovers() {
     let postgres = Postgres::start();
     let mut berth = start_todo(&postgres, "pool_size = 2\n");
-    let (status, item) = json_request(&berth, Method::POST, "/todo/items", &json!({"title": "a"})).await;
+    let (status, item) =
+        json_request(&berth, Method::POST, "/todo/items", &json!({"title": "a"})).await;
     assert_eq!(status, 201);
     let path = format!("/todo/items/{}", item["id"]);
 
@@ -225,13 +277,21 @@ async fn a_database_restart_fails_requests_in_flight_with_503_then_recovers() {
     for request in in_flight {
         let reply = request.await.expect("join").expect("an answer");
         assert_eq!(reply.status, 503, "{}", reply.text());
-        assert!(reply.text().contains("database"), "a reason: {}", reply.text());
+        assert!(
+            reply.text().contains("database"),
+            "a reason: {}",
+            reply.text()
+        );
     }
     // While it is down: 503 with a reason, at once rather than at the deadline.
     let down = Instant::now();
     let reply = try_send(Req::get(&url)).await.expect("an answer");
     assert_eq!(reply.status, 503, "{}", reply.text());
-    assert!(down.elapsed() < Duration::from_secs(5), "{:?}", down.elapsed());
+    assert!(
+        down.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        down.elapsed()
+    );
 
     postgres.resume();
     let back = Instant::now();
@@ -242,7 +302,11 @@ async fn a_database_restart_fails_requests_in_flight_with_503_then_recovers() {
             break;
         }
         assert_eq!(reply.status, 503, "{}", reply.text());
-        assert!(back.elapsed() < RECOVERY, "recovered within {RECOVERY:?}: {}", reply.text());
+        assert!(
+            back.elapsed() < RECOVERY,
+            "recovered within {RECOVERY:?}: {}",
+            reply.text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(berth.is_running(), "no restart of Berth");
@@ -252,7 +316,8 @@ async fn a_database_restart_fails_requests_in_flight_with_503_then_recovers() {
 async fn an_exhausted_pool_makes_requests_wait_then_answers_503() {
     let postgres = Postgres::start();
     let berth = start_todo(&postgres, "pool_size = 1\npool_wait = 1\n");
-    let (status, item) = json_request(&berth, Method::POST, "/todo/items", &json!({"title": "a"})).await;
+    let (status, item) =
+        json_request(&berth, Method::POST, "/todo/items", &json!({"title": "a"})).await;
     assert_eq!(status, 201);
     let url = berth.url(&format!("/todo/items/{}", item["id"]));
 
@@ -267,14 +332,23 @@ async fn an_exhausted_pool_makes_requests_wait_then_answers_503() {
     let reply = try_send(Req::get(&url)).await.expect("an answer");
     let waited = waited.elapsed();
     assert_eq!(reply.status, 503, "{}", reply.text());
-    assert!(reply.text().contains("pool"), "the reason: {}", reply.text());
+    assert!(
+        reply.text().contains("pool"),
+        "the reason: {}",
+        reply.text()
+    );
     assert!(
         (Duration::from_millis(800)..Duration::from_secs(5)).contains(&waited),
         "waited about pool_wait (1 s): {waited:?}"
     );
     unlock(lock);
     let reply = holder.await.expect("join").expect("an answer");
-    assert_eq!(reply.status, 200, "the holder finishes once the lock goes: {}", reply.text());
+    assert_eq!(
+        reply.status,
+        200,
+        "the holder finishes once the lock goes: {}",
+        reply.text()
+    );
     let reply = try_send(Req::get(&url)).await.expect("an answer");
     assert_eq!(reply.status, 200);
 }
@@ -283,7 +357,8 @@ async fn an_exhausted_pool_makes_requests_wait_then_answers_503() {
 async fn clients_that_leave_mid_query_leak_no_connection() {
     let postgres = Postgres::start();
     let berth = start_todo(&postgres, "pool_size = 3\n");
-    let (status, item) = json_request(&berth, Method::POST, "/todo/items", &json!({"title": "a"})).await;
+    let (status, item) =
+        json_request(&berth, Method::POST, "/todo/items", &json!({"title": "a"})).await;
     assert_eq!(status, 201);
     let url = berth.url(&format!("/todo/items/{}", item["id"]));
 
@@ -292,7 +367,9 @@ async fn clients_that_leave_mid_query_leak_no_connection() {
     for _ in 0..12 {
         let request = try_send(Req::get(&url));
         assert!(
-            tokio::time::timeout(Duration::from_millis(200), request).await.is_err(),
+            tokio::time::timeout(Duration::from_millis(200), request)
+                .await
+                .is_err(),
             "the query waits on the lock"
         );
     }
@@ -313,7 +390,8 @@ async fn clients_that_leave_mid_query_leak_no_connection() {
 async fn a_swap_of_todo_under_load_fails_nothing_and_closes_the_old_sockets() {
     let postgres = Postgres::start();
     let mut berth = start_todo(&postgres, "pool_size = 4\n");
-    let (status, item) = json_request(&berth, Method::POST, "/todo/items", &json!({"title": "a"})).await;
+    let (status, item) =
+        json_request(&berth, Method::POST, "/todo/items", &json!({"title": "a"})).await;
     assert_eq!(status, 201);
     let url = berth.url(&format!("/todo/items/{}", item["id"]));
 
@@ -353,12 +431,20 @@ async fn a_swap_of_todo_under_load_fails_nothing_and_closes_the_old_sockets() {
     for task in load {
         task.await.expect("load task");
     }
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "of {} requests", done.load(Ordering::SeqCst));
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "of {} requests",
+        done.load(Ordering::SeqCst)
+    );
 
     // The old version is retired after its last request, and its connections are gone.
-    wait_for_apps(&berth, "no version retiring", Duration::from_secs(10), |apps| {
-        apps["retiring"].as_array().is_some_and(Vec::is_empty)
-    })
+    wait_for_apps(
+        &berth,
+        "no version retiring",
+        Duration::from_secs(10),
+        |apps| apps["retiring"].as_array().is_some_and(Vec::is_empty),
+    )
     .await;
     let started = Instant::now();
     loop {
@@ -381,7 +467,9 @@ async fn a_swap_of_todo_under_load_fails_nothing_and_closes_the_old_sockets() {
 }
 
 fn counter_config(redis: &Redis, upstream: Option<&Upstream>) -> String {
-    let upstream = upstream.map_or(String::new(), |u| format!(", \"http://127.0.0.1:{}\"", u.port()));
+    let upstream = upstream.map_or(String::new(), |u| {
+        format!(", \"http://127.0.0.1:{}\"", u.port())
+    });
     format!(
         "[apps.counter]\n\
          allowed_outbound_hosts = [\"redis://127.0.0.1:{port}\"{upstream}]\n\
@@ -401,26 +489,47 @@ async fn counter_counts_in_redis_and_caches_fetches() {
         .config(&counter_config(&redis, Some(&upstream)))
         .start();
 
-    let reply = try_send(Req::get(&berth.url("/counter/visits"))).await.expect("an answer");
+    let reply = try_send(Req::get(&berth.url("/counter/visits")))
+        .await
+        .expect("an answer");
     assert_eq!(reply.json(), json!({"key": "visits", "value": 0}));
     for expected in 1..=3 {
         let reply = post(&berth.url("/counter/visits")).await;
         assert_eq!(reply.json(), json!({"key": "visits", "value": expected}));
     }
-    assert_eq!(redis.cli(&["get", "counter:visits"]), "3", "in Redis itself");
-    let reply = try_send(Req::get(&berth.url("/counter/visits"))).await.expect("an answer");
+    assert_eq!(
+        redis.cli(&["get", "counter:visits"]),
+        "3",
+        "in Redis itself"
+    );
+    let reply = try_send(Req::get(&berth.url("/counter/visits")))
+        .await
+        .expect("an answer");
     assert_eq!(reply.json()["value"], 3);
 
-    let cached = berth.url(&format!("/counter/cached?url={}&ttl=1", crate::harness::encode(&upstream.url("/small"))));
+    let cached = berth.url(&format!(
+        "/counter/cached?url={}&ttl=1",
+        crate::harness::encode(&upstream.url("/small"))
+    ));
     let header = |reply: &crate::harness::Reply| {
-        reply.headers.get("x-cache").and_then(|v| v.to_str().ok()).map(str::to_owned)
+        reply
+            .headers
+            .get("x-cache")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     };
     let first = try_send(Req::get(&cached)).await.expect("an answer");
-    assert_eq!((first.status.as_u16(), header(&first).as_deref()), (200, Some("miss")));
+    assert_eq!(
+        (first.status.as_u16(), header(&first).as_deref()),
+        (200, Some("miss"))
+    );
     assert_eq!(first.body, small_body());
     let connections = upstream.connections();
     let second = try_send(Req::get(&cached)).await.expect("an answer");
-    assert_eq!((second.status.as_u16(), header(&second).as_deref()), (200, Some("hit")));
+    assert_eq!(
+        (second.status.as_u16(), header(&second).as_deref()),
+        (200, Some("hit"))
+    );
     assert_eq!(second.body, small_body());
     assert_eq!(upstream.connections(), connections, "a hit does not fetch");
     tokio::time::sleep(Duration::from_millis(1_100)).await;
@@ -439,21 +548,35 @@ async fn a_redis_restart_fails_requests_with_503_then_counter_recovers() {
     assert_eq!(post(&url).await.json()["value"], 1);
 
     redis.stop();
-    let reply = try_send(Req { method: Method::POST, ..Req::get(&url) }).await.expect("an answer");
+    let reply = try_send(Req {
+        method: Method::POST,
+        ..Req::get(&url)
+    })
+    .await
+    .expect("an answer");
     assert_eq!(reply.status, 503, "{}", reply.text());
     assert!(reply.text().contains("Redis"), "{}", reply.text());
 
     redis.resume();
     let back = Instant::now();
     loop {
-        let reply = try_send(Req { method: Method::POST, ..Req::get(&url) }).await.expect("an answer");
+        let reply = try_send(Req {
+            method: Method::POST,
+            ..Req::get(&url)
+        })
+        .await
+        .expect("an answer");
         if reply.status == 200 {
             // Nothing was saved across the restart: counting starts again.
             assert_eq!(reply.json()["value"], 1);
             break;
         }
         assert_eq!(reply.status, 503, "{}", reply.text());
-        assert!(back.elapsed() < RECOVERY, "recovered within {RECOVERY:?}: {}", reply.text());
+        assert!(
+            back.elapsed() < RECOVERY,
+            "recovered within {RECOVERY:?}: {}",
+            reply.text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

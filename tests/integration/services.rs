@@ -171,7 +171,14 @@ impl Postgres {
         Command::new(self.bin.join("psql"))
             .args(["--no-psqlrc", "--quiet", "--host", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
-            .args(["--username", Self::USER, "--dbname", "postgres", "--command", sql])
+            .args([
+                "--username",
+                Self::USER,
+                "--dbname",
+                "postgres",
+                "--command",
+                sql,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

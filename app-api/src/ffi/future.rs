@@ -327,6 +327,12 @@ ffi_fn! {
 // under the ABI contract (a host or app future may be polled from any runtime thread).
 unsafe impl<T> Send for FfiFuture<T> {}
 
+// SAFETY: a shared `&FfiFuture` can do nothing: polling takes `&mut` (through `Pin`) and dropping
+// takes ownership, so sharing one between threads shares no access to the future behind it
+// (as with tokio's `JoinHandle`, which is `Sync` for the same reason). This lets a type that
+// holds one (a task's handle kept beside a pooled connection) be borrowed across an `.await`.
+unsafe impl<T> Sync for FfiFuture<T> {}
+
 /// A poll that panicked on the other side of the boundary (see [`FfiFuture::poll_caught`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Panicked;

@@ -43,14 +43,20 @@ async fn init(config: AppConfig, host: Host) -> Result<Counter, String> {
 
 async fn app(req: Request, host: Host) -> Response {
     let Some(counter) = host.state::<Counter>() else {
-        return failure(StatusCode::INTERNAL_SERVER_ERROR, "the Redis client is missing");
+        return failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the Redis client is missing",
+        );
     };
     let key = req.path().trim_start_matches('/');
     if key.is_empty() || key.contains('/') {
         return failure(StatusCode::NOT_FOUND, "no such route: try /counter/{key}");
     }
     let answer = match (req.method(), key) {
-        (&Method::GET, "cached") => cached(counter, &host, &req).await,
+        (&Method::GET, "cached") => {
+            let (url, ttl) = (req.query_param("url"), req.query_param("ttl"));
+            cached(counter, &host, url, ttl).await
+        }
         (&Method::POST, key) => count(counter, &host, key, 1).await,
         (&Method::GET, key) => count(counter, &host, key, 0).await,
         _ => return failure(StatusCode::METHOD_NOT_ALLOWED, "GET or POST"),
@@ -66,7 +72,9 @@ async fn count(counter: &Counter, host: &Host, key: &str, by: i64) -> Answer {
     let name = format!("counter:{key}");
     let command = async {
         if by == 0 {
-            conn.get::<_, Option<i64>>(&name).await.map(Option::unwrap_or_default)
+            conn.get::<_, Option<i64>>(&name)
+                .await
+                .map(Option::unwrap_or_default)
         } else {
             conn.incr::<_, _, i64>(&name, by).await
         }
@@ -81,14 +89,22 @@ async fn count(counter: &Counter, host: &Host, key: &str, by: i64) -> Answer {
 
 /// The talk's cache: the body of `?url=` from Redis when it is there, else fetched through the
 /// host and kept for `ttl` seconds.
-async fn cached(counter: &Counter, host: &Host, req: &Request) -> Answer {
-    let Some(url) = req.query_param("url") else {
+async fn cached(
+    counter: &Counter,
+    host: &Host,
+    url: Option<String>,
+    ttl: Option<String>,
+) -> Answer {
+    let Some(url) = url else {
         return Err((StatusCode::BAD_REQUEST, "give ?url=".to_owned()));
     };
-    let ttl = match req.query_param("ttl") {
+    let ttl = match ttl {
         None => counter.cache_ttl,
         Some(text) => text.parse().map_err(|_| {
-            (StatusCode::BAD_REQUEST, format!("ttl must be whole seconds, not {text:?}"))
+            (
+                StatusCode::BAD_REQUEST,
+                format!("ttl must be whole seconds, not {text:?}"),
+            )
         })?,
     };
     let mut conn = counter.redis.get(host).await.map_err(unavailable)?;
@@ -111,10 +127,13 @@ async fn cached(counter: &Counter, host: &Host, req: &Request) -> Answer {
         .await
         .map_err(|err| (StatusCode::BAD_GATEWAY, format!("reading {url}: {err}")))?;
     if status.is_success() && ttl > 0 {
-        host.timeout(COMMAND_TIMEOUT, conn.set_ex::<_, _, ()>(&name, body.as_ref(), ttl))
-            .await
-            .map_err(|elapsed| unavailable(format!("Redis did not answer: {elapsed}")))?
-            .map_err(unavailable)?;
+        host.timeout(
+            COMMAND_TIMEOUT,
+            conn.set_ex::<_, _, ()>(&name, body.as_ref(), ttl),
+        )
+        .await
+        .map_err(|elapsed| unavailable(format!("Redis did not answer: {elapsed}")))?
+        .map_err(unavailable)?;
     }
     Ok(Response::bytes(body, "application/octet-stream")
         .with_status(status)
@@ -122,7 +141,10 @@ async fn cached(counter: &Counter, host: &Host, req: &Request) -> Answer {
 }
 
 fn unavailable(reason: impl std::fmt::Display) -> (StatusCode, String) {
-    (StatusCode::SERVICE_UNAVAILABLE, format!("Redis is unavailable: {reason}"))
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("Redis is unavailable: {reason}"),
+    )
 }
 
 fn failure(status: StatusCode, reason: &str) -> Response {

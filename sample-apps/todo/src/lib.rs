@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use berth_app::postgres::{Pool, PoolError, tokio_postgres};
+use berth_app::postgres::{Pool, PoolBuilder, PoolError, tokio_postgres};
 use berth_app::{AppConfig, Host, Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -37,8 +37,8 @@ async fn init(config: AppConfig, host: Host) -> Result<Pool, String> {
         .ok_or("the setting database_url is missing: add it under [apps.todo.settings]")?;
     let size = setting(&config, "pool_size", 8)?;
     let wait = setting(&config, "pool_wait", 2)?;
-    let pool = Pool::builder(url)
-        .max_size(size)
+    let pool = PoolBuilder::new(url)
+        .max_size(usize::try_from(size).map_err(|_| "pool_size is too large")?)
         .wait_timeout(Duration::from_secs(wait))
         .build(&host)
         .map_err(|err| format!("database_url: {err}"))?;
@@ -153,16 +153,25 @@ async fn update(pool: &Pool, host: &Host, id: i64, changes: Changes) -> Result<R
     let transaction = client.transaction().await?;
     if let Some(title) = &changes.title {
         transaction
-            .execute("UPDATE todo_items SET title = $2 WHERE id = $1", &[&id, title])
+            .execute(
+                "UPDATE todo_items SET title = $2 WHERE id = $1",
+                &[&id, title],
+            )
             .await?;
     }
     if let Some(done) = changes.done {
         transaction
-            .execute("UPDATE todo_items SET done = $2 WHERE id = $1", &[&id, &done])
+            .execute(
+                "UPDATE todo_items SET done = $2 WHERE id = $1",
+                &[&id, &done],
+            )
             .await?;
     }
     let row = transaction
-        .query_opt("SELECT id, title, done FROM todo_items WHERE id = $1", &[&id])
+        .query_opt(
+            "SELECT id, title, done FROM todo_items WHERE id = $1",
+            &[&id],
+        )
         .await?;
     let row = row.ok_or(Failure::NotFound(id))?;
     transaction.commit().await?;
