@@ -489,7 +489,10 @@ impl fmt::Display for PoolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PoolError::Timeout(after) => {
-                write!(f, "no database connection free within {after:?}")
+                write!(
+                    f,
+                    "the pool had no database connection free within {after:?}"
+                )
             }
             PoolError::Connect(err) => write!(f, "cannot connect to the database: {err}"),
             PoolError::Postgres(err) => write!(f, "database error: {}", detail(err)),

@@ -71,10 +71,14 @@ fn app_backends(postgres: &Postgres) -> Vec<u32> {
         .collect()
 }
 
-/// Holds an exclusive lock on the table in a `psql` of its own until killed, so that the app's
-/// queries on it wait: requests in flight, on demand.
+/// The `application_name` of the `psql` session that holds the lock.
+const LOCKER: &str = "berth-test-lock";
+
+/// Holds an exclusive lock on the table in a `psql` session of its own until [`unlock`], so
+/// that the app's queries on it wait: requests in flight, on demand.
 fn lock_table(postgres: &Postgres) -> Child {
     let child = postgres.psql_background(
+        LOCKER,
         "BEGIN; LOCK TABLE todo_items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60);",
     );
     let started = Instant::now();
@@ -88,7 +92,12 @@ fn lock_table(postgres: &Postgres) -> Child {
     child
 }
 
-fn unlock(mut child: Child) {
+/// Ends the locking session on the server (killing `psql` alone would leave its backend
+/// asleep, holding the lock), and its `psql`.
+fn unlock(postgres: &Postgres, mut child: Child) {
+    postgres.psql(&format!(
+        "select pg_terminate_backend(pid) from pg_stat_activity where application_name = '{LOCKER}'"
+    ));
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -148,7 +157,7 @@ async fn todo_serves_its_json_api_from_postgres() {
         postgres.psql(&format!(
             "select title || '|' || done from todo_items where id = {id}"
         )),
-        "oat milk|t"
+        "oat milk|true"
     );
 
     let (status, _) = json_request(
@@ -273,7 +282,9 @@ async fn a_database_restart_fails_requests_in_flight_with_503_then_recovers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     postgres.stop();
-    unlock(lock);
+    // The server took the lock's session with it.
+    let mut lock = lock;
+    let _ = (lock.kill(), lock.wait());
     for request in in_flight {
         let reply = request.await.expect("join").expect("an answer");
         assert_eq!(reply.status, 503, "{}", reply.text());
@@ -341,7 +352,7 @@ async fn an_exhausted_pool_makes_requests_wait_then_answers_503() {
         (Duration::from_millis(800)..Duration::from_secs(5)).contains(&waited),
         "waited about pool_wait (1 s): {waited:?}"
     );
-    unlock(lock);
+    unlock(&postgres, lock);
     let reply = holder.await.expect("join").expect("an answer");
     assert_eq!(
         reply.status,
@@ -373,7 +384,7 @@ async fn clients_that_leave_mid_query_leak_no_connection() {
             "the query waits on the lock"
         );
     }
-    unlock(lock);
+    unlock(&postgres, lock);
     // Every request succeeds again, and the app holds no more connections than its pool.
     for _ in 0..10 {
         let reply = try_send(Req::get(&url)).await.expect("an answer");

@@ -165,10 +165,11 @@ impl Postgres {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
-    /// Starts `psql` running `sql` in a session of its own, without waiting for it: a
-    /// transaction that holds a lock, say, until the returned child is killed.
-    pub fn psql_background(&self, sql: &str) -> Child {
+    /// Starts `psql` running `sql` in a session of its own named `application_name`, without
+    /// waiting for it: a transaction that holds a lock, say.
+    pub fn psql_background(&self, application_name: &str, sql: &str) -> Child {
         Command::new(self.bin.join("psql"))
+            .env("PGAPPNAME", application_name)
             .args(["--no-psqlrc", "--quiet", "--host", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .args([
