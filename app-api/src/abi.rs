@@ -445,13 +445,18 @@ pub struct HostVTable {
     /// no deadline, nothing lent. What a spawned task calls the host with, so that its timers
     /// and fetches are not bound by the deadline of the request that spawned it.
     pub task_ctx: unsafe extern "C" fn(ctx: *mut c_void) -> *mut c_void,
-    /// Hands the app version's state (built by `init`) to the host, which keeps it until the
-    /// version is gone: after its `shutdown` hook, its last request and its last task, the host
-    /// calls `state.drop(state.ptr)` once. Returns [`STATE_SET`], or [`STATE_TAKEN`] (the
-    /// version has a state already; the host then drops the new one at once).
+    /// Hands one reference to the app version's state (built by `init`) to the host, which
+    /// releases it (`state.release(state.ptr)`) when the version is retired, after its
+    /// `shutdown` hook. Returns [`STATE_SET`], or [`STATE_TAKEN`] (the version has had a state
+    /// already; the host then releases the new one at once).
     pub set_app_state: unsafe extern "C" fn(ctx: *mut c_void, state: AbiAppState) -> u32,
-    /// The `ptr` of the app version's state, or null when it has none. Valid for as long as
-    /// the caller holds a reference to `ctx`.
+    /// The `ptr` of the app version's state with one more reference taken for the caller
+    /// (through the state's `retain`, while the host still holds its own), which the caller
+    /// releases with the state's `release`; null when the version has no state, or no longer
+    /// has one (it was retired). Counting references on the plugin's side lets a request or
+    /// task keep the state it uses for as long as it likes, while the host's own reference
+    /// still goes when the version is retired: a state that holds a `ctx` reference itself (a
+    /// pool keeps one to open connections) would otherwise keep itself alive for ever.
     pub app_state: unsafe extern "C" fn(ctx: *mut c_void) -> *const c_void,
 }
 
@@ -612,19 +617,21 @@ pub const TASK_PANICKED: u32 = 1;
 pub const TASK_CANCELLED: u32 = 2;
 
 /// An app version's state (ABI 1.4), handed to the host by [`HostVTable::set_app_state`]:
-/// `ptr` is plugin data, freed by `drop(ptr)` in plugin code, exactly once.
+/// `ptr` is plugin data whose references the plugin counts; both functions are plugin code.
 #[repr(C)]
 #[derive(Debug)]
 pub struct AbiAppState {
     /// The state, opaque to the host.
     pub ptr: *mut c_void,
-    /// Frees `ptr`; `None` when nothing needs freeing.
-    pub drop: Option<unsafe extern "C" fn(ptr: *mut c_void)>,
+    /// Takes one more reference to `ptr`.
+    pub retain: unsafe extern "C" fn(ptr: *mut c_void),
+    /// Releases one reference to `ptr`; the last one frees it.
+    pub release: unsafe extern "C" fn(ptr: *mut c_void),
 }
 
 /// [`HostVTable::set_app_state`]: the state is kept.
 pub const STATE_SET: u32 = 0;
-/// [`HostVTable::set_app_state`]: the version had a state already; the new one was dropped.
+/// [`HostVTable::set_app_state`]: the version had a state already; the new one was released.
 pub const STATE_TAKEN: u32 = 1;
 
 /// [`HostVTable::max_buffered_response`] when there is no limit.
@@ -844,7 +851,7 @@ pub const LAYOUT_FINGERPRINT: u64 = {
         drop
     );
     h = layout!(h, AbiIoPoll, tag, len, error, message);
-    h = layout!(h, AbiAppState, ptr, drop);
+    h = layout!(h, AbiAppState, ptr, retain, release);
     h = layout!(h, FfiPoll<AbiConnectOutcome>);
     h
 };
@@ -864,7 +871,7 @@ pub const LAYOUT_FINGERPRINTS: &[u64] = &[
     // 1.3 changed no layout, only a promise: the request is lent (see `AbiRequest`).
     0x083d_708b_54d1_fd41,
     // 1.4 appended sockets, tasks and app state.
-    0xf308_a93e_27e1_16bd,
+    0x5449_fd4f_18de_81c5,
 ];
 
 /// On other targets older minors' layouts were never recorded: only plugins of the current minor

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use crate::abi::{
 };
 use crate::body::Body;
 use crate::error::{BodyError, HeaderError};
-use crate::ffi::host_handle::{ConnectArgs, FetchParts, HostFetch, HostHandle};
+use crate::ffi::host_handle::{ConnectArgs, FetchParts, HostFetch, HostHandle, SharedState};
 use crate::headers::{Add, Headers};
 use crate::net::{Connect, ConnectOptions};
 use crate::task::JoinHandle;
@@ -41,6 +42,9 @@ use crate::task::JoinHandle;
 #[derive(Clone, Debug)]
 pub struct Host {
     inner: Inner,
+    /// The app's state, once [`Host::state`] has asked for it: a reference of this handle's
+    /// own (shared by its clones).
+    state: OnceLock<Option<SharedState>>,
 }
 
 #[derive(Clone, Debug)]
@@ -63,7 +67,7 @@ pub(crate) trait MockBackend: fmt::Debug + Send + Sync {
     /// Answers a fetch.
     fn fetch(&self, request: OutboundRequest) -> Result<FetchResponse, FetchError>;
     /// The app's state, if the mock was given one.
-    fn state(&self) -> Option<&(dyn Any + Send + Sync)>;
+    fn state(&self) -> Option<SharedState>;
 }
 
 /// The mock as a spawned task sees it: the same, without a deadline.
@@ -85,7 +89,7 @@ impl MockBackend for MockTask {
     fn fetch(&self, request: OutboundRequest) -> Result<FetchResponse, FetchError> {
         self.0.fetch(request)
     }
-    fn state(&self) -> Option<&(dyn Any + Send + Sync)> {
+    fn state(&self) -> Option<SharedState> {
         self.0.state()
     }
 }
@@ -120,6 +124,7 @@ impl Level {
 impl Host {
     pub(crate) fn from_handle(handle: HostHandle) -> Self {
         Host {
+            state: OnceLock::new(),
             inner: Inner::Real(handle),
         }
     }
@@ -127,6 +132,7 @@ impl Host {
     #[cfg(feature = "testing")]
     pub(crate) fn from_mock(mock: std::sync::Arc<dyn MockBackend>) -> Self {
         Host {
+            state: OnceLock::new(),
             inner: Inner::Mock(mock),
         }
     }
@@ -313,27 +319,30 @@ impl Host {
     }
 
     /// The app's state: what the `init` hook returned (see [`export_app!`](crate::export_app)),
-    /// if it is of type `S`. `None` when `init` returned nothing, or something else: the type
-    /// is checked, never assumed.
+    /// if it is of type `S`. `None` when `init` returned nothing, or something else (the type
+    /// is checked, never assumed), or when the app version has been retired.
     ///
-    /// The reference lives as long as this `&Host`: the host keeps the state until the app
-    /// version's last request, task and host reference are gone. To keep it across `.await`s
-    /// in a `'static` future, clone the host or use [`state_handle`](Host::state_handle).
+    /// The first call on a `Host` takes a reference to the state, which the `Host` keeps: the
+    /// state lives at least as long as this `&Host` (Berth releases its own reference when the
+    /// version is retired, so a state that holds a `Host` itself is still freed then). To keep
+    /// it across `.await`s in a `'static` future, clone the host, or use
+    /// [`state_handle`](Host::state_handle).
     pub fn state<S: Any + Send + Sync>(&self) -> Option<&S> {
-        let state = match &self.inner {
+        let shared = self.state.get_or_init(|| match &self.inner {
             Inner::Real(handle) => handle.app_state(),
             #[cfg(feature = "testing")]
             Inner::Mock(mock) => mock.state(),
-        };
-        state?.downcast_ref()
+        });
+        shared.as_deref()?.downcast_ref()
     }
 
     /// The app's state as an owned handle ([`State`]) that derefs to `S`, for code that wants
     /// the state without a `&Host` beside it. `None` as for [`state`](Host::state).
     pub fn state_handle<S: Any + Send + Sync>(&self) -> Option<State<S>> {
         self.state::<S>()?;
+        let shared = self.state.get()?.clone()?;
         Some(State {
-            host: self.clone(),
+            shared,
             _state: PhantomData,
         })
     }
@@ -350,10 +359,10 @@ impl Host {
     }
 }
 
-/// The app's state, owned: a host reference (which keeps the state alive) that derefs to `S`.
+/// The app's state, owned: a reference to it (which keeps it alive) that derefs to `S`.
 /// From [`Host::state_handle`].
 pub struct State<S> {
-    host: Host,
+    shared: SharedState,
     _state: PhantomData<fn() -> S>,
 }
 
@@ -361,10 +370,10 @@ impl<S: Any + Send + Sync> Deref for State<S> {
     type Target = S;
 
     fn deref(&self) -> &S {
-        match self.host.state::<S>() {
+        match self.shared.downcast_ref::<S>() {
             Some(state) => state,
-            // `state_handle` checked it, and an app version's state never changes.
-            None => unreachable!("the app state of a State handle is gone"),
+            // `state_handle` checked the type, and a state never changes its type.
+            None => unreachable!("a State handle's state is not an S"),
         }
     }
 }
@@ -372,7 +381,7 @@ impl<S: Any + Send + Sync> Deref for State<S> {
 impl<S> Clone for State<S> {
     fn clone(&self) -> Self {
         State {
-            host: self.host.clone(),
+            shared: SharedState::clone(&self.shared),
             _state: PhantomData,
         }
     }

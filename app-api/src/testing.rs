@@ -26,6 +26,7 @@ use std::time::Duration;
 
 pub use futures_executor::block_on;
 
+use crate::ffi::host_handle::SharedState;
 use crate::headers::Headers;
 use crate::host::{
     FetchError, FetchErrorKind, FetchResponse, Host, Level, MockBackend, OutboundRequest,
@@ -44,7 +45,7 @@ pub struct MockHost {
     time_left: Option<Duration>,
     logs: Mutex<Vec<(Level, String)>>,
     slept: Mutex<Duration>,
-    state: Option<Box<dyn Any + Send + Sync>>,
+    state: Option<SharedState>,
 }
 
 impl MockHost {
@@ -63,7 +64,7 @@ impl MockHost {
     /// returns it. Build it with the app's own `init` (`block_on(init(config, host))`) or by
     /// hand.
     pub fn with_state<S: Any + Send + Sync>(mut self, state: S) -> Self {
-        self.state = Some(Box::new(state));
+        self.state = Some(Arc::new(Box::new(state)));
         self
     }
 
@@ -149,8 +150,8 @@ impl MockBackend for MockHost {
         Ok(FetchResponse::new(status, Headers::from_map(headers), body))
     }
 
-    fn state(&self) -> Option<&(dyn Any + Send + Sync)> {
-        self.state.as_deref()
+    fn state(&self) -> Option<SharedState> {
+        self.state.clone()
     }
 }
 

@@ -165,16 +165,16 @@ impl LoadedApp {
     }
 
     /// Runs the app's `shutdown` hook, if it has one, then cancels the tasks the app spawned
-    /// and closes its sockets, and drops its state, as the server does when it retires a
-    /// version. Call it once no request of the app is in flight: its state goes with it.
+    /// and closes its sockets, and releases its state, as the server does when it retires a
+    /// version.
     pub async fn shutdown(&self) -> Result<(), CallError> {
         let services = self.services()?;
         let Some(shutdown) = self.plugin.shutdown(RequestScope::new(services, None)) else {
-            services.retire(true);
+            services.retire();
             return Ok(());
         };
         let outcome = AssertUnwindSafe(shutdown).catch_unwind().await;
-        services.retire(true);
+        services.retire();
         match outcome {
             Err(_) => Err(self.failure(HandleFailure::Panicked(
                 "the plugin's shutdown future panicked".into(),

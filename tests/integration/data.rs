@@ -210,6 +210,42 @@ async fn todo_serves_its_json_api_from_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn todo_speaks_tls_to_postgres_when_the_url_asks_for_it() {
+    let postgres = Postgres::start();
+    let pki = crate::tls::Pki::new();
+    postgres.enable_tls(&pki.cert_pem, &pki.key_pem);
+    let config = todo_config(&postgres, "").replace(
+        &format!("application_name={APP_NAME}"),
+        &format!("application_name={APP_NAME}&sslmode=require"),
+    );
+    // The server's certificate is signed by the test CA, which Berth trusts through
+    // outbound_ca_file (and nothing else does).
+    let berth = Berth::builder()
+        .app("todo")
+        .config(&config)
+        .args(&["--outbound-ca-file", &pki.arg("ca.pem")])
+        .start();
+    let (status, item) = json_request(
+        &berth,
+        Method::POST,
+        "/todo/items",
+        &json!({"title": "tls"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{item}");
+    let encrypted = postgres.psql(&format!(
+        "select bool_and(s.ssl) from pg_stat_ssl s join pg_stat_activity a using (pid) \
+         where a.application_name = '{APP_NAME}'"
+    ));
+    assert_eq!(encrypted, "t", "every connection of the app is encrypted");
+
+    // Without the CA, the certificate does not verify: init fails and says so.
+    let berth = Berth::builder().app("todo").config(&config).start();
+    let failed = admin_apps(&berth).await["failed"].to_string();
+    assert!(failed.contains("certificate"), "{failed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_keeps_todo_unmounted_with_the_reason() {
     let postgres = Postgres::start();
     postgres.stop();

@@ -7,7 +7,7 @@
 //! user the package creates, in a directory handed to that user.
 
 use std::net::TcpListener;
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -163,6 +163,31 @@ impl Postgres {
             "psql",
         );
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Restarts the server with TLS on (`ssl = on`), serving `cert_pem` with `key_pem`: a
+    /// client that asks for TLS gets it, and one that does not still connects in the clear.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) {
+        let data = self.data_dir();
+        for (name, contents) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, contents)
+                .unwrap_or_else(|err| panic!("write {}: {err}", path.display()));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .expect("the key readable by its owner only, as PostgreSQL demands");
+            if let Some(user) = self.run_as {
+                run(
+                    Command::new("chown").arg(user).arg(&path),
+                    "chown of the TLS files",
+                );
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+        text.push_str("\nssl = on\n");
+        std::fs::write(&conf, text).expect("write postgresql.conf");
+        self.stop();
+        self.resume();
     }
 
     /// Starts `psql` running `sql` in a session of its own named `application_name`, without

@@ -39,15 +39,15 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A test CA and a server certificate it signed for `localhost` and `127.0.0.1`, written as
 /// PEM files (`ca.pem`, `cert.pem`, `key.pem`) into a temporary directory of their own.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
     ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_key = KeyPair::generate().expect("CA key");
@@ -81,7 +81,7 @@ impl Pki {
     }
 
     /// The path of `name` in the directory, as a string for the command line.
-    fn arg(&self, name: &str) -> String {
+    pub(crate) fn arg(&self, name: &str) -> String {
         self.path(name).display().to_string()
     }
 

@@ -290,13 +290,10 @@ mod tests {
     impl Drop for FakeCtx {
         fn drop(&mut self) {
             let state = self.state.get_mut().expect("lock").take();
-            if let Some(AbiAppState {
-                ptr,
-                drop: Some(drop),
-            }) = state
-            {
-                // SAFETY: the host contract: the state is dropped once, when the version is gone.
-                unsafe { drop(ptr) };
+            if let Some(AbiAppState { ptr, release, .. }) = state {
+                // SAFETY: the host contract: the host's reference is released once, when the
+                // version is gone.
+                unsafe { release(ptr) };
             }
         }
     }
@@ -342,10 +339,8 @@ mod tests {
     unsafe extern "C" fn fake_set_app_state(ctx: *mut c_void, state: AbiAppState) -> u32 {
         let mut kept = ctx_ref(ctx).state.lock().expect("lock");
         if kept.is_some() {
-            if let Some(drop) = state.drop {
-                // SAFETY: the state moved to us; a second one is dropped at once.
-                unsafe { drop(state.ptr) };
-            }
+            // SAFETY: the state's reference moved to us; a second one is released at once.
+            unsafe { (state.release)(state.ptr) };
             return STATE_TAKEN;
         }
         *kept = Some(state);
@@ -356,8 +351,11 @@ mod tests {
     /// The host contract, which the plugin glue under test keeps.
     unsafe extern "C" fn fake_app_state(ctx: *mut c_void) -> *const c_void {
         let kept = ctx_ref(ctx).state.lock().expect("lock");
-        kept.as_ref()
-            .map_or(std::ptr::null(), |state| state.ptr.cast_const())
+        kept.as_ref().map_or(std::ptr::null(), |state| {
+            // SAFETY: we hold the state's reference; the caller gets one of its own.
+            unsafe { (state.retain)(state.ptr) };
+            state.ptr.cast_const()
+        })
     }
 
     /// Each `ctx` reference is one `Arc<FakeCtx>` strong count.

@@ -4,6 +4,7 @@ use std::any::Any;
 use std::ffi::c_void;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, StatusCode};
@@ -22,8 +23,9 @@ macro_rules! end_of {
     };
 }
 
-/// An app version's state as the plugin hands it to the host: a thin pointer to this box.
-type BoxedState = Box<dyn Any + Send + Sync>;
+/// An app version's state as the plugin shares it with the host: a thin pointer (the `Arc`'s)
+/// to the boxed value, its references counted by the `Arc`.
+pub(crate) type SharedState = Arc<Box<dyn Any + Send + Sync>>;
 
 /// What [`HostHandle::connect`] opens.
 #[derive(Debug)]
@@ -164,18 +166,20 @@ impl HostHandle {
         }))
     }
 
-    /// Hands the app version's state to the host (ABI 1.4), which drops it (in this plugin's
-    /// code) once the version is gone.
-    pub(crate) fn set_app_state(&self, state: BoxedState) -> Result<(), String> {
+    /// Hands a reference to the app version's state to the host (ABI 1.4), which releases it
+    /// (in this plugin's code) when the version is retired.
+    pub(crate) fn set_app_state(&self, state: Box<dyn Any + Send + Sync>) -> Result<(), String> {
         if !self.has_capability(end_of!(set_app_state)) {
             return Err("this host cannot keep an app's state (ABI < 1.4)".to_owned());
         }
+        let shared: SharedState = Arc::new(state);
         let state = AbiAppState {
-            ptr: Box::into_raw(Box::new(state)).cast(),
-            drop: Some(drop_app_state),
+            ptr: Arc::into_raw(shared).cast_mut().cast(),
+            retain: retain_app_state,
+            release: release_app_state,
         };
         // SAFETY: the table holds `set_app_state` (checked above); `ctx` is a live reference we
-        // own; `state` moves to the host, which frees it through `drop_app_state` once.
+        // own; the state's one reference moves to the host, which releases it once.
         match unsafe { (self.vtable().set_app_state)(self.0.ctx, state) } {
             STATE_SET => Ok(()),
             STATE_TAKEN => Err("the app version has a state already".to_owned()),
@@ -183,9 +187,9 @@ impl HostHandle {
         }
     }
 
-    /// The app version's state, if `init` left one: valid for as long as this reference is
-    /// held, which `&self` ties the result to.
-    pub(crate) fn app_state(&self) -> Option<&(dyn Any + Send + Sync)> {
+    /// A reference of our own to the app version's state, if `init` left one and the version
+    /// is not retired yet.
+    pub(crate) fn app_state(&self) -> Option<SharedState> {
         if !self.has_capability(end_of!(app_state)) {
             return None;
         }
@@ -195,22 +199,33 @@ impl HostHandle {
             return None;
         }
         // SAFETY: a non-null state of this app version was made by `set_app_state` above, in
-        // this same library (one version is one library): a `Box<BoxedState>`. The host keeps
-        // it until the version's last context reference is gone, so it outlives `&self`.
-        let state = unsafe { &*ptr.cast::<BoxedState>() };
-        Some(&**state)
+        // this same library (one version is one library), with `Arc::into_raw`; the host took
+        // one reference for us (`retain_app_state`), which the returned `Arc` now owns.
+        Some(unsafe { Arc::from_raw(ptr.cast::<Box<dyn Any + Send + Sync>>()) })
     }
 }
 
 ffi_fn! {
-    /// Frees an app state that [`HostHandle::set_app_state`] handed to the host. A panic in the
-    /// state's `Drop` is caught and the rest is leaked.
+    /// Takes one more reference to an app state that [`HostHandle::set_app_state`] shared.
+    /// Counting cannot panic; should it, there is no reference to hand back: abort.
     ///
     /// # Safety
-    /// `ptr` is the state `set_app_state` made, freed exactly once, by the host.
-    unsafe fn drop_app_state(ptr: *mut c_void) {
+    /// `ptr` is that state, and the caller holds a reference to it for the call.
+    unsafe fn retain_app_state(ptr: *mut c_void) {
+        // SAFETY: the caller's promise: a live `Arc` made by `Arc::into_raw`.
+        unsafe { Arc::increment_strong_count(ptr.cast_const().cast::<Box<dyn Any + Send + Sync>>()) }
+    } ?= |_| std::process::abort()
+}
+
+ffi_fn! {
+    /// Releases one reference to an app state; the last one drops it. A panic in the state's
+    /// `Drop` is caught and the rest is leaked.
+    ///
+    /// # Safety
+    /// `ptr` is that state, and the caller gives up one reference it holds.
+    unsafe fn release_app_state(ptr: *mut c_void) {
         // SAFETY: the caller's promise.
-        drop(unsafe { Box::from_raw(ptr.cast::<BoxedState>()) })
+        unsafe { Arc::decrement_strong_count(ptr.cast_const().cast::<Box<dyn Any + Send + Sync>>()) }
     } ?= |_| ()
 }
 

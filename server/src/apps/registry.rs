@@ -325,7 +325,7 @@ impl Registry {
         {
             // A version that never mounts has no shutdown hook run; what its init started
             // (tasks, sockets) ends here.
-            services.retire(true);
+            services.retire();
             return Err(error);
         }
         let stats = Arc::clone(lock(&self.stats).entry(Arc::clone(&name)).or_default());
@@ -383,7 +383,7 @@ impl Registry {
     /// and its sockets closed, whatever the hook did.
     async fn run_shutdown(&self, version: &AppVersion) {
         self.run_shutdown_hook(version).await;
-        version.services.retire(version.in_flight() == 0);
+        version.services.retire();
     }
 
     async fn run_shutdown_hook(&self, version: &AppVersion) {

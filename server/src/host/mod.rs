@@ -43,8 +43,9 @@ pub use tasks::Tasks;
 /// It lives as long as anything of the version holds it: the version itself while mounted,
 /// and every host reference (request scope) the plugin holds. Its sockets and tasks do not
 /// hold it (see [`socket`] and [`tasks`]). The app's state may (a pool keeps a host handle for
-/// its connections), which would keep both alive for ever: so retiring an idle version
-/// ([`AppServices::retire`]) drops the state there and then.
+/// its connections), which would keep both alive for ever: so retiring the version
+/// ([`AppServices::retire`]) releases the host's reference to the state, and the plugin frees
+/// it once its own last reference goes.
 #[derive(Debug)]
 pub struct AppServices {
     /// The app's name, for log lines.
@@ -59,18 +60,18 @@ pub struct AppServices {
     pub sockets: Sockets,
     /// The version's spawned tasks.
     pub tasks: Tasks,
-    /// The version's state, set once by the app (ABI 1.4), dropped when the version is
-    /// retired idle, or else with these services.
+    /// The host's reference to the version's state, set once by the app (ABI 1.4), released
+    /// when the version is retired (or with these services).
     state: ArcSwapOption<Box<dyn AppState>>,
     /// Whether a state was ever set: a second one is refused even after the first is gone.
     state_set: AtomicBool,
 }
 
-/// An app version's state as the host keeps it: opaque, freed by whoever made it when
-/// dropped (`plugin` implements it over the ABI's `AbiAppState`).
+/// The host's reference to an app version's state: opaque, its references counted by whoever
+/// made it, released when dropped (`plugin` implements it over the ABI's `AbiAppState`).
 pub trait AppState: Send + Sync + fmt::Debug {
-    /// The plugin's pointer, handed back to it as is.
-    fn ptr(&self) -> *const c_void;
+    /// Takes a reference for the plugin, and returns the pointer to hand it.
+    fn retained(&self) -> *const c_void;
 }
 
 impl AppServices {
@@ -94,21 +95,17 @@ impl AppServices {
     }
 
     /// Retires the version's resources, after its `shutdown` hook has run: cancels every task
-    /// and closes every socket it still has, and refuses new ones. When the version is `idle`
-    /// (no request of it in flight: its tasks just ended, so nothing can still read the state)
-    /// its state is dropped too. A version retired with requests still in flight (the process
-    /// is exiting and the drain gave up on them) keeps its state for them. Requests still
+    /// and closes every socket it still has, refuses new ones, and releases the host's
+    /// reference to its state (requests and tasks that took one keep theirs). Requests still
     /// holding the services keep working otherwise (logging, timers, fetches).
-    pub fn retire(&self, idle: bool) {
+    pub fn retire(&self) {
         self.tasks.cancel_all();
         self.sockets.close_all();
-        if idle {
-            drop(self.state.swap(None));
-        }
+        drop(self.state.swap(None));
     }
 
     /// Keeps `state` as the version's state, unless it has had one already: then `state` is
-    /// dropped at once and `false` returned.
+    /// released at once and `false` returned.
     pub fn set_state(&self, state: Box<dyn AppState>) -> bool {
         if self.state_set.swap(true, Ordering::SeqCst) {
             drop(state);
@@ -118,12 +115,14 @@ impl AppServices {
         true
     }
 
-    /// The version's state pointer, or null when it has none (or no more).
-    pub fn state_ptr(&self) -> *const c_void {
+    /// The version's state pointer with a reference taken for the caller, or null when it has
+    /// none (or no longer: it was retired). The reference is taken while the host's own is
+    /// held, so a retirement at the same moment cannot free the state under it.
+    pub fn retained_state(&self) -> *const c_void {
         self.state
             .load()
             .as_ref()
-            .map_or(std::ptr::null(), |state| state.ptr())
+            .map_or(std::ptr::null(), |state| state.retained())
     }
 
     /// Opens a socket for the app (see [`socket::connect`]): checked at once, then connected

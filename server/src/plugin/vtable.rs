@@ -230,35 +230,36 @@ berth_app::ffi_fn! {
     } ?= |_| std::process::abort()
 }
 
-/// An app version's state as the plugin handed it over: freed through its own `drop` when the
-/// version's services go.
+/// The host's reference to an app version's state, as the plugin handed it over: released
+/// through the plugin's own `release` when dropped.
 #[derive(Debug)]
 struct PluginState(AbiAppState);
 
 // SAFETY: the host never reads through the pointer; it hands the pointer back to the plugin,
-// on any thread, and frees it once. The ABI makes the state the plugin's to share between
-// threads (the SDK requires it to be `Send + Sync`).
+// on any thread, and counts references with the plugin's functions. The ABI makes the state
+// the plugin's to share between threads (the SDK requires it to be `Send + Sync`).
 unsafe impl Sync for PluginState {}
 
 impl AppState for PluginState {
-    fn ptr(&self) -> *const c_void {
+    fn retained(&self) -> *const c_void {
+        // SAFETY: we hold a reference to the state for the call (the caller holds `self`), so
+        // the plugin may take another one (the ABI contract of `AbiAppState`).
+        unsafe { (self.0.retain)(self.0.ptr) };
         self.0.ptr.cast_const()
     }
 }
 
 impl Drop for PluginState {
     fn drop(&mut self) {
-        if let Some(free) = self.0.drop {
-            // SAFETY: the state is owned by the host (handed over by `set_app_state`) and
-            // freed once, here, through the function the plugin gave with it (plugin code,
-            // which catches its own panics).
-            unsafe { free(self.0.ptr) }
-        }
+        // SAFETY: the host's one reference (handed over by `set_app_state`), released once,
+        // here, through the function the plugin gave with it (plugin code, which catches its
+        // own panics).
+        unsafe { (self.0.release)(self.0.ptr) }
     }
 }
 
 berth_app::ffi_fn! {
-    /// Keeps the app version's state, or drops it when the version has one.
+    /// Keeps the app version's state, or releases it when the version has had one.
     ///
     /// # Safety
     /// As for [`max_buffered_response`]; `state` moves to the host.
@@ -276,13 +277,14 @@ berth_app::ffi_fn! {
 }
 
 berth_app::ffi_fn! {
-    /// The app version's state pointer, or null (also should it panic).
+    /// The app version's state pointer with a reference taken for the caller, or null (also
+    /// should it panic).
     ///
     /// # Safety
     /// As for [`max_buffered_response`].
     unsafe fn app_state(ctx: *mut c_void) -> *const c_void {
         // SAFETY: `ctx` is live for this call (the host contract).
-        unsafe { scope(ctx) }.services.state_ptr()
+        unsafe { scope(ctx) }.services.retained_state()
     } ?= |_| std::ptr::null()
 }
 
@@ -317,23 +319,47 @@ mod tests {
             .cast()
     }
 
+    /// A plugin's state in these tests: counts its drop on `drops`, and may hold a `ctx`
+    /// reference as a pool does.
+    struct Probe {
+        drops: Arc<AtomicUsize>,
+        _held: Option<HeldCtx>,
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.drops.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     berth_app::ffi_fn! {
-        /// Counts a state's drop: `ptr` is an `Arc<AtomicUsize>` from [`counted_state`].
-        ///
         /// # Safety
-        /// `ptr` came from `Arc::into_raw` in `counted_state`, and is freed once.
-        unsafe fn count_drop(ptr: *mut c_void) {
+        /// `ptr` came from `Arc::into_raw` in `probe_state`, and the caller holds a reference.
+        unsafe fn retain_probe(ptr: *mut c_void) {
             // SAFETY: the caller's promise.
-            let counter = unsafe { Arc::from_raw(ptr.cast_const().cast::<AtomicUsize>()) };
-            counter.fetch_add(1, Ordering::SeqCst);
+            unsafe { Arc::increment_strong_count(ptr.cast_const().cast::<Probe>()) }
         } ?= |_| ()
     }
 
-    /// A state whose drop counts on `counter`, as a plugin would hand it over.
-    fn counted_state(counter: &Arc<AtomicUsize>) -> AbiAppState {
+    berth_app::ffi_fn! {
+        /// # Safety
+        /// As for `retain_probe`; the caller gives up its reference.
+        unsafe fn release_probe(ptr: *mut c_void) {
+            // SAFETY: the caller's promise.
+            unsafe { Arc::decrement_strong_count(ptr.cast_const().cast::<Probe>()) }
+        } ?= |_| ()
+    }
+
+    /// A state whose drop counts on `drops`, as a plugin would hand it over (one reference).
+    fn probe_state(drops: &Arc<AtomicUsize>, held: Option<HeldCtx>) -> AbiAppState {
+        let probe = Arc::new(Probe {
+            drops: Arc::clone(drops),
+            _held: held,
+        });
         AbiAppState {
-            ptr: Arc::into_raw(Arc::clone(counter)).cast_mut().cast(),
-            drop: Some(count_drop),
+            ptr: Arc::into_raw(probe).cast_mut().cast(),
+            retain: retain_probe,
+            release: release_probe,
         }
     }
 
@@ -342,6 +368,8 @@ mod tests {
 
     // SAFETY: a `ctx` reference may be used and released from any thread (the host contract).
     unsafe impl Send for HeldCtx {}
+    // SAFETY: a shared `&HeldCtx` can do nothing with the reference (only `Drop` uses it).
+    unsafe impl Sync for HeldCtx {}
 
     impl Drop for HeldCtx {
         fn drop(&mut self) {
@@ -367,39 +395,74 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn app_state_is_kept_once_and_dropped_with_the_services() {
+    async fn app_state_is_kept_once_lent_counted_and_released_at_retirement() {
         let services = services(&[]);
-        let counter = Arc::new(AtomicUsize::new(0));
+        let drops = Arc::new(AtomicUsize::new(0));
         let ctx = ctx_for(&services);
-        let first = counted_state(&counter);
+        let first = probe_state(&drops, None);
         let first_ptr = first.ptr.cast_const();
         // SAFETY: `ctx` is a live reference; the states are handed over.
-        unsafe {
+        let lent = unsafe {
             assert!(app_state(ctx).is_null());
             assert_eq!(set_app_state(ctx, first), STATE_SET);
-            assert_eq!(app_state(ctx), first_ptr);
-            assert_eq!(set_app_state(ctx, counted_state(&counter)), STATE_TAKEN);
-            assert_eq!(app_state(ctx), first_ptr);
-        }
-        // The refused one is dropped at once.
-        assert_eq!(counter.load(Ordering::SeqCst), 1);
+            assert_eq!(set_app_state(ctx, probe_state(&drops, None)), STATE_TAKEN);
+            app_state(ctx)
+        };
+        assert_eq!(lent, first_ptr);
+        // The refused one is released at once.
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        // Retiring releases the host's reference; the one lent above keeps the state.
+        services.retire();
+        // SAFETY: as above.
+        assert!(
+            unsafe { app_state(ctx) }.is_null(),
+            "no state after retirement"
+        );
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        // SAFETY: the reference `app_state` took for us, released once.
+        unsafe { release_probe(lent.cast_mut()) };
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            2,
+            "freed with its last reference"
+        );
         // SAFETY: our reference, released once.
         unsafe { drop_ctx(ctx) };
-        assert_eq!(counter.load(Ordering::SeqCst), 1);
-        // The kept one goes with the last reference to the services, exactly once.
         drop(services);
-        assert_eq!(counter.load(Ordering::SeqCst), 2);
-        assert_eq!(Arc::strong_count(&counter), 1);
+        assert_eq!(drops.load(Ordering::SeqCst), 2, "exactly once");
+    }
+
+    #[tokio::test]
+    async fn a_state_that_holds_a_host_reference_is_freed_at_retirement_and_frees_its_version() {
+        let services = services(&[]);
+        let weak = Arc::downgrade(&services);
+        let drops = Arc::new(AtomicUsize::new(0));
+        let ctx = ctx_for(&services);
+        // A pool keeps a task reference to open its connections: state -> ctx -> services.
+        // SAFETY: `ctx` is a live reference; the new one is the state's.
+        let held = HeldCtx(unsafe { task_ctx(ctx) });
+        // SAFETY: `ctx` is a live reference; the state is handed over.
+        let set = unsafe { set_app_state(ctx, probe_state(&drops, Some(held))) };
+        assert_eq!(set, STATE_SET);
+        // SAFETY: our reference, released once.
+        unsafe { drop_ctx(ctx) };
+        drop(services);
+        assert!(weak.upgrade().is_some(), "the state keeps its version");
+        if let Some(services) = weak.upgrade() {
+            services.retire();
+        }
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert!(weak.upgrade().is_none(), "and goes with it");
     }
 
     #[tokio::test]
     async fn a_task_keeps_its_version_only_until_it_is_retired() {
         let services = services(&[]);
-        let counter = Arc::new(AtomicUsize::new(0));
+        let drops = Arc::new(AtomicUsize::new(0));
         let ctx = ctx_for(&services);
         // SAFETY: `ctx` is a live reference; the state is handed over.
         assert_eq!(
-            unsafe { set_app_state(ctx, counted_state(&counter)) },
+            unsafe { set_app_state(ctx, probe_state(&drops, None)) },
             STATE_SET
         );
         // SAFETY: as above.
@@ -421,16 +484,17 @@ mod tests {
         drop(services);
         // Only the task's reference keeps the version's services now.
         assert!(weak.upgrade().is_some());
-        assert_eq!(counter.load(Ordering::SeqCst), 0);
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
 
-        // Retiring cancels the task, whose reference goes with its future: so do the services,
-        // and with them the state.
+        // Retiring cancels the task, whose reference goes with its future: so do the services;
+        // the state goes at once.
         if let Some(services) = weak.upgrade() {
-            services.retire(true);
+            services.retire();
         }
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
         assert_eq!(joined.await, TASK_CANCELLED);
         until(|| weak.upgrade().is_none()).await;
-        assert_eq!(counter.load(Ordering::SeqCst), 1);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -512,7 +576,7 @@ mod tests {
         assert_eq!(services.sockets.open(), 1);
 
         // The version is retired: the host closes the socket under the plugin.
-        services.retire(true);
+        services.retire();
         assert_eq!(services.sockets.open(), 0);
         assert_eq!(peer.read(&mut got).await.expect("EOF"), 0);
         // SAFETY: still a live socket (the plugin has not dropped it).
