@@ -515,10 +515,19 @@ impl std::error::Error for PoolError {
 /// A tokio-postgres error with the server's message: its own `Display` says only "db error"
 /// for everything the server reports.
 fn detail(err: &tokio_postgres::Error) -> String {
-    match err.as_db_error() {
-        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
-        None => err.to_string(),
+    if let Some(db) = err.as_db_error() {
+        return format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
     }
+    // The reason is in the sources: "error performing TLS handshake" says nothing without the
+    // host's "invalid peer certificate: UnknownIssuer" after it.
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl fmt::Display for ConnectError {
