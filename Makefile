@@ -39,7 +39,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --all-features
 
-# Three steps: bench/setup.py installs wrk, h2load and nginx (apt) and the Python peers (a
+# Three steps: bench/setup.py installs wrk, h2load, nginx, PostgreSQL and Redis (apt) and the Python peers (a
 # virtualenv in target/bench-env) when missing; bench/run.py builds in release mode, measures and
 # writes bench/results.json; bench/report.py writes BENCHMARKS.md and bench/results.svg from it.
 # When some measurement saw errors, run.py exits 1 after writing the results: the report is still

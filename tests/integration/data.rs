@@ -61,6 +61,15 @@ async fn json_request(berth: &Berth, method: Method, path: &str, body: &Value) -
     (reply.status.as_u16(), value)
 }
 
+/// Creates one item through the app; returns it and its URL.
+async fn one_item(berth: &Berth) -> (Value, String) {
+    let (status, item) =
+        json_request(berth, Method::POST, "/todo/items", &json!({"title": "a"})).await;
+    assert_eq!(status, 201, "{item}");
+    let url = berth.url(&format!("/todo/items/{}", item["id"]));
+    (item, url)
+}
+
 /// The backend pids of the app's connections, as PostgreSQL sees them.
 fn app_backends(postgres: &Postgres) -> Vec<u32> {
     let out = postgres.psql(&format!(
@@ -295,14 +304,10 @@ async fn a_database_the_allowlist_does_not_grant_gets_no_connection() {
 async fn a_database_restart_fails_requests_in_flight_with_503_then_recovers() {
     let postgres = Postgres::start();
     let mut berth = start_todo(&postgres, "pool_size = 2\n");
-    let (status, item) =
-        json_request(&berth, Method::POST, "/todo/items", &json!({"title": "a"})).await;
-    assert_eq!(status, 201);
-    let path = format!("/todo/items/{}", item["id"]);
+    let (item, url) = one_item(&berth).await;
 
     // Two requests in flight, waiting on a lock, when the database goes down.
     let lock = lock_table(&postgres);
-    let url = berth.url(&path);
     let in_flight: Vec<_> = (0..2)
         .map(|_| {
             let url = url.clone();
@@ -363,10 +368,7 @@ async fn a_database_restart_fails_requests_in_flight_with_503_then_recovers() {
 async fn an_exhausted_pool_makes_requests_wait_then_answers_503() {
     let postgres = Postgres::start();
     let berth = start_todo(&postgres, "pool_size = 1\npool_wait = 1\n");
-    let (status, item) =
-        json_request(&berth, Method::POST, "/todo/items", &json!({"title": "a"})).await;
-    assert_eq!(status, 201);
-    let url = berth.url(&format!("/todo/items/{}", item["id"]));
+    let (_, url) = one_item(&berth).await;
 
     // The one connection waits on a lock; the next request waits for it, then gives up.
     let lock = lock_table(&postgres);
@@ -404,10 +406,7 @@ async fn an_exhausted_pool_makes_requests_wait_then_answers_503() {
 async fn clients_that_leave_mid_query_leak_no_connection() {
     let postgres = Postgres::start();
     let berth = start_todo(&postgres, "pool_size = 3\n");
-    let (status, item) =
-        json_request(&berth, Method::POST, "/todo/items", &json!({"title": "a"})).await;
-    assert_eq!(status, 201);
-    let url = berth.url(&format!("/todo/items/{}", item["id"]));
+    let (_, url) = one_item(&berth).await;
 
     let lock = lock_table(&postgres);
     // Twelve clients, four rounds of the pool's size, each gone after 200 ms.
@@ -437,10 +436,7 @@ async fn clients_that_leave_mid_query_leak_no_connection() {
 async fn a_swap_of_todo_under_load_fails_nothing_and_closes_the_old_sockets() {
     let postgres = Postgres::start();
     let mut berth = start_todo(&postgres, "pool_size = 4\n");
-    let (status, item) =
-        json_request(&berth, Method::POST, "/todo/items", &json!({"title": "a"})).await;
-    assert_eq!(status, 201);
-    let url = berth.url(&format!("/todo/items/{}", item["id"]));
+    let (_, url) = one_item(&berth).await;
 
     // Warm the old version's pool, and remember its connections.
     let warm: Vec<_> = (0..8).map(|_| try_send(Req::get(&url))).collect();
