@@ -21,10 +21,13 @@
 //! * **Borrowed** data ([`AbiStr`], [`AbiHeaders`], [`AbiRequest`], [`AbiFetchRequest`]) is valid
 //!   only for the duration of the call it is passed to. The callee copies what it keeps.
 //!   One exception, since ABI 1.3: the *lent* request (see [`AbiRequest`]).
-//! * **Owned** data ([`AbiBuf`], [`AbiBody`], [`AbiResponse`], [`AbiHost`]) is handed over; the
-//!   receiver must eventually call the release/drop function carried *next to* the pointer, which
-//!   runs in the code of the side that allocated it. Neither side ever frees the other side's
-//!   memory with its own allocator.
+//! * **Owned** data ([`AbiBuf`], [`AbiBody`], [`AbiResponse`], [`AbiHost`], and since ABI 1.4
+//!   [`AbiSocket`]) is handed over; the receiver must eventually call the release/drop function
+//!   carried *next to* the pointer, which runs in the code of the side that allocated it.
+//!   Neither side ever frees the other side's memory with its own allocator.
+//! * **Counted** data (ABI 1.4: [`AbiAppState`]) belongs to the plugin, which counts its
+//!   references with the `retain`/`release` functions it carries; whoever holds a reference
+//!   releases it once.
 //!
 //! # Versioning
 //!

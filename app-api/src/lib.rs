@@ -42,8 +42,8 @@
 //! keeps it for that version of the app, and requests borrow it with [`Host::state`], typed
 //! (a wrong type gives `None`, never a wrong value) and without locking. Interior mutability
 //! (atomics, a `Mutex`) is the app's choice where it needs to change. The `shutdown` hook
-//! reads it the same way, to close things; the host drops it after the version's last
-//! request and task.
+//! reads it the same way, to close things. The host lets go of it when the version is
+//! retired (after `shutdown`); a `Host` that has read it keeps it alive until dropped.
 //!
 //! ```
 //! use std::sync::atomic::{AtomicU64, Ordering};
