@@ -84,3 +84,22 @@ impl std::error::Error for HeaderError {
         Some(&self.source)
     }
 }
+
+/// An error and its sources on one line, `: `-separated, e.g. "error performing TLS handshake:
+/// invalid peer certificate: UnknownIssuer". Clients such as `tokio-postgres` and hyper keep
+/// the reason in a source, so their own `Display` alone often says nothing useful.
+///
+/// ```
+/// let err = std::io::Error::other(std::fmt::Error);
+/// assert_eq!(berth_app::error_chain(&err), "an error occurred when formatting an argument");
+/// ```
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

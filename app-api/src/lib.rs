@@ -135,7 +135,7 @@ pub mod testing;
 pub use body::Body;
 pub use bytes::Bytes;
 pub use config::AppConfig;
-pub use error::{BodyError, HeaderError};
+pub use error::{BodyError, HeaderError, error_chain};
 pub use host::{
     Elapsed, Fetch, FetchError, FetchErrorKind, FetchResponse, Host, Level, OutboundRequest, Sleep,
     State, Timeout,

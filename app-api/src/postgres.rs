@@ -520,14 +520,7 @@ fn detail(err: &tokio_postgres::Error) -> String {
     }
     // The reason is in the sources: "error performing TLS handshake" says nothing without the
     // host's "invalid peer certificate: UnknownIssuer" after it.
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    crate::error_chain(err)
 }
 
 impl fmt::Display for ConnectError {

@@ -57,14 +57,5 @@ pub use config::{AppConfig, Cli, Config, ConfigError};
 pub use server::{Listeners, ServeError, run};
 
 /// An error and its sources on one line, e.g. "client error (Connect): tcp connect error:
-/// Connection refused (os error 111)".
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+/// Connection refused (os error 111)": the SDK's, which apps use for their clients' errors.
+pub use berth_app::error_chain;

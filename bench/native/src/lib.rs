@@ -57,6 +57,7 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// Binds `addr` the way Berth does (it is Berth's own function): through `socket2`, with
 /// `SO_REUSEADDR` and a backlog of 8192 (tokio's own `bind` uses 1024, which overflows in a
 /// burst of new connections). The kernel caps the backlog at `net.core.somaxconn`.
+pub use berth_server::error_chain;
 pub use berth_server::http::bind;
 
 /// Serves `handler` on `listen` until the process is killed: builds the runtime, binds, logs

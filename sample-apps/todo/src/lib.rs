@@ -229,22 +229,10 @@ impl Failure {
             ),
             Failure::Database(err) => failure(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("database error: {}", error_chain(&err)),
+                &format!("database error: {}", berth_app::error_chain(&err)),
             ),
         }
     }
-}
-
-/// An error and its sources, `: `-separated (tokio-postgres puts the server's reason in one).
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn failure(status: StatusCode, reason: &str) -> Response {

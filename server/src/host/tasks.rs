@@ -135,10 +135,22 @@ impl Tasks {
     }
 }
 
+/// Waits (a few seconds at most) until `done` holds: for tests of what tasks do in the
+/// background.
+#[cfg(test)]
+pub(crate) async fn until(done: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting");
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Duration;
 
     use super::*;
 
@@ -164,17 +176,6 @@ mod tests {
             Ok(0)
         };
         (task, dropped)
-    }
-
-    /// Waits (a few seconds at most) until `done` holds.
-    async fn until(done: impl Fn() -> bool) {
-        for _ in 0..500 {
-            if done() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("timed out waiting");
     }
 
     fn app() -> Arc<str> {

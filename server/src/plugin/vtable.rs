@@ -301,6 +301,7 @@ mod tests {
 
     use super::*;
     use crate::host::allowlist::Allowlist;
+    use crate::host::tasks::until;
     use crate::host::{AppServices, Outbound, OutboundPolicy, SocketLimits};
 
     fn services(entries: &[&str]) -> Arc<AppServices> {
@@ -376,17 +377,6 @@ mod tests {
             // SAFETY: an owned reference, released once.
             unsafe { drop_ctx(self.0) }
         }
-    }
-
-    /// Waits (a few seconds at most) until `done` holds.
-    async fn until(done: impl Fn() -> bool) {
-        for _ in 0..500 {
-            if done() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("timed out waiting");
     }
 
     #[test]

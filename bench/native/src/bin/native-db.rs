@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use berth_bench::Body;
+use berth_bench::{Body, error_chain};
 use clap::Parser;
 use deadpool_postgres::{Manager, Pool, PoolError, Runtime};
 use http::{Method, Request, Response, StatusCode};
@@ -150,18 +150,6 @@ fn pool_error(err: &PoolError) -> String {
         PoolError::Timeout(_) => format!("no free database connection within {POOL_WAIT:?}"),
         other => error_chain(other),
     }
-}
-
-/// An error and its sources, `: `-separated (tokio-postgres puts the server's reason in one).
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn failure(status: StatusCode, reason: impl Into<String>) -> Response<Body> {
