@@ -19,7 +19,7 @@ SO := $(if $(filter Darwin,$(shell uname -s)),dylib,so)
 run: apps
 	$(CARGO) run --release -p berth-server --bin berth -- --config sample-apps/berth.toml --apps-dir $(APPS_DIR) --listen $(LISTEN) --allow-outbound "$(ALLOW_OUTBOUND)"
 
-# A throwaway PostgreSQL (127.0.0.1:55432) and Redis (127.0.0.1:56379) for `todo` and `counter`.
+# A throwaway PostgreSQL (127.0.0.1:15432) and Redis (127.0.0.1:16379) for `todo` and `counter`.
 services:
 	sample-apps/data-services.sh start
 

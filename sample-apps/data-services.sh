@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Starts (or stops) a throwaway PostgreSQL and Redis for the `todo` and `counter` sample apps:
-# PostgreSQL on 127.0.0.1:55432 (user `berth`, trust authentication, database `postgres`) and
-# Redis on 127.0.0.1:56379, with their data and logs in target/data-services. They are Debian's
+# PostgreSQL on 127.0.0.1:15432 (user `berth`, trust authentication, database `postgres`) and
+# Redis on 127.0.0.1:16379, with their data and logs in target/data-services. They are Debian's
 # `postgresql` and `redis-server` packages (apt-get install postgresql redis-server). PostgreSQL
 # refuses to run as root, so as root its programs run as the `postgres` user the package creates.
+# The ports are below the kernel's ephemeral range (32768 and up), where a client connection of
+# the moment could already hold them.
 #
 #   sample-apps/data-services.sh start     # `make services`
 #   sample-apps/data-services.sh stop      # `make services-stop`
@@ -12,8 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PG_PORT=55432
-REDIS_PORT=56379
+PG_PORT=15432
+REDIS_PORT=16379
 DIR="$PWD/target/data-services"
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 
@@ -33,8 +35,12 @@ start() {
             --locale=C --pgdata="$DIR/pg" >/dev/null
     fi
     if ! as_postgres "$PG_BIN/pg_ctl" status --pgdata="$DIR/pg" >/dev/null 2>&1; then
-        as_postgres "$PG_BIN/pg_ctl" start --wait --pgdata="$DIR/pg" --log="$DIR/postgres.log" \
-            --options="-c port=$PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$DIR" >/dev/null
+        if ! as_postgres "$PG_BIN/pg_ctl" start --wait --pgdata="$DIR/pg" --log="$DIR/postgres.log" \
+            --options="-c port=$PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$DIR" >/dev/null; then
+            echo "PostgreSQL did not start on 127.0.0.1:$PG_PORT; its log ($DIR/postgres.log) ends:" >&2
+            tail -n 5 "$DIR/postgres.log" >&2
+            exit 1
+        fi
     fi
     if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
         redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
