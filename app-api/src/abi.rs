@@ -21,8 +21,9 @@
 //! * **Borrowed** data ([`AbiStr`], [`AbiHeaders`], [`AbiRequest`], [`AbiFetchRequest`]) is valid
 //!   only for the duration of the call it is passed to. The callee copies what it keeps.
 //!   One exception, since ABI 1.3: the *lent* request (see [`AbiRequest`]).
-//! * **Owned** data ([`AbiBuf`], [`AbiBody`], [`AbiResponse`], [`AbiHost`], and since ABI 1.4
-//!   [`AbiSocket`]) is handed over; the receiver must eventually call the release/drop function
+//! * **Owned** data ([`AbiBuf`], [`AbiBody`], [`AbiResponse`], [`AbiHost`], since ABI 1.4
+//!   [`AbiSocket`], since ABI 1.5 [`AbiWsSession`], [`AbiWebSocket`] and [`AbiSubscription`])
+//!   is handed over; the receiver must eventually call the release/drop function
 //!   carried *next to* the pointer, which runs in the code of the side that allocated it.
 //!   Neither side ever frees the other side's memory with its own allocator.
 //! * **Counted** data (ABI 1.4: [`AbiAppState`]) belongs to the plugin, which counts its
@@ -127,7 +128,7 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"BERTHAPP");
 pub const ABI_MAJOR: u32 = 1;
 
 /// Compatible additions within [`ABI_MAJOR`]. See the module docs for what bumps it.
-pub const ABI_MINOR: u32 = 4;
+pub const ABI_MINOR: u32 = 5;
 
 /// NUL-terminated name of the one symbol every plugin exports:
 /// `extern "C" fn() -> *const AppDescriptor`.
@@ -461,6 +462,253 @@ pub struct HostVTable {
     /// still goes when the version is retired: a state that holds a `ctx` reference itself (a
     /// pool keeps one to open connections) would otherwise keep itself alive for ever.
     pub app_state: unsafe extern "C" fn(ctx: *mut c_void) -> *const c_void,
+
+    // --- ABI 1.5 ---
+    /// Accepts the WebSocket handshake of the request `ctx` serves (call it from the handler,
+    /// before its future resolves). `accept` is borrowed for the call; `session` moves to the
+    /// host in every case, which calls exactly one of its `start` or `drop`. Returns
+    /// [`WS_ACCEPT_OK`], or why not (then `session` has been dropped already).
+    ///
+    /// After [`WS_ACCEPT_OK`] the host answers the request with `101 Switching Protocols`
+    /// (plus `accept`'s subprotocol and headers) as soon as the handler's future resolves with
+    /// [`OUTCOME_OK`]; the response it resolves to is then released unread. When the handler
+    /// panics or misses its deadline instead, the client gets the host's error answer and the
+    /// session is dropped. Once the connection is upgraded, the host calls `session.start` on
+    /// its runtime with the socket and a host handle of its own (no deadline, nothing lent),
+    /// and polls the session future for as long as it runs: the socket holds its app version
+    /// as a request does.
+    pub ws_accept: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        accept: *const AbiWsAccept,
+        session: AbiWsSession,
+    ) -> u32,
+    /// Subscribes to a pub/sub `channel` (UTF-8, borrowed for the call). The future (owned by
+    /// the plugin) resolves once the subscription is in place: messages published after that
+    /// reach it. The [`AbiSubscription`] it resolves to is owned by the plugin.
+    pub subscribe:
+        unsafe extern "C" fn(ctx: *mut c_void, channel: AbiStr) -> FfiFuture<AbiSubscribeOutcome>,
+    /// Publishes `payload` (moves to the host) on `channel` (UTF-8, borrowed for the call).
+    pub publish: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        channel: AbiStr,
+        payload: AbiBuf,
+    ) -> FfiFuture<AbiPublishOutcome>,
+}
+
+/// How an app accepts a WebSocket handshake (ABI 1.5). Borrowed for [`HostVTable::ws_accept`].
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiWsAccept {
+    /// The subprotocol chosen, one of those the client offered (`Sec-WebSocket-Protocol`);
+    /// empty for none.
+    pub protocol: AbiStr,
+    /// Extra headers for the `101` response (cookies, say). The host sets the handshake's own
+    /// (`Upgrade`, `Connection`, `Sec-WebSocket-Accept`, `Sec-WebSocket-Protocol`) itself and
+    /// refuses them here.
+    pub headers: AbiHeaders,
+}
+
+/// [`HostVTable::ws_accept`]: the handshake will be answered with `101`.
+pub const WS_ACCEPT_OK: u32 = 0;
+/// The request is not a WebSocket handshake (method, `Upgrade`, `Connection`,
+/// `Sec-WebSocket-Key` or `Sec-WebSocket-Version`), or `ctx` serves no request.
+pub const WS_ACCEPT_NOT_UPGRADE: u32 = 1;
+/// The request was accepted already.
+pub const WS_ACCEPT_TWICE: u32 = 2;
+/// `accept` is not valid: a subprotocol the client did not offer, or a header that is not
+/// valid or is the host's to set.
+pub const WS_ACCEPT_INVALID: u32 = 3;
+
+/// The app's side of an accepted WebSocket (ABI 1.5), owned by the host from
+/// [`HostVTable::ws_accept`] on: it calls `start(state, ..)` once the connection is upgraded,
+/// or `drop(state)` if it never is. Both are plugin code and consume `state`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiWsSession {
+    /// The plugin's session state (the app's closure), opaque to the host.
+    pub state: *mut c_void,
+    /// Starts the session: `socket` and `host` move to the plugin. The future (owned by the
+    /// host) resolves (to 0) when the app is done with the socket; a session that panics
+    /// resolves [`FfiPoll::Panicked`], and the host closes the socket with 1011.
+    pub start: unsafe extern "C" fn(
+        state: *mut c_void,
+        socket: AbiWebSocket,
+        host: AbiHost,
+    ) -> FfiFuture<u32>,
+    /// Frees `state` without starting.
+    pub drop: unsafe extern "C" fn(state: *mut c_void),
+}
+
+/// An open WebSocket (ABI 1.5), owned by the plugin: `state` is host data that only the
+/// functions of `vtable` touch, and `vtable.drop(state)` releases it, exactly once. The host
+/// runs the protocol (handshake, framing, fragmentation, UTF-8 checks, ping and pong, limits);
+/// the plugin sees whole messages. The plugin may call `poll_recv` and `poll_send` at the same
+/// time (a reader and a writer task), but never one of them twice at once, and `drop` only when
+/// no other call runs. When the plugin drops the socket (or its session ends) before closing
+/// it, the host closes it with 1000.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiWebSocket {
+    /// Host state, opaque to the plugin.
+    pub state: *mut c_void,
+    /// The socket's functions, a static in host code.
+    pub vtable: *const AbiWsVTable,
+}
+
+/// The functions of an [`AbiWebSocket`] (ABI 1.5).
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiWsVTable {
+    /// `size_of::<AbiWsVTable>()` in the host.
+    pub size: usize,
+    /// The next message from the client: [`WS_RECV_PENDING`] (the waker will be woken),
+    /// [`WS_RECV_MESSAGE`] (the message is owned by the plugin), or [`WS_RECV_END`]. The close
+    /// that ends a socket arrives once as a [`WS_CLOSE`] message; every poll after it is
+    /// [`WS_RECV_END`].
+    pub poll_recv: unsafe extern "C" fn(state: *mut c_void, cx: *mut FfiContext<'_>) -> AbiWsRecv,
+    /// Queues `msg` for the client (the send queue is bounded: [`WS_SEND_PENDING`] means full,
+    /// and the waker will be woken when there is room). On [`WS_SEND_OK`] the host has taken
+    /// `msg.data` (the plugin must not release it); on any other result the plugin keeps it.
+    /// A [`WS_CLOSE`] message starts the closing handshake; nothing can be sent after it.
+    pub poll_send: unsafe extern "C" fn(
+        state: *mut c_void,
+        cx: *mut FfiContext<'_>,
+        msg: *mut AbiWsMessage,
+    ) -> u32,
+    /// Releases the socket (closing it with 1000 unless it is closed already) and frees
+    /// `state`.
+    pub drop: unsafe extern "C" fn(state: *mut c_void),
+}
+
+/// One WebSocket message (ABI 1.5).
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiWsMessage {
+    /// [`WS_TEXT`], [`WS_BINARY`] or [`WS_CLOSE`].
+    pub kind: u32,
+    /// For [`WS_CLOSE`]: the close code (1005 when the peer sent none); 0 otherwise.
+    pub code: u32,
+    /// The payload (UTF-8 for [`WS_TEXT`]), or the close reason (UTF-8). Owned: by whoever
+    /// holds the message, released once.
+    pub data: AbiBuf,
+}
+
+/// [`AbiWsMessage::kind`]: a text message.
+pub const WS_TEXT: u32 = 1;
+/// [`AbiWsMessage::kind`]: a binary message.
+pub const WS_BINARY: u32 = 2;
+/// [`AbiWsMessage::kind`]: a close frame.
+pub const WS_CLOSE: u32 = 3;
+
+/// What [`AbiWsVTable::poll_recv`] returns (ABI 1.5).
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiWsRecv {
+    /// One of the `WS_RECV_*` constants.
+    pub tag: u32,
+    /// For [`WS_RECV_MESSAGE`]: the message, owned by the plugin; empty otherwise.
+    pub message: AbiWsMessage,
+}
+
+/// Nothing yet; the waker was registered.
+pub const WS_RECV_PENDING: u32 = 0;
+/// A message.
+pub const WS_RECV_MESSAGE: u32 = 1;
+/// The socket is closed and everything received was delivered.
+pub const WS_RECV_END: u32 = 2;
+
+/// [`AbiWsVTable::poll_send`]: the send queue is full; the waker was registered.
+pub const WS_SEND_PENDING: u32 = 0;
+/// The message was queued (the host took its data).
+pub const WS_SEND_OK: u32 = 1;
+/// The socket is closing or closed: nothing more can be sent.
+pub const WS_SEND_CLOSED: u32 = 2;
+/// The message is not valid (text that is not UTF-8, a close code that may not be sent, a
+/// reason over 123 bytes, an unknown kind).
+pub const WS_SEND_INVALID: u32 = 3;
+
+/// What [`HostVTable::subscribe`] resolves to (ABI 1.5): `subscription` for [`SUB_OK`]; for
+/// every other tag `message` holds a UTF-8 reason and `subscription` is null. Both owned by the
+/// plugin.
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiSubscribeOutcome {
+    /// One of [`SUB_OK`], [`SUB_INVALID`], [`SUB_FAILED`].
+    pub tag: u32,
+    /// The subscription.
+    pub subscription: AbiSubscription,
+    /// Error message.
+    pub message: AbiBuf,
+}
+
+/// [`AbiSubscribeOutcome::tag`], [`AbiPublishOutcome::tag`]: done.
+pub const SUB_OK: u32 = 0;
+/// The channel name is empty, too long or not UTF-8.
+pub const SUB_INVALID: u32 = 1;
+/// The pub/sub backend failed (Redis unreachable, say).
+pub const SUB_FAILED: u32 = 2;
+
+/// A subscription to one channel (ABI 1.5), owned by the plugin: `vtable.drop(state)`
+/// unsubscribes and frees it, exactly once. The host queues the channel's messages for it in a
+/// bounded queue of its own, so a subscriber that does not keep up never slows the others: by
+/// the host's policy its oldest messages are dropped (counted in
+/// [`AbiSubscriptionPoll::dropped`]), or the subscription ends (and the WebSocket whose session
+/// made it is closed with 1008).
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiSubscription {
+    /// Host state, opaque to the plugin; null when there is none.
+    pub state: *mut c_void,
+    /// The subscription's functions, a static in host code; null when there is none.
+    pub vtable: *const AbiSubscriptionVTable,
+}
+
+/// The functions of an [`AbiSubscription`] (ABI 1.5).
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiSubscriptionVTable {
+    /// `size_of::<AbiSubscriptionVTable>()` in the host.
+    pub size: usize,
+    /// The next message.
+    pub poll_next:
+        unsafe extern "C" fn(state: *mut c_void, cx: *mut FfiContext<'_>) -> AbiSubscriptionPoll,
+    /// Unsubscribes and frees `state`.
+    pub drop: unsafe extern "C" fn(state: *mut c_void),
+}
+
+/// What [`AbiSubscriptionVTable::poll_next`] returns (ABI 1.5).
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiSubscriptionPoll {
+    /// [`SUB_PENDING`], [`SUB_MESSAGE`] or [`SUB_END`].
+    pub tag: u32,
+    /// Messages dropped from this subscription's queue (it did not keep up) since the last
+    /// message delivered.
+    pub dropped: u64,
+    /// For [`SUB_MESSAGE`]: the payload; for [`SUB_END`]: why (UTF-8). Owned by the plugin.
+    pub data: AbiBuf,
+}
+
+/// [`AbiSubscriptionPoll::tag`]: nothing yet; the waker was registered.
+pub const SUB_PENDING: u32 = 0;
+/// A message.
+pub const SUB_MESSAGE: u32 = 1;
+/// The subscription ended: it fell behind under the close policy, its app version was retired,
+/// or the server is stopping. Do not poll again.
+pub const SUB_END: u32 = 2;
+
+/// What [`HostVTable::publish`] resolves to (ABI 1.5). `message` is an owned UTF-8 reason for
+/// a tag other than [`SUB_OK`].
+#[repr(C)]
+#[derive(Debug)]
+pub struct AbiPublishOutcome {
+    /// One of [`SUB_OK`], [`SUB_INVALID`], [`SUB_FAILED`].
+    pub tag: u32,
+    /// How many subscribers the backend reached: subscriptions in this process for the
+    /// in-process broker, subscribed connections (one per Berth instance) for Redis.
+    pub receivers: u64,
+    /// Error message.
+    pub message: AbiBuf,
 }
 
 /// What [`HostVTable::connect`] opens (ABI 1.4). Borrowed for the call.
@@ -713,6 +961,7 @@ pub const DESCRIPTOR_SIZES: [u64; ABI_MINOR as usize + 1] = [
     size_of::<AppDescriptor>() as u64,
     size_of::<AppDescriptor>() as u64,
     size_of::<AppDescriptor>() as u64,
+    size_of::<AppDescriptor>() as u64,
 ];
 
 /// One string setting (ABI 1.1), borrowed like [`AbiStr`].
@@ -856,6 +1105,21 @@ pub const LAYOUT_FINGERPRINT: u64 = {
     h = layout!(h, AbiIoPoll, tag, len, error, message);
     h = layout!(h, AbiAppState, ptr, retain, release);
     h = layout!(h, FfiPoll<AbiConnectOutcome>);
+    // ABI 1.5
+    h = layout!(h, HostVTable, ws_accept, subscribe, publish);
+    h = layout!(h, AbiWsAccept, protocol, headers);
+    h = layout!(h, AbiWsSession, state, start, drop);
+    h = layout!(h, AbiWebSocket, state, vtable);
+    h = layout!(h, AbiWsVTable, size, poll_recv, poll_send, drop);
+    h = layout!(h, AbiWsMessage, kind, code, data);
+    h = layout!(h, AbiWsRecv, tag, message);
+    h = layout!(h, AbiSubscribeOutcome, tag, subscription, message);
+    h = layout!(h, AbiSubscription, state, vtable);
+    h = layout!(h, AbiSubscriptionVTable, size, poll_next, drop);
+    h = layout!(h, AbiSubscriptionPoll, tag, dropped, data);
+    h = layout!(h, AbiPublishOutcome, tag, receivers, message);
+    h = layout!(h, FfiPoll<AbiSubscribeOutcome>);
+    h = layout!(h, FfiPoll<AbiPublishOutcome>);
     h
 };
 
@@ -875,6 +1139,8 @@ pub const LAYOUT_FINGERPRINTS: &[u64] = &[
     0x083d_708b_54d1_fd41,
     // 1.4 appended sockets, tasks and app state.
     0x5449_fd4f_18de_81c5,
+    // 1.5 appended WebSockets and pub/sub.
+    0x6b49_13be_143e_adb1,
 ];
 
 /// On other targets older minors' layouts were never recorded: only plugins of the current minor

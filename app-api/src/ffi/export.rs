@@ -435,7 +435,56 @@ mod tests {
         task_ctx: fake_task_ctx,
         set_app_state: fake_set_app_state,
         app_state: fake_app_state,
+        ws_accept: fake_ws_accept,
+        subscribe: fake_subscribe,
+        publish: fake_publish,
     };
+
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_ws_accept(
+        _ctx: *mut c_void,
+        _accept: *const AbiWsAccept,
+        session: AbiWsSession,
+    ) -> u32 {
+        // SAFETY: the session moved to this fake host, which releases it once.
+        unsafe { (session.drop)(session.state) };
+        WS_ACCEPT_NOT_UPGRADE
+    }
+
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_subscribe(
+        _ctx: *mut c_void,
+        _channel: AbiStr,
+    ) -> FfiFuture<AbiSubscribeOutcome> {
+        std::future::ready(AbiSubscribeOutcome {
+            tag: SUB_FAILED,
+            subscription: AbiSubscription {
+                state: std::ptr::null_mut(),
+                vtable: std::ptr::null(),
+            },
+            message: AbiBuf::from_string("no pub/sub in the fake host".to_owned()),
+        })
+        .into_ffi()
+    }
+
+    /// # Safety
+    /// The host contract, which the plugin glue under test keeps.
+    unsafe extern "C" fn fake_publish(
+        _ctx: *mut c_void,
+        _channel: AbiStr,
+        payload: AbiBuf,
+    ) -> FfiFuture<AbiPublishOutcome> {
+        // SAFETY: the payload moved to this fake host, which releases it once.
+        drop(unsafe { payload.into_bytes() });
+        std::future::ready(AbiPublishOutcome {
+            tag: SUB_FAILED,
+            receivers: 0,
+            message: AbiBuf::from_string("no pub/sub in the fake host".to_owned()),
+        })
+        .into_ffi()
+    }
 
     /// # Safety
     /// The host contract, which the plugin glue under test keeps.

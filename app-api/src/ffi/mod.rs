@@ -71,13 +71,16 @@ pub use socket::{io_error_from_abi, io_error_kind};
 
 use crate::abi::{
     AbiAppState, AbiBody, AbiBuf, AbiConnectOutcome, AbiFetchOutcome, AbiHandleOutcome,
-    AbiHookOutcome, AbiHost, AbiResponse, AbiSocket, AbiSocketVTable, AppDescriptor, HostVTable,
+    AbiHookOutcome, AbiHost, AbiPublishOutcome, AbiResponse, AbiSocket, AbiSocketVTable,
+    AbiSubscribeOutcome, AbiSubscription, AbiSubscriptionVTable, AbiWebSocket, AbiWsMessage,
+    AbiWsRecv, AbiWsSession, AbiWsVTable, AppDescriptor, HostVTable,
 };
 
 // SAFETY (for all the `Send`/`Sync` impls below): the structs only carry pointers whose targets
 // the ABI contract makes thread-safe to move — bodies, buffers, responses, sockets, app states and
-// host contexts are used by one thread at a time and their release functions may run on any
-// thread; descriptors and vtables are immutable statics.
+// host contexts, WebSockets, their messages and sessions, and subscriptions are used by one
+// thread at a time and their release functions may run on any thread; descriptors and vtables
+// are immutable statics.
 unsafe impl Send for AbiBuf {}
 unsafe impl Send for AbiBody {}
 unsafe impl Send for AbiResponse {}
@@ -92,6 +95,15 @@ unsafe impl Send for AbiConnectOutcome {}
 unsafe impl Send for AbiAppState {}
 unsafe impl Sync for AbiSocketVTable {}
 unsafe impl Sync for AppDescriptor {}
+unsafe impl Send for AbiWsSession {}
+unsafe impl Send for AbiWebSocket {}
+unsafe impl Send for AbiWsMessage {}
+unsafe impl Send for AbiWsRecv {}
+unsafe impl Sync for AbiWsVTable {}
+unsafe impl Send for AbiSubscription {}
+unsafe impl Send for AbiSubscribeOutcome {}
+unsafe impl Send for AbiPublishOutcome {}
+unsafe impl Sync for AbiSubscriptionVTable {}
 
 #[cfg(test)]
 mod test_support;

@@ -13,9 +13,11 @@
 #![allow(unsafe_code)]
 
 pub mod lent;
+mod pubsub;
 pub mod scope;
 mod socket;
 mod vtable;
+mod websocket;
 
 use std::mem::ManuallyDrop;
 use std::path::Path;

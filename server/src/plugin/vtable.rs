@@ -27,6 +27,9 @@ pub(super) static HOST_VTABLE: HostVTable = HostVTable {
     task_ctx,
     set_app_state,
     app_state,
+    ws_accept: super::websocket::ws_accept,
+    subscribe: super::pubsub::subscribe,
+    publish: super::pubsub::publish,
 };
 
 berth_app::ffi_fn! {
