@@ -67,6 +67,14 @@ pub struct AppServices {
     state_set: AtomicBool,
 }
 
+/// The WebSocket a session's host handle belongs to, as the host capabilities that session
+/// uses see it (ABI 1.5): a subscription that falls behind under the close policy closes it
+/// with 1008, so the client learns it missed messages instead of silently losing them.
+pub trait SessionSocket: Send + Sync + fmt::Debug {
+    /// Starts closing the socket with `code` and `reason` (a no-op once it is closing).
+    fn close(&self, code: u16, reason: &str);
+}
+
 /// The host's reference to an app version's state: opaque, its references counted by whoever
 /// made it, released when dropped (`plugin` implements it over the ABI's `AbiAppState`).
 pub trait AppState: Send + Sync + fmt::Debug {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::host::AppServices;
+use crate::host::{AppServices, SessionSocket};
 use crate::plugin::lent::{LentRequest, RequestView};
 
 /// Host state behind the `ctx` pointer an app receives with each request (or hook).
@@ -22,6 +22,9 @@ pub struct RequestScope {
     /// The request the app reads in place (empty for a hook): lent for as long as the app
     /// holds a reference to this scope (ABI 1.3), so it lives here.
     pub(crate) request: LentRequest,
+    /// For the scope a WebSocket session's `start` receives (ABI 1.5): its socket, which host
+    /// capabilities the session uses may close.
+    pub session: Option<Arc<dyn SessionSocket>>,
 }
 
 impl RequestScope {
@@ -39,6 +42,18 @@ impl RequestScope {
         Self::with_request(services, deadline, LentRequest::new(view))
     }
 
+    /// A scope for a WebSocket session of the app behind `services`: no deadline, nothing lent,
+    /// and the session's socket.
+    pub fn for_session(services: &Arc<AppServices>, socket: Arc<dyn SessionSocket>) -> Arc<Self> {
+        Arc::new(RequestScope {
+            services: Arc::clone(services),
+            deadline: None,
+            body_exceeded: AtomicBool::new(false),
+            request: LentRequest::none(),
+            session: Some(socket),
+        })
+    }
+
     fn with_request(
         services: &Arc<AppServices>,
         deadline: Option<tokio::time::Instant>,
@@ -49,6 +64,7 @@ impl RequestScope {
             deadline,
             body_exceeded: AtomicBool::new(false),
             request,
+            session: None,
         })
     }
 
