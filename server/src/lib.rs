@@ -20,7 +20,7 @@
 //! A request's way through the modules, in order:
 //!
 //! * [`http`]: the accept loop, one connection (TLS, HTTP/1.1 or HTTP/2, timeouts), routing a
-//!   request to its app, and the response that goes back;
+//!   request to its app, and the response that goes back, or the switch to a WebSocket;
 //! * [`apps`]: what is mounted: loading files from the apps directory, app versions, the
 //!   router, the registry that hot-swaps versions, the file watcher;
 //! * [`plugin`]: the one module tree with `unsafe` code: opening libraries, checking their
@@ -28,7 +28,8 @@
 //!   calls back into;
 //! * [`host`]: what apps call back into: logging, timers, the outbound HTTP client with its
 //!   allowlist, TCP sockets, spawned tasks and the app version's state; sockets and tasks end
-//!   when their version is retired.
+//!   when their version is retired; and WebSockets, whose protocol the host runs under the
+//!   app's whole messages.
 //!
 //! Around them:
 //!

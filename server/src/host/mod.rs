@@ -8,6 +8,8 @@
 //! * [`socket`]: apps' TCP sockets, closed by the host when their version is retired;
 //! * [`tasks`]: the tasks an app version spawns, cancelled when it is retired;
 //! * [`body`]: bodies crossing to an app as streams (request bodies, fetched responses);
+//! * [`websocket`]: WebSockets: the handshake an app accepts, and the session task that runs
+//!   the protocol (codec, pings, limits, closing) under the app's whole messages;
 //! * `relay`: wakers for futures an app polls with wakers of its own.
 
 pub mod allowlist;
@@ -16,6 +18,7 @@ pub mod outbound;
 mod relay;
 pub mod socket;
 pub mod tasks;
+pub mod websocket;
 
 use std::ffi::c_void;
 use std::fmt;
@@ -60,6 +63,8 @@ pub struct AppServices {
     pub sockets: Sockets,
     /// The version's spawned tasks.
     pub tasks: Tasks,
+    /// The version's open WebSockets.
+    pub websockets: websocket::Sessions,
     /// The host's reference to the version's state, set once by the app (ABI 1.4), released
     /// when the version is retired (or with these services).
     state: ArcSwapOption<Box<dyn AppState>>,
@@ -97,6 +102,7 @@ impl AppServices {
             runtime,
             sockets: Sockets::default(),
             tasks: Tasks::default(),
+            websockets: websocket::Sessions::default(),
             state: ArcSwapOption::empty(),
             state_set: AtomicBool::new(false),
         })
