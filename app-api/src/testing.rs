@@ -239,7 +239,10 @@ impl MockHost {
     /// [`WebSocketUpgrade::accept`](crate::WebSocketUpgrade::accept)) and not started yet, as
     /// the host does once the connection is upgraded, and returns the client's end of it.
     /// The session runs on a thread of its own, with a host of its own (no deadline), until
-    /// it returns. `None` when no session is waiting.
+    /// it returns. `None` when no session is waiting. The mock keeps one accepted session at a
+    /// time, so start each before the next request accepts another (a second accept is
+    /// refused as the host refuses a request accepted twice). Call the handler with
+    /// [`call_shared`](MockHost::call_shared), which keeps the mock.
     ///
     /// ```
     /// use berth_app::testing::{MockHost, websocket_request};

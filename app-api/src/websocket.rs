@@ -306,7 +306,9 @@ impl WebSocketUpgrade {
     /// session lasts as long as it likes). The socket is closed when `session` ends (with
     /// 1000, unless it was closed already), or with 1011 if it panics.
     ///
-    /// The response is empty with status `101` when the host took the session. When it
+    /// The response is empty with status `101` when the host took the session; return it
+    /// (the host answers the handshake itself, whatever the handler returns once it has
+    /// accepted, unless the handler panics or runs out of time). When it
     /// refused (the request is not a handshake the host accepts, a subprotocol that was not
     /// offered, a header that is invalid or the host's), it is a `400` or `500` whose text says
     /// why, and `session` is dropped unstarted.
