@@ -301,3 +301,165 @@ async fn a_redis_never_reached_fails_subscribe_and_publish_naming_it() {
     };
     assert!(message.contains(&url), "{message}");
 }
+
+/// A `redis-server` of the test's own on a free port, killed when dropped; `None` when Redis
+/// is not installed (the integration tests require it; these only use it when it is there).
+struct RedisServer {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    fn start(name: &str) -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("berth-pubsub-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let mut server = RedisServer {
+            port,
+            dir,
+            child: None,
+        };
+        server.resume().then_some(server)
+    }
+
+    fn resume(&mut self) -> bool {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            eprintln!("redis-server is not installed: skipping");
+            return false;
+        };
+        self.child = Some(child);
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `subscription` until its next message, within five seconds.
+async fn next_message(subscription: &Subscription) -> String {
+    let next = tokio::time::timeout(
+        Duration::from_secs(5),
+        poll_fn(|cx| subscription.poll_next(cx)),
+    )
+    .await
+    .expect("a message within 5 s");
+    text(Some(next)).0
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < Duration::from_secs(20), "never {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_fans_out_one_subscription_and_survives_a_restart() {
+    let Some(mut redis) = RedisServer::start("restart") else {
+        return;
+    };
+    let broker = Broker::start(&PubSubConfig {
+        backend: Backend::Redis(redis.url()),
+        ..PubSubConfig::default()
+    })
+    .await;
+    assert_eq!(broker.status()["connected"], true);
+    let app = AppPubSub::new(&broker);
+    let runtime = tokio::runtime::Handle::current();
+    let a = app.subscribe("messages", None).await.unwrap();
+    let b = app.subscribe("messages", None).await.unwrap();
+    // One upstream subscription for both.
+    assert_eq!(redis.cli(&["PUBSUB", "NUMSUB", "messages"]), "messages\n1");
+    assert_eq!(redis.cli(&["PUBLISH", "messages", "from cli"]), "1");
+    assert_eq!(next_message(&a).await, "from cli");
+    assert_eq!(next_message(&b).await, "from cli");
+    // Publishing goes through Redis too, which counts Berth instances, not subscribers.
+    let reached = app
+        .publish("messages", Bytes::from_static(b"from app"), &runtime)
+        .await;
+    assert_eq!(reached, Ok(1));
+    assert_eq!(next_message(&a).await, "from app");
+    assert_eq!(next_message(&b).await, "from app");
+
+    redis.stop();
+    wait_until("disconnected", || broker.status()["connected"] == false).await;
+    let published = app
+        .publish("messages", Bytes::from_static(b"lost"), &runtime)
+        .await;
+    assert!(
+        matches!(published, Err(PubSubError::Failed(_))),
+        "{published:?}"
+    );
+    // Registered during the gap: it receives once Redis is back.
+    let c = app.subscribe("messages", None).await.unwrap();
+    assert!(redis.resume());
+    wait_until("reconnected", || broker.status()["connected"] == true).await;
+    assert_eq!(broker.status()["reconnects"], 1);
+    assert_eq!(redis.cli(&["PUBSUB", "NUMSUB", "messages"]), "messages\n1");
+    assert_eq!(redis.cli(&["PUBLISH", "messages", "after"]), "1");
+    for subscription in [&a, &b, &c] {
+        assert_eq!(next_message(subscription).await, "after");
+    }
+    let reached = app
+        .publish("messages", Bytes::from_static(b"again"), &runtime)
+        .await;
+    assert_eq!(reached, Ok(1));
+
+    // The last one to go unsubscribes upstream.
+    drop((a, b, c));
+    let numsub = || redis.cli(&["PUBSUB", "NUMSUB", "messages"]);
+    let started = std::time::Instant::now();
+    while numsub() != "messages\n0" {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still subscribed upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
