@@ -266,8 +266,9 @@ impl MockHost {
     /// let client = mock.websocket().expect("accepted");
     /// client.send(Message::text("hi"));
     /// assert_eq!(client.recv(), Some(Message::text("HI")));
-    /// client.end();
-    /// assert_eq!(client.recv(), Some(Message::close(1000, "")), "the host closes after the session");
+    /// client.close(1000, "bye");
+    /// // The session ends on the client's close without answering it: the host closes.
+    /// assert_eq!(client.recv(), Some(Message::close(1000, "")));
     /// assert_eq!(client.join(), Ok(()));
     /// ```
     pub fn websocket(self: &Arc<Self>) -> Option<MockWebSocket> {
@@ -441,8 +442,6 @@ struct WsState {
     session: Option<Result<(), String>>,
     recv_waker: Option<Waker>,
     send_waker: Option<Waker>,
-    /// The halves the app dropped.
-    released: u8,
 }
 
 impl WsShared {
@@ -527,10 +526,6 @@ impl MockSocket for MockSocketEnd {
         drop(state);
         self.0.changed.notify_all();
         Poll::Ready(Ok(()))
-    }
-
-    fn release(&self) {
-        self.0.lock().released += 1;
     }
 }
 

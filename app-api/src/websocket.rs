@@ -552,20 +552,11 @@ pub(crate) trait MockSocket: Send + Sync + fmt::Debug {
         cx: &mut Context<'_>,
         message: &mut Option<Message>,
     ) -> Poll<Result<(), SendError>>;
-    /// One of the socket's two halves is gone.
-    fn release(&self);
 }
 
-/// One half's reference to a mock socket, which tells it when the half is dropped.
+/// One half's reference to a mock socket.
 #[cfg(feature = "testing")]
 struct MockHalf(std::sync::Arc<dyn MockSocket>);
-
-#[cfg(feature = "testing")]
-impl Drop for MockHalf {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
 
 /// A session as the mock host keeps it until the test starts it.
 #[cfg(feature = "testing")]
