@@ -503,7 +503,7 @@ impl Shared {
         {
             let subscribers = lock(&channel.subscribers);
             for (id, subscriber) in subscribers.iter() {
-                match subscriber.queue.push(payload.clone(), overflow, &reason) {
+                match subscriber.queue.push(payload.clone(), overflow) {
                     Pushed::Queued => reached += 1,
                     Pushed::DroppedOldest => {
                         reached += 1;
@@ -512,7 +512,8 @@ impl Shared {
                     Pushed::Overflowed(lost) => {
                         reached += 1;
                         dropped += lost;
-                        overflowed.push((*id, subscriber.session.clone()));
+                        let queue = Arc::clone(&subscriber.queue);
+                        overflowed.push((*id, queue, subscriber.session.clone()));
                     }
                     Pushed::Ended => {}
                 }
@@ -521,16 +522,19 @@ impl Shared {
         if dropped > 0 {
             channel.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
-        for (id, session) in overflowed {
+        for (id, queue, session) in overflowed {
             tracing::warn!(
                 channel = &*channel.name,
                 queue = self.config.queue,
                 websocket = session.is_some(),
                 "pub/sub: a subscriber fell behind and was closed (pubsub_overflow = \"close\")"
             );
+            // The socket first, then the end the app sees: so the client gets 1008 whatever
+            // the app does once its subscription ends.
             if let Some(session) = session {
                 session.close(FELL_BEHIND_CODE, FELL_BEHIND_REASON);
             }
+            queue.end(&reason);
             self.remove(&channel, id);
         }
         reached
