@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::values::{
     Addr, AdminListen, CloseCode, Count, Hosts, Mount, OffOrPositiveSecs, OffOrSecs, Origins,
-    PositiveSecs, Secs, Setting, Size,
+    OverflowPolicy, PositiveSecs, PubSubBackend, Secs, Setting, Size,
 };
 use super::{AppConfig, ConfigError, WsOverrides};
 
@@ -106,6 +106,10 @@ pub(super) struct FileConfig {
     pub(super) ws_origins: Option<Origins>,
     pub(super) ws_reload_grace: Option<OffOrSecs>,
     pub(super) ws_shutdown_code: Option<CloseCode>,
+    pub(super) pubsub: Option<PubSubBackend>,
+    pub(super) pubsub_queue: Option<Count>,
+    pub(super) pubsub_overflow: Option<OverflowPolicy>,
+    pub(super) pubsub_max_message: Option<Size>,
     #[serde(default)]
     pub(super) apps: BTreeMap<String, FileApp>,
     pub(super) tls_cert: Option<PathBuf>,

@@ -10,11 +10,14 @@
 //! * [`body`]: bodies crossing to an app as streams (request bodies, fetched responses);
 //! * [`websocket`]: WebSockets: the handshake an app accepts, and the session task that runs
 //!   the protocol (codec, pings, limits, closing) under the app's whole messages;
+//! * [`pubsub`]: the process's pub/sub broker (in memory or through Redis), fanning each
+//!   channel out to its subscribers through bounded queues;
 //! * `relay`: wakers for futures an app polls with wakers of its own.
 
 pub mod allowlist;
 pub mod body;
 pub mod outbound;
+pub mod pubsub;
 mod relay;
 pub mod socket;
 pub mod tasks;
@@ -35,6 +38,7 @@ use berth_app::abi::{
 };
 
 pub use outbound::{Exchange, FetchFailure, Outbound, OutboundPolicy, SocketLimits};
+pub use pubsub::{AppPubSub, Broker};
 pub(crate) use relay::Relayed;
 pub use socket::{ConnectError, ConnectRequest, Socket, Sockets};
 pub use tasks::Tasks;
@@ -65,6 +69,9 @@ pub struct AppServices {
     pub tasks: Tasks,
     /// The version's open WebSockets.
     pub websockets: websocket::Sessions,
+    /// The version's way to the process's pub/sub broker; its subscriptions end when it is
+    /// retired.
+    pub pubsub: AppPubSub,
     /// The host's reference to the version's state, set once by the app (ABI 1.4), released
     /// when the version is retired (or with these services).
     state: ArcSwapOption<Box<dyn AppState>>,
@@ -88,12 +95,13 @@ pub trait AppState: Send + Sync + fmt::Debug {
 }
 
 impl AppServices {
-    /// The services of one version of `app`, with no socket, task or state yet.
+    /// The services of one version of `app`, with no socket, task, subscription or state yet.
     pub fn new(
         app: Arc<str>,
         outbound: Outbound,
         policy: OutboundPolicy,
         runtime: tokio::runtime::Handle,
+        broker: &Broker,
     ) -> Arc<Self> {
         Arc::new(AppServices {
             app,
@@ -103,18 +111,21 @@ impl AppServices {
             sockets: Sockets::default(),
             tasks: Tasks::default(),
             websockets: websocket::Sessions::default(),
+            pubsub: AppPubSub::new(broker),
             state: ArcSwapOption::empty(),
             state_set: AtomicBool::new(false),
         })
     }
 
-    /// Retires the version's resources, after its `shutdown` hook has run: cancels every task
-    /// and closes every socket it still has, refuses new ones, and releases the host's
-    /// reference to its state (requests and tasks that took one keep theirs). Requests still
-    /// holding the services keep working otherwise (logging, timers, fetches).
+    /// Retires the version's resources, after its `shutdown` hook has run: cancels every task,
+    /// closes every socket and ends every pub/sub subscription it still has, refuses new ones,
+    /// and releases the host's reference to its state (requests and tasks that took one keep
+    /// theirs). Requests still holding the services keep working otherwise (logging, timers,
+    /// fetches, publishing).
     pub fn retire(&self) {
         self.tasks.cancel_all();
         self.sockets.close_all();
+        self.pubsub.retire();
         drop(self.state.swap(None));
     }
 
