@@ -15,7 +15,8 @@
 //! * The closing handshake: when the app (or the host) closes, what the app queued before goes
 //!   out first, then the close, and the client has [`CLOSE_TIMEOUT`] to answer it. When the
 //!   client closes, the app receives its close and the codec answers with the same code.
-//! * An app whose session ends without closing gets 1000; one that panics or fails, 1011.
+//! * An app whose session ends (or that releases its socket) without closing gets 1000; one
+//!   that panics or fails, 1011.
 //! * Once the connection is over, the app's future has [`APP_GRACE`] to end (it has received
 //!   the close and its sends fail), then it is dropped.
 
@@ -105,6 +106,7 @@ where
         app_deadline: None,
         end: SessionEnd::Closed,
         registration: Some(registration),
+        released: false,
     };
     std::future::poll_fn(|cx| pump.poll(cx)).await
 }
@@ -140,6 +142,8 @@ struct Pump<'a, S> {
     app_deadline: Option<Instant>,
     end: SessionEnd,
     registration: Option<Registration>,
+    /// The app's release of its socket was seen.
+    released: bool,
 }
 
 fn close_message(code: u16, reason: Utf8Bytes) -> Message {
@@ -186,6 +190,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
             }
             if let Some((code, reason)) = self.shared.take_host_close() {
                 self.begin_close(code, Utf8Bytes::from(reason));
+                again = true;
+            }
+            // After the app's future was polled: a session that panicked released its socket
+            // while unwinding, and gets 1011, not this.
+            if !self.released && self.shared.released() {
+                self.released = true;
+                self.begin_close(1000, Utf8Bytes::from_static(""));
                 again = true;
             }
             again |= self.poll_outgoing(cx);
@@ -635,6 +646,28 @@ mod tests {
         assert_eq!(close_of(&mut client).await, Some(1000));
         drop(client);
         task.await.expect("joined");
+    }
+
+    #[tokio::test]
+    async fn a_released_socket_gets_1000_one_released_by_a_panic_1011() {
+        let (mut client, _shared, _sessions, _task) =
+            start(WsSettings::default(), |socket| async move {
+                socket.release();
+                std::future::pending::<u32>().await
+            })
+            .await;
+        assert_eq!(close_of(&mut client).await, Some(1000));
+
+        let (mut client, _shared, _sessions, task) =
+            start(WsSettings::default(), |socket| async move {
+                // As the SDK's glue does while unwinding.
+                socket.release();
+                panic!("the app's bug")
+            })
+            .await;
+        assert_eq!(close_of(&mut client).await, Some(1011));
+        read_to_end(&mut client).await;
+        assert_eq!(task.await.expect("joined"), SessionEnd::Closed);
     }
 
     #[tokio::test]

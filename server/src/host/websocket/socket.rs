@@ -79,6 +79,8 @@ struct State {
     send_waker: Option<Waker>,
     /// A close the host asked for (shutdown, reload grace, a subscription that fell behind).
     host_close: Option<(u16, String)>,
+    /// The app released its socket.
+    released: bool,
 }
 
 impl WsShared {
@@ -162,18 +164,11 @@ impl WsShared {
         Poll::Ready(Ok(()))
     }
 
-    /// The app released the socket: closed with 1000 unless it is closing already.
+    /// The app released the socket: the session task closes it with 1000 unless it is closing
+    /// already. Not here: a session that panics releases its socket while unwinding, and its
+    /// socket must get 1011, which the task decides once it sees how the session ended.
     pub fn release(&self) {
-        let mut state = self.lock();
-        if !state.send_closed {
-            state.send_closed = true;
-            state.close_queued = true;
-            state.outbox.push_back(WsMessage::Close {
-                code: 1000,
-                reason: Utf8Bytes::from_static(""),
-            });
-        }
-        drop(state);
+        self.lock().released = true;
         self.pump.wake();
     }
 
@@ -214,6 +209,11 @@ impl WsShared {
             waker.wake();
         }
         Some(message)
+    }
+
+    /// Whether the app has released its socket.
+    pub(super) fn released(&self) -> bool {
+        self.lock().released
     }
 
     /// A close the host asked for, once.
@@ -311,8 +311,8 @@ mod tests {
         );
         assert_eq!(shared.next_outgoing(), Some(text("a")));
         assert_eq!(shared.next_outgoing(), Some(close));
-        // Released after its own close: no second close.
         shared.release();
+        assert!(shared.released());
         assert_eq!(shared.next_outgoing(), None);
     }
 
@@ -334,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn release_closes_with_1000_and_host_closes_once() {
+    fn the_host_closes_once_and_a_release_is_only_noted() {
         let shared = WsShared::new(2);
         shared.close(1008, "too slow");
         shared.close(1001, "later");
@@ -343,13 +343,9 @@ mod tests {
             Some((1008, "too slow".to_owned()))
         );
         assert_eq!(shared.take_host_close(), None);
+        // The session task closes a released socket, once it knows how the session ended.
         shared.release();
-        assert_eq!(
-            shared.next_outgoing(),
-            Some(WsMessage::Close {
-                code: 1000,
-                reason: Utf8Bytes::from_static("")
-            })
-        );
+        assert!(shared.released());
+        assert_eq!(shared.next_outgoing(), None);
     }
 }
