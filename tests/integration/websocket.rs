@@ -387,3 +387,23 @@ async fn sigterm_gives_up_on_a_silent_client_at_the_drain_timeout() {
     );
     drop(socket);
 }
+
+#[tokio::test]
+async fn the_connections_keep_alive_and_head_timers_never_cut_a_socket() {
+    let berth = Berth::builder()
+        .app("ws_echo")
+        .args(&["--keepalive-timeout", "0.5", "--header-read-timeout", "0.5"])
+        .start();
+    let mut socket = connect(&berth, "/ws-echo").await;
+    // Silent for longer than both, then busy.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for n in 0..3 {
+        socket
+            .send(Message::text(n.to_string()))
+            .await
+            .expect("sent");
+        assert_eq!(next(&mut socket).await, Message::text(n.to_string()));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    wait_for_websockets(&berth, "ws-echo", 1).await;
+}
