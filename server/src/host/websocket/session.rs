@@ -188,10 +188,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
                 }
                 return Poll::Pending;
             }
-            if let Some((code, reason)) = self.shared.take_host_close() {
-                self.begin_close(code, Utf8Bytes::from(reason));
-                again = true;
-            }
+            again |= self.take_host_close();
             // After the app's future was polled: a session that panicked released its socket
             // while unwinding, and gets 1011, not this.
             if !self.released && self.shared.released() {
@@ -224,6 +221,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
             return false;
         };
         self.app = None;
+        // A close the host asked for comes first: an app whose subscription was ended for
+        // falling behind (its socket closed with 1008) may end right after.
+        self.take_host_close();
         match result {
             Ok(0) => self.begin_close(1000, Utf8Bytes::from_static("")),
             Ok(code) => {
@@ -242,6 +242,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
             }
         }
         true
+    }
+
+    /// Starts the close the host asked for, if it did; true when it had.
+    fn take_host_close(&mut self) -> bool {
+        match self.shared.take_host_close() {
+            Some((code, reason)) => {
+                self.begin_close(code, Utf8Bytes::from(reason));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Starts closing with `code` (unless closing already): the app receives the close and
@@ -694,6 +705,22 @@ mod tests {
             })
         );
         assert_eq!(task.await.expect("joined"), SessionEnd::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_host_close_beats_the_end_of_the_session_that_follows_it() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let (mut client, shared, _sessions, _task) =
+            start(WsSettings::default(), |_socket| async move {
+                let _ = done_rx.await;
+                0
+            })
+            .await;
+        // As pub/sub does with a subscriber that fell behind: the socket is closed, then its
+        // subscription ends, and the app's session with it.
+        shared.close(1008, "fell behind");
+        let _ = done_tx.send(());
+        assert_eq!(close_of(&mut client).await, Some(1008));
     }
 
     #[tokio::test]

@@ -251,13 +251,21 @@ impl WsShared {
 }
 
 impl SessionSocket for WsShared {
+    /// From here on the app can send nothing (its sends fail as closed): the close the host
+    /// asked for is the one the client gets, even if the app closes right after, as an app
+    /// whose subscription was ended for falling behind may (it has no say in the code).
     fn close(&self, code: u16, reason: &str) {
         let mut state = self.lock();
         if state.send_closed || state.host_close.is_some() {
             return;
         }
         state.host_close = Some((code, reason.to_owned()));
+        state.send_closed = true;
+        let waker = state.send_waker.take();
         drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
         self.pump.wake();
     }
 }
@@ -336,7 +344,17 @@ mod tests {
     #[test]
     fn the_host_closes_once_and_a_release_is_only_noted() {
         let shared = WsShared::new(2);
+        let mut cx = Context::from_waker(Waker::noop());
         shared.close(1008, "too slow");
+        // The app's own close comes too late.
+        let close = WsMessage::Close {
+            code: 1001,
+            reason: Utf8Bytes::from_static(""),
+        };
+        assert_eq!(
+            shared.poll_send(&mut cx, || Ok(close)),
+            Poll::Ready(Err(SendError::Closed))
+        );
         shared.close(1001, "later");
         assert_eq!(
             shared.take_host_close(),
