@@ -9,7 +9,9 @@
 //! * Pings are the host's: a client that answers none within the pong timeout (a half-open
 //!   connection) is dropped, and the app receives a close with 1006. Any frame from the client
 //!   counts as an answer; so does an app that is not reading (the host is not reading then
-//!   either, so the pong may be waiting behind its messages).
+//!   either, so the pong may be waiting behind its messages). A client that takes in nothing
+//!   for that long, so that the ping cannot even be written, counts as one that does not
+//!   answer.
 //! * A message or frame over its limit closes with 1009, text that is not UTF-8 with 1007,
 //!   another protocol error with 1002 (the app receives the same close).
 //! * The closing handshake: when the app (or the host) closes, what the app queued before goes
