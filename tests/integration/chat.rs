@@ -469,3 +469,22 @@ async fn a_redis_restart_while_subscribed_is_logged_and_delivery_resumes() {
     assert_eq!(first.next(DELIVERY).await, "data: and again");
     assert_eq!(second.next(DELIVERY).await, "data: and again");
 }
+
+#[tokio::test]
+async fn event_streams_end_when_the_server_stops_instead_of_holding_the_drain() {
+    let mut berth = Berth::builder().app("chat").start();
+    let mut events = Events::open(&berth).await;
+    berth.sigterm();
+    // The stream ends (the drain timeout is 30 s: waiting for it would fail the limit below).
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = events.body.frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream outlived the shutdown");
+    let status = berth.wait_exit(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status}; stderr:\n{}", berth.stderr());
+}

@@ -451,6 +451,22 @@ impl Broker {
         }
     }
 
+    /// Ends every subscription that no WebSocket session made (event streams, tasks) with
+    /// `reason`, once what is queued for it is read: what a server that stops calls first, so
+    /// that an endless stream fed by a subscription does not hold its connection open through
+    /// the whole drain. Sessions' subscriptions are left to the WebSocket's own shutdown (the
+    /// socket's close code is its to send) and to their version's retirement.
+    pub fn end_streams(&self, reason: &str) {
+        let channels: Vec<Arc<Channel>> = lock(&self.0.channels).values().cloned().collect();
+        for channel in channels {
+            for subscriber in lock(&channel.subscribers).values() {
+                if subscriber.session.is_none() {
+                    subscriber.queue.end(reason);
+                }
+            }
+        }
+    }
+
     /// The admin API's view: `{"backend", "connected", "channels": [{"name", "subscribers",
     /// "published", "delivered", "dropped"}], "reconnects"}`, channels by name.
     pub fn status(&self) -> Value {

@@ -463,3 +463,18 @@ async fn redis_fans_out_one_subscription_and_survives_a_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn stopping_ends_streams_but_leaves_sessions_to_their_sockets() {
+    let broker = Broker::memory(&PubSubConfig::default());
+    let app = AppPubSub::new(&broker);
+    let session: Arc<dyn SessionSocket> = Arc::new(Recorder::default());
+    let stream = app.subscribe("c", None).await.unwrap();
+    let socket = app.subscribe("c", Some(session)).await.unwrap();
+    broker.end_streams("the server is stopping");
+    match try_next(&stream) {
+        Some(Next::End { reason, .. }) => assert_eq!(&*reason, "the server is stopping"),
+        other => panic!("expected the end, got {other:?}"),
+    }
+    assert_eq!(try_next(&socket), None);
+}
