@@ -21,7 +21,9 @@
 //!   The connection reconnects with backoff and resubscribes every channel on its own,
 //!   logging the gap (a warning when lost, an info line with how long it was down when back).
 //!   Redis does not keep messages for a subscriber that is away: what is published during a
-//!   gap is lost.
+//!   gap is lost. A message from Redis larger than `pubsub_max_message` (published by someone
+//!   other than a Berth app, whose messages are checked) is dropped with a warning, so no
+//!   queue holds more than that per message.
 //!
 //!   Subscribing while Redis is down: if the broker has *never* connected, subscribing fails
 //!   (`SUB_FAILED`, naming the URL and the error), since nothing says the URL is right; once
