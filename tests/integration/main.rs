@@ -31,6 +31,10 @@
 //!   apps fetching from an HTTPS upstream signed by an extra CA;
 //! * `limits`: slow-loris clients, oversized heads and bodies (431, 413), the request timeout
 //!   (504), the keep-alive idle timeout, a connection flood past the connection limit;
+//! * `websocket`: WebSockets on `ws-echo`, `testkit` and `swap`: echo and the closing
+//!   handshake, the host's limits (1009, idle 1001, half-open clients dropped), the `Origin`
+//!   allowlist, a panicking session (1011), swaps (old sockets keep their version, a reload
+//!   grace closes them with 1012), SIGTERM (1001 to every socket, an SSE stream ended);
 //! * `outbound`: the outbound allowlist (no connection for a denied host, whatever the `Host`
 //!   header), the inbound deadline bounding outbound calls, the outbound concurrency cap;
 //! * `pubsub`: the pub/sub broker's settings and its admin `/pubsub` document, a Redis that
@@ -59,3 +63,4 @@ mod services;
 mod streaming;
 mod tls;
 mod upstream;
+mod websocket;
