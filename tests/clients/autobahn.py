@@ -108,7 +108,7 @@ def main():
     if len(index) != 1:
         sys.exit(f"autobahn: FAIL: expected one agent in index.json, found {list(index)}")
     agent, cases = next(iter(index.items()))
-    minimum = 1 if args.include else MIN_CASES
+    minimum = 1 if args.include or args.exclude else MIN_CASES
     if len(cases) < minimum:
         sys.exit(f"autobahn: FAIL: only {len(cases)} cases ran (expected at least {minimum})")
 

@@ -31,6 +31,10 @@
 //!   apps fetching from an HTTPS upstream signed by an extra CA;
 //! * `limits`: slow-loris clients, oversized heads and bodies (431, 413), the request timeout
 //!   (504), the keep-alive idle timeout, a connection flood past the connection limit;
+//! * `conformance`: clients nobody here wrote, from `tests/clients` in a virtualenv of pinned
+//!   packages: Python's `websockets` against `ws-echo`, the Autobahn cases (run by `kosoku`)
+//!   against `ws-echo`, and `chat` in two pages of headless Chromium driven by Playwright, with
+//!   the in-process broker and with Redis (screenshots in `target/test-artifacts/`);
 //! * `outbound`: the outbound allowlist (no connection for a denied host, whatever the `Host`
 //!   header), the inbound deadline bounding outbound calls, the outbound concurrency cap.
 //!
@@ -40,6 +44,7 @@ mod admin;
 mod app_config;
 mod apps;
 mod cli;
+mod conformance;
 mod data;
 mod harness;
 mod lifecycle;
