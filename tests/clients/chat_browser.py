@@ -71,23 +71,30 @@ def log(message):
 class Page:
     """One browser page on the chat, with its console output kept for failure reports."""
 
-    def __init__(self, browser, name, url):
+    def __init__(self, browser, name):
         self.name = name
         self.console = []
         self.page = browser.new_page()
         self.page.on("console", lambda m: self.console.append(f"console.{m.type}: {m.text}"))
         self.page.on("pageerror", lambda e: self.console.append(f"page error: {e}"))
-        self.page.on("websocket", lambda ws: self.console.append(f"websocket opened: {ws.url}"))
+        self.page.on("websocket", self.on_websocket)
         self.page.add_init_script(TRACK_SOCKETS)
+
+    def on_websocket(self, ws):
+        self.console.append(f"websocket created: {ws.url}")
+        ws.on("close", lambda _: self.console.append(f"websocket closed: {ws.url}"))
+        ws.on("socketerror", lambda err: self.console.append(f"websocket error: {err}"))
+
+    def open(self, url):
         response = self.page.goto(url, timeout=TIMEOUT_MS)
         if response is None or response.status != 200:
             status = None if response is None else response.status
-            raise Failure(f"{name}: GET {url} answered {status}, not 200")
+            raise Failure(f"{self.name}: GET {url} answered {status}, not 200")
         for selector in ("#message", "#send", "#messages"):
             if self.page.locator(selector).count() != 1:
-                raise Failure(f"{name}: the page at {url} has no single {selector} element")
-        self.wait(SOCKET_OPEN, None, "its WebSocket to /chat/ws to open")
-        log(f"ok: {name} loaded {url} and its WebSocket is open")
+                raise Failure(f"{self.name}: the page at {url} has no single {selector} element")
+        self.wait(SOCKET_OPEN, None, "open WebSocket (the page's to /chat/ws)")
+        log(f"ok: {self.name} loaded {url} and its WebSocket is open")
 
     def wait(self, expression, arg, what):
         try:
@@ -107,17 +114,20 @@ class Page:
     def wait_for_message(self, text):
         self.wait(LIST_HAS, text, f"{text!r} in #messages")
 
-    def entries(self):
+    def text(self):
+        """What the page shows, for failure reports."""
         try:
-            return self.page.locator("#messages").inner_text(timeout=1000)
+            return self.page.locator("body").inner_text(timeout=1000)[:2000]
         except PlaywrightError as err:
-            return f"(cannot read #messages: {err})"
+            return f"(cannot read the page: {err})"
 
 
 def run(browser, args):
     nonce = secrets.token_hex(4)
-    pages = [Page(browser, "page 1", args.url), Page(browser, "page 2", args.url)]
+    pages = [Page(browser, "page 1"), Page(browser, "page 2")]
     try:
+        for page in pages:
+            page.open(args.url)
         for page in pages:
             warm_up = f"{page.name} is here ({nonce})"
             page.send(warm_up)
@@ -139,7 +149,7 @@ def run(browser, args):
                 log(f"ok: {args.expect_published!r} appeared in {page.name}")
     except Failure:
         for page in pages:
-            log(f"--- {page.name} #messages:\n{page.entries()}")
+            log(f"--- {page.name} shows:\n{page.text()}")
         raise
     finally:
         try:

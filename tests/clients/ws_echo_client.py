@@ -21,7 +21,7 @@ import os
 import sys
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 STEP_TIMEOUT = 10.0
 
@@ -124,6 +124,8 @@ if __name__ == "__main__":
         asyncio.run(asyncio.wait_for(main(sys.argv[1]), 120))
     except Mismatch as err:
         sys.exit(f"FAIL: {err}")
+    except InvalidHandshake as err:
+        sys.exit(f"FAIL: the WebSocket handshake with {sys.argv[1]} failed: {err}")
     except (OSError, ConnectionClosed, asyncio.TimeoutError) as err:
         sys.exit(f"FAIL: {type(err).__name__}: {err}")
     except Exception as err:  # noqa: BLE001 - any other error fails the check, explained
