@@ -52,8 +52,8 @@ const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
 /// message and frame limits are raised to 16 MiB so that the protocol is what is tested. At the
 /// 1 MiB defaults those cases are closed with 1009, as documented.
 const AUTOBAHN_LIMITS: &str = "[apps.ws-echo]\n\
-                               ws_max_message = 16777216\n\
-                               ws_max_frame = 16777216\n";
+                               ws_max_message = \"16MiB\"\n\
+                               ws_max_frame = \"16MiB\"\n";
 
 /// Serializes the tests of this module (see the module documentation).
 fn one_at_a_time() -> MutexGuard<'static, ()> {
