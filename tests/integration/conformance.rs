@@ -21,6 +21,7 @@
 //! each want both of the machine's cores.
 
 use std::io::{BufRead as _, BufReader, Read};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -175,6 +176,9 @@ impl Client {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // A group of its own, so that a client that has to be killed goes with what it
+            // started (kosoku, Playwright's driver, Chromium).
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {}: {err}", path.display()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
@@ -293,7 +297,13 @@ impl Client {
         finished
     }
 
+    /// Kills the client's process group (the client and what it started), then the client.
     fn kill(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
