@@ -76,7 +76,7 @@ def main():
                         help="run only these cases (ids or globs), for trying one out")
     parser.add_argument("-x", "--exclude", action="append", default=[],
                         help="cases left out besides 12.* and 13.*")
-    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
 
     allow = read_allow(args.allow)
