@@ -29,6 +29,22 @@ provisions and says so when that is missing. The cases (`--cases`, all by defaul
   native-redis (redis-rs's `MultiplexedConnection`), against a Redis the suite starts.
 * fan-out: `fanout --n 10000` (10,000 connections, one request each, sent at once) against
   Berth + `gather?sleep_ms=1000` and native-sleep: successes, wall time, p99, peak RSS.
+* ws-echo: Berth + `ws-echo` (a WebSocket at `/ws-echo`) vs. native-ws-echo (hyper +
+  tokio-tungstenite) and uvicorn with the `websockets` library (bench/peers/uvicorn_ws.py):
+  `wsload echo`, 64 sockets each sending a 64-byte text message and awaiting its echo in a loop;
+  messages/s, p50 and p99 of the round trips.
+* ws-broadcast: Berth + `chat` vs. native-ws-chat: `wsload broadcast` opens `--ws-sockets` idle
+  sockets on `/chat/ws` (10,000 by default), the server's RSS is read before and with them open,
+  then one message is published with `POST /chat/publish` (or, when the server answers that with
+  an error, as a text message on one more socket): p50, p99 and max of the time until each socket
+  has it, and RSS per idle socket, (RSS with the sockets − RSS before) / sockets, on a fresh
+  server process every run. Berth runs with `--max-connections 20000` and no other setting (no
+  WebSocket idle timeout, the default).
+
+The WebSocket baselines read each socket through a buffer of `WS_READ_BUFFER` bytes (an
+environment variable passed on to them; 4096 when unset), allocated whole for every socket: set it
+to Berth's own figure so that both sides match (the results file and the report give it). The
+load client's sockets use the same.
 
 Each server runs pinned to CPU 0 (`taskset -c 0`); the load generator, nginx, PostgreSQL and Redis
 run pinned to CPU 1. Within a run, every case is measured on all servers back to back (each server
@@ -37,8 +53,8 @@ each ratio compares figures taken seconds apart. The report gives every figure a
 `--runs` runs, and each ratio as the median of the per-run ratios to the native baseline.
 
 `--cases LIST` measures only the listed cases, comma-separated: `boundary`, `hello` (all four hello
-cases) or `hello:1`, `hello:64`, `hello:256`, `hello:h2`, `fetch`, `db`, `redis`, `fan-out`. Each
-case still runs on all of its servers. `--cases hello:64,hello:h2` is the pair issue 15 asks about.
+cases) or `hello:1`, `hello:64`, `hello:256`, `hello:h2`, `fetch`, `db`, `redis`, `fan-out`,
+`ws-echo`, `ws-broadcast`. Each case still runs on all of its servers. `--cases hello:64,hello:h2` is the pair issue 15 asks about.
 
 `--baseline REV` also measures Berth as it was at git revision REV. It checks REV out into a
 temporary `git worktree`, builds `berth` and the sample apps the chosen cases load there in
@@ -46,10 +62,11 @@ release mode into target/bench-baseline (a target directory of its own, seeded w
 this tree's release build the first time and kept between runs, so that only Berth's own crates
 and any dependency that differs get compiled), and removes the worktree. That build runs as one
 more server, `berth@<short hash>`, with its own build of the apps (the ABI may differ between
-revisions), next to `berth` in every hello (not the `--access-log` variant), fetch, db, redis
-and fan-out case: started and measured alone, back to back with the others, in the same
+revisions), next to `berth` in every hello (not the `--access-log` variant), fetch, db, redis,
+fan-out, ws-echo and ws-broadcast case: started and measured alone, back to back with the others, in the same
 alternating order, every run. (A revision without the `todo` and `counter` apps cannot be built
-for db and redis: leave those cases out.) The report gives its ratio to native like every
+for db and redis, nor one without `ws-echo` and `chat` for the WebSocket cases: leave those
+cases out.) The report gives its ratio to native like every
 server's, and its ratio to the current Berth (the median and spread of the per-run ratios). A
 paired before/after of hello at 64 connections and over HTTP/2 against `main`:
 
@@ -65,8 +82,8 @@ in `todo_items`, one counter), only read while measuring, and stopped at the end
 server for the same row (`/todo/items/42`) and the same key (`/counter/hits`): the row and key stay
 in the servers' caches, so the figures are of the servers and clients, not of disk.
 
-`--smoke` runs every case once for about 2 s (fan-out with 200 requests, the boundary benchmark
-with criterion's `--quick`) and exits with 1 if any server fails to answer or any case sees an
+`--smoke` runs every case once for about 2 s (fan-out with 200 requests, ws-broadcast with 200
+sockets, the boundary benchmark with criterion's `--quick`) and exits with 1 if any server fails to answer or any case sees an
 error or produces no figure (the results are still written); a missed target does not change the
 exit status. CI runs it so that the suite cannot rot.
 
@@ -153,7 +170,16 @@ WS_BROADCAST_TIMEOUT = 60
 # The read buffer of each socket's codec in the native WebSocket baselines (WS_READ_BUFFER in the
 # environment, their default otherwise): it is allocated whole for every socket, so it should be
 # Berth's figure. The load client's own sockets use the same.
-WS_READ_BUFFER = int(os.environ.get("WS_READ_BUFFER") or 4096)
+def ws_read_buffer():
+    text = os.environ.get("WS_READ_BUFFER", "").strip()
+    if not text:
+        return 4096
+    if not text.isdigit() or int(text) < 1:
+        sys.exit(f"error: WS_READ_BUFFER={text!r} is not a number of bytes")
+    return int(text)
+
+
+WS_READ_BUFFER = ws_read_buffer()
 # The `todo` app's table (as its `init` creates it), how many rows the suite puts in it, and the row
 # every request asks for.
 TODO_SCHEMA = """CREATE TABLE IF NOT EXISTS todo_items (
@@ -1615,7 +1641,8 @@ def main():
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="~2 s per case, 1 run, fan-out of 200, boundary bench with --quick; results to a temp "
+        help="~2 s per case, 1 run, fan-out of 200, 200 ws-broadcast sockets, boundary bench with --quick; "
+        "results to a temp "
         "dir (or --results); exit 1 on any error or missing figure, not on a missed target",
     )
     parser.add_argument("--runs", type=int, default=3, help="runs to take the median of (default 3)")
@@ -1625,7 +1652,7 @@ def main():
         default=set(CASES),
         metavar="LIST",
         help="comma-separated: boundary, hello (or hello:1, hello:64, hello:256, hello:h2), fetch, db, "
-        "redis, fan-out (default: all); each case runs on all of its servers",
+        "redis, fan-out, ws-echo, ws-broadcast (default: all); each case runs on all of its servers",
     )
     parser.add_argument(
         "--baseline",
