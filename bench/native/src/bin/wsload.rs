@@ -603,6 +603,147 @@ mod tests {
         assert_eq!(payload("abcdef", 3), "abcdef");
     }
 
+    /// Serves `session` on every WebSocket opened to a local port, `POST`s publishing to
+    /// `channel`; returns the port's address.
+    async fn serve<S, F>(
+        session: S,
+        channel: tokio::sync::broadcast::Sender<Utf8Bytes>,
+    ) -> SocketAddr
+    where
+        S: Fn(berth_bench::ws::ServerSocket) -> F + Clone + Send + Sync + 'static,
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = berth_bench::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let session = session.clone();
+                let channel = channel.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: Request<hyper::body::Incoming>| {
+                            let session = session.clone();
+                            let channel = channel.clone();
+                            async move {
+                                let response = if request.method() == http::Method::POST {
+                                    let body = request
+                                        .into_body()
+                                        .collect()
+                                        .await
+                                        .expect("body")
+                                        .to_bytes();
+                                    let _ = channel.send(Utf8Bytes::try_from(body).expect("UTF-8"));
+                                    berth_bench::respond(http::StatusCode::OK, "text/plain", "ok")
+                                } else {
+                                    let config = WebSocketConfig::default();
+                                    berth_bench::ws::accept(request, config, session)
+                                };
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn common(addr: SocketAddr) -> Common {
+        Common {
+            url: format!("ws://{addr}/ws").parse().expect("url"),
+            size: 32,
+            timeout: 10.0,
+            read_buffer: 4096,
+        }
+    }
+
+    #[test]
+    fn echo_against_a_local_server() {
+        let runtime = berth_bench::runtime().expect("runtime");
+        let (report, complete) = runtime.block_on(async {
+            let (channel, _) = tokio::sync::broadcast::channel(1);
+            let addr = serve(
+                |mut socket: berth_bench::ws::ServerSocket| async move {
+                    while let Some(Ok(message)) = socket.next().await {
+                        if message.is_text() && socket.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                },
+                channel,
+            )
+            .await;
+            let args = EchoArgs {
+                common: common(addr),
+                connections: 4,
+                duration: 0.3,
+                binary: false,
+            };
+            echo(args).await.expect("echo")
+        });
+        assert!(complete, "{report}");
+        assert_eq!(report["connected"], 4);
+        assert!(
+            report["messages"].as_u64().expect("messages") > 0,
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn broadcast_against_a_local_server() {
+        let runtime = berth_bench::runtime().expect("runtime");
+        runtime.block_on(async {
+            let (channel, _) = tokio::sync::broadcast::channel::<Utf8Bytes>(8);
+            let sender = channel.clone();
+            let addr = serve(
+                move |mut socket: berth_bench::ws::ServerSocket| {
+                    let sender = sender.clone();
+                    let mut queue = sender.subscribe();
+                    async move {
+                        loop {
+                            tokio::select! {
+                                Ok(text) = queue.recv() => {
+                                    if socket.send(Message::Text(text)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                incoming = socket.next() => match incoming {
+                                    Some(Ok(Message::Text(text))) => {
+                                        let _ = sender.send(text);
+                                    }
+                                    Some(Ok(_)) => {}
+                                    _ => return,
+                                },
+                            }
+                        }
+                    }
+                },
+                channel,
+            )
+            .await;
+            for publish_url in [
+                None,
+                Some(format!("http://{addr}/publish").parse().expect("url")),
+            ] {
+                let args = BroadcastArgs {
+                    common: common(addr),
+                    sockets: 50,
+                    concurrency: 8,
+                    publish_url,
+                    settle: 0.1,
+                    wait_stdin: false,
+                };
+                let (report, complete) = broadcast(args).await.expect("broadcast");
+                assert!(complete, "{report}");
+                assert_eq!(report["received"], 50, "{report}");
+            }
+        });
+    }
+
     #[test]
     fn target_refuses_other_schemes() {
         let common = Common {
