@@ -3,8 +3,9 @@
 //!
 //! The codec's settings mirror the host's where they change what is measured: the read buffer,
 //! allocated whole for every socket, is `WS_READ_BUFFER` bytes (default
-//! [`DEFAULT_READ_BUFFER`]), so that the lead can set the same figure on both sides. Everything
-//! else is tungstenite's default; none of it allocates per socket up front.
+//! [`DEFAULT_READ_BUFFER`], Berth's figure), so that both sides can be given the same figure;
+//! the write buffer (how much the codec gathers before writing) is [`WRITE_BUFFER`], as in
+//! Berth. The message and frame limits are tungstenite's defaults: they allocate nothing.
 
 use std::future::Future;
 
@@ -22,10 +23,15 @@ use crate::{Body, respond};
 /// The read buffer each socket allocates when `WS_READ_BUFFER` is not set.
 pub const DEFAULT_READ_BUFFER: usize = 4096;
 
+/// How much the codec gathers before it writes to the connection, as in Berth's host (every
+/// send here flushes anyway).
+pub const WRITE_BUFFER: usize = 16 * 1024;
+
 /// A server-side WebSocket on hyper's upgraded connection.
 pub type ServerSocket = WebSocketStream<TokioIo<Upgraded>>;
 
-/// The codec's settings: tungstenite's defaults with the read buffer from `WS_READ_BUFFER`.
+/// The codec's settings: tungstenite's defaults with the read buffer from `WS_READ_BUFFER` and
+/// the write buffer of [`WRITE_BUFFER`].
 pub fn config() -> anyhow::Result<WebSocketConfig> {
     let read_buffer = match std::env::var("WS_READ_BUFFER") {
         Ok(text) => text
@@ -38,7 +44,9 @@ pub fn config() -> anyhow::Result<WebSocketConfig> {
     if read_buffer == 0 {
         bail!("WS_READ_BUFFER must be at least 1 byte");
     }
-    Ok(WebSocketConfig::default().read_buffer_size(read_buffer))
+    Ok(WebSocketConfig::default()
+        .read_buffer_size(read_buffer)
+        .write_buffer_size(WRITE_BUFFER))
 }
 
 /// Raises the open-file soft limit to the hard limit (one descriptor per socket), as Berth does
