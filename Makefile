@@ -9,7 +9,7 @@ LISTEN ?= 127.0.0.1:8080
 # The sample fetch, gather and proxy apps call back into this machine; every other upstream is denied.
 ALLOW_OUTBOUND ?= http://127.0.0.1:*,http://localhost:*
 APPS_DIR ?= apps
-SAMPLE_APPS := hello echo fetch gather greeter upload proxy clock todo counter
+SAMPLE_APPS := hello echo fetch gather greeter upload proxy clock todo counter ws-echo chat
 SO := $(if $(filter Darwin,$(shell uname -s)),dylib,so)
 
 .PHONY: run apps services services-stop test lint bench
@@ -26,10 +26,11 @@ services:
 services-stop:
 	sample-apps/data-services.sh stop
 
+# Cargo names a crate's library with `_` for `-` (ws-echo: libws_echo.so).
 apps:
 	$(CARGO) build --release $(addprefix -p ,$(SAMPLE_APPS))
 	mkdir -p $(APPS_DIR)
-	for app in $(SAMPLE_APPS); do cp target/release/lib$$app.$(SO) $(APPS_DIR)/$$app.$(SO); done
+	for app in $(SAMPLE_APPS); do cp target/release/lib$$(echo $$app | tr - _).$(SO) $(APPS_DIR)/$$app.$(SO); done
 
 test:
 	$(CARGO) test --workspace --all-features

@@ -41,14 +41,14 @@ use crate::task::JoinHandle;
 /// (an outbound request in flight is aborted and its connection closed).
 #[derive(Clone, Debug)]
 pub struct Host {
-    inner: Inner,
+    pub(crate) inner: Inner,
     /// The app's state, once [`Host::state`] has asked for it: a reference of this handle's
     /// own (shared by its clones).
     state: OnceLock<Option<SharedState>>,
 }
 
 #[derive(Clone, Debug)]
-enum Inner {
+pub(crate) enum Inner {
     Real(HostHandle),
     #[cfg(feature = "testing")]
     Mock(std::sync::Arc<dyn MockBackend>),
@@ -68,6 +68,15 @@ pub(crate) trait MockBackend: fmt::Debug + Send + Sync {
     fn fetch(&self, request: OutboundRequest) -> Result<FetchResponse, FetchError>;
     /// The app's state, if the mock was given one.
     fn state(&self) -> Option<SharedState>;
+    /// Takes a WebSocket session the app accepted: a `WS_ACCEPT_*` tag.
+    fn ws_accept(&self, accept: crate::websocket::MockAccept) -> u32;
+    /// Subscribes to a channel of the mock's broker.
+    fn subscribe(
+        &self,
+        channel: &str,
+    ) -> Result<crate::pubsub::Subscription, crate::pubsub::PubSubError>;
+    /// Publishes on a channel of the mock's broker.
+    fn publish(&self, channel: &str, payload: Bytes) -> Result<usize, crate::pubsub::PubSubError>;
 }
 
 /// The mock as a spawned task sees it: the same, without a deadline.
@@ -91,6 +100,19 @@ impl MockBackend for MockTask {
     }
     fn state(&self) -> Option<SharedState> {
         self.0.state()
+    }
+    fn ws_accept(&self, _accept: crate::websocket::MockAccept) -> u32 {
+        // As the real host's: a task serves no request to upgrade.
+        crate::abi::WS_ACCEPT_NOT_UPGRADE
+    }
+    fn subscribe(
+        &self,
+        channel: &str,
+    ) -> Result<crate::pubsub::Subscription, crate::pubsub::PubSubError> {
+        self.0.subscribe(channel)
+    }
+    fn publish(&self, channel: &str, payload: Bytes) -> Result<usize, crate::pubsub::PubSubError> {
+        self.0.publish(channel, payload)
     }
 }
 

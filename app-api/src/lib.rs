@@ -124,6 +124,7 @@ mod host;
 mod net;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod pubsub;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod request;
@@ -131,20 +132,26 @@ mod response;
 mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod websocket;
 
 pub use body::Body;
 pub use bytes::Bytes;
 pub use config::AppConfig;
 pub use error::{BodyError, HeaderError, error_chain};
+pub use ffi::Utf8Bytes;
 pub use host::{
     Elapsed, Fetch, FetchError, FetchErrorKind, FetchResponse, Host, Level, OutboundRequest, Sleep,
     State, Timeout,
 };
 pub use http::{self, HeaderMap, Method, StatusCode, Uri, Version, header};
 pub use net::{Connect, ConnectOptions, HostStream};
+pub use pubsub::{PubSubError, PubSubErrorKind, Publish, Subscribe, Subscription};
 pub use request::{Request, RequestBuilder};
 pub use response::{IntoResponse, Response};
 pub use task::{JoinError, JoinHandle};
+pub use websocket::{
+    CloseFrame, Message, SendError, WebSocket, WebSocketUpgrade, WsReceiver, WsSender,
+};
 
 /// Runtime-agnostic future and stream combinators (`join`, `select`, `join_all`, streams).
 pub mod futures {

@@ -225,6 +225,133 @@ impl fmt::Debug for ForeignBuf {
     }
 }
 
+/// UTF-8 text in [`Bytes`]: a WebSocket text message's payload, handed between the host and
+/// the app without copying (the host's text arrives in its own buffer, and echoing it back
+/// hands that same buffer over again). Read it as a `&str` through `Deref`, or take the
+/// bytes back with [`into_bytes`](Utf8Bytes::into_bytes).
+///
+/// ```
+/// use berth_app::Utf8Bytes;
+/// let text = Utf8Bytes::from("héllo");
+/// assert_eq!(text.len(), 6);
+/// assert!(text.starts_with("hé"));
+/// assert_eq!(text, "héllo");
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Utf8Bytes(Bytes);
+
+impl Utf8Bytes {
+    /// A `'static` string, without copying.
+    pub const fn from_static(text: &'static str) -> Self {
+        Utf8Bytes(Bytes::from_static(text.as_bytes()))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor checked (or was given) valid UTF-8, and `Bytes` never
+        // changes what it holds.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    /// The text's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The text's bytes, without copying.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// `bytes` as text, without copying when they are UTF-8; invalid sequences are replaced
+    /// (copying) otherwise. For what the other side promised is UTF-8.
+    pub fn from_bytes_lossy(bytes: Bytes) -> Self {
+        match std::str::from_utf8(&bytes) {
+            Ok(_) => Utf8Bytes(bytes),
+            Err(_) => Utf8Bytes::from(String::from_utf8_lossy(&bytes).into_owned()),
+        }
+    }
+}
+
+impl TryFrom<Bytes> for Utf8Bytes {
+    type Error = std::str::Utf8Error;
+
+    /// `bytes` as text, without copying, if they are UTF-8.
+    fn try_from(bytes: Bytes) -> Result<Self, Self::Error> {
+        std::str::from_utf8(&bytes)?;
+        Ok(Utf8Bytes(bytes))
+    }
+}
+
+impl From<String> for Utf8Bytes {
+    fn from(text: String) -> Self {
+        Utf8Bytes(Bytes::from(text))
+    }
+}
+
+impl From<&str> for Utf8Bytes {
+    /// Copies the text.
+    fn from(text: &str) -> Self {
+        Utf8Bytes(Bytes::copy_from_slice(text.as_bytes()))
+    }
+}
+
+impl From<Utf8Bytes> for Bytes {
+    fn from(text: Utf8Bytes) -> Self {
+        text.0
+    }
+}
+
+impl std::ops::Deref for Utf8Bytes {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Utf8Bytes {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<[u8]> for Utf8Bytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for Utf8Bytes {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Utf8Bytes {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Utf8Bytes {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl fmt::Display for Utf8Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Utf8Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::ptr;
@@ -333,6 +460,22 @@ mod tests {
             body.poll_chunk_in_place(&mut cx),
             Poll::Ready(None)
         ));
+    }
+
+    #[test]
+    fn utf8_bytes_check_once_and_copy_only_what_is_not_utf8() {
+        let good = Bytes::from_static("grüße".as_bytes());
+        let ptr = good.as_ptr();
+        let text = Utf8Bytes::from_bytes_lossy(good);
+        assert_eq!((text.as_str(), text.as_ptr()), ("grüße", ptr));
+        let bad = Utf8Bytes::from_bytes_lossy(Bytes::from_static(b"a\xffb"));
+        assert_eq!(bad, "a\u{fffd}b");
+        assert!(Utf8Bytes::try_from(Bytes::from_static(b"\xff")).is_err());
+        assert_eq!(Utf8Bytes::from_static("s").into_bytes(), "s");
+        assert_eq!(
+            format!("{:?} {}", Utf8Bytes::from("q"), Utf8Bytes::from("q")),
+            "\"q\" q"
+        );
     }
 
     #[test]

@@ -274,6 +274,7 @@ mod tests {
     use super::*;
 
     use crate::ffi::addr::*;
+    use crate::ffi::future::Panicked;
     use crate::ffi::headers::*;
     use crate::ffi::outcome::*;
     use crate::ffi::test_support::*;
@@ -285,10 +286,18 @@ mod tests {
         fetched: Mutex<Vec<String>>,
         /// The app version's state (the fake keeps one per context).
         state: Mutex<Option<AbiAppState>>,
+        /// The WebSocket session the request accepted, until the test starts it.
+        session: Mutex<Option<AbiWsSession>>,
+        /// What the app published, by channel.
+        published: Mutex<Vec<(String, Bytes)>>,
     }
 
     impl Drop for FakeCtx {
         fn drop(&mut self) {
+            if let Some(session) = self.session.get_mut().expect("lock").take() {
+                // SAFETY: the host owns an accepted session and releases it once.
+                unsafe { (session.drop)(session.state) };
+            }
             let state = self.state.get_mut().expect("lock").take();
             if let Some(AbiAppState { ptr, release, .. }) = state {
                 // SAFETY: the host contract: the host's reference is released once, when the
@@ -440,50 +449,67 @@ mod tests {
         publish: fake_publish,
     };
 
+    /// Keeps the session for the test to start, as the host keeps it until the upgrade. The
+    /// subprotocol `refused` is refused, as the host refuses one it finds invalid.
+    ///
     /// # Safety
     /// The host contract, which the plugin glue under test keeps.
     unsafe extern "C" fn fake_ws_accept(
-        _ctx: *mut c_void,
-        _accept: *const AbiWsAccept,
+        ctx: *mut c_void,
+        accept: *const AbiWsAccept,
         session: AbiWsSession,
     ) -> u32 {
-        // SAFETY: the session moved to this fake host, which releases it once.
-        unsafe { (session.drop)(session.state) };
-        WS_ACCEPT_NOT_UPGRADE
+        // SAFETY: `accept` is borrowed for this call.
+        let protocol = unsafe { (*accept).protocol.to_str("protocol") }.expect("UTF-8");
+        let mut kept = ctx_ref(ctx).session.lock().expect("lock");
+        if protocol == "refused" || kept.is_some() {
+            // SAFETY: the session moved to this fake host, which releases it once.
+            unsafe { (session.drop)(session.state) };
+            return if kept.is_some() {
+                WS_ACCEPT_TWICE
+            } else {
+                WS_ACCEPT_INVALID
+            };
+        }
+        *kept = Some(session);
+        WS_ACCEPT_OK
     }
 
+    /// Channel `news` delivers `a` and `b` (after 3 dropped), then ends; an empty name is
+    /// invalid; any other fails.
+    ///
     /// # Safety
     /// The host contract, which the plugin glue under test keeps.
     unsafe extern "C" fn fake_subscribe(
         _ctx: *mut c_void,
-        _channel: AbiStr,
+        channel: AbiStr,
     ) -> FfiFuture<AbiSubscribeOutcome> {
-        std::future::ready(AbiSubscribeOutcome {
-            tag: SUB_FAILED,
-            subscription: AbiSubscription {
-                state: std::ptr::null_mut(),
-                vtable: std::ptr::null(),
-            },
-            message: AbiBuf::from_string("no pub/sub in the fake host".to_owned()),
-        })
-        .into_ffi()
+        // SAFETY: `channel` is borrowed for this call.
+        let channel = unsafe { channel.to_str("channel") }.expect("UTF-8");
+        let outcome = match channel {
+            "news" => AbiSubscribeOutcome::ok(fake_subscription(["a", "b"], 3, "retired").0),
+            "" => AbiSubscribeOutcome::failed(SUB_INVALID, "empty channel".to_owned()),
+            _ => AbiSubscribeOutcome::failed(SUB_FAILED, "no pub/sub in the fake host".to_owned()),
+        };
+        std::future::ready(outcome).into_ffi()
     }
 
+    /// Records what was published; two subscribers receive it.
+    ///
     /// # Safety
     /// The host contract, which the plugin glue under test keeps.
     unsafe extern "C" fn fake_publish(
-        _ctx: *mut c_void,
-        _channel: AbiStr,
+        ctx: *mut c_void,
+        channel: AbiStr,
         payload: AbiBuf,
     ) -> FfiFuture<AbiPublishOutcome> {
         // SAFETY: the payload moved to this fake host, which releases it once.
-        drop(unsafe { payload.into_bytes() });
-        std::future::ready(AbiPublishOutcome {
-            tag: SUB_FAILED,
-            receivers: 0,
-            message: AbiBuf::from_string("no pub/sub in the fake host".to_owned()),
-        })
-        .into_ffi()
+        let payload = unsafe { payload.into_bytes() };
+        // SAFETY: `channel` is borrowed for this call.
+        let channel = unsafe { channel.to_str("channel") }.expect("UTF-8");
+        let mut published = ctx_ref(ctx).published.lock().expect("lock");
+        published.push((channel.to_owned(), payload));
+        std::future::ready(AbiPublishOutcome::ok(2)).into_ffi()
     }
 
     /// # Safety
@@ -914,5 +940,240 @@ mod tests {
         );
         assert_eq!(Arc::strong_count(&ctx), 1);
         assert_eq!(Arc::strong_count(&witness), 1);
+    }
+
+    /// An app with WebSocket sessions: an echo, one that panics, one that forwards a
+    /// subscription, and handshakes the SDK or the host refuse.
+    struct WsApp;
+
+    impl App for WsApp {
+        fn handle(req: crate::Request, host: crate::Host) -> crate::__private::HandleFuture {
+            crate::__private::serve(ws_handler(req, host))
+        }
+    }
+
+    /// Counts the sessions of [`WsApp`] dropped unstarted.
+    static UNSTARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// Counts its drops in [`UNSTARTED`].
+    struct Unstarted;
+
+    impl Drop for Unstarted {
+        fn drop(&mut self) {
+            UNSTARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    async fn ws_handler(req: crate::Request, host: crate::Host) -> crate::Response {
+        use crate::Message;
+        let Some(upgrade) = req.websocket() else {
+            return crate::Response::text("not an upgrade")
+                .with_status(StatusCode::UPGRADE_REQUIRED);
+        };
+        match req.path() {
+            "/panic" => upgrade.accept(&host, |_socket, _host| async {
+                panic!("boom in a session")
+            }),
+            "/pubsub" => upgrade.accept(&host, |mut socket, host| async move {
+                let mut news = host.subscribe("news").await.expect("subscribed");
+                while let Some(message) = news.next().await {
+                    socket.send(Message::binary(message)).await.expect("sent");
+                }
+                let receivers = host.publish("news", "bye").await.expect("published");
+                let invalid = host.subscribe("").await.expect_err("invalid");
+                let failed = host.subscribe("other").await.expect_err("failed");
+                let reason = format!(
+                    "{} dropped={} {receivers} {invalid} | {failed}",
+                    news.end_reason().unwrap_or("?"),
+                    news.dropped()
+                );
+                socket.close(4000, &reason).await.expect("closed");
+                assert_eq!(
+                    socket.send(Message::text("late")).await,
+                    Err(crate::SendError::Closed)
+                );
+            }),
+            path => {
+                let upgrade = match path {
+                    "/refused" => upgrade.protocol("refused"),
+                    "/not-offered" => upgrade.protocol("nope"),
+                    _ => upgrade.protocol("chat"),
+                };
+                let unstarted = Unstarted;
+                upgrade.header("x-session", "1").accept(
+                    &host,
+                    move |mut socket, _host| async move {
+                        std::mem::forget(unstarted);
+                        while let Some(message) = socket.recv().await {
+                            let close = message.is_close();
+                            if socket.send(message).await.is_err() || close {
+                                break;
+                            }
+                        }
+                    },
+                )
+            }
+        }
+    }
+
+    static WS_DESCRIPTOR: Descriptor = Descriptor::new::<WsApp>("ws", "1.5.0");
+
+    /// Calls [`WsApp`]'s handler with a handshake for `path` and returns its status and text,
+    /// and the request's context (which keeps an accepted session).
+    fn call_ws(path: &str) -> (StatusCode, String, Arc<FakeCtx>) {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-protocol", "chat, refused, other"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let list = HeaderList::new(&headers);
+        let req = AbiRequest {
+            method: AbiStr::new(b"GET"),
+            uri: AbiStr::new(path.as_bytes()),
+            version: HTTP_11,
+            headers: list.as_abi(),
+            peer_addr: socket_addr_to_abi(None),
+            local_addr: socket_addr_to_abi(None),
+            mount_prefix: AbiStr::new(b""),
+            path: AbiStr::new(path.as_bytes()),
+            query: AbiStr::new(b""),
+        };
+        let ctx = Arc::new(FakeCtx::default());
+        let host = AbiHost {
+            vtable: &FAKE_VTABLE,
+            ctx: Arc::into_raw(Arc::clone(&ctx)).cast_mut().cast(),
+        };
+        // SAFETY: the descriptor is a static; `req` outlives the call; the body and `host` move.
+        let future = unsafe { ((*WS_DESCRIPTOR.as_ptr()).handle)(&req, AbiBody::empty(), host) };
+        // SAFETY: the outcome is ours.
+        let (status, _, body) = unsafe { block_on(future).into_result() }.expect("ok outcome");
+        let text = String::from_utf8_lossy(&read_all(body).0.concat()).into_owned();
+        (status, text, ctx)
+    }
+
+    /// Starts the session `ctx` kept, as the host does after the upgrade, on `socket` and a
+    /// session context of its own, and polls it to its end.
+    fn run_session(ctx: &FakeCtx, socket: AbiWebSocket) -> (Result<u32, Panicked>, Arc<FakeCtx>) {
+        let session = ctx.session.lock().expect("lock").take().expect("a session");
+        let session_ctx = Arc::new(FakeCtx::default());
+        let host = AbiHost {
+            vtable: &FAKE_VTABLE,
+            ctx: Arc::into_raw(Arc::clone(&session_ctx)).cast_mut().cast(),
+        };
+        // SAFETY: the session is ours and started once; the socket and `host` move.
+        let mut future = unsafe { (session.start)(session.state, socket, host) };
+        let result = block_on(std::future::poll_fn(|cx| future.poll_caught(cx)));
+        drop(future);
+        (result, session_ctx)
+    }
+
+    #[test]
+    fn an_accepted_session_starts_on_upgrade_echoes_and_releases_everything() {
+        let (status, text, ctx) = call_ws("/echo");
+        assert_eq!(
+            (status, text.as_str()),
+            (StatusCode::SWITCHING_PROTOCOLS, "")
+        );
+        let incoming = [
+            (WS_TEXT, 0, "hé"),
+            (WS_BINARY, 0, "b"),
+            (WS_CLOSE, 1001, "away"),
+        ];
+        let (socket, fake) = fake_websocket(8, incoming);
+        let (result, session_ctx) = run_session(&ctx, socket);
+        assert_eq!(result, Ok(crate::ffi::SESSION_DONE));
+        let sent: Vec<_> = fake
+            .sent()
+            .into_iter()
+            .map(|(k, c, d)| (k, c, String::from_utf8_lossy(&d).into_owned()))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                (WS_TEXT, 0, "hé".to_owned()),
+                (WS_BINARY, 0, "b".to_owned()),
+                (WS_CLOSE, 1001, "away".to_owned())
+            ]
+        );
+        assert_eq!(fake.releases(), 1);
+        assert_eq!(
+            (Arc::strong_count(&ctx), Arc::strong_count(&session_ctx)),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn a_refused_handshake_says_why_and_drops_the_session_unstarted() {
+        use std::sync::atomic::Ordering;
+        let before = UNSTARTED.load(Ordering::SeqCst);
+        let (status, text, ctx) = call_ws("/refused");
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            text,
+            "WebSocket handshake refused: the host refused the subprotocol or a header of the \
+             app's answer\n"
+        );
+        assert!(ctx.session.lock().expect("lock").is_none());
+        let (status, text, _) = call_ws("/not-offered");
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(text.contains("\"nope\" was not offered"), "{text}");
+        assert_eq!(UNSTARTED.load(Ordering::SeqCst), before + 2);
+        // A session never started (the client went before the upgrade) is dropped by the host.
+        let (_, _, ctx) = call_ws("/echo");
+        drop(ctx);
+        assert_eq!(UNSTARTED.load(Ordering::SeqCst), before + 3);
+    }
+
+    #[test]
+    fn a_session_that_panics_is_logged_and_resolves_panicked() {
+        let (status, _, ctx) = call_ws("/panic");
+        assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
+        let (socket, fake) = fake_websocket(8, []);
+        let (result, session_ctx) = run_session(&ctx, socket);
+        assert_eq!(result, Err(Panicked));
+        let logs = session_ctx.logs.lock().expect("lock").clone();
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert_eq!(logs[0].0, LOG_ERROR);
+        assert!(
+            logs[0].1.starts_with(
+                "websocket session panicked: boom in a session (at app-api/src/ffi/export.rs:"
+            ),
+            "{logs:?}"
+        );
+        assert_eq!(fake.releases(), 1);
+        assert_eq!(Arc::strong_count(&session_ctx), 1);
+    }
+
+    #[test]
+    fn a_session_subscribes_publishes_and_sees_the_subscription_end() {
+        let (_, _, ctx) = call_ws("/pubsub");
+        let (socket, fake) = fake_websocket(8, []);
+        let (result, session_ctx) = run_session(&ctx, socket);
+        assert_eq!(result, Ok(crate::ffi::SESSION_DONE));
+        let sent: Vec<_> = fake
+            .sent()
+            .into_iter()
+            .map(|(k, c, d)| (k, c, String::from_utf8_lossy(&d).into_owned()))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                (WS_BINARY, 0, "a".to_owned()),
+                (WS_BINARY, 0, "b".to_owned()),
+                (
+                    WS_CLOSE,
+                    4000,
+                    "retired dropped=3 2 invalid channel: empty channel | pub/sub failed: no pub/sub in the fake host".to_owned()
+                ),
+            ]
+        );
+        let published = session_ctx.published.lock().expect("lock").clone();
+        assert_eq!(published, [("news".to_owned(), Bytes::from("bye"))]);
+        assert_eq!(fake.releases(), 1);
     }
 }

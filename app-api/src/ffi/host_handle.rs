@@ -12,6 +12,7 @@ use http::{HeaderMap, StatusCode};
 use crate::abi::*;
 use crate::ffi::body::ForeignBody;
 use crate::ffi::headers::HeaderList;
+use crate::ffi::pubsub::{HostPublish, HostSubscribe};
 use crate::ffi::response::LentHeaders;
 use crate::ffi::socket::SocketConnect;
 
@@ -202,6 +203,57 @@ impl HostHandle {
         // this same library (one version is one library), with `Arc::into_raw`; the host took
         // one reference for us (`retain_app_state`), which the returned `Arc` now owns.
         Some(unsafe { Arc::from_raw(ptr.cast::<Box<dyn Any + Send + Sync>>()) })
+    }
+}
+
+impl HostHandle {
+    /// Accepts the WebSocket handshake of the request this handle serves (ABI 1.5), with
+    /// `protocol` (empty: none) and extra `headers` for the `101`: a `WS_ACCEPT_*` tag. The
+    /// host takes `session` in every case; `None` (and `session` dropped here) from a host
+    /// without WebSockets.
+    pub(crate) fn ws_accept(
+        &self,
+        protocol: &str,
+        headers: &HeaderMap,
+        session: AbiWsSession,
+    ) -> Option<u32> {
+        if !self.has_capability(end_of!(ws_accept)) {
+            crate::ffi::websocket::discard(session);
+            return None;
+        }
+        let list = HeaderList::new(headers);
+        let accept = AbiWsAccept {
+            protocol: AbiStr::new(protocol.as_bytes()),
+            headers: list.as_abi(),
+        };
+        // SAFETY: the table holds `ws_accept` (checked above); `ctx` is a live reference we
+        // own; `accept` and what it points to outlive the call; `session` moves to the host.
+        Some(unsafe { (self.vtable().ws_accept)(self.0.ctx, &accept, session) })
+    }
+
+    /// Subscribes to `channel` (ABI 1.5).
+    pub(crate) fn subscribe(&self, channel: &str) -> HostSubscribe {
+        if !self.has_capability(end_of!(subscribe)) {
+            return HostSubscribe::failed(SUB_FAILED, "this host has no pub/sub (ABI < 1.5)");
+        }
+        // SAFETY: the table holds `subscribe` (checked above); `ctx` is a live reference we
+        // own; the channel is borrowed for the call.
+        let future =
+            unsafe { (self.vtable().subscribe)(self.0.ctx, AbiStr::new(channel.as_bytes())) };
+        HostSubscribe::pending(future)
+    }
+
+    /// Publishes `payload` on `channel` (ABI 1.5).
+    pub(crate) fn publish(&self, channel: &str, payload: bytes::Bytes) -> HostPublish {
+        if !self.has_capability(end_of!(publish)) {
+            return HostPublish::failed(SUB_FAILED, "this host has no pub/sub (ABI < 1.5)");
+        }
+        let channel = AbiStr::new(channel.as_bytes());
+        // SAFETY: the table holds `publish` (checked above); `ctx` is a live reference we own;
+        // the channel is borrowed for the call and the payload moves to the host.
+        let future =
+            unsafe { (self.vtable().publish)(self.0.ctx, channel, AbiBuf::from_bytes(payload)) };
+        HostPublish::pending(future)
     }
 }
 

@@ -30,6 +30,10 @@
 //! * `host_handle`: the plugin's calls into the host's capability table (`HostHandle`), the
 //!   app state handed to the host among them;
 //! * `task`: a spawned future as the ABI's task, and the slot its output comes back through;
+//! * `websocket`: WebSocket messages and receive polls, the plugin's open socket split into a
+//!   receiving and a sending half, and the session the host starts on upgrade (ABI 1.5);
+//! * `pubsub`: subscribe, publish and subscription-poll outcomes, and the plugin's open
+//!   subscription and its subscribe and publish in flight (ABI 1.5);
 //! * `lent`: the request the host lends the plugin, read in place.
 //!
 //! Above the SDK types:
@@ -53,14 +57,16 @@ pub(crate) mod host_handle;
 pub(crate) mod lent;
 pub(crate) mod outcome;
 pub(crate) mod panic;
+pub(crate) mod pubsub;
 pub(crate) mod response;
 pub(crate) mod settings;
 pub(crate) mod socket;
 pub(crate) mod task;
+pub(crate) mod websocket;
 
 pub use addr::{socket_addr_from_abi, socket_addr_to_abi};
 pub use body::{ChunkStream, ForeignBody};
-pub use buf::{BoundaryError, ForeignChunk};
+pub use buf::{BoundaryError, ForeignChunk, Utf8Bytes};
 pub use future::{ContextExt, IntoFfi, Panicked, is_foreign_waker};
 pub use headers::{HeaderList, headers_from_abi};
 pub use host_handle::HostHandle;
@@ -68,6 +74,7 @@ pub use outcome::HandleFailure;
 pub use panic::{catch, panic_message};
 pub use settings::SettingList;
 pub use socket::{io_error_from_abi, io_error_kind};
+pub use websocket::SESSION_DONE;
 
 use crate::abi::{
     AbiAppState, AbiBody, AbiBuf, AbiConnectOutcome, AbiFetchOutcome, AbiHandleOutcome,

@@ -240,3 +240,225 @@ unsafe extern "C" fn fake_socket_drop(state: *mut c_void) {
     let socket = unsafe { Box::from_raw(state.cast::<FakeSocket>()) };
     socket.closes.fetch_add(1, Ordering::SeqCst);
 }
+
+/// What a fake host WebSocket shares with its test: the client's messages still to deliver,
+/// what the plugin sent, and how often the socket was released.
+#[derive(Debug, Default)]
+pub(super) struct FakeWsState {
+    incoming: std::collections::VecDeque<(u32, u32, Bytes)>,
+    client_ended: bool,
+    sent: Vec<(u32, u32, Bytes)>,
+    /// The send queue's length: sends beyond it stay pending (the fake never drains it).
+    capacity: usize,
+    /// The plugin sent a close: nothing more can be sent.
+    closing: bool,
+    releases: usize,
+}
+
+/// The test's handle on a fake WebSocket.
+#[derive(Clone, Debug, Default)]
+pub(super) struct FakeWs(Arc<std::sync::Mutex<FakeWsState>>);
+
+impl FakeWs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeWsState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The client goes away: after what it sent, the plugin receives the end.
+    pub(super) fn end_client(&self) {
+        self.lock().client_ended = true;
+    }
+
+    /// What the plugin sent, as `(kind, code, data)`.
+    pub(super) fn sent(&self) -> Vec<(u32, u32, Bytes)> {
+        self.lock().sent.clone()
+    }
+
+    /// How often the plugin released the socket (once is right).
+    pub(super) fn releases(&self) -> usize {
+        self.lock().releases
+    }
+}
+
+/// An open fake WebSocket whose client has sent `incoming` (`(kind, code, text)`), whose send
+/// queue holds `capacity` messages, and the test's handle on it.
+pub(super) fn fake_websocket<'a>(
+    capacity: usize,
+    incoming: impl IntoIterator<Item = (u32, u32, &'a str)>,
+) -> (AbiWebSocket, FakeWs) {
+    let fake = FakeWs::default();
+    {
+        let mut state = fake.lock();
+        state.capacity = capacity;
+        state.incoming = incoming
+            .into_iter()
+            .map(|(kind, code, text)| (kind, code, Bytes::copy_from_slice(text.as_bytes())))
+            .collect();
+    }
+    let socket = AbiWebSocket {
+        state: Box::into_raw(Box::new(fake.clone())).cast(),
+        vtable: &FAKE_WS_VTABLE,
+    };
+    (socket, fake)
+}
+
+static FAKE_WS_VTABLE: AbiWsVTable = AbiWsVTable {
+    size: std::mem::size_of::<AbiWsVTable>(),
+    poll_recv: fake_ws_recv,
+    poll_send: fake_ws_send,
+    drop: fake_ws_drop,
+};
+
+fn fake_ws<'a>(state: *mut c_void) -> &'a FakeWs {
+    // SAFETY: `state` is a live `FakeWs` box made by `fake_websocket` (the socket contract the
+    // plugin side keeps).
+    unsafe { &*state.cast::<FakeWs>() }
+}
+
+/// # Safety
+/// The socket contract, which the plugin side under test keeps.
+unsafe extern "C" fn fake_ws_recv(state: *mut c_void, _cx: *mut FfiContext<'_>) -> AbiWsRecv {
+    let mut fake = fake_ws(state).lock();
+    match fake.incoming.pop_front() {
+        Some((kind, code, data)) => AbiWsRecv::message(AbiWsMessage::new(kind, code, data)),
+        None if fake.client_ended => AbiWsRecv::end(),
+        None => AbiWsRecv::pending(),
+    }
+}
+
+/// # Safety
+/// The socket contract, which the plugin side under test keeps.
+unsafe extern "C" fn fake_ws_send(
+    state: *mut c_void,
+    _cx: *mut FfiContext<'_>,
+    msg: *mut AbiWsMessage,
+) -> u32 {
+    let mut fake = fake_ws(state).lock();
+    // SAFETY: `msg` is the plugin's, valid for the call.
+    let msg = unsafe { &mut *msg };
+    if fake.closing || fake.client_ended {
+        return WS_SEND_CLOSED;
+    }
+    let view = AbiStr {
+        ptr: msg.data.ptr,
+        len: msg.data.len,
+    };
+    let valid = match msg.kind {
+        // SAFETY: the data is readable until released.
+        WS_TEXT => std::str::from_utf8(unsafe { view.as_bytes() }).is_ok(),
+        WS_BINARY | WS_CLOSE => true,
+        _ => false,
+    };
+    if !valid || (msg.kind == WS_CLOSE && msg.data.len > 123) {
+        return WS_SEND_INVALID;
+    }
+    if fake.sent.len() >= fake.capacity {
+        return WS_SEND_PENDING;
+    }
+    let data = std::mem::replace(&mut msg.data, AbiBuf::empty());
+    // SAFETY: on `WS_SEND_OK` the data is ours to release.
+    let data = unsafe { data.into_bytes() };
+    fake.closing = msg.kind == WS_CLOSE;
+    fake.sent.push((msg.kind, msg.code, data));
+    WS_SEND_OK
+}
+
+/// # Safety
+/// The socket contract, which the plugin side under test keeps.
+unsafe extern "C" fn fake_ws_drop(state: *mut c_void) {
+    // SAFETY: the plugin releases each socket once.
+    let fake = unsafe { Box::from_raw(state.cast::<FakeWs>()) };
+    fake.lock().releases += 1;
+}
+
+/// What a fake host subscription shares with its test.
+#[derive(Debug, Default)]
+pub(super) struct FakeSubState {
+    messages: std::collections::VecDeque<Bytes>,
+    /// Reported with the first message.
+    dropped: u64,
+    /// Once the messages are delivered: the end, and why; `None` stays pending.
+    end: Option<String>,
+    polls: usize,
+    releases: usize,
+}
+
+/// The test's handle on a fake subscription.
+#[derive(Clone, Debug, Default)]
+pub(super) struct FakeSub(Arc<std::sync::Mutex<FakeSubState>>);
+
+impl FakeSub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeSubState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How often the plugin polled it.
+    pub(super) fn polls(&self) -> usize {
+        self.lock().polls
+    }
+
+    /// How often the plugin released it (once is right).
+    pub(super) fn releases(&self) -> usize {
+        self.lock().releases
+    }
+}
+
+/// An open fake subscription that delivers `messages` (the first after `dropped` dropped
+/// ones), then ends with `end` (empty: stays pending), and the test's handle on it.
+pub(super) fn fake_subscription<'a>(
+    messages: impl IntoIterator<Item = &'a str>,
+    dropped: u64,
+    end: &str,
+) -> (AbiSubscription, FakeSub) {
+    let fake = FakeSub::default();
+    {
+        let mut state = fake.lock();
+        state.messages = messages
+            .into_iter()
+            .map(|text| Bytes::copy_from_slice(text.as_bytes()))
+            .collect();
+        state.dropped = dropped;
+        state.end = (!end.is_empty()).then(|| end.to_owned());
+    }
+    let subscription = AbiSubscription {
+        state: Box::into_raw(Box::new(fake.clone())).cast(),
+        vtable: &FAKE_SUB_VTABLE,
+    };
+    (subscription, fake)
+}
+
+static FAKE_SUB_VTABLE: AbiSubscriptionVTable = AbiSubscriptionVTable {
+    size: std::mem::size_of::<AbiSubscriptionVTable>(),
+    poll_next: fake_sub_next,
+    drop: fake_sub_drop,
+};
+
+/// # Safety
+/// The subscription contract, which the plugin side under test keeps.
+unsafe extern "C" fn fake_sub_next(
+    state: *mut c_void,
+    _cx: *mut FfiContext<'_>,
+) -> AbiSubscriptionPoll {
+    // SAFETY: `state` is a live `FakeSub` box made by `fake_subscription`.
+    let fake = unsafe { &*state.cast::<FakeSub>() };
+    let mut fake = fake.lock();
+    fake.polls += 1;
+    let dropped = std::mem::take(&mut fake.dropped);
+    match (fake.messages.pop_front(), &fake.end) {
+        (Some(message), _) => AbiSubscriptionPoll::message(message, dropped),
+        (None, Some(reason)) => AbiSubscriptionPoll::end(reason.clone(), dropped),
+        (None, None) => AbiSubscriptionPoll::pending(),
+    }
+}
+
+/// # Safety
+/// The subscription contract, which the plugin side under test keeps.
+unsafe extern "C" fn fake_sub_drop(state: *mut c_void) {
+    // SAFETY: the plugin releases each subscription once.
+    let fake = unsafe { Box::from_raw(state.cast::<FakeSub>()) };
+    fake.lock().releases += 1;
+}
