@@ -1,5 +1,5 @@
-//! The admin listener: health, readiness, the apps' status, and reloads. It runs on its own
-//! address (loopback by default), away from the public port.
+//! The admin listener: health, readiness, the apps' status, reloads, and the pub/sub broker's
+//! channels. It runs on its own address (loopback by default), away from the public port.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -58,7 +58,14 @@ async fn handle(registry: &Arc<Registry>, request: Request<Incoming>) -> Respons
             }
         }
         "/apps" if method == Method::GET => json_response(StatusCode::OK, &registry.status()),
-        "/healthz" | "/readyz" | "/apps" => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
+        // {"backend": "memory"|"redis", "connected", "channels": [{"name", "subscribers",
+        // "published", "delivered", "dropped"}], "reconnects"}
+        "/pubsub" if method == Method::GET => {
+            json_response(StatusCode::OK, &registry.broker().status())
+        }
+        "/healthz" | "/readyz" | "/apps" | "/pubsub" => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
+        }
         _ => match reload_target(path) {
             Some(name) if method == Method::POST => reload(registry, name).await,
             Some(_) => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),

@@ -44,7 +44,7 @@ use http::{HeaderMap, Method, StatusCode, Uri};
 use crate::apps::LoadError;
 use crate::apps::loader::{self, ShadowDir, read_image};
 use crate::config::Config;
-use crate::host::{AppServices, Outbound, OutboundPolicy};
+use crate::host::{AppServices, Broker, Outbound, OutboundPolicy};
 use crate::plugin::{Plugin, RequestScope, RequestView, hook_result, outcome_into_parts};
 
 /// One app library, loaded and checked, ready to be called.
@@ -61,6 +61,9 @@ pub struct LoadedApp {
     policy: OutboundPolicy,
     /// The pooled client the app's fetches go through.
     outbound: Outbound,
+    /// The app's own in-process pub/sub broker (an embedded app has no Redis backend): with
+    /// `config`'s queue, overflow and message limits.
+    broker: Broker,
     /// The services every call shares, made on the first call with that call's runtime.
     services: OnceLock<Arc<AppServices>>,
 }
@@ -139,6 +142,7 @@ impl LoadedApp {
             settings: app_config.settings.clone(),
             policy: crate::apps::outbound_policy(config, &app_config),
             outbound,
+            broker: Broker::memory(&config.pubsub),
             services: OnceLock::new(),
             plugin,
         })
@@ -230,6 +234,7 @@ impl LoadedApp {
                 self.outbound.clone(),
                 self.policy.clone(),
                 runtime,
+                &self.broker,
             )
         }))
     }

@@ -27,15 +27,16 @@
 //!   descriptor, the request lent to an app, calling its handler, and the capability table it
 //!   calls back into;
 //! * [`host`]: what apps call back into: logging, timers, the outbound HTTP client with its
-//!   allowlist, TCP sockets, spawned tasks and the app version's state; sockets and tasks end
-//!   when their version is retired.
+//!   allowlist, TCP sockets, spawned tasks, the app version's state, and the process's pub/sub
+//!   broker (in memory or through Redis); sockets, tasks and subscriptions end when their
+//!   version is retired.
 //!
 //! Around them:
 //!
 //! * [`server`]: start-up and shutdown, wiring the others together;
 //! * [`config`]: the command line, environment and the `berth.toml` config file;
 //! * [`tls`]: rustls configurations, for the listener and the outbound client;
-//! * [`admin`]: the admin API's listener (health, status, reloads);
+//! * [`admin`]: the admin API's listener (health, status, reloads, pub/sub channels);
 //! * [`embed`]: load one app and call it without the HTTP server (embedding, benchmarks);
 //! * [`logging`]: log output, written by a thread of its own.
 //!

@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::apps::{Registry, Rescan, watch};
 use crate::config::Config;
-use crate::host::Outbound;
+use crate::host::{Broker, Outbound};
 use crate::{admin, http, tls};
 
 /// Why the server could not start.
@@ -96,7 +96,10 @@ pub async fn run(
         config.outbound.connect_timeout,
         client_tls,
     );
-    let registry = Registry::new(Arc::clone(&config), outbound).map_err(ServeError::Shadow)?;
+    // Before the apps, so that their `init` hooks can subscribe.
+    let broker = Broker::start(&config.pubsub).await;
+    let registry =
+        Registry::new(Arc::clone(&config), outbound, broker).map_err(ServeError::Shadow)?;
     registry.rescan(Rescan::Changed).await;
 
     if let Some(admin) = listeners.admin {

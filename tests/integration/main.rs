@@ -32,7 +32,9 @@
 //! * `limits`: slow-loris clients, oversized heads and bodies (431, 413), the request timeout
 //!   (504), the keep-alive idle timeout, a connection flood past the connection limit;
 //! * `outbound`: the outbound allowlist (no connection for a denied host, whatever the `Host`
-//!   header), the inbound deadline bounding outbound calls, the outbound concurrency cap.
+//!   header), the inbound deadline bounding outbound calls, the outbound concurrency cap;
+//! * `pubsub`: the pub/sub broker's settings and its admin `/pubsub` document, a Redis that
+//!   is down at start.
 //!
 //! [`Berth`]: harness::Berth
 
@@ -46,6 +48,7 @@ mod lifecycle;
 mod limits;
 mod loading;
 mod outbound;
+mod pubsub;
 mod reload;
 mod services;
 mod streaming;

@@ -23,7 +23,7 @@ use crate::apps::loader::{self, FileImage, LoadError, ShadowDir, is_library_path
 use crate::apps::router::Router;
 use crate::apps::version::{AppStats, AppVersion};
 use crate::config::Config;
-use crate::host::{AppServices, Outbound};
+use crate::host::{AppServices, Broker, Outbound};
 use crate::plugin::{self, RequestScope};
 
 /// The last load failure of a file.
@@ -40,6 +40,8 @@ pub struct Registry {
     config: Arc<Config>,
     router: ArcSwap<Router>,
     outbound: Outbound,
+    /// The process's pub/sub broker, which every version's services reach.
+    broker: Broker,
     runtime: tokio::runtime::Handle,
     shadow: ShadowDir,
     /// One rescan at a time: file events, SIGHUP and admin reloads all go through it.
@@ -90,11 +92,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Registry {
     /// An empty registry for `config`; [`Registry::rescan`] loads the apps.
-    pub fn new(config: Arc<Config>, outbound: Outbound) -> std::io::Result<Arc<Self>> {
+    pub fn new(
+        config: Arc<Config>,
+        outbound: Outbound,
+        broker: Broker,
+    ) -> std::io::Result<Arc<Self>> {
         Ok(Arc::new(Registry {
             config,
             router: ArcSwap::from_pointee(Router::default()),
             outbound,
+            broker,
             runtime: tokio::runtime::Handle::current(),
             shadow: ShadowDir::new()?,
             rescan_lock: tokio::sync::Mutex::new(()),
@@ -133,7 +140,13 @@ impl Registry {
             self.outbound.clone(),
             super::outbound_policy(&self.config, app_config),
             self.runtime.clone(),
+            &self.broker,
         )
+    }
+
+    /// The process's pub/sub broker (for the admin API).
+    pub fn broker(&self) -> &Broker {
+        &self.broker
     }
 
     /// Brings the mounted apps in line with the apps directory: loads new files, swaps changed

@@ -9,8 +9,9 @@ use clap::Parser;
 use super::Allowlist;
 use super::values::{
     AdminListen, parse_addr, parse_allow_list, parse_count, parse_duration,
-    parse_positive_duration, parse_size,
+    parse_positive_duration, parse_pubsub, parse_size,
 };
+use crate::host::pubsub::Backend;
 
 /// Berth: serve HTTP apps compiled as Rust plugins.
 ///
@@ -78,6 +79,11 @@ pub struct Cli {
     /// `*`, `scheme://host[:port]`, `https://*.example.com` [default: none]
     #[arg(long, env = "BERTH_ALLOW_OUTBOUND", value_name = "LIST", value_parser = parse_allow_list)]
     pub allow_outbound: Option<Allowlist>,
+
+    /// Pub/sub backend for apps' channels: `memory` (this process only) or a Redis URL such as
+    /// `redis://127.0.0.1:6379/`, shared by every Berth that uses it [default: memory]
+    #[arg(long, env = "BERTH_PUBSUB", value_name = "memory|URL", value_parser = parse_pubsub)]
+    pub pubsub: Option<Backend>,
 
     /// Largest request body an app accepts; larger ones get 413 [default: 10MiB]
     #[arg(long, env = "BERTH_MAX_BODY_SIZE", value_name = "SIZE", value_parser = parse_size)]
@@ -152,6 +158,7 @@ mod tests {
         assert_eq!(env("request_timeout"), "BERTH_REQUEST_TIMEOUT");
         assert_eq!(env("no_watch"), "BERTH_NO_WATCH");
         assert_eq!(env("access_log"), "BERTH_ACCESS_LOG");
+        assert_eq!(env("pubsub"), "BERTH_PUBSUB");
         command.debug_assert();
     }
 }

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::values::{Addr, AdminListen, Count, Hosts, Mount, PositiveSecs, Secs, Setting, Size};
+use super::values::{
+    Addr, AdminListen, Count, Hosts, Mount, OverflowPolicy, PositiveSecs, PubSubBackend, Secs,
+    Setting, Size,
+};
 use super::{AppConfig, ConfigError};
 
 /// Parses and checks the file's text; `path` is only for the error.
@@ -88,6 +91,10 @@ pub(super) struct FileConfig {
     pub(super) hook_timeout: Option<PositiveSecs>,
     pub(super) watch: Option<bool>,
     pub(super) access_log: Option<bool>,
+    pub(super) pubsub: Option<PubSubBackend>,
+    pub(super) pubsub_queue: Option<Count>,
+    pub(super) pubsub_overflow: Option<OverflowPolicy>,
+    pub(super) pubsub_max_message: Option<Size>,
     #[serde(default)]
     pub(super) apps: BTreeMap<String, FileApp>,
     pub(super) tls_cert: Option<PathBuf>,

@@ -18,6 +18,10 @@
 //! hook_timeout = "10s"
 //! watch = true
 //! access_log = false                # one log line per request (off by default)
+//! pubsub = "memory"                 # or "redis://127.0.0.1:6379/" to share channels
+//! pubsub_queue = 64                 # messages queued per subscriber
+//! pubsub_overflow = "drop-oldest"   # or "close" (a WebSocket that falls behind gets 1008)
+//! pubsub_max_message = "1MiB"
 //!
 //! [apps.hello]
 //! mount = "/hi"
@@ -56,6 +60,7 @@ use std::time::Duration;
 
 // The one import of `Allowlist` in `config`: the submodules name it as `super::Allowlist`.
 use crate::host::allowlist::Allowlist;
+use crate::host::pubsub::PubSubConfig;
 
 pub use cli::Cli;
 use file::FileConfig;
@@ -104,6 +109,11 @@ pub struct Config {
     /// false, as in gunicorn and granian: at full load the line adds about a third to the CPU
     /// time of a request).
     pub access_log: bool,
+    /// The pub/sub broker: its backend (`pubsub`, memory by default, or a Redis URL), each
+    /// subscriber's queue (`pubsub_queue`, 64), what happens when it is full
+    /// (`pubsub_overflow`, `drop-oldest`) and the largest message (`pubsub_max_message`,
+    /// 1 MiB). See [`crate::host::pubsub`].
+    pub pubsub: PubSubConfig,
     /// Per-app settings from the config file's `[apps.<name>]` tables, keyed by app name. An
     /// app without an entry gets [`AppConfig::default`]; see [`Config::app`].
     pub apps: BTreeMap<String, AppConfig>,
@@ -299,6 +309,7 @@ impl Config {
             hook_timeout: DEFAULT_HOOK_TIMEOUT,
             watch: true,
             access_log: false,
+            pubsub: PubSubConfig::default(),
             apps: BTreeMap::new(),
             tls: None,
             limits: Limits::default(),
@@ -458,6 +469,21 @@ impl Config {
             hook_timeout: file.hook_timeout.map_or(defaults.hook_timeout, |d| d.0),
             watch: !cli.no_watch && file.watch.unwrap_or(defaults.watch),
             access_log: cli.access_log || file.access_log.unwrap_or(defaults.access_log),
+            pubsub: PubSubConfig {
+                backend: cli
+                    .pubsub
+                    .or(file.pubsub.map(|b| b.0))
+                    .unwrap_or(defaults.pubsub.backend),
+                queue: file.pubsub_queue.map_or(defaults.pubsub.queue, |n| n.0),
+                overflow: file
+                    .pubsub_overflow
+                    .map_or(defaults.pubsub.overflow, |o| o.0),
+                max_message: file
+                    .pubsub_max_message
+                    .map_or(defaults.pubsub.max_message, |s| {
+                        usize::try_from(s.0).unwrap_or(usize::MAX)
+                    }),
+            },
             apps: file
                 .apps
                 .into_iter()
@@ -671,6 +697,60 @@ mod tests {
         assert!(message.contains("needs a port"), "{message}");
         let message = load_err("max-sockets-type", "[apps.db]\nmax_sockets = \"many\"\n");
         assert!(message.contains("key `apps.db.max_sockets`"), "{message}");
+    }
+
+    #[test]
+    fn pubsub_defaults_file_and_command_line() {
+        use crate::host::pubsub::{Backend, Overflow};
+        let config = load("pubsub-default", "", &[]).unwrap();
+        assert_eq!(config.pubsub, PubSubConfig::default());
+        assert_eq!(config.pubsub.backend, Backend::Memory);
+        assert_eq!(config.pubsub.queue, 64);
+        assert_eq!(config.pubsub.overflow, Overflow::DropOldest);
+        assert_eq!(config.pubsub.max_message, 1 << 20);
+
+        let toml = r#"
+            pubsub = "redis://127.0.0.1:6379/"
+            pubsub_queue = 16
+            pubsub_overflow = "close"
+            pubsub_max_message = "64KiB"
+        "#;
+        let config = load("pubsub", toml, &[]).unwrap();
+        let redis = Backend::Redis("redis://127.0.0.1:6379/".to_owned());
+        assert_eq!(config.pubsub.backend, redis);
+        assert_eq!(config.pubsub.queue, 16);
+        assert_eq!(config.pubsub.overflow, Overflow::Close);
+        assert_eq!(config.pubsub.max_message, 64 * 1024);
+
+        let config = load("pubsub-cli", toml, &["--pubsub", "memory"]).unwrap();
+        assert_eq!(config.pubsub.backend, Backend::Memory);
+        assert!(Cli::try_parse_from(["berth", "--pubsub", "http://x"]).is_err());
+    }
+
+    #[test]
+    fn bad_pubsub_settings_name_the_file_the_key_and_what_is_accepted() {
+        use super::test_support::load_err;
+        let message = load_err("pubsub-http", "pubsub = \"http://x\"\n");
+        assert!(message.contains("line 1, key `pubsub`"), "{message}");
+        assert!(
+            message.contains("\"http://x\" is not a pub/sub backend"),
+            "{message}"
+        );
+        assert!(message.contains("\"memory\" or a Redis URL"), "{message}");
+        let message = load_err("pubsub-tls", "pubsub = \"rediss://cache\"\n");
+        assert!(message.contains("key `pubsub`"), "{message}");
+        assert!(message.contains("TLS"), "{message}");
+        let message = load_err("pubsub-overflow", "pubsub_overflow = \"drop\"\n");
+        assert!(message.contains("key `pubsub_overflow`"), "{message}");
+        assert!(
+            message.contains("\"drop-oldest\" or \"close\""),
+            "{message}"
+        );
+        let message = load_err("pubsub-queue", "pubsub_queue = 0\n");
+        assert!(message.contains("key `pubsub_queue`"), "{message}");
+        assert!(message.contains("at least 1"), "{message}");
+        let message = load_err("pubsub-max", "pubsub_max_message = \"lots\"\n");
+        assert!(message.contains("key `pubsub_max_message`"), "{message}");
     }
 
     #[test]

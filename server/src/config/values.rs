@@ -1,5 +1,5 @@
-//! What a setting's value can be: sizes, counts, durations, addresses, mounts, app settings
-//! and host lists.
+//! What a setting's value can be: sizes, counts, durations, addresses, pub/sub backends and
+//! overflow policies, mounts, app settings and host lists.
 //!
 //! The command line reads a value with a `parse_*` function (clap's `value_parser`) or
 //! `FromStr`; the file reads it with a newtype that implements `Deserialize`. A value that can
@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use super::Allowlist;
+use crate::host::pubsub::{Backend, Overflow};
 
 // Sizes.
 
@@ -265,6 +266,37 @@ impl<'de> Deserialize<'de> for AdminListen {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         text.parse().map_err(de::Error::custom)
+    }
+}
+
+// Pub/sub.
+
+/// The pub/sub backend on the command line: `memory` or a `redis://` URL.
+pub(super) fn parse_pubsub(value: &str) -> Result<Backend, String> {
+    value.parse()
+}
+
+/// `pubsub`: `"memory"` or a `redis://` URL.
+#[derive(Debug)]
+pub(super) struct PubSubBackend(pub(super) Backend);
+
+impl<'de> Deserialize<'de> for PubSubBackend {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_pubsub(&text)
+            .map(PubSubBackend)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// `pubsub_overflow`: `"drop-oldest"` or `"close"`.
+#[derive(Debug)]
+pub(super) struct OverflowPolicy(pub(super) Overflow);
+
+impl<'de> Deserialize<'de> for OverflowPolicy {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map(OverflowPolicy).map_err(de::Error::custom)
     }
 }
 

@@ -8,11 +8,14 @@
 //! * [`socket`]: apps' TCP sockets, closed by the host when their version is retired;
 //! * [`tasks`]: the tasks an app version spawns, cancelled when it is retired;
 //! * [`body`]: bodies crossing to an app as streams (request bodies, fetched responses);
+//! * [`pubsub`]: the process's pub/sub broker (in memory or through Redis), fanning each
+//!   channel out to its subscribers through bounded queues;
 //! * `relay`: wakers for futures an app polls with wakers of its own.
 
 pub mod allowlist;
 pub mod body;
 pub mod outbound;
+pub mod pubsub;
 mod relay;
 pub mod socket;
 pub mod tasks;
@@ -32,6 +35,7 @@ use berth_app::abi::{
 };
 
 pub use outbound::{Exchange, FetchFailure, Outbound, OutboundPolicy, SocketLimits};
+pub use pubsub::{AppPubSub, Broker};
 pub(crate) use relay::Relayed;
 pub use socket::{ConnectError, ConnectRequest, Socket, Sockets};
 pub use tasks::Tasks;
@@ -60,6 +64,9 @@ pub struct AppServices {
     pub sockets: Sockets,
     /// The version's spawned tasks.
     pub tasks: Tasks,
+    /// The version's way to the process's pub/sub broker; its subscriptions end when it is
+    /// retired.
+    pub pubsub: AppPubSub,
     /// The host's reference to the version's state, set once by the app (ABI 1.4), released
     /// when the version is retired (or with these services).
     state: ArcSwapOption<Box<dyn AppState>>,
@@ -83,12 +90,13 @@ pub trait AppState: Send + Sync + fmt::Debug {
 }
 
 impl AppServices {
-    /// The services of one version of `app`, with no socket, task or state yet.
+    /// The services of one version of `app`, with no socket, task, subscription or state yet.
     pub fn new(
         app: Arc<str>,
         outbound: Outbound,
         policy: OutboundPolicy,
         runtime: tokio::runtime::Handle,
+        broker: &Broker,
     ) -> Arc<Self> {
         Arc::new(AppServices {
             app,
@@ -97,18 +105,21 @@ impl AppServices {
             runtime,
             sockets: Sockets::default(),
             tasks: Tasks::default(),
+            pubsub: AppPubSub::new(broker),
             state: ArcSwapOption::empty(),
             state_set: AtomicBool::new(false),
         })
     }
 
-    /// Retires the version's resources, after its `shutdown` hook has run: cancels every task
-    /// and closes every socket it still has, refuses new ones, and releases the host's
-    /// reference to its state (requests and tasks that took one keep theirs). Requests still
-    /// holding the services keep working otherwise (logging, timers, fetches).
+    /// Retires the version's resources, after its `shutdown` hook has run: cancels every task,
+    /// closes every socket and ends every pub/sub subscription it still has, refuses new ones,
+    /// and releases the host's reference to its state (requests and tasks that took one keep
+    /// theirs). Requests still holding the services keep working otherwise (logging, timers,
+    /// fetches, publishing).
     pub fn retire(&self) {
         self.tasks.cancel_all();
         self.sockets.close_all();
+        self.pubsub.retire();
         drop(self.state.swap(None));
     }
 

@@ -313,7 +313,8 @@ mod tests {
         let allowlist = Allowlist::parse(entries).expect("valid entries");
         let policy = OutboundPolicy::new(allowlist, 8, 1024, SocketLimits::default());
         let runtime = tokio::runtime::Handle::current();
-        AppServices::new(Arc::from("abi-app"), outbound, policy, runtime)
+        let broker = crate::host::Broker::memory(&Default::default());
+        AppServices::new(Arc::from("abi-app"), outbound, policy, runtime, &broker)
     }
 
     /// A `ctx` reference to a hook scope of `services`, as `host_for` hands one over.
