@@ -79,6 +79,72 @@
 //! cancelled when its [`JoinHandle`] is dropped. The features `postgres` and `redis` build
 //! connection pools on both: see `berth_app::postgres` and `berth_app::redis`.
 //!
+//! # WebSockets and pub/sub
+//!
+//! The host runs the WebSocket protocol on its reactor, where a plugin cannot (handshake,
+//! framing, fragmentation, UTF-8 checks, ping and pong, size limits, idle time-outs); the app
+//! sees whole [`Message`]s. A handshake arrives as an ordinary request: [`Request::websocket`]
+//! is `Some` for a valid one, and [`WebSocketUpgrade::accept`] gives the response to return;
+//! once the host has answered `101` it runs the session closure with the [`WebSocket`] and a
+//! [`Host`] of the session's own (no request deadline). Any other response rejects the
+//! handshake. Sends wait while the host's bounded send queue is full (backpressure), and fail
+//! with [`SendError::Closed`] once the socket is closing, never with a panic; a session that
+//! panics closes its socket with 1011.
+//!
+//! Pub/sub is a host capability too: [`Host::subscribe`] gives a [`Subscription`], a stream of
+//! a channel's messages, and [`Host::publish`] sends one. The host fans each message out to
+//! every subscriber through a bounded queue of its own, so a slow subscriber never slows the
+//! others (by policy it loses its oldest messages, counted in [`Subscription::dropped`], or its
+//! socket is closed with 1008); with Redis configured, every Berth instance shares the channels.
+//!
+//! Both together, as the asyncio talk's demo does it: a WebSocket that forwards the channel to
+//! the client and publishes what the client sends. [`split`](WebSocket::split) lets one future
+//! wait on both at once:
+//!
+//! ```
+//! use std::pin::pin;
+//! use berth_app::futures::future::{Either, select};
+//! use berth_app::{Host, Message, Request, Response, StatusCode, WebSocket};
+//!
+//! async fn app(req: Request, host: Host) -> Response {
+//!     let Some(upgrade) = req.websocket() else {
+//!         return Response::text("connect with a WebSocket\n")
+//!             .with_status(StatusCode::UPGRADE_REQUIRED);
+//!     };
+//!     upgrade.accept(&host, relay)
+//! }
+//!
+//! /// Runs once the connection is upgraded, until the client or the channel ends.
+//! async fn relay(socket: WebSocket, host: Host) {
+//!     // The session's own host: a subscription that falls behind closes this socket.
+//!     let Ok(mut news) = host.subscribe("news").await else {
+//!         return; // dropping the socket closes it (1000)
+//!     };
+//!     let (mut to_client, mut from_client) = socket.split();
+//!     loop {
+//!         match select(pin!(news.next()), pin!(from_client.recv())).await {
+//!             Either::Left((Some(published), _)) => {
+//!                 if to_client.send(Message::binary(published)).await.is_err() {
+//!                     break; // the socket is closing
+//!                 }
+//!             }
+//!             Either::Right((Some(Message::Text(text)), _)) => {
+//!                 let _receivers = host.publish("news", text.into_bytes()).await;
+//!             }
+//!             Either::Right((Some(Message::Binary(_)), _)) => {}
+//!             // The channel ended, the client closed, or it went away.
+//!             Either::Left((None, _)) | Either::Right((Some(Message::Close(_)) | None, _)) => break,
+//!         }
+//!     }
+//! }
+//!
+//! berth_app::export_app!(name = "news", handler = app);
+//! ```
+//!
+//! With the `testing` feature, [`testing::MockHost`] accepts sessions too and hands the test
+//! the client's end, and has an in-memory broker; the `ws-echo` and `chat` sample apps test
+//! themselves that way.
+//!
 //! # Panics
 //!
 //! A panic in the handler, or while streaming its body, is caught inside the plugin: the client
@@ -95,10 +161,11 @@
 //!   `BodyError`, by the boundary code below them);
 //! * `config`: [`AppConfig`], the settings an `init` hook receives;
 //! * `ffi`: the one module tree with `unsafe` code. Its lower layer converts between the ABI
-//!   and plain Rust values for both sides (panics, futures and wakers, buffers, headers, bodies,
-//!   responses, outcomes, settings, socket addresses, the host's capability table, the lent
-//!   request); the host uses it too. Its `ffi::export` sits above the SDK types: the
-//!   descriptor and handler glue behind [`export_app!`];
+//!   and plain Rust values for both sides (panics, futures and wakers, buffers and
+//!   [`Utf8Bytes`], headers, bodies, responses, outcomes, settings, socket addresses, the
+//!   host's capability table, the lent request, WebSocket messages, halves and sessions,
+//!   pub/sub outcomes and subscriptions); the host uses it too. Its `ffi::export` sits above
+//!   the SDK types: the descriptor and handler glue behind [`export_app!`];
 //! * `headers`: an upstream response's headers, turned into a map when first read, and the
 //!   conversion every header setter shares;
 //! * `body`: [`Body`], request and response bodies;
@@ -107,10 +174,17 @@
 //! * `net`: [`HostStream`], a connection the host opened, and [`ConnectOptions`];
 //! * `task`: [`JoinHandle`] and [`JoinError`], for tasks spawned on the host;
 //! * `host`: [`Host`] and what it returns ([`OutboundRequest`], [`Fetch`], [`FetchResponse`],
-//!   [`Sleep`], [`Timeout`], [`Connect`], [`State`]), the host's capabilities;
+//!   [`Sleep`], [`Timeout`], [`Connect`], [`State`]), the host's capabilities (its mock
+//!   backend, behind `testing`, names the mock types of the two modules below);
+//! * `websocket`: [`Request::websocket`] and the [`WebSocketUpgrade`] it gives, the
+//!   [`WebSocket`] a session gets and its halves ([`WsSender`], [`WsReceiver`]), [`Message`],
+//!   [`CloseFrame`] and [`SendError`];
+//! * `pubsub`: [`Host::subscribe`] and [`Host::publish`], the [`Subscription`] and
+//!   [`PubSubError`] they give;
 //! * `postgres` and `redis` (features of the same names): database clients over host
 //!   sockets and tasks;
-//! * [`testing`]: a mock host for unit tests (feature `testing`).
+//! * [`testing`]: a mock host for unit tests (feature `testing`), with a WebSocket client's end
+//!   and an in-memory pub/sub broker.
 #![deny(missing_docs)]
 
 pub mod abi;

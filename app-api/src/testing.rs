@@ -239,7 +239,10 @@ impl MockHost {
     /// [`WebSocketUpgrade::accept`](crate::WebSocketUpgrade::accept)) and not started yet, as
     /// the host does once the connection is upgraded, and returns the client's end of it.
     /// The session runs on a thread of its own, with a host of its own (no deadline), until
-    /// it returns. `None` when no session is waiting.
+    /// it returns. `None` when no session is waiting. The mock keeps one accepted session at a
+    /// time, so start each before the next request accepts another (a second accept is
+    /// refused as the host refuses a request accepted twice). Call the handler with
+    /// [`call_shared`](MockHost::call_shared), which keeps the mock.
     ///
     /// ```
     /// use berth_app::testing::{MockHost, websocket_request};
@@ -266,8 +269,9 @@ impl MockHost {
     /// let client = mock.websocket().expect("accepted");
     /// client.send(Message::text("hi"));
     /// assert_eq!(client.recv(), Some(Message::text("HI")));
-    /// client.end();
-    /// assert_eq!(client.recv(), Some(Message::close(1000, "")), "the host closes after the session");
+    /// client.close(1000, "bye");
+    /// // The session ends on the client's close without answering it: the host closes.
+    /// assert_eq!(client.recv(), Some(Message::close(1000, "")));
     /// assert_eq!(client.join(), Ok(()));
     /// ```
     pub fn websocket(self: &Arc<Self>) -> Option<MockWebSocket> {
@@ -441,8 +445,6 @@ struct WsState {
     session: Option<Result<(), String>>,
     recv_waker: Option<Waker>,
     send_waker: Option<Waker>,
-    /// The halves the app dropped.
-    released: u8,
 }
 
 impl WsShared {
@@ -527,10 +529,6 @@ impl MockSocket for MockSocketEnd {
         drop(state);
         self.0.changed.notify_all();
         Poll::Ready(Ok(()))
-    }
-
-    fn release(&self) {
-        self.0.lock().released += 1;
     }
 }
 
@@ -660,5 +658,122 @@ impl MockFeed for MockSubscriber {
         }
         queue.waker = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt as _;
+
+    use super::*;
+    use crate::Message;
+
+    #[test]
+    fn the_broker_drops_a_slow_subscribers_oldest_and_counts_them() {
+        let mock = Arc::new(MockHost::new());
+        let host = mock.host();
+        let mut slow = block_on(host.subscribe("c")).expect("subscribed");
+        for n in 0..QUEUE + 3 {
+            assert_eq!(mock.publish("c", n.to_string()), 1);
+        }
+        assert_eq!(
+            block_on(slow.next()),
+            Some(Bytes::from("3")),
+            "0, 1, 2 dropped"
+        );
+        assert_eq!(slow.dropped(), 3);
+        let rest: Vec<_> = block_on(slow.by_ref().take(QUEUE - 1).collect());
+        assert_eq!(rest.last(), Some(&Bytes::from((QUEUE + 2).to_string())));
+        mock.end_subscriptions("c", "retired");
+        assert_eq!(block_on(slow.next()), None);
+        assert_eq!(slow.end_reason(), Some("retired"));
+        assert_eq!(slow.channel(), "c");
+        drop(slow);
+        assert_eq!(block_on(host.publish("c", "nobody")), Ok(0));
+
+        let invalid = block_on(host.subscribe("")).expect_err("invalid");
+        assert_eq!(invalid.kind(), PubSubErrorKind::Invalid);
+        assert_eq!(
+            invalid.to_string(),
+            "invalid channel: the channel name is empty"
+        );
+        assert_eq!(mock.published().len(), QUEUE + 4);
+    }
+
+    #[test]
+    fn a_split_socket_reads_and_writes_at_once() {
+        async fn app(req: Request, host: Host) -> Response {
+            let Some(upgrade) = req.websocket() else {
+                return Response::text("no");
+            };
+            upgrade.protocol("v1").header("x-note", "hi").accept(
+                &host,
+                |socket, _host| async move {
+                    let (mut sender, receiver) = socket.split();
+                    // Numbers every message while the client keeps sending.
+                    let mut numbered = receiver.enumerate();
+                    while let Some((n, message)) = numbered.next().await {
+                        if message.is_close()
+                            || sender.send(Message::text(n.to_string())).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    assert_eq!(sender.send(Message::text("late")).await, Ok(()));
+                    assert_eq!(sender.close(1005, "").await, Err(SendError::Invalid));
+                    sender.close(4000, "done").await.expect("closed");
+                    assert_eq!(
+                        sender.send(Message::text("later")).await,
+                        Err(SendError::Closed)
+                    );
+                },
+            )
+        }
+        let mock = Arc::new(MockHost::new());
+        let request = websocket_request("/")
+            .header("sec-websocket-protocol", "v0, v1")
+            .build()
+            .expect("valid");
+        assert_eq!(
+            mock.call_shared(app, request).status(),
+            http::StatusCode::SWITCHING_PROTOCOLS
+        );
+        let client = mock.websocket().expect("accepted");
+        assert_eq!(client.protocol(), Some("v1"));
+        assert_eq!(client.headers()["x-note"], "hi");
+        client.send(Message::text("a"));
+        client.send(Message::binary(vec![1]));
+        assert_eq!(client.recv(), Some(Message::text("0")));
+        assert_eq!(client.recv(), Some(Message::text("1")));
+        client.close(1000, "");
+        client.send(Message::text("ignored after the close"));
+        assert_eq!(client.recv(), Some(Message::text("late")));
+        assert_eq!(client.recv(), Some(Message::close(4000, "done")));
+        assert_eq!(client.recv(), None);
+        assert_eq!(client.join(), Ok(()));
+    }
+
+    #[test]
+    fn a_session_that_panics_is_closed_with_1011_and_logged() {
+        async fn app(req: Request, host: Host) -> Response {
+            match req.websocket() {
+                Some(upgrade) => upgrade.accept(&host, |_socket, _host| async { panic!("boom") }),
+                None => Response::text("no"),
+            }
+        }
+        let mock = Arc::new(MockHost::new());
+        let request = websocket_request("/").build().expect("valid");
+        mock.call_shared(app, request);
+        let client = mock.websocket().expect("accepted");
+        assert_eq!(client.recv(), Some(Message::close(1011, "")));
+        let message = client.join().expect_err("panicked");
+        assert!(message.starts_with("boom"), "{message}");
+        let logs = mock.logs();
+        assert!(
+            logs.iter().any(|(level, line)| *level == Level::Error
+                && line.starts_with("websocket session panicked: boom")),
+            "{logs:?}"
+        );
+        assert!(mock.websocket().is_none(), "started once");
     }
 }

@@ -13,8 +13,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, HeaderName, HeaderValue, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+    CONNECTION, HeaderName, HeaderValue, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS,
+    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use http::{HeaderMap, Method, StatusCode};
 
@@ -248,12 +248,15 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     })
 }
 
-/// The headers of the `101` that are the host's to set.
-const HANDSHAKE_HEADERS: [HeaderName; 4] = [
+/// The headers of the `101` that are the host's to set. `Sec-WebSocket-Extensions` too: the
+/// host negotiates no extension, and a `101` that names one the connection does not use breaks
+/// the client.
+const HANDSHAKE_HEADERS: [HeaderName; 5] = [
     UPGRADE,
     CONNECTION,
     SEC_WEBSOCKET_ACCEPT,
     SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_EXTENSIONS,
 ];
 
 impl WebSocketUpgrade {
@@ -285,7 +288,8 @@ impl WebSocketUpgrade {
     }
 
     /// Adds a header to the `101` response (a cookie, say). The handshake's own (`Upgrade`,
-    /// `Connection`, `Sec-WebSocket-Accept`, `Sec-WebSocket-Protocol`) are the host's to set.
+    /// `Connection`, `Sec-WebSocket-Accept`, `Sec-WebSocket-Protocol`,
+    /// `Sec-WebSocket-Extensions`) are the host's to set.
     /// As with [`Response::with_header`], an invalid header does not panic: [`accept`](Self::accept)
     /// answers `500` and names it.
     pub fn header<K, V>(mut self, name: K, value: V) -> Self
@@ -306,7 +310,9 @@ impl WebSocketUpgrade {
     /// session lasts as long as it likes). The socket is closed when `session` ends (with
     /// 1000, unless it was closed already), or with 1011 if it panics.
     ///
-    /// The response is empty with status `101` when the host took the session. When it
+    /// The response is empty with status `101` when the host took the session; return it
+    /// (the host answers the handshake itself, whatever the handler returns once it has
+    /// accepted, unless the handler panics or runs out of time). When it
     /// refused (the request is not a handshake the host accepts, a subprotocol that was not
     /// offered, a header that is invalid or the host's), it is a `400` or `500` whose text says
     /// why, and `session` is dropped unstarted.
@@ -552,20 +558,11 @@ pub(crate) trait MockSocket: Send + Sync + fmt::Debug {
         cx: &mut Context<'_>,
         message: &mut Option<Message>,
     ) -> Poll<Result<(), SendError>>;
-    /// One of the socket's two halves is gone.
-    fn release(&self);
 }
 
-/// One half's reference to a mock socket, which tells it when the half is dropped.
+/// One half's reference to a mock socket.
 #[cfg(feature = "testing")]
 struct MockHalf(std::sync::Arc<dyn MockSocket>);
-
-#[cfg(feature = "testing")]
-impl Drop for MockHalf {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
 
 /// A session as the mock host keeps it until the test starts it.
 #[cfg(feature = "testing")]
@@ -669,6 +666,52 @@ mod tests {
         assert_eq!(Message::from_parts((99, 0, Bytes::new())), None);
         assert!(Message::close(1000, "").is_close());
         assert_eq!(Message::from("x").as_text(), Some("x"));
+    }
+
+    #[cfg(feature = "testing")]
+    #[test]
+    fn an_upgrade_the_host_would_refuse_is_answered_before_reaching_it() {
+        use crate::testing::{MockHost, block_on};
+        let host = std::sync::Arc::new(MockHost::new()).host();
+        let upgrade = || {
+            handshake()
+                .header("sec-websocket-protocol", "a")
+                .build()
+                .expect("valid")
+                .websocket()
+                .expect("an upgrade")
+        };
+        let cases = [
+            (
+                upgrade().protocol("b"),
+                "the subprotocol \"b\" was not offered (offered: \"a\")",
+            ),
+            (
+                upgrade().header("upgrade", "websocket"),
+                "the header upgrade is the host's to set",
+            ),
+            (
+                upgrade().header("Sec-WebSocket-Extensions", "permessage-deflate"),
+                "the header sec-websocket-extensions is the host's to set",
+            ),
+            (
+                upgrade().header("x-bad", "a\nb"),
+                "invalid value for header x-bad",
+            ),
+        ];
+        for (upgrade, why) in cases {
+            let response = upgrade.accept(&host, |_socket, _host| async {});
+            assert_eq!(
+                response.status(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{why}"
+            );
+            let text = block_on(response.into_body().text()).expect("body");
+            assert_eq!(text, format!("WebSocket handshake refused: {why}\n"));
+        }
+        // A task's host serves no request: the mock refuses as the host does.
+        let response = upgrade().accept(&host.task_host(), |_socket, _host| async {});
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]

@@ -146,8 +146,9 @@ pub(crate) struct RawSubscription {
     ended: bool,
 }
 
-// SAFETY: a subscription is used by one thread at a time (`&mut self`) and its `drop` may run on
-// any thread (the ABI contract); `AbiSubscription` is `Send` for the same reason.
+// SAFETY: a shared `&RawSubscription` can do nothing with the host's subscription: polling takes
+// `&mut self` and releasing takes ownership (as for `FfiFuture`). Being `Sync` lets a future that
+// borrows a `Subscription` across an `.await` be `Send`.
 unsafe impl Sync for RawSubscription {}
 
 impl RawSubscription {

@@ -14,9 +14,10 @@
 //! Run with: `make run`, open <http://localhost:8080/chat/> in two windows, or
 //! `curl -N localhost:8080/chat/events` and `curl -d hi localhost:8080/chat/publish`.
 
+use std::future::{Future as _, poll_fn};
 use std::pin::pin;
+use std::task::Poll;
 
-use berth_app::futures::future::{Either, select};
 use berth_app::futures::{StreamExt as _, stream};
 use berth_app::header::{CACHE_CONTROL, CONTENT_TYPE, UPGRADE};
 use berth_app::{
@@ -94,11 +95,29 @@ async fn session(mut socket: WebSocket, host: Host, channel: String) {
             return;
         }
     };
+    // Which side is polled first, alternating, so that neither a busy channel nor a chatty
+    // client starves the other.
+    let mut client_first = false;
     loop {
         // Both futures are cancel-safe: the one that loses the race loses nothing.
-        let event = match select(pin!(feed.next()), pin!(socket.recv())).await {
-            Either::Left((published, _)) => Event::Published(published),
-            Either::Right((received, _)) => Event::Client(received),
+        let event = {
+            let mut published = pin!(feed.next());
+            let mut received = pin!(socket.recv());
+            poll_fn(|cx| {
+                client_first = !client_first;
+                if client_first {
+                    if let Poll::Ready(message) = received.as_mut().poll(cx) {
+                        return Poll::Ready(Event::Client(message));
+                    }
+                    published.as_mut().poll(cx).map(Event::Published)
+                } else {
+                    if let Poll::Ready(payload) = published.as_mut().poll(cx) {
+                        return Poll::Ready(Event::Published(payload));
+                    }
+                    received.as_mut().poll(cx).map(Event::Client)
+                }
+            })
+            .await
         };
         match event {
             Event::Published(Some(payload)) => {
