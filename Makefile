@@ -9,6 +9,9 @@ LISTEN ?= 127.0.0.1:8080
 # The sample fetch, gather and proxy apps call back into this machine; every other upstream is denied.
 ALLOW_OUTBOUND ?= http://127.0.0.1:*,http://localhost:*
 APPS_DIR ?= apps
+# Empty: the in-process pub/sub broker; `make run PUBSUB=redis://127.0.0.1:16379/` shares the
+# channels through the Redis `make services` starts.
+PUBSUB ?=
 SAMPLE_APPS := hello echo fetch gather greeter upload proxy clock todo counter ws-echo chat
 SO := $(if $(filter Darwin,$(shell uname -s)),dylib,so)
 
@@ -17,7 +20,7 @@ SO := $(if $(filter Darwin,$(shell uname -s)),dylib,so)
 # sample-apps/berth.toml holds the settings of `todo` and `counter` (the servers `make services`
 # starts); apps_dir in it is not set, so --apps-dir still decides.
 run: apps
-	$(CARGO) run --release -p berth-server --bin berth -- --config sample-apps/berth.toml --apps-dir $(APPS_DIR) --listen $(LISTEN) --allow-outbound "$(ALLOW_OUTBOUND)"
+	$(CARGO) run --release -p berth-server --bin berth -- --config sample-apps/berth.toml --apps-dir $(APPS_DIR) --listen $(LISTEN) --allow-outbound "$(ALLOW_OUTBOUND)" $(if $(PUBSUB),--pubsub "$(PUBSUB)")
 
 # A throwaway PostgreSQL (127.0.0.1:15432) and Redis (127.0.0.1:16379) for `todo` and `counter`.
 services:

@@ -34,13 +34,18 @@
 //! * `outbound`: the outbound allowlist (no connection for a denied host, whatever the `Host`
 //!   header), the inbound deadline bounding outbound calls, the outbound concurrency cap;
 //! * `pubsub`: the pub/sub broker's settings and its admin `/pubsub` document, a Redis that
-//!   is down at start.
+//!   is down at start;
+//! * `chat`: the `chat` sample on the broker, in memory and on Redis: a thousand WebSockets fed
+//!   by `redis-cli PUBLISH` or a `POST`, server-sent events, a reader that never reads (no one
+//!   waits for it and memory stays bounded, under both overflow policies), a Redis restart
+//!   while subscribed.
 //!
 //! [`Berth`]: harness::Berth
 
 mod admin;
 mod app_config;
 mod apps;
+mod chat;
 mod cli;
 mod data;
 mod harness;

@@ -33,32 +33,21 @@ unsafe fn scope<'a>(ctx: *mut c_void) -> &'a RequestScope {
 }
 
 /// The `SUB_*` tag and message of a failure.
-fn failure(error: &PubSubError) -> (u32, AbiBuf) {
+fn failure(error: &PubSubError) -> (u32, String) {
     let tag = match error {
         PubSubError::Invalid(_) => SUB_INVALID,
         _ => SUB_FAILED,
     };
-    (tag, AbiBuf::from_string(error.to_string()))
+    (tag, error.to_string())
 }
 
 /// A subscribe outcome for the plugin: the subscription, handed over, or why not.
 fn subscribe_outcome(result: Result<Subscription, PubSubError>) -> AbiSubscribeOutcome {
     match result {
-        Ok(subscription) => AbiSubscribeOutcome {
-            tag: SUB_OK,
-            subscription: to_abi(subscription),
-            message: AbiBuf::empty(),
-        },
+        Ok(subscription) => AbiSubscribeOutcome::ok(to_abi(subscription)),
         Err(error) => {
             let (tag, message) = failure(&error);
-            AbiSubscribeOutcome {
-                tag,
-                subscription: AbiSubscription {
-                    state: std::ptr::null_mut(),
-                    vtable: std::ptr::null(),
-                },
-                message,
-            }
+            AbiSubscribeOutcome::failed(tag, message)
         }
     }
 }
@@ -66,18 +55,10 @@ fn subscribe_outcome(result: Result<Subscription, PubSubError>) -> AbiSubscribeO
 /// A publish outcome for the plugin.
 fn publish_outcome(result: Result<u64, PubSubError>) -> AbiPublishOutcome {
     match result {
-        Ok(receivers) => AbiPublishOutcome {
-            tag: SUB_OK,
-            receivers,
-            message: AbiBuf::empty(),
-        },
+        Ok(receivers) => AbiPublishOutcome::ok(receivers),
         Err(error) => {
             let (tag, message) = failure(&error);
-            AbiPublishOutcome {
-                tag,
-                receivers: 0,
-                message,
-            }
+            AbiPublishOutcome::failed(tag, message)
         }
     }
 }
@@ -170,26 +151,16 @@ berth_app::ffi_fn! {
         // SAFETY: the caller's promise.
         let (subscription, cx) = unsafe { (&*state.cast::<Subscription>(), &mut *cx) };
         match cx.with_context(|cx| subscription.poll_next(cx)) {
-            Poll::Pending => AbiSubscriptionPoll {
-                tag: SUB_PENDING,
-                dropped: 0,
-                data: AbiBuf::empty(),
-            },
-            Poll::Ready(Next::Message { data, dropped }) => AbiSubscriptionPoll {
-                tag: SUB_MESSAGE,
-                dropped,
-                data: AbiBuf::from_bytes(data),
-            },
-            Poll::Ready(Next::End { reason, dropped }) => AbiSubscriptionPoll {
-                tag: SUB_END,
-                dropped,
-                data: AbiBuf::from_string(reason.to_string()),
-            },
+            Poll::Pending => AbiSubscriptionPoll::pending(),
+            Poll::Ready(Next::Message { data, dropped }) => {
+                AbiSubscriptionPoll::message(data, dropped)
+            }
+            Poll::Ready(Next::End { reason, dropped }) => {
+                AbiSubscriptionPoll::end(reason.to_string(), dropped)
+            }
         }
-    } ?= |panic| AbiSubscriptionPoll {
-        tag: SUB_END,
-        dropped: 0,
-        data: AbiBuf::from_string(format!("the host panicked in a subscription: {panic}")),
+    } ?= |panic| {
+        AbiSubscriptionPoll::end(format!("the host panicked in a subscription: {panic}"), 0)
     }
 }
 
@@ -202,4 +173,138 @@ berth_app::ffi_fn! {
         // SAFETY: the caller's promise.
         std::mem::drop(unsafe { Box::from_raw(state.cast::<Subscription>()) })
     } ?= |_| ()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use berth_app::ffi::ContextExt as _;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::host::allowlist::Allowlist;
+    use crate::host::{AppServices, Broker, Outbound, OutboundPolicy, SocketLimits};
+
+    fn services(broker: &Broker) -> Arc<AppServices> {
+        let tls = crate::tls::client_config(None).unwrap();
+        let outbound = Outbound::new(Duration::from_secs(5), Duration::from_secs(5), tls);
+        let policy = OutboundPolicy::new(Allowlist::default(), 8, 1024, SocketLimits::default());
+        let runtime = tokio::runtime::Handle::current();
+        AppServices::new(Arc::from("pubsub-app"), outbound, policy, runtime, broker)
+    }
+
+    /// A scope reference as the plugin holds one, released when dropped.
+    struct Ctx(*mut c_void);
+
+    impl Ctx {
+        fn new(services: &Arc<AppServices>) -> Self {
+            Ctx(Arc::into_raw(RequestScope::new(services, None))
+                .cast_mut()
+                .cast())
+        }
+    }
+
+    impl Drop for Ctx {
+        fn drop(&mut self) {
+            // SAFETY: the reference `new` made, released once.
+            std::mem::drop(unsafe { Arc::from_raw(self.0.cast_const().cast::<RequestScope>()) });
+        }
+    }
+
+    /// Polls a host subscription once for its next event, as the plugin does.
+    async fn next(subscription: &AbiSubscription) -> (u32, u64, Bytes) {
+        // SAFETY: a live subscription from the host; its vtable is a static.
+        let table = unsafe { &*subscription.vtable };
+        let polled = poll_fn(|cx| {
+            cx.with_ffi_context(|fcx| {
+                // SAFETY: a live subscription, polled by one task.
+                let polled = unsafe { (table.poll_next)(subscription.state, fcx) };
+                match polled.tag {
+                    SUB_PENDING => Poll::Pending,
+                    _ => Poll::Ready(polled),
+                }
+            })
+        });
+        let polled = tokio::time::timeout(Duration::from_secs(5), polled)
+            .await
+            .unwrap();
+        // SAFETY: the poll's data is ours.
+        (polled.tag, polled.dropped, unsafe {
+            polled.data.into_bytes()
+        })
+    }
+
+    #[tokio::test]
+    async fn subscribe_publish_poll_and_drop_through_the_abi() {
+        let broker = Broker::memory(&Default::default());
+        let services = services(&broker);
+        let ctx = Ctx::new(&services);
+        // SAFETY: `ctx` is live, the channel borrowed for the call; the outcome is ours.
+        let subscription =
+            unsafe { subscribe(ctx.0, AbiStr::new(b"news")).await.into_result() }.unwrap();
+        // SAFETY: a subscription from the host.
+        assert_eq!(
+            unsafe { &*subscription.vtable }.size,
+            size_of::<AbiSubscriptionVTable>()
+        );
+        let payload = AbiBuf::from_bytes(Bytes::from_static(b"hi"));
+        // SAFETY: as above; the payload moves to the host.
+        let published = unsafe {
+            publish(ctx.0, AbiStr::new(b"news"), payload)
+                .await
+                .into_result()
+        };
+        assert_eq!(published, Ok(1));
+        let (tag, dropped, data) = next(&subscription).await;
+        assert_eq!((tag, dropped, &data[..]), (SUB_MESSAGE, 0, &b"hi"[..]));
+        assert_eq!(broker.status()["channels"][0]["subscribers"], 1);
+
+        // Retiring the version ends its subscription.
+        services.retire();
+        let (tag, _, reason) = next(&subscription).await;
+        assert_eq!(tag, SUB_END);
+        assert_eq!(&reason[..], b"the app version was retired");
+        // SAFETY: the subscription is ours, dropped once.
+        unsafe { ((*subscription.vtable).drop)(subscription.state) };
+        assert_eq!(broker.status()["channels"], serde_json::json!([]));
+    }
+
+    #[tokio::test]
+    async fn bad_channels_and_payloads_are_invalid() {
+        let broker = Broker::memory(&crate::host::pubsub::PubSubConfig {
+            max_message: 4,
+            ..Default::default()
+        });
+        let services = services(&broker);
+        let ctx = Ctx::new(&services);
+        for (channel, needle) in [
+            (&b""[..], "empty"),
+            (&b"\xff"[..], "not UTF-8"),
+            (&[b'x'; 257][..], "limit of 256"),
+        ] {
+            // SAFETY: as above.
+            let refused = unsafe { subscribe(ctx.0, AbiStr::new(channel)).await.into_result() };
+            let Err((tag, message)) = refused else {
+                panic!("{channel:?} was accepted");
+            };
+            assert_eq!(tag, SUB_INVALID, "{message}");
+            assert!(message.contains(needle), "{message}");
+        }
+        let payload = AbiBuf::from_bytes(Bytes::from_static(b"12345"));
+        // SAFETY: as above.
+        let refused = unsafe {
+            publish(ctx.0, AbiStr::new(b"c"), payload)
+                .await
+                .into_result()
+        };
+        let Err((tag, message)) = refused else {
+            panic!("an oversized message was accepted");
+        };
+        assert_eq!(tag, SUB_INVALID);
+        assert!(message.contains("limit of 4"), "{message}");
+    }
 }

@@ -21,7 +21,9 @@
 //!   The connection reconnects with backoff and resubscribes every channel on its own,
 //!   logging the gap (a warning when lost, an info line with how long it was down when back).
 //!   Redis does not keep messages for a subscriber that is away: what is published during a
-//!   gap is lost.
+//!   gap is lost. A message from Redis larger than `pubsub_max_message` (published by someone
+//!   other than a Berth app, whose messages are checked) is dropped with a warning, so no
+//!   queue holds more than that per message.
 //!
 //!   Subscribing while Redis is down: if the broker has *never* connected, subscribing fails
 //!   (`SUB_FAILED`, naming the URL and the error), since nothing says the URL is right; once
@@ -451,6 +453,22 @@ impl Broker {
         }
     }
 
+    /// Ends every subscription that no WebSocket session made (event streams, tasks) with
+    /// `reason`, once what is queued for it is read: what a server that stops calls first, so
+    /// that an endless stream fed by a subscription does not hold its connection open through
+    /// the whole drain. Sessions' subscriptions are left to the WebSocket's own shutdown (the
+    /// socket's close code is its to send) and to their version's retirement.
+    pub fn end_streams(&self, reason: &str) {
+        let channels: Vec<Arc<Channel>> = lock(&self.0.channels).values().cloned().collect();
+        for channel in channels {
+            for subscriber in lock(&channel.subscribers).values() {
+                if subscriber.session.is_none() {
+                    subscriber.queue.end(reason);
+                }
+            }
+        }
+    }
+
     /// The admin API's view: `{"backend", "connected", "channels": [{"name", "subscribers",
     /// "published", "delivered", "dropped"}], "reconnects"}`, channels by name.
     pub fn status(&self) -> Value {
@@ -503,7 +521,7 @@ impl Shared {
         {
             let subscribers = lock(&channel.subscribers);
             for (id, subscriber) in subscribers.iter() {
-                match subscriber.queue.push(payload.clone(), overflow, &reason) {
+                match subscriber.queue.push(payload.clone(), overflow) {
                     Pushed::Queued => reached += 1,
                     Pushed::DroppedOldest => {
                         reached += 1;
@@ -512,7 +530,8 @@ impl Shared {
                     Pushed::Overflowed(lost) => {
                         reached += 1;
                         dropped += lost;
-                        overflowed.push((*id, subscriber.session.clone()));
+                        let queue = Arc::clone(&subscriber.queue);
+                        overflowed.push((*id, queue, subscriber.session.clone()));
                     }
                     Pushed::Ended => {}
                 }
@@ -521,16 +540,19 @@ impl Shared {
         if dropped > 0 {
             channel.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
-        for (id, session) in overflowed {
+        for (id, queue, session) in overflowed {
             tracing::warn!(
                 channel = &*channel.name,
                 queue = self.config.queue,
                 websocket = session.is_some(),
                 "pub/sub: a subscriber fell behind and was closed (pubsub_overflow = \"close\")"
             );
+            // The socket first, then the end the app sees: so the client gets 1008 whatever
+            // the app does once its subscription ends.
             if let Some(session) = session {
                 session.close(FELL_BEHIND_CODE, FELL_BEHIND_REASON);
             }
+            queue.end(&reason);
             self.remove(&channel, id);
         }
         reached

@@ -39,10 +39,10 @@ pub(super) enum Pushed {
     Queued,
     /// Queued, after dropping the oldest message (`drop-oldest`).
     DroppedOldest,
-    /// The queue was full under `close`: it ended, dropping this many messages (those it held
-    /// and this one).
+    /// The queue was full under `close`: it dropped this many messages (those it held and this
+    /// one), takes no more, and must be ended with [`Queue::end`].
     Overflowed(u64),
-    /// The queue had ended already: nothing done.
+    /// The queue had ended (or overflowed) already: nothing done.
     Ended,
 }
 
@@ -60,6 +60,8 @@ struct State {
     dropped: u64,
     /// Set once the queue ends.
     end: Option<Arc<str>>,
+    /// Set when it overflowed under `close`: it takes no more, and is about to end.
+    closing: bool,
     /// The subscriber's waker, while it waits.
     waker: Option<Waker>,
 }
@@ -78,10 +80,10 @@ impl Queue {
     }
 
     /// Adds `message`, applying `overflow` when full, and wakes the subscriber. Never waits.
-    pub(super) fn push(&self, message: Bytes, overflow: Overflow, end_reason: &str) -> Pushed {
+    pub(super) fn push(&self, message: Bytes, overflow: Overflow) -> Pushed {
         let (pushed, waker) = {
             let mut state = self.lock();
-            if state.end.is_some() {
+            if state.end.is_some() || state.closing {
                 return Pushed::Ended;
             }
             let pushed = if state.messages.len() < self.capacity {
@@ -97,11 +99,14 @@ impl Queue {
                     }
                     Overflow::Close => {
                         let lost = state.messages.len() as u64 + 1;
-                        // Free what it held now: the subscriber may never poll again.
+                        // Free what it held now: the subscriber may never poll again. The end
+                        // itself comes with `end`, once the caller has closed the subscriber's
+                        // WebSocket: an app that saw the end first might close it itself, with
+                        // another code.
                         state.messages = VecDeque::new();
                         state.dropped += lost;
-                        state.end = Some(Arc::from(end_reason));
-                        Pushed::Overflowed(lost)
+                        state.closing = true;
+                        return Pushed::Overflowed(lost);
                     }
                 }
             };
@@ -175,11 +180,7 @@ mod tests {
     fn drop_oldest_keeps_the_newest_and_counts() {
         let queue = Queue::new(2);
         for text in ["a", "b", "c", "d"] {
-            queue.push(
-                Bytes::from_static(text.as_bytes()),
-                Overflow::DropOldest,
-                "x",
-            );
+            queue.push(Bytes::from_static(text.as_bytes()), Overflow::DropOldest);
         }
         assert_eq!(queue.len(), 2);
         assert_eq!(poll(&queue), message("c", 2));
@@ -188,20 +189,18 @@ mod tests {
     }
 
     #[test]
-    fn close_ends_at_once_and_frees_the_backlog() {
+    fn close_frees_the_backlog_at_once_and_ends_when_told() {
         let queue = Queue::new(2);
-        let push = |text: &'static str| {
-            queue.push(
-                Bytes::from_static(text.as_bytes()),
-                Overflow::Close,
-                "fell behind",
-            )
-        };
+        let push =
+            |text: &'static str| queue.push(Bytes::from_static(text.as_bytes()), Overflow::Close);
         assert_eq!(push("a"), Pushed::Queued);
         assert_eq!(push("b"), Pushed::Queued);
         assert_eq!(push("c"), Pushed::Overflowed(3));
         assert_eq!(push("d"), Pushed::Ended);
         assert_eq!(queue.len(), 0);
+        // Nothing to read until the broker ends it (after closing the subscriber's socket).
+        assert_eq!(poll(&queue), Poll::Pending);
+        queue.end("fell behind");
         let end = Poll::Ready(Next::End {
             reason: Arc::from("fell behind"),
             dropped: 3,
@@ -217,7 +216,7 @@ mod tests {
     #[test]
     fn end_delivers_what_is_queued_first() {
         let queue = Queue::new(4);
-        queue.push(Bytes::from_static(b"a"), Overflow::DropOldest, "x");
+        queue.push(Bytes::from_static(b"a"), Overflow::DropOldest);
         queue.end("retired");
         assert_eq!(poll(&queue), message("a", 0));
         assert!(matches!(poll(&queue), Poll::Ready(Next::End { .. })));
@@ -238,7 +237,7 @@ mod tests {
             queue.poll_next(&mut Context::from_waker(&waker)),
             Poll::Pending
         );
-        queue.push(Bytes::from_static(b"a"), Overflow::DropOldest, "x");
+        queue.push(Bytes::from_static(b"a"), Overflow::DropOldest);
         assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst));
     }
 }
