@@ -20,16 +20,17 @@
 //! A request's way through the modules, in order:
 //!
 //! * [`http`]: the accept loop, one connection (TLS, HTTP/1.1 or HTTP/2, timeouts), routing a
-//!   request to its app, and the response that goes back;
+//!   request to its app, and the response that goes back, or the switch to a WebSocket;
 //! * [`apps`]: what is mounted: loading files from the apps directory, app versions, the
 //!   router, the registry that hot-swaps versions, the file watcher;
 //! * [`plugin`]: the one module tree with `unsafe` code: opening libraries, checking their
 //!   descriptor, the request lent to an app, calling its handler, and the capability table it
 //!   calls back into;
 //! * [`host`]: what apps call back into: logging, timers, the outbound HTTP client with its
-//!   allowlist, TCP sockets, spawned tasks, the app version's state, and the process's pub/sub
-//!   broker (in memory or through Redis); sockets, tasks and subscriptions end when their
-//!   version is retired.
+//!   allowlist, TCP sockets, spawned tasks, the app version's state, the process's pub/sub
+//!   broker (in memory or through Redis), and WebSockets, whose protocol the host runs under
+//!   the app's whole messages; sockets, tasks and subscriptions end when their version is
+//!   retired.
 //!
 //! Around them:
 //!

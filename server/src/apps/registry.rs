@@ -356,6 +356,7 @@ impl Registry {
             max_body_size: app_config
                 .max_body_size
                 .unwrap_or(self.config.limits.max_body_size),
+            websocket: Arc::new(app_config.websocket.over(&self.config.websocket)),
             services,
             plugin,
             stats,
@@ -363,10 +364,27 @@ impl Registry {
         }))
     }
 
-    /// Retires `version` in the background: waits for its last request, runs its `shutdown`
-    /// hook, then cancels its tasks and closes its sockets.
+    /// Retires `version` in the background: waits for its last request (an open WebSocket
+    /// counts as one), runs its `shutdown` hook, then cancels its tasks and closes its sockets.
+    /// With a `ws_reload_grace`, its WebSockets are closed with 1012 once the grace is over.
     fn retire(self: &Arc<Self>, version: Arc<AppVersion>) {
         lock(&self.retiring).push(Arc::clone(&version));
+        if let Some(grace) = version.websocket.reload_grace {
+            let services = Arc::downgrade(&version.services);
+            let (app, id) = (Arc::clone(&version.name), version.id);
+            self.runtime.spawn(async move {
+                tokio::time::sleep(grace).await;
+                if let Some(services) = services.upgrade() {
+                    let open = services.websockets.open();
+                    if open > 0 {
+                        tracing::info!(app = &*app, id, open, "reload grace of {grace:?} over: closing the old version's WebSockets with 1012");
+                    }
+                    services
+                        .websockets
+                        .close_all(1012, "service restart", true);
+                }
+            });
+        }
         let registry = Arc::clone(self);
         let task = self.runtime.spawn(async move {
             version.wait_idle().await;
@@ -436,6 +454,34 @@ impl Registry {
         }
     }
 
+    /// At shutdown: asks every WebSocket of every version (mounted or retiring) to close with
+    /// its app's `ws_shutdown_code`, and every later one to close at once. Returns how many
+    /// were open.
+    pub fn close_websockets(&self) -> usize {
+        let mut versions: Vec<Arc<AppVersion>> = self.router().apps().cloned().collect();
+        versions.extend(lock(&self.retiring).iter().cloned());
+        let mut open = 0;
+        for version in versions {
+            open += version.services.websockets.open();
+            version.services.websockets.close_all(
+                version.websocket.shutdown_code,
+                "server shutting down",
+                true,
+            );
+        }
+        open
+    }
+
+    /// Returns once every WebSocket of every version (mounted or retiring) has closed.
+    pub async fn websockets_closed(&self) {
+        let mut versions: Vec<Arc<AppVersion>> = self.router().apps().cloned().collect();
+        versions.extend(lock(&self.retiring).iter().cloned());
+        let waits = versions
+            .iter()
+            .map(|version| version.services.websockets.wait_closed());
+        futures_util::future::join_all(waits).await;
+    }
+
     /// The name of the file that provides `app`, if it is mounted.
     pub fn file_of(&self, app: &str) -> Option<PathBuf> {
         self.router()
@@ -473,21 +519,22 @@ impl Registry {
             .collect();
         let retiring: Vec<Value> = lock(&self.retiring)
             .iter()
-            .map(|v| json!({"name": &*v.name, "id": v.id, "version": v.plugin.version, "in_flight": v.in_flight(), "sockets": v.services.sockets.open(), "tasks": v.services.tasks.live()}))
+            .map(|v| json!({"name": &*v.name, "id": v.id, "version": v.plugin.version, "in_flight": v.in_flight(), "sockets": v.services.sockets.open(), "tasks": v.services.tasks.live(), "websockets": v.services.websockets.open()}))
             .collect();
         let recently_retired: Vec<Value> = lock(&self.recently_retired)
             .iter()
             .map(|r| {
                 let services = r.services.upgrade();
-                let (sockets, tasks) = services
-                    .as_ref()
-                    .map_or((0, 0), |s| (s.sockets.open(), s.tasks.live()));
+                let (sockets, tasks, websockets) = services.as_ref().map_or((0, 0, 0), |s| {
+                    (s.sockets.open(), s.tasks.live(), s.websockets.open())
+                });
                 json!({
                     "name": &*r.name,
                     "id": r.id,
                     "version": r.version,
                     "sockets": sockets,
                     "tasks": tasks,
+                    "websockets": websockets,
                     "released": services.is_none(),
                 })
             })

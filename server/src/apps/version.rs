@@ -43,6 +43,8 @@ pub struct AppVersion {
     pub hook_timeout: Duration,
     /// Largest request body it accepts.
     pub max_body_size: u64,
+    /// Its WebSocket settings.
+    pub websocket: Arc<crate::host::websocket::WsSettings>,
     /// Its name, outbound client and rules, shared by all its requests.
     pub services: Arc<AppServices>,
     /// The plugin.
@@ -107,6 +109,7 @@ impl AppVersion {
             "abi": format!("{}.{}", berth_app::abi::ABI_MAJOR, self.plugin.abi_minor),
             "sockets": self.services.sockets.open(),
             "tasks": self.services.tasks.live(),
+            "websockets": self.services.websockets.open(),
         })
     }
 }

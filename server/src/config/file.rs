@@ -5,10 +5,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::values::{
-    Addr, AdminListen, Count, Hosts, Mount, OverflowPolicy, PositiveSecs, PubSubBackend, Secs,
-    Setting, Size,
+    Addr, AdminListen, CloseCode, Count, Hosts, Mount, OffOrPositiveSecs, OffOrSecs, Origins,
+    OverflowPolicy, PositiveSecs, PubSubBackend, Secs, Setting, Size,
 };
-use super::{AppConfig, ConfigError};
+use super::{AppConfig, ConfigError, WsOverrides};
+
+/// A size as a `usize` (saturating on 32-bit targets).
+pub(super) fn size(bytes: u64) -> usize {
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
 
 /// Parses and checks the file's text; `path` is only for the error.
 pub(super) fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
@@ -91,6 +96,16 @@ pub(super) struct FileConfig {
     pub(super) hook_timeout: Option<PositiveSecs>,
     pub(super) watch: Option<bool>,
     pub(super) access_log: Option<bool>,
+    // WebSockets: the defaults for every app; each may be set per app too.
+    pub(super) ws_max_message: Option<Size>,
+    pub(super) ws_max_frame: Option<Size>,
+    pub(super) ws_ping_interval: Option<PositiveSecs>,
+    pub(super) ws_pong_timeout: Option<PositiveSecs>,
+    pub(super) ws_idle_timeout: Option<OffOrPositiveSecs>,
+    pub(super) ws_send_queue: Option<Count>,
+    pub(super) ws_origins: Option<Origins>,
+    pub(super) ws_reload_grace: Option<OffOrSecs>,
+    pub(super) ws_shutdown_code: Option<CloseCode>,
     pub(super) pubsub: Option<PubSubBackend>,
     pub(super) pubsub_queue: Option<Count>,
     pub(super) pubsub_overflow: Option<OverflowPolicy>,
@@ -134,6 +149,16 @@ pub(super) struct FileApp {
     #[serde(alias = "outbound_connect_timeout")]
     connect_timeout: Option<PositiveSecs>,
     max_sockets: Option<Count>,
+    // WebSockets: this app's, over the top level's.
+    pub(super) ws_max_message: Option<Size>,
+    pub(super) ws_max_frame: Option<Size>,
+    pub(super) ws_ping_interval: Option<PositiveSecs>,
+    pub(super) ws_pong_timeout: Option<PositiveSecs>,
+    pub(super) ws_idle_timeout: Option<OffOrPositiveSecs>,
+    pub(super) ws_send_queue: Option<Count>,
+    pub(super) ws_origins: Option<Origins>,
+    pub(super) ws_reload_grace: Option<OffOrSecs>,
+    pub(super) ws_shutdown_code: Option<CloseCode>,
 }
 
 impl From<FileApp> for AppConfig {
@@ -150,6 +175,17 @@ impl From<FileApp> for AppConfig {
             request_timeout: app.request_timeout.map(|d| d.0),
             hook_timeout: app.hook_timeout.map(|d| d.0),
             settings: app.settings.into_iter().map(|(k, v)| (k, v.0)).collect(),
+            websocket: WsOverrides {
+                max_message: app.ws_max_message.map(|s| size(s.0)),
+                max_frame: app.ws_max_frame.map(|s| size(s.0)),
+                ping_interval: app.ws_ping_interval.map(|d| d.0),
+                pong_timeout: app.ws_pong_timeout.map(|d| d.0),
+                idle_timeout: app.ws_idle_timeout.map(|d| d.0),
+                send_queue: app.ws_send_queue.map(|n| n.0),
+                origins: app.ws_origins.map(|o| o.0),
+                reload_grace: app.ws_reload_grace.map(|d| d.0),
+                shutdown_code: app.ws_shutdown_code.map(|c| c.0),
+            },
         }
     }
 }

@@ -18,6 +18,15 @@
 //! hook_timeout = "10s"
 //! watch = true
 //! access_log = false                # one log line per request (off by default)
+//! ws_max_message = "1MiB"           # WebSockets: larger messages close with 1009
+//! ws_max_frame = "1MiB"             # larger frames close with 1009
+//! ws_ping_interval = "20s"          # the server pings every socket this often
+//! ws_pong_timeout = "20s"           # a client that answers no ping within it is dropped
+//! ws_idle_timeout = "off"           # close with 1001 after this long without a message
+//! ws_send_queue = 32                # messages an app may queue before its send waits
+//! ws_origins = []                   # allowed `Origin`s ("https://app.example"); empty: any
+//! ws_reload_grace = "off"           # after a swap, close old sockets with 1012 after this long
+//! ws_shutdown_code = 1001           # the close code sockets get at shutdown
 //! pubsub = "memory"                 # or "redis://127.0.0.1:6379/" to share channels
 //! pubsub_queue = 64                 # messages queued per subscriber
 //! pubsub_overflow = "drop-oldest"   # or "close" (a WebSocket that falls behind gets 1008)
@@ -30,6 +39,7 @@
 //! hook_timeout = "2s"
 //! connect_timeout = "2s"            # this app's sockets
 //! max_sockets = 10
+//! ws_idle_timeout = "5m"            # every ws_* key can be set per app too
 //! allowed_outbound_hosts = ["https://api.example.com", "postgres://db.internal"]
 //! [apps.hello.settings]
 //! greeting = "Hi there"
@@ -61,6 +71,7 @@ use std::time::Duration;
 // The one import of `Allowlist` in `config`: the submodules name it as `super::Allowlist`.
 use crate::host::allowlist::Allowlist;
 use crate::host::pubsub::PubSubConfig;
+pub use crate::host::websocket::WsSettings;
 
 pub use cli::Cli;
 use file::FileConfig;
@@ -123,6 +134,9 @@ pub struct Config {
     pub limits: Limits,
     /// Outbound HTTP settings.
     pub outbound: OutboundConfig,
+    /// WebSocket settings (the `ws_*` keys), for apps that do not set their own
+    /// ([`AppConfig::websocket`]); see [`WsSettings`] for each default.
+    pub websocket: WsSettings,
 }
 
 /// The PEM files of the TLS certificate chain and its key.
@@ -235,6 +249,51 @@ pub struct AppConfig {
     pub connect_timeout: Option<Duration>,
     /// This app's socket limit, instead of [`OutboundConfig::max_sockets`].
     pub max_sockets: Option<usize>,
+    /// This app's WebSocket settings, each instead of [`Config::websocket`]'s.
+    pub websocket: WsOverrides,
+}
+
+/// An app's own WebSocket settings (`ws_*` keys in `[apps.<name>]`); `None`: the server's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WsOverrides {
+    /// `ws_max_message`.
+    pub max_message: Option<usize>,
+    /// `ws_max_frame`.
+    pub max_frame: Option<usize>,
+    /// `ws_ping_interval`.
+    pub ping_interval: Option<Duration>,
+    /// `ws_pong_timeout`.
+    pub pong_timeout: Option<Duration>,
+    /// `ws_idle_timeout` (`Some(None)`: off for this app).
+    pub idle_timeout: Option<Option<Duration>>,
+    /// `ws_send_queue`.
+    pub send_queue: Option<usize>,
+    /// `ws_origins`.
+    pub origins: Option<Vec<String>>,
+    /// `ws_reload_grace` (`Some(None)`: off for this app).
+    pub reload_grace: Option<Option<Duration>>,
+    /// `ws_shutdown_code`.
+    pub shutdown_code: Option<u16>,
+}
+
+impl WsOverrides {
+    /// These settings over `server`'s.
+    pub fn over(&self, server: &WsSettings) -> WsSettings {
+        WsSettings {
+            max_message: self.max_message.unwrap_or(server.max_message),
+            max_frame: self.max_frame.unwrap_or(server.max_frame),
+            ping_interval: self.ping_interval.unwrap_or(server.ping_interval),
+            pong_timeout: self.pong_timeout.unwrap_or(server.pong_timeout),
+            idle_timeout: self.idle_timeout.unwrap_or(server.idle_timeout),
+            send_queue: self.send_queue.unwrap_or(server.send_queue),
+            origins: self
+                .origins
+                .clone()
+                .unwrap_or_else(|| server.origins.clone()),
+            reload_grace: self.reload_grace.unwrap_or(server.reload_grace),
+            shutdown_code: self.shutdown_code.unwrap_or(server.shutdown_code),
+        }
+    }
 }
 
 impl Default for AppConfig {
@@ -251,6 +310,7 @@ impl Default for AppConfig {
             outbound_max_buffered: None,
             connect_timeout: None,
             max_sockets: None,
+            websocket: WsOverrides::default(),
         }
     }
 }
@@ -314,6 +374,16 @@ impl Config {
             tls: None,
             limits: Limits::default(),
             outbound: OutboundConfig::default(),
+            websocket: WsSettings::default(),
+        }
+    }
+
+    /// The WebSocket settings of the app called `name`: its own `ws_*` keys over the
+    /// server's.
+    pub fn websocket(&self, name: &str) -> WsSettings {
+        match self.apps.get(name) {
+            Some(app) => app.websocket.over(&self.websocket),
+            None => self.websocket.clone(),
         }
     }
 
@@ -438,10 +508,25 @@ impl Config {
                 .or(file.allowed_outbound_hosts.map(|h| h.0))
                 .unwrap_or_default(),
         };
+        let ws = &defaults.websocket;
+        let websocket = WsSettings {
+            max_message: file
+                .ws_max_message
+                .map_or(ws.max_message, |s| file::size(s.0)),
+            max_frame: file.ws_max_frame.map_or(ws.max_frame, |s| file::size(s.0)),
+            ping_interval: file.ws_ping_interval.map_or(ws.ping_interval, |d| d.0),
+            pong_timeout: file.ws_pong_timeout.map_or(ws.pong_timeout, |d| d.0),
+            idle_timeout: file.ws_idle_timeout.map_or(ws.idle_timeout, |d| d.0),
+            send_queue: file.ws_send_queue.map_or(ws.send_queue, |n| n.0),
+            origins: file.ws_origins.map_or_else(|| ws.origins.clone(), |o| o.0),
+            reload_grace: file.ws_reload_grace.map_or(ws.reload_grace, |d| d.0),
+            shutdown_code: file.ws_shutdown_code.map_or(ws.shutdown_code, |c| c.0),
+        };
         Ok(Config {
             tls,
             limits,
             outbound,
+            websocket,
             apps_dir: cli
                 .apps_dir
                 .or_else(|| file.apps_dir.map(|dir| file_dir.join(dir)))
@@ -697,6 +782,74 @@ mod tests {
         assert!(message.contains("needs a port"), "{message}");
         let message = load_err("max-sockets-type", "[apps.db]\nmax_sockets = \"many\"\n");
         assert!(message.contains("key `apps.db.max_sockets`"), "{message}");
+    }
+
+    #[test]
+    fn websocket_settings_at_the_top_and_per_app() {
+        let config = load("ws-default", "", &[]).unwrap();
+        let ws = config.websocket("chat");
+        assert_eq!(ws, WsSettings::default());
+        assert_eq!(ws.max_message, 1 << 20);
+        assert_eq!(ws.max_frame, 1 << 20);
+        assert_eq!(ws.ping_interval, Duration::from_secs(20));
+        assert_eq!(ws.pong_timeout, Duration::from_secs(20));
+        assert_eq!(ws.idle_timeout, None);
+        assert_eq!(ws.send_queue, 32);
+        assert!(ws.origins.is_empty());
+        assert_eq!(ws.reload_grace, None);
+        assert_eq!(ws.shutdown_code, 1001);
+
+        let toml = r#"
+            ws_max_message = "64KiB"
+            ws_ping_interval = "500ms"
+            ws_idle_timeout = "1m"
+            ws_origins = ["https://App.example"]
+            ws_shutdown_code = 1012
+            [apps.chat]
+            ws_max_frame = 1024
+            ws_idle_timeout = "off"
+            ws_reload_grace = 0
+            ws_send_queue = 4
+            [apps.other]
+        "#;
+        let config = load("ws", toml, &[]).unwrap();
+        let chat = config.websocket("chat");
+        assert_eq!(chat.max_message, 64 * 1024);
+        assert_eq!(chat.max_frame, 1024);
+        assert_eq!(chat.ping_interval, Duration::from_millis(500));
+        assert_eq!(chat.idle_timeout, None);
+        assert_eq!(chat.reload_grace, Some(Duration::ZERO));
+        assert_eq!(chat.send_queue, 4);
+        assert_eq!(chat.origins, ["https://app.example"]);
+        assert_eq!(chat.shutdown_code, 1012);
+        let other = config.websocket("other");
+        assert_eq!(other.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(other.max_frame, 1 << 20);
+        assert_eq!(config.websocket("unlisted"), other);
+    }
+
+    #[test]
+    fn bad_websocket_settings_name_the_key() {
+        use super::test_support::load_err;
+        let message = load_err("ws-code", "ws_shutdown_code = 1006\n");
+        assert!(message.contains("key `ws_shutdown_code`"), "{message}");
+        assert!(message.contains("1006 is not a close code"), "{message}");
+        let message = load_err("ws-idle", "[apps.chat]\nws_idle_timeout = 0\n");
+        assert!(
+            message.contains("key `apps.chat.ws_idle_timeout`"),
+            "{message}"
+        );
+        assert!(message.contains("off"), "{message}");
+        let message = load_err("ws-origin", "ws_origins = [\"app.example\"]\n");
+        assert!(message.contains("key `ws_origins`"), "{message}");
+        assert!(message.contains("not an origin"), "{message}");
+        let message = load_err("ws-queue", "[apps.chat]\nws_send_queue = 0\n");
+        assert!(
+            message.contains("key `apps.chat.ws_send_queue`"),
+            "{message}"
+        );
+        let message = load_err("ws-ping", "ws_ping_interval = \"soon\"\n");
+        assert!(message.contains("key `ws_ping_interval`"), "{message}");
     }
 
     #[test]

@@ -197,6 +197,123 @@ impl Visitor<'_> for DurationVisitor {
     }
 }
 
+/// `"off"`, or a duration of 0 or more (`ws_reload_grace`).
+#[derive(Debug)]
+pub(super) struct OffOrSecs(pub(super) Option<Duration>);
+
+/// `"off"`, or a duration of more than 0 (`ws_idle_timeout`).
+#[derive(Debug)]
+pub(super) struct OffOrPositiveSecs(pub(super) Option<Duration>);
+
+/// Reads `"off"` or a duration, with the duration's own error for anything else.
+fn off_or_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    struct OffOrDuration;
+
+    impl Visitor<'_> for OffOrDuration {
+        type Value = Option<Duration>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(
+                "\"off\", a number of seconds (30, 0.5) or a duration string (\"500ms\", \"2m\")",
+            )
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            DurationVisitor.visit_i64(v).map(Some)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            DurationVisitor.visit_u64(v).map(Some)
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            DurationVisitor.visit_f64(v).map(Some)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            if v.trim() == "off" {
+                return Ok(None);
+            }
+            DurationVisitor.visit_str(v).map(Some)
+        }
+    }
+
+    deserializer.deserialize_any(OffOrDuration)
+}
+
+impl<'de> Deserialize<'de> for OffOrSecs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        off_or_duration(deserializer).map(OffOrSecs)
+    }
+}
+
+impl<'de> Deserialize<'de> for OffOrPositiveSecs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match off_or_duration(deserializer)? {
+            Some(duration) => check_positive(duration)
+                .map(|d| OffOrPositiveSecs(Some(d)))
+                .map_err(|e| de::Error::custom(format!("{e} (write \"off\" for none)"))),
+            None => Ok(OffOrPositiveSecs(None)),
+        }
+    }
+}
+
+/// A WebSocket close code an endpoint may send (`ws_shutdown_code`): 1000-1003, 1007-1014 or
+/// 3000-4999.
+#[derive(Debug)]
+pub(super) struct CloseCode(pub(super) u16);
+
+impl<'de> Deserialize<'de> for CloseCode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(deserializer)?;
+        u16::try_from(n)
+            .ok()
+            .filter(|code| crate::host::websocket::sendable_close_code(*code))
+            .map(CloseCode)
+            .ok_or_else(|| {
+                de::Error::custom(format!(
+                    "{n} is not a close code a server may send (1000-1003, 1007-1014, 3000-4999)"
+                ))
+            })
+    }
+}
+
+/// A list of WebSocket origins (`ws_origins`), each `scheme://host` or `scheme://host:port`,
+/// kept lower-cased.
+#[derive(Debug)]
+pub(super) struct Origins(pub(super) Vec<String>);
+
+impl<'de> Deserialize<'de> for Origins {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let entries = Vec::<String>::deserialize(deserializer)?;
+        entries
+            .into_iter()
+            .map(|entry| {
+                let origin = entry.trim().to_ascii_lowercase();
+                let valid = origin.split_once("://").is_some_and(|(scheme, rest)| {
+                    !scheme.is_empty()
+                        && scheme
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                        && !rest.is_empty()
+                        && !rest.contains(['/', '?', '#', ' '])
+                });
+                if valid {
+                    Ok(origin)
+                } else {
+                    Err(de::Error::custom(format!(
+                        "{entry:?} is not an origin; expected scheme://host or scheme://host:port, \
+                         as browsers send it (\"https://app.example.com\")"
+                    )))
+                }
+            })
+            .collect::<Result<_, _>>()
+            .map(Origins)
+    }
+}
+
 // Addresses.
 
 /// A socket address such as `127.0.0.1:8080` or `[::1]:8080`.

@@ -8,6 +8,8 @@
 //! * [`socket`]: apps' TCP sockets, closed by the host when their version is retired;
 //! * [`tasks`]: the tasks an app version spawns, cancelled when it is retired;
 //! * [`body`]: bodies crossing to an app as streams (request bodies, fetched responses);
+//! * [`websocket`]: WebSockets: the handshake an app accepts, and the session task that runs
+//!   the protocol (codec, pings, limits, closing) under the app's whole messages;
 //! * [`pubsub`]: the process's pub/sub broker (in memory or through Redis), fanning each
 //!   channel out to its subscribers through bounded queues;
 //! * `relay`: wakers for futures an app polls with wakers of its own.
@@ -19,6 +21,7 @@ pub mod pubsub;
 mod relay;
 pub mod socket;
 pub mod tasks;
+pub mod websocket;
 
 use std::ffi::c_void;
 use std::fmt;
@@ -64,6 +67,8 @@ pub struct AppServices {
     pub sockets: Sockets,
     /// The version's spawned tasks.
     pub tasks: Tasks,
+    /// The version's open WebSockets.
+    pub websockets: websocket::Sessions,
     /// The version's way to the process's pub/sub broker; its subscriptions end when it is
     /// retired.
     pub pubsub: AppPubSub,
@@ -105,6 +110,7 @@ impl AppServices {
             runtime,
             sockets: Sockets::default(),
             tasks: Tasks::default(),
+            websockets: websocket::Sessions::default(),
             pubsub: AppPubSub::new(broker),
             state: ArcSwapOption::empty(),
             state_set: AtomicBool::new(false),

@@ -17,6 +17,7 @@ use crate::apps::Registry;
 use crate::config::Limits;
 use crate::http::dispatch::dispatch;
 use crate::http::idle::{Activity, IdleIo, Tracked};
+use crate::http::shutdown::Shutdown;
 use crate::tls;
 
 /// hyper's HTTP/1.1 and HTTP/2 connection builders with Berth's limits, shared by every
@@ -90,6 +91,8 @@ pub(super) struct Connection {
     pub(super) limits: Limits,
     /// Log every request (`--access-log`).
     pub(super) access_log: bool,
+    /// The server's shutdown, which HTTP/1.1 connections and streaming responses watch.
+    pub(super) shutdown: Arc<Shutdown>,
 }
 
 impl Connection {
@@ -175,12 +178,13 @@ impl Connection {
             first_head,
         );
         let this = Arc::new(self);
+        let shutdown = Arc::clone(&this.shutdown);
         let service = service_fn(move |request| {
             use futures_util::FutureExt as _;
             let guard = activity.begin();
             // A combinator, not an async block: the future hyper holds per request (and, for
             // HTTP/2, spawns as a task per stream) stays as small as the answer's own.
-            dispatch(&this, request).map(move |response| {
+            dispatch(&this, request, &activity).map(move |response| {
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
             })
         });
@@ -188,8 +192,21 @@ impl Connection {
             let connection = protocols.http2.serve_connection(io, service);
             watcher.watch(connection).await
         } else {
-            let connection = protocols.http1.serve_connection(io, service);
-            watcher.watch(connection).await
+            // With upgrades, for WebSockets. hyper-util's watcher cannot watch such a
+            // connection: it is held only to be counted, and the shutdown is passed on here.
+            let _counted = watcher;
+            let connection = protocols
+                .http1
+                .serve_connection(io, service)
+                .with_upgrades();
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                served = connection.as_mut() => served,
+                () = shutdown.wait() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
         };
         if let Err(err) = served {
             tracing::debug!(%peer, "connection error: {err}");

@@ -10,9 +10,12 @@ use hyper::body::Incoming;
 
 use crate::apps::{AppVersion, InFlight};
 use crate::host::body::limited_request_body;
+use crate::host::websocket::Handshake;
 use crate::http::access_log::RequestLog;
 use crate::http::connection::Connection;
+use crate::http::idle::Activity;
 use crate::http::response::{ResponseBody, listing, respond, text, too_large};
+use crate::http::upgrade::{self, Upgrade};
 use crate::plugin::{RequestScope, RequestView};
 
 /// Routes `request` and starts its app at once, without waiting: the returned future only
@@ -21,6 +24,7 @@ use crate::plugin::{RequestScope, RequestView};
 pub(super) fn dispatch(
     connection: &Connection,
     request: Request<Incoming>,
+    activity: &Arc<Activity>,
 ) -> impl Future<Output = Response<ResponseBody>> + Send + use<> {
     use futures_util::future::Either as Answer;
     // Boxed: the host's own answers (404, 413, the listing) are rare, and the future hyper
@@ -29,7 +33,7 @@ pub(super) fn dispatch(
         let boxed = std::future::ready(Box::new(response));
         Answer::Left(futures_util::FutureExt::map(boxed, |response| *response))
     };
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let path = parts.uri.path();
     if path == "/" {
         return now(listing(&connection.registry.router()));
@@ -63,7 +67,22 @@ pub(super) fn dispatch(
         }
         return now(response);
     }
-    let started = start(connection, parts, body, app, mount_len, log);
+    // A WebSocket handshake: checked before the app sees it, and kept for it to accept.
+    let upgrade = if parts.headers.contains_key(http::header::SEC_WEBSOCKET_KEY) {
+        match upgrade::handshake(&mut parts, app, activity) {
+            Ok(upgrade) => upgrade,
+            Err(forbidden) => {
+                let response = forbidden.response();
+                if let Some(log) = &mut log {
+                    log.status = Some(response.status());
+                }
+                return now(response);
+            }
+        }
+    } else {
+        None
+    };
+    let started = start(connection, parts, body, app, mount_len, log, upgrade);
     Answer::Right(answer(started, in_flight))
 }
 
@@ -75,6 +94,10 @@ struct Started {
     /// Boxed: the request's future is moved (for HTTP/2, into a task of its own) and holds this
     /// for as long as the app takes; without the access log it is one word.
     log: Option<Box<RequestLog>>,
+    /// For a WebSocket handshake (its scope holds the handshake itself). Boxed, as `log`.
+    upgrade: Option<Box<Upgrade>>,
+    /// Streaming responses end when it begins.
+    shutdown: Arc<crate::http::shutdown::Shutdown>,
 }
 
 /// Lends the request to `app` and starts it.
@@ -85,22 +108,29 @@ fn start(
     app: &AppVersion,
     mount_len: usize,
     log: Option<Box<RequestLog>>,
+    upgrade: Option<(Box<Handshake>, Upgrade)>,
 ) -> Started {
     let max_body = app.max_body_size;
     let deadline = tokio::time::Instant::now() + app.request_timeout;
-    let scope = RequestScope::for_request(
-        &app.services,
-        Some(deadline),
-        &RequestView {
-            method: parts.method.as_str(),
-            uri: &parts.uri,
-            version: parts.version,
-            headers: &parts.headers,
-            peer_addr: Some(connection.peer),
-            local_addr: connection.local,
-            mount_len,
-        },
-    );
+    let view = RequestView {
+        method: parts.method.as_str(),
+        uri: &parts.uri,
+        version: parts.version,
+        headers: &parts.headers,
+        peer_addr: Some(connection.peer),
+        local_addr: connection.local,
+        mount_len,
+    };
+    let (scope, upgrade) = match upgrade {
+        None => (
+            RequestScope::for_request(&app.services, Some(deadline), &view),
+            None,
+        ),
+        Some((handshake, upgrade)) => (
+            RequestScope::for_upgrade(&app.services, Some(deadline), &view, handshake),
+            Some(Box::new(upgrade)),
+        ),
+    };
     let exceeded = Arc::clone(&scope);
     let body = limited_request_body(body, max_body, move || exceeded.set_body_exceeded());
     let future = app.plugin.handle(Arc::clone(&scope), body);
@@ -109,6 +139,8 @@ fn start(
         scope,
         deadline,
         log,
+        upgrade,
+        shutdown: Arc::clone(&connection.shutdown),
     }
 }
 
@@ -119,12 +151,31 @@ async fn answer(started: Started, in_flight: InFlight) -> Response<ResponseBody>
         scope,
         deadline,
         mut log,
+        upgrade,
+        shutdown,
     } = started;
     // The plugin catches its own panics; a poll that panics all the same (broken plugin glue)
     // comes back as `Err`.
     let caught = std::future::poll_fn(move |cx| future.poll_caught(cx));
     let outcome = WithDeadline::new(caught, deadline).await;
-    let response = respond(outcome, &scope, in_flight);
+    let outcome = match (upgrade, &scope.handshake) {
+        (Some(upgrade), Some(handshake)) => {
+            // Too late to accept from here on; a session accepted by a handler that then
+            // failed is released here.
+            match (handshake.take_accepted(), outcome) {
+                (Some(accepted), Some(Ok(ok))) if ok.tag == berth_app::abi::OUTCOME_OK => {
+                    let response = upgrade::switch(*upgrade, handshake, accepted, ok, in_flight);
+                    if let Some(log) = &mut log {
+                        log.status = Some(response.status());
+                    }
+                    return response;
+                }
+                (_, outcome) => outcome,
+            }
+        }
+        _ => outcome,
+    };
+    let response = respond(outcome, &scope, in_flight, &shutdown);
     if let Some(log) = &mut log {
         log.status = Some(response.status());
     }

@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::apps::Registry;
 use crate::config::Config;
 use crate::http::connection::{Connection, Protocols};
+use crate::http::shutdown::Shutdown;
 
 /// Binds with a large accept backlog: tokio's default of 1024 overflows in a burst of new
 /// connections, and each overflowed client waits a full second for its SYN to be retried.
@@ -30,7 +31,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `listener` until `shutdown` completes, then gives the open connections
-/// `config.drain_timeout` to finish their requests.
+/// `config.drain_timeout` to finish their requests. Within the same time, every WebSocket is
+/// closed (with its app's `ws_shutdown_code`) and waited for, and streaming responses that
+/// wait for their app are ended.
 pub async fn serve(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
@@ -46,6 +49,7 @@ pub async fn serve(
     }
     let protocols = Arc::new(Protocols::new(&config.limits));
     let graceful = GracefulShutdown::new();
+    let stopping = Arc::new(Shutdown::default());
     // Past the limit, new connections wait in the kernel's listen backlog until one closes.
     let slots = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -75,17 +79,24 @@ pub async fn serve(
             local,
             limits: config.limits.clone(),
             access_log: config.access_log,
+            shutdown: Arc::clone(&stopping),
         };
         connection.spawn(&protocols, &graceful, acceptor.clone(), stream, slot);
     }
     drop(listener);
     let drain_timeout = config.drain_timeout;
+    stopping.begin();
+    let websockets = registry.close_websockets();
     tracing::info!(
         connections = graceful.count(),
-        "shutting down: stopped accepting, draining in-flight requests (up to {drain_timeout:?})"
+        websockets,
+        "shutting down: stopped accepting, draining in-flight requests and closing WebSockets (up to {drain_timeout:?})"
     );
+    let drained = async {
+        tokio::join!(graceful.shutdown(), registry.websockets_closed());
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = drained => tracing::info!("all connections closed"),
         () = tokio::time::sleep(drain_timeout) => {
             tracing::warn!("drain timeout of {drain_timeout:?} reached; closing remaining connections");
         }

@@ -10,6 +10,7 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use crate::apps::{InFlight, Router};
+use crate::http::shutdown::{Shutdown, ShutdownWatch};
 use crate::plugin::{RequestScope, outcome_into_parts};
 
 /// The body of every response Berth sends: its own small answers, or an app's stream.
@@ -53,10 +54,14 @@ impl bytes::Buf for Chunk {
 /// its request counted in flight on its app version until it is finished or dropped. A failure
 /// mid-stream (the app's stream returned an error or panicked) is logged with the app's name and
 /// counted as an error; hyper then aborts the response, so the client sees it cut short.
+///
+/// A body still waiting for its app when the server shuts down ends there (cleanly, for a
+/// stream without a length, as server-sent events are), so that no stream holds the drain.
 #[derive(Debug)]
 pub struct AppBody {
     inner: ForeignBody,
     _in_flight: InFlight,
+    shutdown: ShutdownWatch,
 }
 
 impl http_body::Body for AppBody {
@@ -68,6 +73,14 @@ impl http_body::Body for AppBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Chunk>, Self::Error>>> {
         let polled = self.inner.poll_chunk_in_place(cx);
+        if polled.is_pending() && self.shutdown.poll_started(cx) {
+            let version = self._in_flight.version();
+            tracing::debug!(
+                app = &*version.name,
+                "server shutting down: ended a streaming response"
+            );
+            return std::task::Poll::Ready(None);
+        }
         if let std::task::Poll::Ready(Some(Err(err))) = &polled {
             let version = self._in_flight.version();
             version.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -90,6 +103,7 @@ pub(super) fn respond(
     outcome: Option<Result<berth_app::abi::AbiHandleOutcome, berth_app::ffi::Panicked>>,
     scope: &RequestScope,
     in_flight: InFlight,
+    shutdown: &std::sync::Arc<Shutdown>,
 ) -> Response<ResponseBody> {
     let parts = match outcome {
         Some(Ok(outcome)) => outcome_into_parts(outcome),
@@ -101,6 +115,7 @@ pub(super) fn respond(
             let body = AppBody {
                 inner: body,
                 _in_flight: in_flight,
+                shutdown: ShutdownWatch::new(std::sync::Arc::clone(shutdown)),
             };
             let mut response = Response::new(Either::Right(body));
             *response.status_mut() = status;
@@ -204,6 +219,13 @@ pub(super) fn listing(router: &Router) -> Response<ResponseBody> {
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// An empty response of the host's own.
+pub(super) fn empty(status: StatusCode) -> Response<ResponseBody> {
+    let mut response = Response::new(Either::Left(Full::new(Chunk::Own(Bytes::new()))));
+    *response.status_mut() = status;
     response
 }
 

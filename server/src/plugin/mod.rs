@@ -4,7 +4,8 @@
 //! calls their handler and hooks, lends them the request ([`lent`]) inside the state behind
 //! their host handle ([`scope`]), and implements the capability table they call back into
 //! (`vtable`, which also keeps an app version's state for it) and the table of the sockets
-//! they open (`socket`). The conversions between ABI values and Rust values are shared with the plugin
+//! they open (`socket`), and the WebSocket handshake and table (`websocket`). The conversions between
+//! ABI values and Rust values are shared with the plugin
 //! side, in [`berth_app::ffi`].
 //!
 //! Libraries are opened with `RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE` and never closed: a waker,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::host::websocket::Handshake;
 use crate::host::{AppServices, SessionSocket};
 use crate::plugin::lent::{LentRequest, RequestView};
 
@@ -25,12 +26,15 @@ pub struct RequestScope {
     /// For the scope a WebSocket session's `start` receives (ABI 1.5): its socket, which host
     /// capabilities the session uses may close.
     pub session: Option<Arc<dyn SessionSocket>>,
+    /// For an upgrade request (ABI 1.5): its WebSocket handshake, which the app accepts
+    /// through `ws_accept` while its handler runs.
+    pub handshake: Option<Box<Handshake>>,
 }
 
 impl RequestScope {
     /// A scope for a lifecycle hook of the app behind `services`: it lends no request.
     pub fn new(services: &Arc<AppServices>, deadline: Option<tokio::time::Instant>) -> Arc<Self> {
-        Self::with_request(services, deadline, LentRequest::none())
+        Self::with_request(services, deadline, LentRequest::none(), None)
     }
 
     /// A scope for one request of the app behind `services`, with `view` lent in it.
@@ -39,7 +43,18 @@ impl RequestScope {
         deadline: Option<tokio::time::Instant>,
         view: &RequestView<'_>,
     ) -> Arc<Self> {
-        Self::with_request(services, deadline, LentRequest::new(view))
+        Self::with_request(services, deadline, LentRequest::new(view), None)
+    }
+
+    /// A scope for one WebSocket upgrade request of the app behind `services`, with `view`
+    /// lent in it and its `handshake` for the app to accept.
+    pub fn for_upgrade(
+        services: &Arc<AppServices>,
+        deadline: Option<tokio::time::Instant>,
+        view: &RequestView<'_>,
+        handshake: Box<Handshake>,
+    ) -> Arc<Self> {
+        Self::with_request(services, deadline, LentRequest::new(view), Some(handshake))
     }
 
     /// A scope for a WebSocket session of the app behind `services`: no deadline, nothing lent,
@@ -51,6 +66,7 @@ impl RequestScope {
             body_exceeded: AtomicBool::new(false),
             request: LentRequest::none(),
             session: Some(socket),
+            handshake: None,
         })
     }
 
@@ -58,6 +74,7 @@ impl RequestScope {
         services: &Arc<AppServices>,
         deadline: Option<tokio::time::Instant>,
         request: LentRequest,
+        handshake: Option<Box<Handshake>>,
     ) -> Arc<Self> {
         Arc::new(RequestScope {
             services: Arc::clone(services),
@@ -65,6 +82,7 @@ impl RequestScope {
             body_exceeded: AtomicBool::new(false),
             request,
             session: None,
+            handshake,
         })
     }
 
