@@ -186,7 +186,6 @@ impl Drop for Events {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the host's WebSockets (branch h-ws)"]
 async fn a_thousand_sockets_each_receive_a_redis_publish() {
     const SOCKETS: usize = 1000;
     // The test's own end of a thousand sockets, and berth's, need more than the usual 1024 files.
@@ -225,7 +224,6 @@ async fn a_thousand_sockets_each_receive_a_redis_publish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the host's WebSockets (branch h-ws)"]
 async fn a_thousand_sockets_each_receive_a_publish_on_the_memory_broker() {
     const SOCKETS: usize = 1000;
     rlimit::increase_nofile_limit(u64::MAX).expect("raise the open-file limit");
@@ -289,6 +287,7 @@ async fn server_sent_events_receive_what_is_published() {
 async fn flood_past_a_stalled_reader(overflow: &str) -> (Client, Berth, Value) {
     const READERS: usize = 8;
     const MESSAGES: usize = 400;
+    const WINDOW: usize = 4;
     let payload = "x".repeat(40 * 1024);
     let berth = Berth::builder()
         .app("chat")
@@ -314,27 +313,32 @@ async fn flood_past_a_stalled_reader(overflow: &str) -> (Client, Berth, Value) {
     let rss_before = proc_status_kib(berth.pid(), "VmRSS");
 
     let started = Instant::now();
-    let send = async {
-        for i in 0..MESSAGES {
+    // Published in windows of `WINDOW`, each read by every reader before the next: nothing
+    // pushes back on a publisher (a slow subscriber must not slow it either), so an unpaced
+    // burst would overflow a reader's queue of 16 as well, however fast it reads. The window
+    // keeps the readers within their queues; the stalled reader falls further behind with
+    // each one, and no one waits for it.
+    for window in (0..MESSAGES).step_by(WINDOW) {
+        for i in window..window + WINDOW {
             let text = format!("{i:05} {payload}");
             publisher
                 .send(Message::text(text))
                 .await
                 .expect("publish through the publisher's socket");
         }
-    };
-    // Every reader gets every message, in order, while the stalled one reads nothing at all.
-    let read = futures_util::future::join_all(readers.iter_mut().map(|reader| async move {
-        for i in 0..MESSAGES {
-            let text = next_text(reader, DELIVERY).await;
-            assert_eq!(
-                &text[..5],
-                format!("{i:05}"),
-                "messages out of order or lost"
-            );
-        }
-    }));
-    tokio::join!(send, read);
+        // Every reader gets every message, in order, while the stalled one reads nothing.
+        futures_util::future::join_all(readers.iter_mut().map(|reader| async move {
+            for i in window..window + WINDOW {
+                let text = next_text(reader, DELIVERY).await;
+                assert_eq!(
+                    &text[..5],
+                    format!("{i:05}"),
+                    "messages out of order or lost"
+                );
+            }
+        }))
+        .await;
+    }
     let elapsed = started.elapsed();
     drain.abort();
     let rss_after = proc_status_kib(berth.pid(), "VmRSS");
@@ -356,7 +360,6 @@ async fn flood_past_a_stalled_reader(overflow: &str) -> (Client, Berth, Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the host's WebSockets (branch h-ws)"]
 async fn a_reader_that_never_reads_loses_its_oldest_and_delays_no_one() {
     let (mut stalled, berth, document) = flood_past_a_stalled_reader("drop-oldest").await;
     let messages = channel_of(&document, "messages");
@@ -386,7 +389,6 @@ async fn a_reader_that_never_reads_loses_its_oldest_and_delays_no_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the host's WebSockets (branch h-ws)"]
 async fn a_reader_that_never_reads_is_closed_with_1008_and_delays_no_one() {
     let (mut stalled, berth, document) = flood_past_a_stalled_reader("close").await;
     // Under the close policy it was removed from the channel once it fell behind.
@@ -414,9 +416,8 @@ async fn a_reader_that_never_reads_is_closed_with_1008_and_delays_no_one() {
     assert_eq!(closed, Some(CloseCode::Policy));
 }
 
-/// Redis goes away under a subscribed Berth and comes back on the same port. The subscribers
-/// here are event streams (the sockets' path from the broker is the same, and the tests above
-/// cover it).
+/// Redis goes away under a subscribed Berth (twenty sockets and two event streams) and comes
+/// back on the same port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_while_subscribed_is_logged_and_delivery_resumes() {
     let mut redis = Redis::start();
@@ -427,9 +428,12 @@ async fn a_redis_restart_while_subscribed_is_logged_and_delivery_resumes() {
         .start();
     let mut first = Events::open(&berth).await;
     let mut second = Events::open(&berth).await;
+    let mut sockets = connect_many(&berth, 20).await;
+    wait_for_subscribers(&berth, "messages", 22, DELIVERY).await;
     assert_eq!(redis.cli(&["PUBLISH", "messages", "before"]), "1");
     assert_eq!(first.next(DELIVERY).await, "data: before");
     assert_eq!(second.next(DELIVERY).await, "data: before");
+    all_receive(&mut sockets, "before").await;
 
     redis.stop();
     berth
@@ -440,7 +444,7 @@ async fn a_redis_restart_while_subscribed_is_logged_and_delivery_resumes() {
     })
     .await;
     // The subscriptions stay registered through the gap; publishing fails meanwhile.
-    assert_eq!(channel_of(&document, "messages")["subscribers"], 2);
+    assert_eq!(channel_of(&document, "messages")["subscribers"], 22);
     let url_publish = berth.url("/chat/publish");
     let refused = send(Req {
         method: hyper::Method::POST,
@@ -464,10 +468,12 @@ async fn a_redis_restart_while_subscribed_is_logged_and_delivery_resumes() {
     assert_eq!(redis.cli(&["PUBLISH", "messages", "after"]), "1");
     assert_eq!(first.next(DELIVERY).await, "data: after");
     assert_eq!(second.next(DELIVERY).await, "data: after");
+    all_receive(&mut sockets, "after").await;
     // Publishing from the app works again too.
     assert_eq!(publish(&berth, "and again").await, 1);
     assert_eq!(first.next(DELIVERY).await, "data: and again");
     assert_eq!(second.next(DELIVERY).await, "data: and again");
+    all_receive(&mut sockets, "and again").await;
 }
 
 #[tokio::test]
