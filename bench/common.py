@@ -29,7 +29,19 @@ ENV_DIR = ROOT / "target" / "bench-env"
 VENV = ENV_DIR / "venv"
 SETUP_STATE = ENV_DIR / "setup.json"
 # What bench/run.py --cases accepts, in the order the suite measures it.
-CASES = ("boundary", "hello:1", "hello:64", "hello:256", "hello:h2", "fetch", "db", "redis", "fan-out")
+CASES = (
+    "boundary",
+    "hello:1",
+    "hello:64",
+    "hello:256",
+    "hello:h2",
+    "fetch",
+    "db",
+    "redis",
+    "fan-out",
+    "ws-echo",
+    "ws-broadcast",
+)
 # The load tools, nginx, PostgreSQL and Redis, each with the Debian package it comes from.
 # PostgreSQL's initdb and pg_ctl are not on PATH on Debian: find_tool looks in its bin directory.
 TOOLS = {

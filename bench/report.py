@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Berth's benchmark suite, the report step: turns a results file written by bench/run.py into
-BENCHMARKS.md and the SVG chart, and checks issue 5's and issue 16's targets. It measures nothing, so it can be
+BENCHMARKS.md and the SVG chart, and checks the targets of issues 5, 16 and 17. It measures nothing, so it can be
 run again on any results file, an old one included.
 
     python3 bench/report.py [RESULTS] [--out REPORT] [--svg CHART]
@@ -40,6 +40,14 @@ BOUNDARY_TARGET_NS = 1000.0
 HELLO_TARGET_X = 0.95
 # Issue 16's target for the db and redis scenarios (and issue 5's for fetch): the same ratio.
 DATA_TARGET_X = 0.9
+# Issue 17's targets. ws-echo: Berth's messages/s against native's (and its p99 at most
+# P99_TARGET_X native's, the bound the hello cases use); ws-broadcast: Berth's delivery times (p50,
+# p99) and memory per idle socket at most WS_BROADCAST_TARGET_X native's. Both echo and hello ask
+# for ≥ PEER_TARGET_X the Python peer's rate.
+WS_ECHO_TARGET_X = 0.9
+WS_BROADCAST_TARGET_X = 1.1
+P99_TARGET_X = 1.1
+PEER_TARGET_X = 3
 
 SERVERS = {
     # key: (label, colour in the chart)
@@ -59,6 +67,8 @@ SCENARIO_TITLES = {
     "db": "db: one PostgreSQL row by primary key, as JSON, per request",
     "redis": "redis: one Redis `GET`, as JSON, per request",
     "fan-out": "fan-out: requests that each wait 1 s, all sent at once",
+    "ws-echo": "ws-echo: WebSocket round trips (send a message, await its echo) per second",
+    "ws-broadcast": "ws-broadcast: one message published to many idle WebSockets",
 }
 
 
@@ -125,11 +135,17 @@ def aggregate(results):
             "idle_rss_mib",
             "ok",
             "n",
+            "max_ms",
+            "connected",
+            "received",
+            "rss_before_mib",
+            "rss_idle_mib",
+            "kib_per_socket",
         ):
             row[field] = median([r.get(field) for r in runs])
         row["interference_max"] = max((r.get("interference") or 0.0) for r in runs)
         row["errors"] = [e for r in runs for e in r.get("errors", [])]
-        for field in ("rps", "p99_ms", "cpu_us", "wall_s", "peak_rss_mib"):
+        for field in ("rps", "p50_ms", "p99_ms", "cpu_us", "wall_s", "peak_rss_mib", "kib_per_socket"):
             to_native = ratios(runs, scenario, case, "native", field)
             row[f"{field}_x"] = median(to_native)
             row[f"{field}_x_range"] = (min(to_native), max(to_native)) if to_native else None
@@ -281,6 +297,60 @@ def targets(rows, fanout_n, boundary, boundary_errors):
                         berth["peak_rss_mib_x"] <= 0.5,
                     )
                 )
+    for key in rows:
+        if key[0] == "ws-echo" and key[2] == "berth":
+            berth = rows[key]
+            if berth["rps_x"] is not None:
+                checks.append(
+                    (
+                        f"ws-echo {key[1]}: Berth ≥ {WS_ECHO_TARGET_X}× native messages/s",
+                        throughput(berth).replace("per request", "per message"),
+                        berth["rps_x"] >= WS_ECHO_TARGET_X,
+                    )
+                )
+            if berth["p99_ms_x"] is not None:
+                checks.append(
+                    (
+                        f"ws-echo {key[1]}: Berth p99 ≤ {P99_TARGET_X}× native p99",
+                        f"{berth['p99_ms_x']:.2f}× ({berth['p99_ms']:.2f} ms{spread(berth, 'p99_ms')})",
+                        berth["p99_ms_x"] <= P99_TARGET_X,
+                    )
+                )
+            if berth["vs_uvicorn"] is not None:
+                checks.append(
+                    (
+                        f"ws-echo {key[1]}: Berth ≥ {PEER_TARGET_X}× uvicorn (websockets) messages/s",
+                        f"{berth['vs_uvicorn']:.1f}×",
+                        berth["vs_uvicorn"] >= PEER_TARGET_X,
+                    )
+                )
+    for key in rows:
+        if key[0] == "ws-broadcast" and key[2] == "berth":
+            berth = rows[key]
+            n = berth["n"]
+            checks.append(
+                (
+                    f"ws-broadcast {key[1]}: every socket gets the message (every run)",
+                    f"{fmt(berth['received'], ',.0f')}/{fmt(n, ',.0f')} (median)",
+                    not berth["errors"] and n is not None and berth["received"] == n,
+                )
+            )
+            for field, what, spec in (
+                ("p50_ms", "p50 delivery time", ".1f"),
+                ("p99_ms", "p99 delivery time", ".1f"),
+                ("kib_per_socket", "RSS per idle socket", ".1f"),
+            ):
+                ratio = berth[f"{field}_x"]
+                if ratio is None:
+                    continue
+                unit = "KiB" if field == "kib_per_socket" else "ms"
+                checks.append(
+                    (
+                        f"ws-broadcast {key[1]}: Berth {what} ≤ {WS_BROADCAST_TARGET_X}× native",
+                        f"{ratio:.2f}× ({fmt(berth[field], spec)} {unit}{spread(berth, field)})",
+                        ratio <= WS_BROADCAST_TARGET_X,
+                    )
+                )
     name = "boundary cost ≤ 1 µs per request over a direct call"
     if boundary is None:
         checks.append((name, "not measured: " + "; ".join(boundary_errors), None))
@@ -345,7 +415,7 @@ def write_report(doc, rows, checks, out, svg_path):
         for line in headlines:
             add(f"* {line}")
         add("")
-    add("## Targets (issues 5 and 16)")
+    add("## Targets (issues 5, 16 and 17)")
     add("")
     add("| target | measured | met |")
     add("| --- | --- | --- |")
@@ -373,13 +443,15 @@ def write_report(doc, rows, checks, out, svg_path):
             "their figures are less trustworthy."
         )
         add("")
-    for scenario in ("hello", "fetch", "db", "redis", "fan-out"):
+    for scenario in ("hello", "fetch", "db", "redis", "fan-out", "ws-echo", "ws-broadcast"):
         scenario_rows = [r for r in rows.values() if r["scenario"] == scenario]
         if not scenario_rows:
             continue
         add(f"## {SCENARIO_TITLES[scenario]}")
         add("")
-        if scenario == "fan-out":
+        if scenario == "ws-broadcast":
+            broadcast_table(doc, scenario_rows, add)
+        elif scenario == "fan-out":
             add(
                 "| case | server | ok | wall s | × native | connect s | p50 ms | p99 ms | peak RSS MiB | "
                 "× native | KiB per request | server CPU |"
@@ -406,9 +478,10 @@ def write_report(doc, rows, checks, out, svg_path):
                 "(`tokio::time::sleep(1 s)`)."
             )
         else:
+            unit = "message" if scenario == "ws-echo" else "request"
             add(
-                "| case | server | requests/s | × native | p50 ms | p99 ms | p99 × native | server CPU | "
-                "CPU µs per request | × native | load CPU | load core |"
+                f"| case | server | {unit}s/s | × native | p50 ms | p99 ms | p99 × native | server CPU | "
+                f"CPU µs per {unit} | × native | load CPU | load core |"
             )
             add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
             for r in scenario_rows:
@@ -426,6 +499,16 @@ def write_report(doc, rows, checks, out, svg_path):
                     "with nginx, PostgreSQL or Redis in the cases that use them) was that busy: that server "
                     "may do more than shown, so ratios against it flatter the others; *CPU µs per request* "
                     "still compares."
+                )
+            if scenario == "ws-echo":
+                add("")
+                add(
+                    "`wsload echo` (the suite's WebSocket client, `bench/native/src/bin/wsload.rs`, on "
+                    "tokio-tungstenite): each socket sends a text message, awaits its echo and sends the "
+                    "next, for the measurement's duration; *messages/s* is round trips per second over all "
+                    "sockets, the latencies are those of each round trip. Berth serves the `ws-echo` app "
+                    "at `/ws-echo`; *native hyper* is `native-ws-echo`; *uvicorn* is `bench/peers/"
+                    "uvicorn_ws.py` on uvicorn's `websockets-sansio` protocol (the `websockets` library)."
                 )
         errors = [f"{r['server']} {r['case']}: {e}" for r in scenario_rows for e in r["errors"]]
         if errors:
@@ -612,6 +695,37 @@ def boundary_section(doc, boundary, add):
         add("")
 
 
+def broadcast_table(doc, scenario_rows, add):
+    """ws-broadcast: delivery times and memory per idle socket, each against native."""
+    add(
+        "| case | server | got | connect s | p50 ms | × native | p99 ms | × native | max ms | "
+        "RSS before MiB | RSS with sockets MiB | KiB per socket | × native | server CPU |"
+    )
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in scenario_rows:
+        add(
+            f"| {r['case']} | {label(r['server'])} | {fmt(r['received'], ',.0f')}/{fmt(r['n'], ',.0f')} | "
+            f"{fmt(r['connect_s'], '.2f')} | {fmt(r['p50_ms'], '.1f')} | {fmt(r['p50_ms_x'], '.2f')} | "
+            f"{fmt(r['p99_ms'], '.1f')} | {fmt(r['p99_ms_x'], '.2f')} | {fmt(r['max_ms'], '.1f')} | "
+            f"{fmt(r['rss_before_mib'], '.1f')} | {fmt(r['rss_idle_mib'], '.1f')} | "
+            f"{fmt(r['kib_per_socket'], '.1f')} | {fmt(r['kib_per_socket_x'], '.2f')} | "
+            f"{fmt(r['server_cpu'], '.0f')}%{noise_mark(r)} |"
+        )
+    add("")
+    add(
+        f"`wsload broadcast` opens the sockets on `/chat/ws` ({doc.get('ws_sockets') or '?'} of them, at most "
+        "256 handshakes at a time; *connect* is how long that took), lets them sit idle, reads the "
+        "server's RSS, then publishes one 64-byte text message with `POST /chat/publish` (or, where "
+        "a server lacks that endpoint, as a text message on one more socket) and times its arrival "
+        "on every socket, from just before the publish; the client reads all sockets on one core, so "
+        "the times include its own pace, alike for both servers. *KiB per socket* is (RSS with the "
+        "sockets open − RSS before) / sockets, on a fresh server process each run. Berth serves the "
+        "`chat` app alone with `--max-connections 20000`; *native hyper* is `native-ws-chat` (one "
+        "`tokio::sync::broadcast` channel, each socket's receiver its bounded queue). Both read each "
+        f"socket through a {doc.get('ws_read_buffer', '?')}-byte buffer (native: `WS_READ_BUFFER`)."
+    )
+
+
 def summary(rows, boundary):
     """A few sentences computed from the medians: Berth against native, its log, the peers, the
     boundary."""
@@ -694,6 +808,22 @@ def summary(rows, boundary):
             f"fan-out: {fmt(fan['ok'], ',.0f')}/{fmt(fan['n'], ',.0f')} answered in {fan['wall_s']:.2f} s "
             f"({fan['wall_s_x']:.2f}× native's wall time), at {fmt(fan['peak_rss_mib'], '.0f')} MiB peak RSS "
             f"({fmt(fan['peak_rss_mib_x'], '.2f')}× native's)."
+        )
+    echo = get("ws-echo", "", "berth")
+    if echo and echo["rps_x"] is not None:
+        lines.append(
+            f"ws-echo: Berth does {echo['rps_x']:.2f}× native's messages/s at {fmt(echo['cpu_us_x'], '.2f')}× "
+            f"its CPU per message, p99 {fmt(echo['p99_ms_x'], '.2f')}× native's, and "
+            f"{fmt(echo['vs_uvicorn'], '.1f')}× uvicorn's messages/s."
+        )
+    broadcast = get("ws-broadcast", "", "berth")
+    if broadcast and broadcast["p99_ms_x"] is not None:
+        lines.append(
+            f"ws-broadcast: {fmt(broadcast['received'], ',.0f')}/{fmt(broadcast['n'], ',.0f')} sockets got the "
+            f"message, p50 {fmt(broadcast['p50_ms'], '.1f')} ms ({fmt(broadcast['p50_ms_x'], '.2f')}× native's), "
+            f"p99 {fmt(broadcast['p99_ms'], '.1f')} ms ({broadcast['p99_ms_x']:.2f}× native's), at "
+            f"{fmt(broadcast['kib_per_socket'], '.1f')} KiB per idle socket "
+            f"({fmt(broadcast['kib_per_socket_x'], '.2f')}× native's)."
         )
     if boundary:
         lines.append(

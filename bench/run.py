@@ -29,6 +29,22 @@ provisions and says so when that is missing. The cases (`--cases`, all by defaul
   native-redis (redis-rs's `MultiplexedConnection`), against a Redis the suite starts.
 * fan-out: `fanout --n 10000` (10,000 connections, one request each, sent at once) against
   Berth + `gather?sleep_ms=1000` and native-sleep: successes, wall time, p99, peak RSS.
+* ws-echo: Berth + `ws-echo` (a WebSocket at `/ws-echo`) vs. native-ws-echo (hyper +
+  tokio-tungstenite) and uvicorn with the `websockets` library (bench/peers/uvicorn_ws.py):
+  `wsload echo`, 64 sockets each sending a 64-byte text message and awaiting its echo in a loop;
+  messages/s, p50 and p99 of the round trips.
+* ws-broadcast: Berth + `chat` vs. native-ws-chat: `wsload broadcast` opens `--ws-sockets` idle
+  sockets on `/chat/ws` (10,000 by default), the server's RSS is read before and with them open,
+  then one message is published with `POST /chat/publish` (or, when the server answers that with
+  an error, as a text message on one more socket): p50, p99 and max of the time until each socket
+  has it, and RSS per idle socket, (RSS with the sockets − RSS before) / sockets, on a fresh
+  server process every run. Berth runs with `--max-connections 20000` and no other setting (no
+  WebSocket idle timeout, the default).
+
+The WebSocket baselines read each socket through a buffer of `WS_READ_BUFFER` bytes (an
+environment variable passed on to them; 4096 when unset), allocated whole for every socket: set it
+to Berth's own figure so that both sides match (the results file and the report give it). The
+load client's sockets use the same.
 
 Each server runs pinned to CPU 0 (`taskset -c 0`); the load generator, nginx, PostgreSQL and Redis
 run pinned to CPU 1. Within a run, every case is measured on all servers back to back (each server
@@ -37,8 +53,8 @@ each ratio compares figures taken seconds apart. The report gives every figure a
 `--runs` runs, and each ratio as the median of the per-run ratios to the native baseline.
 
 `--cases LIST` measures only the listed cases, comma-separated: `boundary`, `hello` (all four hello
-cases) or `hello:1`, `hello:64`, `hello:256`, `hello:h2`, `fetch`, `db`, `redis`, `fan-out`. Each
-case still runs on all of its servers. `--cases hello:64,hello:h2` is the pair issue 15 asks about.
+cases) or `hello:1`, `hello:64`, `hello:256`, `hello:h2`, `fetch`, `db`, `redis`, `fan-out`,
+`ws-echo`, `ws-broadcast`. Each case still runs on all of its servers. `--cases hello:64,hello:h2` is the pair issue 15 asks about.
 
 `--baseline REV` also measures Berth as it was at git revision REV. It checks REV out into a
 temporary `git worktree`, builds `berth` and the sample apps the chosen cases load there in
@@ -46,10 +62,11 @@ release mode into target/bench-baseline (a target directory of its own, seeded w
 this tree's release build the first time and kept between runs, so that only Berth's own crates
 and any dependency that differs get compiled), and removes the worktree. That build runs as one
 more server, `berth@<short hash>`, with its own build of the apps (the ABI may differ between
-revisions), next to `berth` in every hello (not the `--access-log` variant), fetch, db, redis
-and fan-out case: started and measured alone, back to back with the others, in the same
+revisions), next to `berth` in every hello (not the `--access-log` variant), fetch, db, redis,
+fan-out, ws-echo and ws-broadcast case: started and measured alone, back to back with the others, in the same
 alternating order, every run. (A revision without the `todo` and `counter` apps cannot be built
-for db and redis: leave those cases out.) The report gives its ratio to native like every
+for db and redis, nor one without `ws-echo` and `chat` for the WebSocket cases: leave those
+cases out.) The report gives its ratio to native like every
 server's, and its ratio to the current Berth (the median and spread of the per-run ratios). A
 paired before/after of hello at 64 connections and over HTTP/2 against `main`:
 
@@ -65,8 +82,8 @@ in `todo_items`, one counter), only read while measuring, and stopped at the end
 server for the same row (`/todo/items/42`) and the same key (`/counter/hits`): the row and key stay
 in the servers' caches, so the figures are of the servers and clients, not of disk.
 
-`--smoke` runs every case once for about 2 s (fan-out with 200 requests, the boundary benchmark
-with criterion's `--quick`) and exits with 1 if any server fails to answer or any case sees an
+`--smoke` runs every case once for about 2 s (fan-out with 200 requests, ws-broadcast with 200
+sockets, the boundary benchmark with criterion's `--quick`) and exits with 1 if any server fails to answer or any case sees an
 error or produces no figure (the results are still written); a missed target does not change the
 exit status. CI runs it so that the suite cannot rot.
 
@@ -78,6 +95,7 @@ Only the standard library is used here. Linux only (taskset, /proc).
 """
 
 import argparse
+import base64
 import datetime
 import json
 import os
@@ -87,9 +105,11 @@ import resource
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -124,11 +144,42 @@ BOUNDARY_LINE = re.compile(
     r"difference (-?[\d.]+) ns"
 )
 # The sample apps each scenario loads (and a baseline builds).
-SCENARIO_APPS = {"hello": "hello", "fetch": "fetch", "db": "todo", "redis": "counter", "fan-out": "gather"}
+SCENARIO_APPS = {
+    "hello": "hello",
+    "fetch": "fetch",
+    "db": "todo",
+    "redis": "counter",
+    "fan-out": "gather",
+    "ws-echo": "ws-echo",
+    "ws-broadcast": "chat",
+}
 # The scenarios whose app Berth serves alone, from an apps directory of its own (apps-SCENARIO), with
 # a config file of its own (berth-SCENARIO.toml) giving it its database: without its settings the app
 # would fail to start in every other scenario's Berth.
 DATA_SCENARIOS = ("db", "redis")
+# The WebSocket scenarios: their app (`ws-echo`, `chat`) alone in an apps directory of its own too,
+# so that the other scenarios' Berth serves what it always has.
+WS_SCENARIOS = ("ws-echo", "ws-broadcast")
+# ws-echo: sockets, each with one message in flight, and the bytes in each (text) message.
+WS_ECHO_CONNS = 64
+WS_MESSAGE_SIZE = 64
+# ws-broadcast: handshakes in flight at most while the client opens its sockets, and the seconds
+# each phase (opening, waiting for the message) may take.
+WS_CONNECT_CONCURRENCY = 256
+WS_BROADCAST_TIMEOUT = 60
+# The read buffer of each socket's codec in the native WebSocket baselines (WS_READ_BUFFER in the
+# environment, their default otherwise): it is allocated whole for every socket, so it should be
+# Berth's figure. The load client's own sockets use the same.
+def ws_read_buffer():
+    text = os.environ.get("WS_READ_BUFFER", "").strip()
+    if not text:
+        return 4096
+    if not text.isdigit() or int(text) < 1:
+        sys.exit(f"error: WS_READ_BUFFER={text!r} is not a number of bytes")
+    return int(text)
+
+
+WS_READ_BUFFER = ws_read_buffer()
 # The `todo` app's table (as its `init` creates it), how many rows the suite puts in it, and the row
 # every request asks for.
 TODO_SCHEMA = """CREATE TABLE IF NOT EXISTS todo_items (
@@ -235,6 +286,57 @@ def http_get(url, timeout=5.0):
         return err.code, err.read()
 
 
+def http_post(url, body, timeout=5.0):
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "text/plain"})
+    try:
+        with OPENER.open(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def ws_echo_probe(path):
+    """A readiness probe for a WebSocket echo at `path`: a handshake on 127.0.0.1, one masked text
+    frame, its echo, and a close. Returns a function of the port giving (ready, problem)."""
+
+    def probe(port):
+        payload = b"berth-bench probe"
+        mask = os.urandom(4)
+
+        def masked(data):
+            return bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+        key = base64.b64encode(os.urandom(16)).decode()
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            data = b""
+            while b"\r\n\r\n" not in data and len(data) < 65536:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return False, f"closed after {data[:200]!r}"
+                data += chunk
+            head, _, data = data.partition(b"\r\n\r\n")
+            status = head.split(b"\r\n", 1)[0]
+            if status.split(b" ")[1:2] != [b"101"]:
+                return False, f"handshake answered {status[:100]!r}"
+            sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked(payload))
+            expected = bytes([0x81, len(payload)]) + payload
+            while len(data) < len(expected):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            sock.sendall(bytes([0x88, 0x82]) + mask + masked(b"\x03\xe8"))  # close, 1000
+            if data[: len(expected)] != expected:
+                return False, f"echo was {data[:60]!r}"
+            return True, ""
+
+    return probe
+
+
 # --------------------------------------------------------------------------------------------
 # Building
 
@@ -244,13 +346,13 @@ def cargo_target():
     return target if target.is_absolute() else ROOT / target
 
 
-def build(rec, boundary, data_apps):
-    """Release builds of what the servers run (with `data_apps`, the db and redis scenarios' apps
-    when those are measured), and of the boundary benchmark (compiled here, on every CPU, so that
-    its pinned run measures and does not compile)."""
+def build(rec, boundary, own_apps):
+    """Release builds of what the servers run (with `own_apps`, the db, redis and WebSocket
+    scenarios' apps when those are measured), and of the boundary benchmark (compiled here, on every
+    CPU, so that its pinned run measures and does not compile)."""
     commands = [
         ["cargo", "build", "--release", "-p", "berth-server", "-p", "hello", "-p", "fetch"]
-        + ["-p", "gather", *(arg for app in data_apps for arg in ("-p", app)), "-p", "berth-bench"],
+        + ["-p", "gather", *(arg for app in own_apps for arg in ("-p", app)), "-p", "berth-bench"],
     ]
     if boundary:
         commands.append([*BOUNDARY_BENCH, "--no-run"])
@@ -312,10 +414,15 @@ def build_baseline(rec, rev, tmp, apps):
 
 
 class Server:
-    """One server process, pinned to one CPU, with its output in a log file."""
+    """One server process, pinned to one CPU, with its output in a log file. It is ready once
+    `check_path` answers 200 with a body `expect` accepts or, with `probe` (a function of the
+    port returning (ready, problem)), once the probe says so."""
 
-    def __init__(self, key, argv, port, check_path, expect, cwd, env=None, name=None, cpu=SERVER_CPU):
+    def __init__(
+        self, key, argv, port, check_path, expect, cwd, env=None, name=None, cpu=SERVER_CPU, probe=None
+    ):
         self.key = key
+        self.probe = probe
         self.cpu = cpu
         self.name = name or key
         self.argv = [str(a) for a in argv]
@@ -349,10 +456,15 @@ class Server:
             if self.proc.poll() is not None:
                 raise SuiteError(f"{self.name} exited with {self.proc.returncode} at start:\n{self.tail()}")
             try:
-                status, body = http_get(self.url(self.check_path), timeout=5)
-                if status == 200 and self.expect(body):
-                    return self
-                problem = f"status {status}, body {body[:200]!r}"
+                if self.probe:
+                    ready, problem = self.probe(self.port)
+                    if ready:
+                        return self
+                else:
+                    status, body = http_get(self.url(self.check_path), timeout=5)
+                    if status == 200 and self.expect(body):
+                        return self
+                    problem = f"status {status}, body {body[:200]!r}"
             except (OSError, urllib.error.URLError) as err:
                 problem = str(err)
             time.sleep(0.1)
@@ -677,6 +789,117 @@ def run_fanout(rec, binary, url, n):
     return result
 
 
+def wsload_report(stdout):
+    """The last JSON line wsload printed, or None."""
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def run_ws_echo(rec, binary, url, conns, duration):
+    """wsload echo: `conns` sockets, each sending a message and awaiting its echo for `duration`
+    seconds. `rps` is round trips (messages echoed) per second, the latencies those of each trip."""
+    cmd = ["taskset", "-c", LOAD_CPU, binary, "echo", "--url", url, "--connections", conns]
+    cmd += ["--duration", duration, "--size", WS_MESSAGE_SIZE, "--timeout", 10, "--read-buffer", WS_READ_BUFFER]
+    proc, usage = rec.run(cmd, timeout=duration + 60, check=False, quiet=True)
+    report = wsload_report(proc.stdout)
+    if report is None:
+        return {
+            "errors": [f"wsload printed no report (exit {proc.returncode}): {proc.stderr[-300:]}"],
+            "load_cpu": usage["cpu_pct"],
+        }
+    result = {
+        "rps": report["msgs_per_s"],
+        "requests": report["messages"],
+        "p50_ms": report["p50_ms"],
+        "p99_ms": report["p99_ms"],
+        "max_ms": report["max_ms"],
+        "n": report["connections"],
+        "connected": report["connected"],
+        "load_cpu": usage["cpu_pct"],
+        "errors": [],
+    }
+    if report["failed"]:
+        result["errors"].append(f"{report['failed']} socket(s) failed, first: {report['first_error']}")
+    if not report["messages"]:
+        result["errors"].append("no message echoed")
+    return result
+
+
+def run_ws_broadcast(rec, binary, url, publish_url, sockets, settle, tmp, on_idle):
+    """wsload broadcast: `sockets` idle sockets on `url`, then one message published (a POST to
+    `publish_url`, or with None, a text message on one more socket), timed to each socket. Once
+    the sockets are open and settled, `on_idle()` runs (it reads the server's memory) and its dict
+    joins the result."""
+    cmd = ["taskset", "-c", LOAD_CPU, binary, "broadcast", "--url", url, "--sockets", sockets]
+    cmd += ["--concurrency", WS_CONNECT_CONCURRENCY, "--timeout", WS_BROADCAST_TIMEOUT, "--settle", settle]
+    cmd += ["--size", WS_MESSAGE_SIZE, "--read-buffer", WS_READ_BUFFER, "--wait-stdin"]
+    if publish_url:
+        cmd += ["--publish-url", publish_url]
+    rec.note(cmd)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    stderr_path = tmp / "wsload.stderr"
+    result = {"errors": []}
+    report = None
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(
+            [str(part) for part in cmd], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+        # wsload bounds each of its phases; this bounds wsload.
+        killer = threading.Timer(3 * WS_BROADCAST_TIMEOUT + settle + 30, proc.kill)
+        killer.start()
+        try:
+            for line in proc.stdout:
+                line = line.strip()
+                try:
+                    event = json.loads(line) if line.startswith("{") else None
+                except json.JSONDecodeError:
+                    event = None
+                if event and event.get("event") == "idle":
+                    result.update(on_idle())
+                    proc.stdin.write("go\n")
+                    proc.stdin.flush()
+                elif event:
+                    report = event
+            proc.wait()
+        finally:
+            killer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result["load_cpu"] = 100.0 * cpu / wall if wall > 0 else 0.0
+    if report is None:
+        tail = stderr_path.read_text(errors="replace")[-300:]
+        result["errors"].append(f"wsload printed no report (exit {proc.returncode}): {tail}")
+        return result
+    result.update(
+        {
+            "n": report["sockets"],
+            "connected": report["connected"],
+            "received": report["received"],
+            "connect_s": report["connect_s"],
+            "p50_ms": report["p50_ms"],
+            "p99_ms": report["p99_ms"],
+            "max_ms": report["max_ms"],
+            "publish": report["publish"],
+        }
+    )
+    if report["failed"] or report["received"] < report["sockets"]:
+        result["errors"].append(
+            f"{report['received']} of {report['sockets']} sockets got the message "
+            f"({report['connected']} connected); first error: {report['first_error']}"
+        )
+    return result
+
+
 # --------------------------------------------------------------------------------------------
 # The suite
 
@@ -692,6 +915,9 @@ class Suite:
         self.duration = args.duration or (2 if args.smoke else 10)
         self.warmup = 1 if args.smoke else 2
         self.fanout_n = args.fanout_n or (200 if args.smoke else 10_000)
+        self.ws_sockets = args.ws_sockets or (200 if args.smoke else 10_000)
+        # Seconds the broadcast's sockets sit idle, once open, before the server's memory is read.
+        self.ws_settle = 1 if args.smoke else 3
         self.conns = [c for c in (1, 64, 256) if f"hello:{c}" in self.cases]
         self.h2 = (16, 16)  # connections, streams per connection
         self.fetch_conns = 64
@@ -737,9 +963,11 @@ class Suite:
             self.rec.commands.setdefault(line, None)
         self.python = state["python"]
         self.commit, self.dirty = git_state()
-        data_apps = [SCENARIO_APPS[scenario] for scenario in DATA_SCENARIOS if self.measures(scenario)]
-        self.release = build(self.rec, "boundary" in self.cases, data_apps)
-        self.install_apps(self.release, False, ["hello", "fetch", "gather", *data_apps])
+        own_apps = [
+            SCENARIO_APPS[scenario] for scenario in (*DATA_SCENARIOS, *WS_SCENARIOS) if self.measures(scenario)
+        ]
+        self.release = build(self.rec, "boundary" in self.cases, own_apps)
+        self.install_apps(self.release, False, ["hello", "fetch", "gather", *own_apps])
         keys = [
             "berth",
             "berth-logged",
@@ -749,7 +977,10 @@ class Suite:
             "native-sleep",
             "native-db",
             "native-redis",
+            "native-ws-echo",
+            "native-ws-chat",
             "uvicorn",
+            "uvicorn-ws",
             "aiohttp",
             "nginx",
             "postgres",
@@ -794,9 +1025,10 @@ class Suite:
     def app_dir(self, baseline, scenario=None):
         """The apps directory (relative to the temporary directory, the servers' working
         directory) that this tree's Berth, or the baseline's, serves in `scenario`: `apps` (or
-        `baseline-apps`) for hello, fetch and fan-out, `apps-SCENARIO` for a data scenario's app."""
+        `baseline-apps`) for hello, fetch and fan-out, `apps-SCENARIO` for a data or WebSocket
+        scenario's app."""
         name = "baseline-apps" if baseline else "apps"
-        return f"{name}-{scenario}" if scenario in DATA_SCENARIOS else name
+        return f"{name}-{scenario}" if scenario in (*DATA_SCENARIOS, *WS_SCENARIOS) else name
 
     def install_apps(self, release, baseline, apps):
         """Copies each of `apps` from `release` into the apps directory of the scenario that loads it."""
@@ -804,7 +1036,8 @@ class Suite:
             if app in apps:
                 directory = self.tmp / self.app_dir(baseline, scenario)
                 directory.mkdir(exist_ok=True)
-                shutil.copy(release / f"lib{app}.so", directory / f"{app}.so")
+                # Cargo names a library after its crate: `ws-echo` builds libws_echo.so.
+                shutil.copy(release / f"lib{app.replace('-', '_')}.so", directory / f"{app}.so")
 
     def write_config(self, scenario, app, hosts, settings):
         """berth-SCENARIO.toml: `app`'s outbound allowlist (its database) and its settings."""
@@ -818,7 +1051,7 @@ class Suite:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         return env
 
-    def berth(self, key, check_path, expect, *flags, scenario=None):
+    def berth(self, key, check_path, expect, *flags, scenario=None, probe=None):
         """Berth with the apps of this tree, or, under the baseline's key, the baseline's build
         with its own apps; for a data scenario, with that scenario's app alone and its config file."""
         baseline = bool(self.baseline) and key == self.baseline["key"]
@@ -836,13 +1069,15 @@ class Suite:
             "http://127.0.0.1:*",
             *flags,
         ]
-        return Server(key, argv, self.ports[key], check_path, expect, cwd=self.tmp, env=self.server_env())
+        env = self.server_env()
+        return Server(key, argv, self.ports[key], check_path, expect, cwd=self.tmp, env=env, probe=probe)
 
-    def berths(self, check_path, expect, *flags, scenario=None):
+    def berths(self, check_path, expect, *flags, scenario=None, probe=None):
         """Berth, and next to it the baseline's Berth with the same settings when there is one."""
-        servers = [self.berth("berth", check_path, expect, *flags, scenario=scenario)]
+        servers = [self.berth("berth", check_path, expect, *flags, scenario=scenario, probe=probe)]
         if self.baseline:
-            servers.append(self.berth(self.baseline["key"], check_path, expect, *flags, scenario=scenario))
+            key = self.baseline["key"]
+            servers.append(self.berth(key, check_path, expect, *flags, scenario=scenario, probe=probe))
         return servers
 
     def peers(self, check_path, expect):
@@ -968,6 +1203,55 @@ class Suite:
             ),
         ]
 
+    def ws_echo_servers(self):
+        probe = ws_echo_probe("/ws-echo")
+        port, uvicorn_port = self.ports["native-ws-echo"], self.ports["uvicorn-ws"]
+        uvicorn = [self.python, "-m", "uvicorn", "uvicorn_ws:app", "--host", "127.0.0.1", "--port", uvicorn_port]
+        uvicorn += ["--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio"]
+        uvicorn += ["--no-access-log", "--log-level", "warning"]
+        return [
+            *self.berths("/ws-echo", None, scenario="ws-echo", probe=probe),
+            Server(
+                "native",
+                [self.release / "native-ws-echo", "--listen", f"127.0.0.1:{port}"],
+                port,
+                "/ws-echo",
+                None,
+                cwd=self.tmp,
+                env=self.server_env(),
+                name="native-ws-echo",
+                probe=probe,
+            ),
+            Server(
+                "uvicorn",
+                uvicorn,
+                uvicorn_port,
+                "/ws-echo",
+                None,
+                cwd=PEERS,
+                env=self.server_env(),
+                name="uvicorn-ws",
+                probe=probe,
+            ),
+        ]
+
+    def ws_broadcast_servers(self):
+        page = lambda body: len(body) > 0  # noqa: E731
+        port = self.ports["native-ws-chat"]
+        return [
+            *self.berths("/chat/", page, "--max-connections", "20000", scenario="ws-broadcast"),
+            Server(
+                "native",
+                [self.release / "native-ws-chat", "--listen", f"127.0.0.1:{port}"],
+                port,
+                "/chat/",
+                page,
+                cwd=self.tmp,
+                env=self.server_env(),
+                name="native-ws-chat",
+            ),
+        ]
+
     # ---- measuring
 
     def wait_for_quiet(self):
@@ -1031,18 +1315,25 @@ class Suite:
         return self.retries <= self.retry_budget
 
     def record(self, run, scenario, case, server, result):
-        if not result.get("rps") and not result.get("errors"):
-            result["errors"] = ["no requests/s figure"]
+        # A broadcast's figure is its delivery time; every other case's, its rate.
+        figure = "p99_ms" if scenario == "ws-broadcast" else "rps"
+        if not result.get(figure) and not result.get("errors"):
+            result["errors"] = ["no delivery time" if scenario == "ws-broadcast" else "no requests/s figure"]
         entry = {"run": run, "scenario": scenario, "case": case, "server": server.key, **result}
         self.results.append(entry)
         rps = result.get("rps")
         p99 = result.get("p99_ms")
+        unit = "msg/s" if scenario == "ws-echo" else "req/s"
         line = f"  {scenario:7} {case:26} {server.key:12} "
-        line += f"{rps:>10.0f} req/s" if rps is not None else " " * 16
+        line += f"{rps:>10.0f} {unit}" if rps is not None else " " * 16
         line += f"  p99 {p99:8.2f} ms" if p99 is not None else ""
         line += f"  cpu {result.get('server_cpu', 0):5.1f}%"
         if result.get("peak_rss_mib") is not None and "ok" in result:
             line += f"  ok {result['ok']}/{result['n']} wall {result['wall_s']:.2f}s rss {result['peak_rss_mib']:.0f} MiB"
+        if "received" in result:
+            line += f"  got {result['received']}/{result['n']} p50 {result['p50_ms']:.1f} ms"
+        if result.get("kib_per_socket") is not None:
+            line += f"  {result['kib_per_socket']:.1f} KiB/socket"
         if result.get("errors"):
             line += "  ERRORS: " + "; ".join(result["errors"])[:400]
         log(line)
@@ -1145,6 +1436,52 @@ class Suite:
                     result["idle_rss_mib"] = idle_rss
                 self.record(run, "fan-out", f"{self.fanout_n:,} at once, 1 s each", server, result)
 
+    def ws_echo(self, run):
+        """Each server alone: warmed up with the same echo load, then measured."""
+        binary = self.release / "wsload"
+        for server in self.pairs(self.ws_echo_servers(), run):
+            url = f"ws://127.0.0.1:{server.port}/ws-echo"
+            with server.start(self.rec, self.tmp):
+                run_ws_echo(self.rec, binary, url, WS_ECHO_CONNS, self.warmup)
+                result = self.measure(
+                    server, lambda: run_ws_echo(self.rec, binary, url, WS_ECHO_CONNS, self.duration)
+                )
+            self.record(run, "ws-echo", f"{WS_ECHO_CONNS} sockets, {WS_MESSAGE_SIZE} B text", server, result)
+
+    def ws_broadcast(self, run):
+        """Each server fresh (its memory is measured): `ws_sockets` idle sockets, its RSS before
+        and with them open, then one message published to all of them."""
+        binary = self.release / "wsload"
+        for server in self.pairs(self.ws_broadcast_servers(), run):
+            with server.start(self.rec, self.tmp):
+                publish_url = server.url("/chat/publish")
+                status, body = http_post(publish_url, b"berth-bench: publish check")
+                if not 200 <= status < 300:
+                    # Without the endpoint, a text message on a socket publishes (the chat interface).
+                    log(f"  {server.name}: POST /chat/publish answered {status}: publishing on a socket")
+                    publish_url = None
+                rss_before = vm_status(server.proc.pid, "VmRSS")
+                sockets = self.ws_sockets
+
+                def idle(server=server, rss_before=rss_before):
+                    rss = vm_status(server.proc.pid, "VmRSS")
+                    return {
+                        "rss_before_mib": rss_before,
+                        "rss_idle_mib": rss,
+                        "kib_per_socket": (rss - rss_before) * 1024 / sockets,
+                    }
+
+                url = f"ws://127.0.0.1:{server.port}/chat/ws"
+                result = self.measure(
+                    server,
+                    lambda: run_ws_broadcast(
+                        self.rec, binary, url, publish_url, sockets, self.ws_settle, self.tmp, idle
+                    ),
+                    # Again on the same process would blur its memory figures.
+                    retry=False,
+                )
+            self.record(run, "ws-broadcast", f"{sockets:,} idle sockets, 1 message", server, result)
+
     def run(self):
         self.prepare()
         if "boundary" in self.cases:
@@ -1161,6 +1498,10 @@ class Suite:
                     self.data(run, scenario)
             if self.measures("fan-out"):
                 self.fanout(run)
+            if self.measures("ws-echo"):
+                self.ws_echo(run)
+            if self.measures("ws-broadcast"):
+                self.ws_broadcast(run)
 
     def document(self):
         """Everything the report needs, as the results file holds it."""
@@ -1171,6 +1512,8 @@ class Suite:
             "runs": self.runs,
             "duration_s": self.duration,
             "fanout_n": self.fanout_n,
+            "ws_sockets": self.ws_sockets,
+            "ws_read_buffer": WS_READ_BUFFER,
             "cases": [case for case in CASES if case in self.cases],
             "started": self.started_at.isoformat(timespec="seconds"),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -1298,7 +1641,8 @@ def main():
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="~2 s per case, 1 run, fan-out of 200, boundary bench with --quick; results to a temp "
+        help="~2 s per case, 1 run, fan-out of 200, 200 ws-broadcast sockets, boundary bench with --quick; "
+        "results to a temp "
         "dir (or --results); exit 1 on any error or missing figure, not on a missed target",
     )
     parser.add_argument("--runs", type=int, default=3, help="runs to take the median of (default 3)")
@@ -1308,7 +1652,7 @@ def main():
         default=set(CASES),
         metavar="LIST",
         help="comma-separated: boundary, hello (or hello:1, hello:64, hello:256, hello:h2), fetch, db, "
-        "redis, fan-out (default: all); each case runs on all of its servers",
+        "redis, fan-out, ws-echo, ws-broadcast (default: all); each case runs on all of its servers",
     )
     parser.add_argument(
         "--baseline",
@@ -1324,6 +1668,9 @@ def main():
     )
     parser.add_argument("--duration", type=int, help="seconds per measurement (default 10; smoke 2)")
     parser.add_argument("--fanout-n", type=int, help="fan-out requests (default 10000; smoke 200)")
+    parser.add_argument(
+        "--ws-sockets", type=int, help="ws-broadcast idle sockets (default 10000; smoke 200)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (apps, logs)")
     args = parser.parse_args()
     if args.runs < 1:

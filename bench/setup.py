@@ -8,7 +8,8 @@ first.
   (redis-server, redis-cli) from Debian's packages (apt-get, through sudo unless root), for the
   ones missing (run.py starts its own PostgreSQL and Redis in its temporary directory; it does
   not use the cluster or service the packages may set up);
-* uvicorn and aiohttp, pinned in bench/peers/requirements.txt, in a virtualenv at
+* uvicorn, aiohttp and websockets (uvicorn's WebSocket protocol), pinned in
+  bench/peers/requirements.txt, in a virtualenv at
   target/bench-env/venv, made again when requirements.txt or the Python changes.
 
 It writes target/bench-env/setup.json: the virtualenv's Python, what it was made from, and the

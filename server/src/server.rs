@@ -99,7 +99,12 @@ pub async fn run(
     // Before the apps, so that their `init` hooks can subscribe.
     let broker = Broker::start(&config.pubsub).await;
     let registry =
-        Registry::new(Arc::clone(&config), outbound, broker).map_err(ServeError::Shadow)?;
+        Registry::new(Arc::clone(&config), outbound, broker.clone()).map_err(ServeError::Shadow)?;
+    // Once stopping, event streams fed by pub/sub end instead of holding the drain open.
+    let shutdown = async move {
+        shutdown.await;
+        broker.end_streams("the server is stopping");
+    };
     registry.rescan(Rescan::Changed).await;
 
     if let Some(admin) = listeners.admin {

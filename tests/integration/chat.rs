@@ -186,7 +186,6 @@ impl Drop for Events {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the host's WebSockets (branch h-ws)"]
 async fn a_thousand_sockets_each_receive_a_redis_publish() {
     const SOCKETS: usize = 1000;
     // The test's own end of a thousand sockets, and berth's, need more than the usual 1024 files.
@@ -225,7 +224,6 @@ async fn a_thousand_sockets_each_receive_a_redis_publish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the host's WebSockets (branch h-ws)"]
 async fn a_thousand_sockets_each_receive_a_publish_on_the_memory_broker() {
     const SOCKETS: usize = 1000;
     rlimit::increase_nofile_limit(u64::MAX).expect("raise the open-file limit");
@@ -289,6 +287,7 @@ async fn server_sent_events_receive_what_is_published() {
 async fn flood_past_a_stalled_reader(overflow: &str) -> (Client, Berth, Value) {
     const READERS: usize = 8;
     const MESSAGES: usize = 400;
+    const WINDOW: usize = 4;
     let payload = "x".repeat(40 * 1024);
     let berth = Berth::builder()
         .app("chat")
@@ -314,27 +313,32 @@ async fn flood_past_a_stalled_reader(overflow: &str) -> (Client, Berth, Value) {
     let rss_before = proc_status_kib(berth.pid(), "VmRSS");
 
     let started = Instant::now();
-    let send = async {
-        for i in 0..MESSAGES {
+    // Published in windows of `WINDOW`, each read by every reader before the next: nothing
+    // pushes back on a publisher (a slow subscriber must not slow it either), so an unpaced
+    // burst would overflow a reader's queue of 16 as well, however fast it reads. The window
+    // keeps the readers within their queues; the stalled reader falls further behind with
+    // each one, and no one waits for it.
+    for window in (0..MESSAGES).step_by(WINDOW) {
+        for i in window..window + WINDOW {
             let text = format!("{i:05} {payload}");
             publisher
                 .send(Message::text(text))
                 .await
                 .expect("publish through the publisher's socket");
         }
-    };
-    // Every reader gets every message, in order, while the stalled one reads nothing at all.
-    let read = futures_util::future::join_all(readers.iter_mut().map(|reader| async move {
-        for i in 0..MESSAGES {
-            let text = next_text(reader, DELIVERY).await;
-            assert_eq!(
-                &text[..5],
-                format!("{i:05}"),
-                "messages out of order or lost"
-            );
-        }
-    }));
-    tokio::join!(send, read);
+        // Every reader gets every message, in order, while the stalled one reads nothing.
+        futures_util::future::join_all(readers.iter_mut().map(|reader| async move {
+            for i in window..window + WINDOW {
+                let text = next_text(reader, DELIVERY).await;
+                assert_eq!(
+                    &text[..5],
+                    format!("{i:05}"),
+                    "messages out of order or lost"
+                );
+            }
+        }))
+        .await;
+    }
     let elapsed = started.elapsed();
     drain.abort();
     let rss_after = proc_status_kib(berth.pid(), "VmRSS");
@@ -356,7 +360,6 @@ async fn flood_past_a_stalled_reader(overflow: &str) -> (Client, Berth, Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the host's WebSockets (branch h-ws)"]
 async fn a_reader_that_never_reads_loses_its_oldest_and_delays_no_one() {
     let (mut stalled, berth, document) = flood_past_a_stalled_reader("drop-oldest").await;
     let messages = channel_of(&document, "messages");
@@ -386,7 +389,6 @@ async fn a_reader_that_never_reads_loses_its_oldest_and_delays_no_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the host's WebSockets (branch h-ws)"]
 async fn a_reader_that_never_reads_is_closed_with_1008_and_delays_no_one() {
     let (mut stalled, berth, document) = flood_past_a_stalled_reader("close").await;
     // Under the close policy it was removed from the channel once it fell behind.
@@ -414,8 +416,9 @@ async fn a_reader_that_never_reads_is_closed_with_1008_and_delays_no_one() {
     assert_eq!(closed, Some(CloseCode::Policy));
 }
 
+/// Redis goes away under a subscribed Berth (twenty sockets and two event streams) and comes
+/// back on the same port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the host's WebSockets (branch h-ws)"]
 async fn a_redis_restart_while_subscribed_is_logged_and_delivery_resumes() {
     let mut redis = Redis::start();
     let url = redis.url();
@@ -423,12 +426,14 @@ async fn a_redis_restart_while_subscribed_is_logged_and_delivery_resumes() {
         .app("chat")
         .config(&format!("pubsub = \"{url}\"\n"))
         .start();
+    let mut first = Events::open(&berth).await;
+    let mut second = Events::open(&berth).await;
     let mut sockets = connect_many(&berth, 20).await;
-    let mut events = Events::open(&berth).await;
-    wait_for_subscribers(&berth, "messages", 21, DELIVERY).await;
+    wait_for_subscribers(&berth, "messages", 22, DELIVERY).await;
     assert_eq!(redis.cli(&["PUBLISH", "messages", "before"]), "1");
+    assert_eq!(first.next(DELIVERY).await, "data: before");
+    assert_eq!(second.next(DELIVERY).await, "data: before");
     all_receive(&mut sockets, "before").await;
-    assert_eq!(events.next(DELIVERY).await, "data: before");
 
     redis.stop();
     berth
@@ -438,8 +443,17 @@ async fn a_redis_restart_while_subscribed_is_logged_and_delivery_resumes() {
         d["connected"] == false
     })
     .await;
-    // The subscriptions stay registered through the gap.
-    assert_eq!(channel_of(&document, "messages")["subscribers"], 21);
+    // The subscriptions stay registered through the gap; publishing fails meanwhile.
+    assert_eq!(channel_of(&document, "messages")["subscribers"], 22);
+    let url_publish = berth.url("/chat/publish");
+    let refused = send(Req {
+        method: hyper::Method::POST,
+        body: b"lost",
+        ..Req::get(&url_publish)
+    })
+    .await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.text().contains(&url), "{}", refused.text());
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.resume();
     let line = berth
@@ -452,9 +466,31 @@ async fn a_redis_restart_while_subscribed_is_logged_and_delivery_resumes() {
     // Resubscribed on its own: one subscription, as before.
     assert_eq!(redis.cli(&["PUBSUB", "NUMSUB", "messages"]), "messages\n1");
     assert_eq!(redis.cli(&["PUBLISH", "messages", "after"]), "1");
+    assert_eq!(first.next(DELIVERY).await, "data: after");
+    assert_eq!(second.next(DELIVERY).await, "data: after");
     all_receive(&mut sockets, "after").await;
-    assert_eq!(events.next(DELIVERY).await, "data: after");
     // Publishing from the app works again too.
     assert_eq!(publish(&berth, "and again").await, 1);
+    assert_eq!(first.next(DELIVERY).await, "data: and again");
+    assert_eq!(second.next(DELIVERY).await, "data: and again");
     all_receive(&mut sockets, "and again").await;
+}
+
+#[tokio::test]
+async fn event_streams_end_when_the_server_stops_instead_of_holding_the_drain() {
+    let mut berth = Berth::builder().app("chat").start();
+    let mut events = Events::open(&berth).await;
+    berth.sigterm();
+    // The stream ends (the drain timeout is 30 s: waiting for it would fail the limit below).
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = events.body.frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream outlived the shutdown");
+    let status = berth.wait_exit(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status}; stderr:\n{}", berth.stderr());
 }

@@ -35,6 +35,10 @@
 //!   handshake, the host's limits (1009, idle 1001, half-open clients dropped), the `Origin`
 //!   allowlist, a panicking session (1011), swaps (old sockets keep their version, a reload
 //!   grace closes them with 1012), SIGTERM (1001 to every socket, an SSE stream ended);
+//! * `conformance`: clients nobody here wrote, from `tests/clients` in a virtualenv of pinned
+//!   packages: Python's `websockets` against `ws-echo`, the Autobahn cases (run by `kosoku`)
+//!   against `ws-echo`, and `chat` in two pages of headless Chromium driven by Playwright, with
+//!   the in-process broker and with Redis (screenshots in `target/test-artifacts/`);
 //! * `outbound`: the outbound allowlist (no connection for a denied host, whatever the `Host`
 //!   header), the inbound deadline bounding outbound calls, the outbound concurrency cap;
 //! * `pubsub`: the pub/sub broker's settings and its admin `/pubsub` document, a Redis that
@@ -51,6 +55,7 @@ mod app_config;
 mod apps;
 mod chat;
 mod cli;
+mod conformance;
 mod data;
 mod harness;
 mod lifecycle;

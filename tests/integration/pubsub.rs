@@ -71,6 +71,7 @@ async fn a_redis_that_is_down_at_start_is_a_warning_and_is_connected_once_up() {
     let url = redis.url();
     let berth = Berth::builder()
         .app("hello")
+        .app("chat")
         .config(&format!("pubsub = \"{url}\"\n"))
         .start();
     let warning = berth
@@ -82,6 +83,19 @@ async fn a_redis_that_is_down_at_start_is_a_warning_and_is_connected_once_up() {
     let document = pubsub_status(&berth).await;
     assert_eq!(document["backend"], "redis");
     assert_eq!(document["connected"], false);
+    // Subscribing and publishing fail, saying why (chat answers 503 with the reason).
+    for reply in [
+        get(&berth.url("/chat/events")).await,
+        crate::harness::post(&berth.url("/chat/publish")).await,
+    ] {
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        let text = reply.text();
+        assert!(
+            text.contains(&format!("the pub/sub Redis at {url} is not connected")),
+            "{text}"
+        );
+        assert!(text.contains("Connection refused"), "{text}");
+    }
 
     redis.resume();
     wait_for_pubsub(&berth, "connected", Duration::from_secs(20), |d| {
@@ -91,6 +105,10 @@ async fn a_redis_that_is_down_at_start_is_a_warning_and_is_connected_once_up() {
     berth
         .wait_for_log(&["INFO", "pub/sub: connected to Redis", &url], TIMEOUT)
         .await;
+    // Now they work.
+    let reply = crate::harness::post(&berth.url("/chat/publish")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "0\n");
 }
 
 #[tokio::test]

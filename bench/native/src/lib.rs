@@ -25,6 +25,12 @@
 //!   boundary costs apart from what the rest of the server costs.
 //! * `src/bin/fanout.rs`: a load client that opens N connections at once, sends one request
 //!   on each, and prints one JSON line of results.
+//! * `src/bin/native-ws-echo.rs`: a WebSocket echo (the `ws-echo` app's baseline), and
+//!   `src/bin/native-ws-chat.rs`: sockets subscribed to one in-process broadcast, published to
+//!   by `POST /chat/publish` or a socket's text message (the `chat` app's baseline); both on
+//!   tokio-tungstenite over hyper's upgrade, set up in [`ws`] as Berth's host does it.
+//! * `src/bin/wsload.rs`: the suite's WebSocket load client: echo round trips per second and
+//!   their latency, or the delivery time of one published message to N idle sockets.
 //!
 //! Run with: `cargo run --release -p berth-bench --bin native-hello -- --listen 127.0.0.1:8081`.
 
@@ -42,6 +48,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+
+pub mod ws;
 
 /// The body every baseline answers with: one buffer, like a sample app's small answer.
 pub type Body = Full<Bytes>;
@@ -130,6 +138,22 @@ pub fn respond(
         http::HeaderValue::from_static(content_type),
     );
     response
+}
+
+/// A connected TCP socket with `TCP_NODELAY` that resets instead of lingering in `TIME_WAIT`
+/// when closed (`SO_LINGER` 0): a load client opens tens of thousands of them per run.
+pub async fn connect_reset(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_linger(Some(Duration::ZERO))?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpSocket::from_std_stream(socket.into())
+        .connect(addr)
+        .await
 }
 
 /// The `p`-th percentile (0 to 100) of `sorted` by the nearest-rank method; 0 when empty.

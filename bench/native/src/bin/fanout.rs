@@ -199,7 +199,7 @@ async fn one_request(
     connected: mpsc::UnboundedSender<()>,
     mut release: watch::Receiver<Option<Instant>>,
 ) -> Result<Duration, String> {
-    let stream = connect(target.addr).await;
+    let stream = berth_bench::connect_reset(target.addr).await;
     // The receiver only goes away once the connect phase is over.
     let _ = connected.send(());
     let stream = stream.map_err(|err| format!("connect: {err}"))?;
@@ -238,21 +238,6 @@ async fn one_request(
     }
     // Dropping the connection closes the socket with a reset (SO_LINGER 0).
     Ok(released.elapsed())
-}
-
-/// A connected socket that resets instead of lingering in `TIME_WAIT` when closed.
-async fn connect(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_linger(Some(Duration::ZERO))?;
-    socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    tokio::net::TcpSocket::from_std_stream(socket.into())
-        .connect(addr)
-        .await
 }
 
 #[cfg(test)]

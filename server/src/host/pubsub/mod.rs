@@ -21,7 +21,9 @@
 //!   The connection reconnects with backoff and resubscribes every channel on its own,
 //!   logging the gap (a warning when lost, an info line with how long it was down when back).
 //!   Redis does not keep messages for a subscriber that is away: what is published during a
-//!   gap is lost.
+//!   gap is lost. A message from Redis larger than `pubsub_max_message` (published by someone
+//!   other than a Berth app, whose messages are checked) is dropped with a warning, so no
+//!   queue holds more than that per message.
 //!
 //!   Subscribing while Redis is down: if the broker has *never* connected, subscribing fails
 //!   (`SUB_FAILED`, naming the URL and the error), since nothing says the URL is right; once
@@ -447,6 +449,22 @@ impl Broker {
             match &shared.upstream {
                 None => Ok(shared.deliver(&channel, payload)),
                 Some(upstream) => upstream.publish(&channel, payload).await,
+            }
+        }
+    }
+
+    /// Ends every subscription that no WebSocket session made (event streams, tasks) with
+    /// `reason`, once what is queued for it is read: what a server that stops calls first, so
+    /// that an endless stream fed by a subscription does not hold its connection open through
+    /// the whole drain. Sessions' subscriptions are left to the WebSocket's own shutdown (the
+    /// socket's close code is its to send) and to their version's retirement.
+    pub fn end_streams(&self, reason: &str) {
+        let channels: Vec<Arc<Channel>> = lock(&self.0.channels).values().cloned().collect();
+        for channel in channels {
+            for subscriber in lock(&channel.subscribers).values() {
+                if subscriber.session.is_none() {
+                    subscriber.queue.end(reason);
+                }
             }
         }
     }

@@ -378,8 +378,20 @@ impl Supervisor {
                     let Some(shared) = self.shared.upgrade() else {
                         break Stop::BrokerGone;
                     };
-                    let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-                    shared.deliver(message.get_channel_name(), payload);
+                    let (channel, payload) = (message.get_channel_name(), message.get_payload_bytes());
+                    let limit = shared.config.max_message;
+                    if payload.len() > limit {
+                        // Published by someone else (an app's publish is checked): not fanned
+                        // out, so that queues hold at most `pubsub_max_message` per message.
+                        tracing::warn!(
+                            channel,
+                            bytes = payload.len(),
+                            "pub/sub: dropped a message from Redis larger than pubsub_max_message \
+                             ({limit} bytes)"
+                        );
+                        continue;
+                    }
+                    shared.deliver(channel, Bytes::copy_from_slice(payload));
                 }
                 command = self.commands.recv() => match command {
                     None => break Stop::BrokerGone,

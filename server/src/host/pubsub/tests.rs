@@ -406,6 +406,7 @@ async fn redis_fans_out_one_subscription_and_survives_a_restart() {
     };
     let broker = Broker::start(&PubSubConfig {
         backend: Backend::Redis(redis.url()),
+        max_message: 64,
         ..PubSubConfig::default()
     })
     .await;
@@ -419,6 +420,11 @@ async fn redis_fans_out_one_subscription_and_survives_a_restart() {
     assert_eq!(redis.cli(&["PUBLISH", "messages", "from cli"]), "1");
     assert_eq!(next_message(&a).await, "from cli");
     assert_eq!(next_message(&b).await, "from cli");
+    // A message over pubsub_max_message from someone else is not fanned out.
+    assert_eq!(redis.cli(&["PUBLISH", "messages", &"x".repeat(65)]), "1");
+    assert_eq!(redis.cli(&["PUBLISH", "messages", "small"]), "1");
+    assert_eq!(next_message(&a).await, "small");
+    assert_eq!(next_message(&b).await, "small");
     // Publishing goes through Redis too, which counts Berth instances, not subscribers.
     let reached = app
         .publish("messages", Bytes::from_static(b"from app"), &runtime)
@@ -462,4 +468,19 @@ async fn redis_fans_out_one_subscription_and_survives_a_restart() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn stopping_ends_streams_but_leaves_sessions_to_their_sockets() {
+    let broker = Broker::memory(&PubSubConfig::default());
+    let app = AppPubSub::new(&broker);
+    let session: Arc<dyn SessionSocket> = Arc::new(Recorder::default());
+    let stream = app.subscribe("c", None).await.unwrap();
+    let socket = app.subscribe("c", Some(session)).await.unwrap();
+    broker.end_streams("the server is stopping");
+    match try_next(&stream) {
+        Some(Next::End { reason, .. }) => assert_eq!(&*reason, "the server is stopping"),
+        other => panic!("expected the end, got {other:?}"),
+    }
+    assert_eq!(try_next(&socket), None);
 }
