@@ -429,3 +429,27 @@ async fn an_idle_socket_costs_a_few_kib() {
     eprintln!("RSS {before} KiB -> {after} KiB for 1000 idle sockets: {each} KiB each");
     assert!(each < 24.0, "{each} KiB per idle socket");
 }
+
+#[tokio::test]
+async fn an_open_socket_keeps_its_place_under_the_connection_limit() {
+    let berth = Berth::builder()
+        .app("ws_echo")
+        .args(&["--max-connections", "2"])
+        .start();
+    let mut first = connect(&berth, "/ws-echo").await;
+    let mut second = connect(&berth, "/ws-echo").await;
+    // A third connection waits in the listen backlog while both sockets are open.
+    let url = berth.url("/ws-echo");
+    let waiting = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "served past the connection limit");
+    second.send(Message::text("still")).await.expect("sent");
+    assert_eq!(next(&mut second).await, Message::text("still"));
+    first.close(None).await.expect("closed");
+    read_to_end(&mut first).await;
+    let reply = tokio::time::timeout(STEP, waiting)
+        .await
+        .expect("served once a socket closed")
+        .expect("joined");
+    assert_eq!(reply.status, 426);
+}

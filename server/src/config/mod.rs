@@ -161,7 +161,8 @@ pub struct Limits {
     pub max_body_size: u64,
     /// How long an idle keep-alive connection stays open (default 60 s).
     pub keepalive_timeout: Duration,
-    /// Most connections served at once (default 4096); more wait in the listen backlog.
+    /// Most connections served at once (default 4096), open WebSockets included; more wait in
+    /// the listen backlog.
     pub max_connections: usize,
     /// Most concurrent streams per HTTP/2 connection (default 128).
     pub h2_max_concurrent_streams: u32,

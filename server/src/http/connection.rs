@@ -93,20 +93,27 @@ pub(super) struct Connection {
     pub(super) access_log: bool,
     /// The server's shutdown, which HTTP/1.1 connections and streaming responses watch.
     pub(super) shutdown: Arc<Shutdown>,
+    /// Its place under the connection limit, held for as long as the connection lives, or
+    /// handed to the WebSocket it turns into (an upgraded socket is a connection served too).
+    pub(super) slot: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl Connection {
     /// Serves the connection on its own task (after the TLS handshake, with `acceptor`),
     /// watched by `graceful` for shutdown; `slot` is its place under the connection limit,
-    /// freed when it ends.
+    /// freed when it ends (or, for a WebSocket, when the socket does).
     pub(super) fn spawn(
-        self,
+        mut self,
         protocols: &Arc<Protocols>,
         graceful: &GracefulShutdown,
         acceptor: Option<TlsAcceptor>,
         stream: TcpStream,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) {
+        *self
+            .slot
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(slot);
         // Small responses should leave at once rather than wait for Nagle's timer.
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(peer = %self.peer, "cannot set TCP_NODELAY: {err}");
@@ -152,7 +159,6 @@ impl Connection {
                     .await;
                 }
             }
-            drop(slot);
         });
     }
 

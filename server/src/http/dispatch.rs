@@ -22,7 +22,7 @@ use crate::plugin::{RequestScope, RequestView};
 /// waits for the answer. Everything about the request's head is done and dropped here, so the
 /// future hyper keeps for as long as the request waits holds none of it.
 pub(super) fn dispatch(
-    connection: &Connection,
+    connection: &Arc<Connection>,
     request: Request<Incoming>,
     activity: &Arc<Activity>,
 ) -> impl Future<Output = Response<ResponseBody>> + Send + use<> {
@@ -69,7 +69,7 @@ pub(super) fn dispatch(
     }
     // A WebSocket handshake: checked before the app sees it, and kept for it to accept.
     let upgrade = if parts.headers.contains_key(http::header::SEC_WEBSOCKET_KEY) {
-        match upgrade::handshake(&mut parts, app, activity) {
+        match upgrade::handshake(&mut parts, app, connection, activity) {
             Ok(upgrade) => upgrade,
             Err(forbidden) => {
                 let response = forbidden.response();

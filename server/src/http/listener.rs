@@ -80,6 +80,7 @@ pub async fn serve(
             limits: config.limits.clone(),
             access_log: config.access_log,
             shutdown: Arc::clone(&stopping),
+            slot: std::sync::Mutex::new(None),
         };
         connection.spawn(&protocols, &graceful, acceptor.clone(), stream, slot);
     }

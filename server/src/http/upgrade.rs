@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::apps::{AppVersion, InFlight};
 use crate::host::websocket::{self, Accepted, Handshake, WsShared};
+use crate::http::connection::Connection;
 use crate::http::idle::ActivityGuard;
 use crate::http::response::{ResponseBody, empty, text};
 use crate::plugin::outcome_into_parts;
@@ -22,6 +23,8 @@ pub(super) struct Upgrade {
     /// Keeps the connection counted busy, so that its keep-alive and head timers never cut
     /// the socket.
     activity: ActivityGuard,
+    /// The connection, whose place under the connection limit the socket takes over.
+    connection: Arc<Connection>,
 }
 
 /// The WebSocket handshake of `parts`, if it is one, with hyper's upgrade taken out of the
@@ -29,6 +32,7 @@ pub(super) struct Upgrade {
 pub(super) fn handshake(
     parts: &mut http::request::Parts,
     app: &AppVersion,
+    connection: &Arc<Connection>,
     activity: &Arc<crate::http::idle::Activity>,
 ) -> Result<Option<(Box<Handshake>, Upgrade)>, Forbidden> {
     let Some(handshake) = Handshake::from_request(&parts.method, parts.version, &parts.headers)
@@ -54,6 +58,7 @@ pub(super) fn handshake(
     let upgrade = Upgrade {
         on_upgrade,
         activity: activity.begin(),
+        connection: Arc::clone(connection),
     };
     Ok(Some((Box::new(handshake), upgrade)))
 }
@@ -72,7 +77,8 @@ impl Forbidden {
 
 /// The `101` for a handshake the app accepted; its response (`outcome`) is released unread.
 /// The socket runs on a task of its own once hyper hands over the connection, holding the
-/// request's place on its version (`in_flight`) for as long as the session runs.
+/// request's place on its version (`in_flight`) and the connection's place under the
+/// connection limit for as long as the session runs.
 pub(super) fn switch(
     upgrade: Upgrade,
     handshake: &Handshake,
@@ -86,7 +92,15 @@ pub(super) fn switch(
     let Upgrade {
         on_upgrade,
         activity,
+        connection,
     } = upgrade;
+    // The socket holds the connection's place under the limit until it closes.
+    let slot = connection
+        .slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    drop(connection);
     let session = accepted.session;
     tokio::spawn(async move {
         let version = Arc::clone(in_flight.version());
@@ -105,6 +119,7 @@ pub(super) fn switch(
         let io = TokioIo::new(upgraded);
         websocket::run(io, shared, app, &settings, registration, &version.name).await;
         drop(activity);
+        drop(slot);
         drop(in_flight);
     });
     response
