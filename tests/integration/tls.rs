@@ -2,6 +2,8 @@
 //! listener speak HTTPS with ALPN `h2` and `http/1.1`, and `--outbound-ca-file` (or
 //! `outbound_ca_file`) adds a CA the outbound client trusts next to the bundled roots.
 //!
+//! WebSockets work over it too (`wss://`).
+//!
 //! Every test makes its own CA and a `localhost`/`127.0.0.1` certificate with rcgen ([`Pki`]),
 //! and the clients here trust only that CA.
 
@@ -296,6 +298,34 @@ async fn tls_flags_serve_https_with_http1_and_h2() {
         .unwrap_or_else(|err| panic!("GET {}: {err}", berth.url("/hello")));
     assert_eq!(reply.version, Version::HTTP_2);
     assert_eq!(reply.text(), "Hello, world!\n");
+}
+
+#[tokio::test]
+async fn websockets_over_tls() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let pki = Pki::new();
+    let args = pki.tls_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let berth = Berth::builder().app("ws_echo").args(&args).start();
+    let url = localhost_url(&berth, "/ws-echo").replacen("https://", "wss://", 1);
+    let tcp = tokio::net::TcpStream::connect(berth.addr())
+        .await
+        .expect("connected");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(pki.client_config(&[b"http/1.1"])));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let (mut socket, response) = tokio_tungstenite::client_async(url.as_str(), tls)
+        .await
+        .unwrap_or_else(|err| panic!("WebSocket handshake with {url}: {err}"));
+    assert_eq!(response.status(), 101);
+    socket.send(Message::text("secret")).await.expect("sent");
+    let echoed = tokio::time::timeout(Duration::from_secs(10), socket.next()).await;
+    assert!(
+        matches!(&echoed, Ok(Some(Ok(Message::Text(text)))) if text.as_str() == "secret"),
+        "{echoed:?}"
+    );
 }
 
 #[tokio::test]
