@@ -27,8 +27,8 @@
 //! * `admin`: the admin listener's `/healthz`, `/readyz`, `/apps` and reload endpoint;
 //! * `streaming`: `upload`, `proxy` and `clock`: 1 GiB each way in bounded memory, server-sent
 //!   events over time, and a stream stopped when its client leaves;
-//! * `tls`: HTTPS on the listener (HTTP/1.1 and HTTP/2 by ALPN, WebSockets), certificate errors at start,
-//!   apps fetching from an HTTPS upstream signed by an extra CA;
+//! * `tls`: HTTPS on the listener (HTTP/1.1 and HTTP/2 by ALPN, WebSockets), certificate
+//!   errors at start, apps fetching from an HTTPS upstream signed by an extra CA;
 //! * `limits`: slow-loris clients, oversized heads and bodies (431, 413), the request timeout
 //!   (504), the keep-alive idle timeout, a connection flood past the connection limit;
 //! * `websocket`: WebSockets on `ws-echo`, `testkit` and `swap`: echo and the closing
