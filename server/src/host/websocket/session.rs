@@ -161,7 +161,15 @@ fn close_message(code: u16, reason: Utf8Bytes) -> Message {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<SessionEnd> {
-        self.shared.register_pump(cx.waker());
+        self.shared.begin_poll(cx.waker());
+        let polled = self.poll_loop(cx);
+        if polled.is_ready() {
+            self.shared.end_poll();
+        }
+        polled
+    }
+
+    fn poll_loop(&mut self, cx: &mut Context<'_>) -> Poll<SessionEnd> {
         loop {
             let mut again = self.poll_app(cx);
             if self.ws.is_none() {
@@ -185,7 +193,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
                 if self.timer.as_mut().poll(cx).is_ready() {
                     continue;
                 }
-                if again {
+                if again || self.shared.end_poll() {
                     continue;
                 }
                 return Poll::Pending;
@@ -208,7 +216,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
             if self.ws.is_some() {
                 again |= self.poll_timers(cx);
             }
-            if !again {
+            if !again && !self.shared.end_poll() {
                 return Poll::Pending;
             }
         }
@@ -263,10 +271,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
         if self.close_sent || self.pending_close.is_some() || self.ws.is_none() {
             return;
         }
-        self.shared.deliver(WsMessage::Close {
-            code,
-            reason: reason.clone(),
-        });
+        // Waking the app's waker whoever it is: closes are rare.
+        self.shared.deliver(
+            WsMessage::Close {
+                code,
+                reason: reason.clone(),
+            },
+            std::task::Waker::noop(),
+        );
         if self.shared.stop_sending() {
             // The app queued a close of its own: that one goes out.
             return;
@@ -291,7 +303,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
                 }
                 Poll::Pending => break,
             }
-            let message = match self.shared.next_outgoing() {
+            let message = match self.shared.next_outgoing(cx.waker()) {
                 Some(WsMessage::Text(text)) => {
                     self.last_message = Instant::now();
                     Message::Text(text)
@@ -355,11 +367,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
             match message {
                 Message::Text(text) if !self.close_sent => {
                     self.last_message = Instant::now();
-                    self.shared.deliver(WsMessage::Text(text));
+                    self.shared.deliver(WsMessage::Text(text), cx.waker());
                 }
                 Message::Binary(data) if !self.close_sent => {
                     self.last_message = Instant::now();
-                    self.shared.deliver(WsMessage::Binary(data));
+                    self.shared.deliver(WsMessage::Binary(data), cx.waker());
                 }
                 // The codec queued the pong; the flush sends it.
                 Message::Ping(_) => self.flushed = false,
@@ -367,7 +379,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
                     let (code, reason) = frame.map_or((1005, Utf8Bytes::from_static("")), |f| {
                         (u16::from(f.code), f.reason)
                     });
-                    self.shared.deliver(WsMessage::Close { code, reason });
+                    self.shared
+                        .deliver(WsMessage::Close { code, reason }, cx.waker());
                     if !self.close_sent {
                         // The codec answered with the same code; what the app had queued
                         // cannot go out any more.
@@ -513,10 +526,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
         }
         self.end = end;
         self.shared.close_sending();
-        self.shared.deliver(WsMessage::Close {
-            code: 1006,
-            reason: Utf8Bytes::from_static(""),
-        });
+        self.shared.deliver(
+            WsMessage::Close {
+                code: 1006,
+                reason: Utf8Bytes::from_static(""),
+            },
+            std::task::Waker::noop(),
+        );
         self.registration = None;
     }
 }
