@@ -171,6 +171,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
 
     fn poll_loop(&mut self, cx: &mut Context<'_>) -> Poll<SessionEnd> {
         loop {
+            // Everything is looked at below: only what changes after this needs another look.
+            self.shared.looking();
             let mut again = self.poll_app(cx);
             if self.ws.is_none() {
                 if self.app.is_none() {

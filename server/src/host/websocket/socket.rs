@@ -199,6 +199,10 @@ impl WsShared {
     pub(super) fn begin_poll(&self, waker: &Waker) {
         self.pump.register(waker);
         self.polling.store(true, Ordering::SeqCst);
+    }
+
+    /// The session task is about to look at everything: changes before this need no other look.
+    pub(super) fn looking(&self) {
         self.changed.store(false, Ordering::SeqCst);
     }
 
