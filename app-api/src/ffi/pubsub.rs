@@ -210,23 +210,61 @@ impl std::fmt::Debug for RawSubscription {
     }
 }
 
-/// A subscribe in flight on the host; dropping it abandons it. It resolves to the open
-/// subscription, or to a `SUB_*` failure and the host's reason.
-pub(crate) struct HostSubscribe(Option<Result<FfiFuture<AbiSubscribeOutcome>, (u32, String)>>);
+/// What a pub/sub call of the host resolves to, and how the SDK takes it over.
+pub(crate) trait HostOutcome: Sized {
+    /// What the call gives on success.
+    type Output;
+    /// The call's name, for the errors of a host that panicked or a future polled twice.
+    const CALL: &'static str;
+    /// Takes the outcome over: the value, or the `SUB_*` failure and the host's reason.
+    ///
+    /// # Safety
+    /// `self` is an outcome the host resolved, owned by the caller from now on.
+    unsafe fn take(self) -> Result<Self::Output, (u32, String)>;
+}
 
-impl HostSubscribe {
-    pub(crate) fn pending(future: FfiFuture<AbiSubscribeOutcome>) -> Self {
-        HostSubscribe(Some(Ok(future)))
-    }
-
-    /// A subscribe that failed before reaching the host.
-    pub(crate) fn failed(tag: u32, message: impl Into<String>) -> Self {
-        HostSubscribe(Some(Err((tag, message.into()))))
+impl HostOutcome for AbiSubscribeOutcome {
+    type Output = RawSubscription;
+    const CALL: &'static str = "subscribe";
+    unsafe fn take(self) -> Result<RawSubscription, (u32, String)> {
+        // SAFETY: the caller's promise.
+        let raw = unsafe { self.into_result() }?;
+        // SAFETY: `into_result` hands out only open subscriptions, owned by us.
+        Ok(unsafe { RawSubscription::from_abi(raw) })
     }
 }
 
-impl Future for HostSubscribe {
-    type Output = Result<RawSubscription, (u32, String)>;
+impl HostOutcome for AbiPublishOutcome {
+    type Output = u64;
+    const CALL: &'static str = "publish";
+    unsafe fn take(self) -> Result<u64, (u32, String)> {
+        // SAFETY: the caller's promise.
+        unsafe { self.into_result() }
+    }
+}
+
+/// A subscribe or publish in flight on the host; dropping it abandons it. It resolves to the
+/// call's output, or to a `SUB_*` failure and the host's reason.
+pub(crate) struct HostCall<O>(Option<Result<FfiFuture<O>, (u32, String)>>);
+
+/// A subscribe in flight: it resolves to the open subscription.
+pub(crate) type HostSubscribe = HostCall<AbiSubscribeOutcome>;
+/// A publish in flight: it resolves to the number of receivers.
+pub(crate) type HostPublish = HostCall<AbiPublishOutcome>;
+
+impl<O: HostOutcome> HostCall<O> {
+    pub(crate) fn pending(future: FfiFuture<O>) -> Self {
+        HostCall(Some(Ok(future)))
+    }
+
+    /// A call that failed before reaching the host.
+    pub(crate) fn failed(tag: u32, message: impl Into<String>) -> Self {
+        HostCall(Some(Err((tag, message.into()))))
+    }
+}
+
+impl<O: HostOutcome> Future for HostCall<O> {
+    type Output = Result<O::Output, (u32, String)>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let result = match self.0.take() {
@@ -236,67 +274,21 @@ impl Future for HostSubscribe {
                     return Poll::Pending;
                 }
                 // SAFETY: the host's outcome, owned by us from now on.
-                Poll::Ready(Ok(outcome)) => unsafe { outcome.into_result() }
-                    // SAFETY: `into_result` hands out only open subscriptions.
-                    .map(|raw| unsafe { RawSubscription::from_abi(raw) }),
+                Poll::Ready(Ok(outcome)) => unsafe { outcome.take() },
                 Poll::Ready(Err(Panicked)) => {
-                    Err((SUB_FAILED, "the host's subscribe panicked".to_owned()))
+                    Err((SUB_FAILED, format!("the host's {} panicked", O::CALL)))
                 }
             },
             Some(Err(failed)) => Err(failed),
-            None => Err((SUB_FAILED, "subscribe polled after completion".to_owned())),
+            None => Err((SUB_FAILED, format!("{} polled after completion", O::CALL))),
         };
         Poll::Ready(result)
     }
 }
 
-impl std::fmt::Debug for HostSubscribe {
+impl<O: HostOutcome> std::fmt::Debug for HostCall<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HostSubscribe")
-    }
-}
-
-/// A publish in flight on the host. It resolves to the number of receivers, or to a `SUB_*`
-/// failure and the host's reason.
-pub(crate) struct HostPublish(Option<Result<FfiFuture<AbiPublishOutcome>, (u32, String)>>);
-
-impl HostPublish {
-    pub(crate) fn pending(future: FfiFuture<AbiPublishOutcome>) -> Self {
-        HostPublish(Some(Ok(future)))
-    }
-
-    /// A publish that failed before reaching the host.
-    pub(crate) fn failed(tag: u32, message: impl Into<String>) -> Self {
-        HostPublish(Some(Err((tag, message.into()))))
-    }
-}
-
-impl Future for HostPublish {
-    type Output = Result<u64, (u32, String)>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = match self.0.take() {
-            Some(Ok(mut future)) => match future.poll_caught(cx) {
-                Poll::Pending => {
-                    self.0 = Some(Ok(future));
-                    return Poll::Pending;
-                }
-                // SAFETY: the host's outcome, owned by us from now on.
-                Poll::Ready(Ok(outcome)) => unsafe { outcome.into_result() },
-                Poll::Ready(Err(Panicked)) => {
-                    Err((SUB_FAILED, "the host's publish panicked".to_owned()))
-                }
-            },
-            Some(Err(failed)) => Err(failed),
-            None => Err((SUB_FAILED, "publish polled after completion".to_owned())),
-        };
-        Poll::Ready(result)
-    }
-}
-
-impl std::fmt::Debug for HostPublish {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HostPublish")
+        write!(f, "HostCall({})", O::CALL)
     }
 }
 
