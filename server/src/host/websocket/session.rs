@@ -161,18 +161,8 @@ fn close_message(code: u16, reason: Utf8Bytes) -> Message {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<SessionEnd> {
-        self.shared.begin_poll(cx.waker());
-        let polled = self.poll_loop(cx);
-        if polled.is_ready() {
-            self.shared.end_poll();
-        }
-        polled
-    }
-
-    fn poll_loop(&mut self, cx: &mut Context<'_>) -> Poll<SessionEnd> {
+        self.shared.register_pump(cx.waker());
         loop {
-            // Everything is looked at below: only what changes after this needs another look.
-            self.shared.looking();
             let mut again = self.poll_app(cx);
             if self.ws.is_none() {
                 if self.app.is_none() {
@@ -195,7 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
                 if self.timer.as_mut().poll(cx).is_ready() {
                     continue;
                 }
-                if again || self.shared.end_poll() {
+                if again {
                     continue;
                 }
                 return Poll::Pending;
@@ -218,7 +208,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
             if self.ws.is_some() {
                 again |= self.poll_timers(cx);
             }
-            if !again && !self.shared.end_poll() {
+            if !again {
                 return Poll::Pending;
             }
         }
@@ -273,14 +263,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
         if self.close_sent || self.pending_close.is_some() || self.ws.is_none() {
             return;
         }
-        // Waking the app's waker whoever it is: closes are rare.
-        self.shared.deliver(
-            WsMessage::Close {
-                code,
-                reason: reason.clone(),
-            },
-            std::task::Waker::noop(),
-        );
+        self.shared.deliver(WsMessage::Close {
+            code,
+            reason: reason.clone(),
+        });
         if self.shared.stop_sending() {
             // The app queued a close of its own: that one goes out.
             return;
@@ -305,7 +291,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
                 }
                 Poll::Pending => break,
             }
-            let message = match self.shared.next_outgoing(cx.waker()) {
+            let message = match self.shared.next_outgoing() {
                 Some(WsMessage::Text(text)) => {
                     self.last_message = Instant::now();
                     Message::Text(text)
@@ -369,11 +355,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
             match message {
                 Message::Text(text) if !self.close_sent => {
                     self.last_message = Instant::now();
-                    self.shared.deliver(WsMessage::Text(text), cx.waker());
+                    self.shared.deliver(WsMessage::Text(text));
                 }
                 Message::Binary(data) if !self.close_sent => {
                     self.last_message = Instant::now();
-                    self.shared.deliver(WsMessage::Binary(data), cx.waker());
+                    self.shared.deliver(WsMessage::Binary(data));
                 }
                 // The codec queued the pong; the flush sends it.
                 Message::Ping(_) => self.flushed = false,
@@ -381,8 +367,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
                     let (code, reason) = frame.map_or((1005, Utf8Bytes::from_static("")), |f| {
                         (u16::from(f.code), f.reason)
                     });
-                    self.shared
-                        .deliver(WsMessage::Close { code, reason }, cx.waker());
+                    self.shared.deliver(WsMessage::Close { code, reason });
                     if !self.close_sent {
                         // The codec answered with the same code; what the app had queued
                         // cannot go out any more.
@@ -528,13 +513,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
         }
         self.end = end;
         self.shared.close_sending();
-        self.shared.deliver(
-            WsMessage::Close {
-                code: 1006,
-                reason: Utf8Bytes::from_static(""),
-            },
-            std::task::Waker::noop(),
-        );
+        self.shared.deliver(WsMessage::Close {
+            code: 1006,
+            reason: Utf8Bytes::from_static(""),
+        });
         self.registration = None;
     }
 }

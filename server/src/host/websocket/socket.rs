@@ -7,7 +7,6 @@
 //! the lock, since waking a plugin's waker runs plugin code.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -62,13 +61,6 @@ pub struct WsShared {
     /// The session task, woken when the app queued a message, made room in the receive queue,
     /// released the socket, or the host asked to close it.
     pump: AtomicWaker,
-    /// Set while the session task polls: a change made meanwhile (by the app's future, which
-    /// it polls, or by another thread) sets `changed` instead of waking it, and the task looks
-    /// again before it returns. An echo would otherwise cost the task a second poll per
-    /// message, woken by its own app.
-    polling: AtomicBool,
-    /// See `polling`.
-    changed: AtomicBool,
     /// The send queue's bound.
     send_queue: usize,
 }
@@ -97,8 +89,6 @@ impl WsShared {
         WsShared {
             state: Mutex::new(State::default()),
             pump: AtomicWaker::new(),
-            polling: AtomicBool::new(false),
-            changed: AtomicBool::new(false),
             send_queue: send_queue.max(1),
         }
     }
@@ -117,7 +107,7 @@ impl WsShared {
             Some(message) => {
                 drop(state);
                 if was_full {
-                    self.wake_pump();
+                    self.pump.wake();
                 }
                 Poll::Ready(Some(message))
             }
@@ -170,7 +160,7 @@ impl WsShared {
         }
         state.outbox.push_back(message);
         drop(state);
-        self.wake_pump();
+        self.pump.wake();
         Poll::Ready(Ok(()))
     }
 
@@ -179,42 +169,14 @@ impl WsShared {
     /// socket must get 1011, which the task decides once it sees how the session ended.
     pub fn release(&self) {
         self.lock().released = true;
-        self.wake_pump();
-    }
-
-    /// Tells the session task something changed: it looks again before it returns if it is
-    /// polling (see `polling`), else it is woken.
-    fn wake_pump(&self) {
-        // The flag first, then the check: a task that stops polling after this check sees the
-        // flag (both are sequentially consistent), and one that stopped before it is woken.
-        self.changed.store(true, Ordering::SeqCst);
-        if !self.polling.load(Ordering::SeqCst) {
-            self.pump.wake();
-        }
+        self.pump.wake();
     }
 
     // The session task's side.
 
-    /// Registers the session task's waker at the start of a poll.
-    pub(super) fn begin_poll(&self, waker: &Waker) {
+    /// Registers the session task's waker.
+    pub(super) fn register_pump(&self, waker: &Waker) {
         self.pump.register(waker);
-        self.polling.store(true, Ordering::SeqCst);
-    }
-
-    /// The session task is about to look at everything: changes before this need no other look.
-    pub(super) fn looking(&self) {
-        self.changed.store(false, Ordering::SeqCst);
-    }
-
-    /// At the end of a poll that found nothing more to do: whether something changed during
-    /// it, so that the task must look again (it is polling again then).
-    pub(super) fn end_poll(&self) -> bool {
-        self.polling.store(false, Ordering::SeqCst);
-        if self.changed.swap(false, Ordering::SeqCst) {
-            self.polling.store(true, Ordering::SeqCst);
-            return true;
-        }
-        false
     }
 
     /// Whether the app's receive queue has room (else the task stops reading).
@@ -222,29 +184,26 @@ impl WsShared {
         self.lock().inbox.len() < RECV_QUEUE
     }
 
-    /// Queues `message` for the app (nothing after a close). A receiver waiting with `pump`
-    /// (the session task's own waker: the app's future, which it polls) is not woken: the task
-    /// polls the app again anyway.
-    pub(super) fn deliver(&self, message: WsMessage, pump: &Waker) {
+    /// Queues `message` for the app (nothing after a close).
+    pub(super) fn deliver(&self, message: WsMessage) {
         let mut state = self.lock();
         if state.inbox_closed {
             return;
         }
         state.inbox_closed = matches!(message, WsMessage::Close { .. });
         state.inbox.push_back(message);
-        let waker = state.recv_waker.take_if(|waker| !waker.will_wake(pump));
+        let waker = state.recv_waker.take();
         drop(state);
         if let Some(waker) = waker {
             waker.wake();
         }
     }
 
-    /// The next message the app queued, waking a sender that waited for room (unless it waits
-    /// with `pump`, as for [`WsShared::deliver`]).
-    pub(super) fn next_outgoing(&self, pump: &Waker) -> Option<WsMessage> {
+    /// The next message the app queued, waking a sender that waited for room.
+    pub(super) fn next_outgoing(&self) -> Option<WsMessage> {
         let mut state = self.lock();
         let message = state.outbox.pop_front()?;
-        let waker = state.send_waker.take_if(|waker| !waker.will_wake(pump));
+        let waker = state.send_waker.take();
         drop(state);
         if let Some(waker) = waker {
             waker.wake();
@@ -307,7 +266,7 @@ impl SessionSocket for WsShared {
         if let Some(waker) = waker {
             waker.wake();
         }
-        self.wake_pump();
+        self.pump.wake();
     }
 }
 
@@ -340,7 +299,7 @@ mod tests {
                 .is_pending()
         );
         assert!(!built, "a full queue takes nothing");
-        assert_eq!(shared.next_outgoing(Waker::noop()), Some(text("a")));
+        assert_eq!(shared.next_outgoing(), Some(text("a")));
         let invalid = shared.poll_send(&mut cx, || Err("bad".to_owned()));
         assert_eq!(
             invalid,
@@ -358,11 +317,11 @@ mod tests {
             shared.poll_send(&mut cx, || Ok(text("c"))),
             Poll::Ready(Err(SendError::Closed))
         );
-        assert_eq!(shared.next_outgoing(Waker::noop()), Some(text("a")));
-        assert_eq!(shared.next_outgoing(Waker::noop()), Some(close));
+        assert_eq!(shared.next_outgoing(), Some(text("a")));
+        assert_eq!(shared.next_outgoing(), Some(close));
         shared.release();
         assert!(shared.released());
-        assert_eq!(shared.next_outgoing(Waker::noop()), None);
+        assert_eq!(shared.next_outgoing(), None);
     }
 
     #[test]
@@ -370,13 +329,13 @@ mod tests {
         let shared = WsShared::new(2);
         let mut cx = Context::from_waker(Waker::noop());
         assert!(shared.poll_recv(&mut cx).is_pending());
-        shared.deliver(text("hi"), Waker::noop());
+        shared.deliver(text("hi"));
         let close = WsMessage::Close {
             code: 1001,
             reason: Utf8Bytes::from_static(""),
         };
-        shared.deliver(close.clone(), Waker::noop());
-        shared.deliver(text("late"), Waker::noop());
+        shared.deliver(close.clone());
+        shared.deliver(text("late"));
         assert_eq!(shared.poll_recv(&mut cx), Poll::Ready(Some(text("hi"))));
         assert_eq!(shared.poll_recv(&mut cx), Poll::Ready(Some(close)));
         assert_eq!(shared.poll_recv(&mut cx), Poll::Ready(None));
@@ -405,6 +364,6 @@ mod tests {
         // The session task closes a released socket, once it knows how the session ended.
         shared.release();
         assert!(shared.released());
-        assert_eq!(shared.next_outgoing(Waker::noop()), None);
+        assert_eq!(shared.next_outgoing(), None);
     }
 }
