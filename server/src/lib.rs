@@ -35,9 +35,12 @@
 //! Around them:
 //!
 //! * [`server`]: start-up and shutdown, wiring the others together;
+//! * [`workers`]: the process model of `--workers N`: a supervisor that runs no app code and
+//!   replaces workers that crash, hang or stall, and the worker side;
 //! * [`config`]: the command line, environment and the `berth.toml` config file;
 //! * [`tls`]: rustls configurations, for the listener and the outbound client;
-//! * [`admin`]: the admin API's listener (health, status, reloads, pub/sub channels);
+//! * [`admin`]: the admin API's listener (health, status, reloads, pub/sub channels, workers),
+//!   on a thread of its own;
 //! * [`embed`]: load one app and call it without the HTTP server (embedding, benchmarks);
 //! * [`logging`]: log output, written by a thread of its own.
 //!
@@ -54,6 +57,7 @@ pub mod logging;
 pub mod plugin;
 pub mod server;
 pub mod tls;
+pub mod workers;
 
 pub use config::{AppConfig, Cli, Config, ConfigError};
 pub use server::{Listeners, ServeError, run};

@@ -52,8 +52,22 @@ pub struct Timestamp;
 
 impl FormatTime for Timestamp {
     fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
-        write_timestamp(SystemTime::now(), w)
+        write_timestamp(SystemTime::now(), w)?;
+        if let Some(tag) = PROCESS.get() {
+            w.write_str(" ")?;
+            w.write_str(tag)?;
+        }
+        Ok(())
     }
+}
+
+/// Which process writes, after each line's timestamp: `worker 1 (pid 4242)`. The supervisor and
+/// its workers share one stderr.
+static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process in every line logged from now on.
+pub fn name_process(name: String) {
+    let _ = PROCESS.set(name);
 }
 
 /// Writes `now` as [`Timestamp`] does.

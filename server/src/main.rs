@@ -1,8 +1,9 @@
 //! The `berth` binary: set up logging, read the command line and config file, serve until a
-//! signal.
+//! signal: in this process, or as the supervisor of `--workers N`, or as one of its workers.
 
 use std::process::ExitCode;
 
+use berth_server::workers::{Identity, supervisor, worker};
 use berth_server::{Cli, Config, Listeners, ServeError};
 use clap::Parser;
 
@@ -34,14 +35,36 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A worker of `--workers N`, started by its supervisor.
+    if let Some(identity) = Identity::from_env() {
+        return match identity {
+            Ok(identity) => {
+                berth_server::logging::name_process(format!(
+                    "worker {} (pid {})",
+                    identity.slot,
+                    std::process::id()
+                ));
+                raise_open_file_limit(config.limits.max_connections);
+                worker::main(config, identity)
+            }
+            Err(err) => {
+                tracing::error!("{err}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(file) = &config.config_file {
         tracing::info!(file = %file.display(), "read config file");
     }
     raise_open_file_limit(config.limits.max_connections);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    if config.workers > 0 {
+        return supervisor::main(config);
+    }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             tracing::error!("cannot start the runtime: {err}");

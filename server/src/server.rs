@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -11,6 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::apps::{Registry, Rescan, watch};
 use crate::config::Config;
+use crate::host::calls;
 use crate::host::{Broker, Outbound};
 use crate::{admin, http, tls};
 
@@ -70,18 +71,18 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let apps_dir = config.apps_dir.clone();
-    let apps_dir_error = |source| ServeError::AppsDir {
-        path: apps_dir.clone(),
-        source,
-    };
-    if !std::fs::metadata(&config.apps_dir)
-        .map_err(apps_dir_error)?
-        .is_dir()
-    {
-        let not_dir = std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory");
-        return Err(apps_dir_error(not_dir));
-    }
+    serve(listeners, config, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `ready` with the apps once they are loaded, before the first connection
+/// is accepted: a worker tells its supervisor then.
+pub async fn serve(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(&Arc<Registry>),
+) -> Result<(), ServeError> {
+    check_apps_dir(&config.apps_dir)?;
     let config = Arc::new(config);
     let client_tls = tls::client_config(config.outbound.ca_file.as_deref())?;
     let acceptor = match &config.tls {
@@ -107,9 +108,27 @@ pub async fn run(
     };
     registry.rescan(Rescan::Changed).await;
 
-    if let Some(admin) = listeners.admin {
-        tokio::spawn(admin::serve(admin, Arc::clone(&registry)));
+    // A worker's table is its supervisor's, installed before; a single process keeps its own.
+    let calls = calls::table().unwrap_or_else(|| {
+        calls::install(Box::leak(Box::default()));
+        calls::table().unwrap_or_else(|| Box::leak(Box::default()))
+    });
+    calls::spawn_heartbeat(calls);
+    if let Some(listener) = listeners.admin {
+        let process = admin::Process {
+            registry: Arc::clone(&registry),
+            serving: tokio::runtime::Handle::current(),
+            calls,
+            hang_grace: config.hang_grace,
+        };
+        let started = listener
+            .into_std()
+            .and_then(|listener| admin::spawn(listener, admin::Admin::Process(process)));
+        if let Err(err) = started {
+            tracing::error!("cannot serve the admin API: {err}");
+        }
     }
+    ready(&registry);
     // Kept alive for as long as we serve.
     let _watcher = if config.watch {
         watch::spawn(Arc::clone(&registry), &config.apps_dir)
@@ -131,6 +150,19 @@ pub async fn run(
     )
     .await;
     registry.shutdown().await;
+    Ok(())
+}
+
+/// Fails unless `apps_dir` is a readable directory.
+pub fn check_apps_dir(apps_dir: &Path) -> Result<(), ServeError> {
+    let error = |source| ServeError::AppsDir {
+        path: apps_dir.to_owned(),
+        source,
+    };
+    if !std::fs::metadata(apps_dir).map_err(error)?.is_dir() {
+        let not_dir = std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory");
+        return Err(error(not_dir));
+    }
     Ok(())
 }
 

@@ -22,6 +22,7 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use sha2::{Digest, Sha256};
 
+use crate::host::calls;
 use crate::plugin::{self, OpenError, Plugin, RequestScope};
 
 /// Why a file in the apps directory was not loaded.
@@ -210,10 +211,15 @@ pub async fn run_init(
     scope: Arc<RequestScope>,
     limit: Option<Duration>,
 ) -> Result<(), LoadError> {
-    let Some(init) = plugin.init(settings, scope) else {
+    let init = {
+        let _in_app = calls::enter(&plugin.name, &[b"init"], limit);
+        plugin.init(settings, scope)
+    };
+    let Some(init) = init else {
         return Ok(());
     };
     let started = std::time::Instant::now();
+    let init = calls::watched(&plugin.name, "init", limit, init);
     let caught = AssertUnwindSafe(init).catch_unwind();
     let finished = match limit {
         Some(limit) => tokio::time::timeout(limit, caught)

@@ -23,7 +23,7 @@ use crate::apps::loader::{self, FileImage, LoadError, ShadowDir, is_library_path
 use crate::apps::router::Router;
 use crate::apps::version::{AppStats, AppVersion};
 use crate::config::Config;
-use crate::host::{AppServices, Broker, Outbound};
+use crate::host::{AppServices, Broker, Outbound, calls};
 use crate::plugin::{self, RequestScope};
 
 /// The last load failure of a file.
@@ -421,10 +421,15 @@ impl Registry {
         let limit = version.hook_timeout;
         let deadline = tokio::time::Instant::now() + limit;
         let scope = RequestScope::new(&version.services, Some(deadline));
-        let Some(shutdown) = version.plugin.shutdown(scope) else {
+        let app = &*version.name;
+        let shutdown = {
+            let _in_app = calls::enter(app, &[b"shutdown"], Some(limit));
+            version.plugin.shutdown(scope)
+        };
+        let Some(shutdown) = shutdown else {
             return;
         };
-        let app = &*version.name;
+        let shutdown = calls::watched(app, "shutdown", Some(limit), shutdown);
         match tokio::time::timeout(limit, AssertUnwindSafe(shutdown).catch_unwind()).await {
             Err(_) => tracing::warn!(app, "shutdown did not finish within {limit:?}"),
             Ok(Err(_)) => tracing::error!(app, "the plugin's shutdown future panicked"),

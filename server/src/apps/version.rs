@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::host::AppServices;
+use crate::host::calls;
 use crate::plugin::Plugin;
 
 /// Request counters of one app, kept across its versions.
@@ -73,6 +74,7 @@ impl AppVersion {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         InFlight {
             version: Arc::clone(self),
+            _counted: calls::request_begun(),
         }
     }
 
@@ -118,6 +120,8 @@ impl AppVersion {
 #[derive(Debug)]
 pub struct InFlight {
     version: Arc<AppVersion>,
+    /// In the process's count, which a supervisor reads.
+    _counted: calls::RequestCount,
 }
 
 impl InFlight {

@@ -107,6 +107,22 @@ pub struct Cli {
     #[arg(long, env = "BERTH_NO_WATCH", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_watch: bool,
 
+    /// Worker processes to serve with, each loading every app: a crash or a hang in an app
+    /// then takes down one worker, which is replaced; 0 serves in this one process
+    /// [default: 0]
+    #[arg(long, env = "BERTH_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Runtime threads per process [default: 1 per worker with --workers, else one per CPU]
+    #[arg(long, env = "BERTH_THREADS", value_name = "N", value_parser = parse_count)]
+    pub threads: Option<usize>,
+
+    /// How long past its time limit one call into an app may block its thread before the
+    /// worker is killed and replaced (with --workers), or /healthz answers 503 [default: 5s]
+    #[arg(long, env = "BERTH_HANG_GRACE", value_name = "DUR",
+          value_parser = parse_positive_duration)]
+    pub hang_grace: Option<Duration>,
+
     /// Log one line per request: app, method, path, status, latency (off by default)
     #[arg(long, env = "BERTH_ACCESS_LOG", value_parser = clap::builder::FalseyValueParser::new())]
     pub access_log: bool,
@@ -159,6 +175,9 @@ mod tests {
         assert_eq!(env("no_watch"), "BERTH_NO_WATCH");
         assert_eq!(env("access_log"), "BERTH_ACCESS_LOG");
         assert_eq!(env("pubsub"), "BERTH_PUBSUB");
+        assert_eq!(env("workers"), "BERTH_WORKERS");
+        assert_eq!(env("threads"), "BERTH_THREADS");
+        assert_eq!(env("hang_grace"), "BERTH_HANG_GRACE");
         command.debug_assert();
     }
 }

@@ -96,6 +96,9 @@ pub(super) struct FileConfig {
     pub(super) hook_timeout: Option<PositiveSecs>,
     pub(super) watch: Option<bool>,
     pub(super) access_log: Option<bool>,
+    pub(super) workers: Option<usize>,
+    pub(super) threads: Option<Count>,
+    pub(super) hang_grace: Option<PositiveSecs>,
     // WebSockets: the defaults for every app; each may be set per app too.
     pub(super) ws_max_message: Option<Size>,
     pub(super) ws_max_frame: Option<Size>,

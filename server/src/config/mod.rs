@@ -18,6 +18,11 @@
 //! hook_timeout = "10s"
 //! watch = true
 //! access_log = false                # one log line per request (off by default)
+//! workers = 0                       # worker processes (0: serve in this one process)
+//! threads = 2                       # runtime threads per process (default: 1 per worker, else
+//!                                   # one per CPU)
+//! hang_grace = "5s"                 # a call into an app blocked this long past its time limit
+//!                                   # gets its worker killed (or /healthz says 503)
 //! ws_max_message = "1MiB"           # WebSockets: larger messages close with 1009
 //! ws_max_frame = "1MiB"             # larger frames close with 1009
 //! ws_ping_interval = "20s"          # the server pings every socket this often
@@ -88,6 +93,7 @@ const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HANG_GRACE: Duration = Duration::from_secs(5);
 
 /// The settings the server runs with: command line and environment over the config file over
 /// the defaults.
@@ -120,6 +126,13 @@ pub struct Config {
     /// false, as in gunicorn and granian: at full load the line adds about a third to the CPU
     /// time of a request).
     pub access_log: bool,
+    /// Worker processes (default 0: serve in this process). See [`crate::workers`].
+    pub workers: usize,
+    /// Runtime threads per process (default: 1 per worker with workers, else one per CPU).
+    pub threads: Option<usize>,
+    /// How long past its time limit one call into an app may block its thread (default 5 s):
+    /// then its worker is killed and replaced, or in a single process `/healthz` answers 503.
+    pub hang_grace: Duration,
     /// The pub/sub broker: its backend (`pubsub`, memory by default, or a Redis URL), each
     /// subscriber's queue (`pubsub_queue`, 64), what happens when it is full
     /// (`pubsub_overflow`, `drop-oldest`) and the largest message (`pubsub_max_message`,
@@ -370,6 +383,9 @@ impl Config {
             hook_timeout: DEFAULT_HOOK_TIMEOUT,
             watch: true,
             access_log: false,
+            workers: 0,
+            threads: None,
+            hang_grace: DEFAULT_HANG_GRACE,
             pubsub: PubSubConfig::default(),
             apps: BTreeMap::new(),
             tls: None,
@@ -555,6 +571,12 @@ impl Config {
             hook_timeout: file.hook_timeout.map_or(defaults.hook_timeout, |d| d.0),
             watch: !cli.no_watch && file.watch.unwrap_or(defaults.watch),
             access_log: cli.access_log || file.access_log.unwrap_or(defaults.access_log),
+            workers: cli.workers.or(file.workers).unwrap_or(defaults.workers),
+            threads: cli.threads.or(file.threads.map(|n| n.0)),
+            hang_grace: cli
+                .hang_grace
+                .or(file.hang_grace.map(|d| d.0))
+                .unwrap_or(defaults.hang_grace),
             pubsub: PubSubConfig {
                 backend: cli
                     .pubsub

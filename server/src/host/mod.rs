@@ -12,10 +12,13 @@
 //!   the protocol (codec, pings, limits, closing) under the app's whole messages;
 //! * [`pubsub`]: the process's pub/sub broker (in memory or through Redis), fanning each
 //!   channel out to its subscribers through bounded queues;
+//! * [`calls`]: the call table, where each thread records the app call it is inside, for the
+//!   watchdog of a supervisor or of `/healthz`;
 //! * `relay`: wakers for futures an app polls with wakers of its own.
 
 pub mod allowlist;
 pub mod body;
+pub mod calls;
 pub mod outbound;
 pub mod pubsub;
 mod relay;

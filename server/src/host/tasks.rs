@@ -86,7 +86,7 @@ impl Tasks {
         let app = Arc::clone(app);
         let run = async move {
             let _registered = registered;
-            match task.await {
+            match super::calls::watched(&app, "task", None, task).await {
                 Ok(_) => TASK_DONE,
                 Err(Panicked) => {
                     let app = &*app;

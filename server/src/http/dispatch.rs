@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 
 use crate::apps::{AppVersion, InFlight};
 use crate::host::body::limited_request_body;
+use crate::host::calls;
 use crate::host::websocket::Handshake;
 use crate::http::access_log::RequestLog;
 use crate::http::connection::Connection;
@@ -133,7 +134,14 @@ fn start(
     };
     let exceeded = Arc::clone(&scope);
     let body = limited_request_body(body, max_body, move || exceeded.set_body_exceeded());
-    let future = app.plugin.handle(Arc::clone(&scope), body);
+    let future = {
+        let _in_app = calls::enter(
+            &app.name,
+            &scope.request.method_and_target(),
+            Some(app.request_timeout),
+        );
+        app.plugin.handle(Arc::clone(&scope), body)
+    };
     Started {
         future,
         scope,
@@ -156,7 +164,15 @@ async fn answer(started: Started, in_flight: InFlight) -> Response<ResponseBody>
     } = started;
     // The plugin catches its own panics; a poll that panics all the same (broken plugin glue)
     // comes back as `Err`.
-    let caught = std::future::poll_fn(move |cx| future.poll_caught(cx));
+    let app = in_flight.version();
+    let caught = std::future::poll_fn(|cx| {
+        let _in_app = calls::enter(
+            &app.name,
+            &scope.request.method_and_target(),
+            Some(app.request_timeout),
+        );
+        future.poll_caught(cx)
+    });
     let outcome = WithDeadline::new(caught, deadline).await;
     let outcome = match (upgrade, &scope.handshake) {
         (Some(upgrade), Some(handshake)) => {

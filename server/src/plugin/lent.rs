@@ -74,6 +74,13 @@ impl std::fmt::Debug for LentRequest {
 }
 
 impl LentRequest {
+    /// The method and the target, as the call table records them.
+    pub fn method_and_target(&self) -> [&[u8]; 2] {
+        // SAFETY: `method` and `uri` point into `self.text` or to statics, valid while `self`
+        // is borrowed.
+        unsafe { [self.method.as_bytes(), self.uri.as_bytes()] }
+    }
+
     /// No request: what a lifecycle hook's scope carries.
     pub fn none() -> Self {
         LentRequest {

@@ -5,7 +5,7 @@
 //! their host handle ([`scope`]), and implements the capability table they call back into
 //! (`vtable`, which also keeps an app version's state for it), the table of the sockets they
 //! open (`socket`), and the WebSocket handshake and the table of the WebSockets they are handed
-//! (`websocket`). The conversions between ABI values and Rust values are shared with the plugin
+//! (`websocket`), and the call table's memory shared with a supervisor ([`shared`]). The conversions between ABI values and Rust values are shared with the plugin
 //! side, in [`berth_app::ffi`].
 //!
 //! Libraries are opened with `RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE` and never closed: a waker,
@@ -16,6 +16,7 @@
 pub mod lent;
 mod pubsub;
 pub mod scope;
+pub mod shared;
 mod socket;
 mod vtable;
 mod websocket;

@@ -219,7 +219,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Pump<'_, S> {
         let Some(app) = &mut self.app else {
             return false;
         };
-        let Poll::Ready(result) = app.poll_caught(cx) else {
+        let polled = {
+            let _in_app = crate::host::calls::enter(self.app_name, &[b"WebSocket session"], None);
+            app.poll_caught(cx)
+        };
+        let Poll::Ready(result) = polled else {
             return false;
         };
         self.app = None;
