@@ -123,6 +123,31 @@ pub struct Cli {
           value_parser = parse_positive_duration)]
     pub hang_grace: Option<Duration>,
 
+    /// With --workers: replace a worker once it has begun this many requests (its replacement
+    /// is ready first) [default: off]
+    #[arg(long, env = "BERTH_MAX_REQUESTS", value_name = "N", value_parser = parse_count)]
+    pub max_requests: Option<usize>,
+
+    /// Up to this many more requests, drawn per worker, so that workers are not all replaced
+    /// at once [default: 0]
+    #[arg(long, env = "BERTH_MAX_REQUESTS_JITTER", value_name = "N")]
+    pub max_requests_jitter: Option<usize>,
+
+    /// With --workers: replace a worker after it has run this long [default: off]
+    #[arg(long, env = "BERTH_MAX_LIFETIME", value_name = "DUR",
+          value_parser = parse_positive_duration)]
+    pub max_lifetime: Option<Duration>,
+
+    /// Up to this much longer, drawn per worker [default: 0]
+    #[arg(long, env = "BERTH_MAX_LIFETIME_JITTER", value_name = "DUR",
+          value_parser = parse_duration)]
+    pub max_lifetime_jitter: Option<Duration>,
+
+    /// With --workers: replace a worker whose resident memory stays above this for 3 samples
+    /// a second apart (a leak) [default: off]
+    #[arg(long, env = "BERTH_WORKER_MAX_RSS", value_name = "SIZE", value_parser = parse_size)]
+    pub worker_max_rss: Option<u64>,
+
     /// Log one line per request: app, method, path, status, latency (off by default)
     #[arg(long, env = "BERTH_ACCESS_LOG", value_parser = clap::builder::FalseyValueParser::new())]
     pub access_log: bool,
@@ -178,6 +203,11 @@ mod tests {
         assert_eq!(env("workers"), "BERTH_WORKERS");
         assert_eq!(env("threads"), "BERTH_THREADS");
         assert_eq!(env("hang_grace"), "BERTH_HANG_GRACE");
+        assert_eq!(env("max_requests"), "BERTH_MAX_REQUESTS");
+        assert_eq!(env("max_requests_jitter"), "BERTH_MAX_REQUESTS_JITTER");
+        assert_eq!(env("max_lifetime"), "BERTH_MAX_LIFETIME");
+        assert_eq!(env("max_lifetime_jitter"), "BERTH_MAX_LIFETIME_JITTER");
+        assert_eq!(env("worker_max_rss"), "BERTH_WORKER_MAX_RSS");
         command.debug_assert();
     }
 }

@@ -99,6 +99,11 @@ pub(super) struct FileConfig {
     pub(super) workers: Option<usize>,
     pub(super) threads: Option<Count>,
     pub(super) hang_grace: Option<PositiveSecs>,
+    pub(super) max_requests: Option<Count>,
+    pub(super) max_requests_jitter: Option<usize>,
+    pub(super) max_lifetime: Option<PositiveSecs>,
+    pub(super) max_lifetime_jitter: Option<Secs>,
+    pub(super) worker_max_rss: Option<Size>,
     // WebSockets: the defaults for every app; each may be set per app too.
     pub(super) ws_max_message: Option<Size>,
     pub(super) ws_max_frame: Option<Size>,

@@ -23,6 +23,11 @@
 //!                                   # one per CPU)
 //! hang_grace = "5s"                 # a call into an app blocked this long past its time limit
 //!                                   # gets its worker killed (or /healthz says 503)
+//! max_requests = 10000              # replace a worker after this many requests (default off)
+//! max_requests_jitter = 1000        # plus up to this many, drawn per worker
+//! max_lifetime = "1h"               # replace a worker after this long (default off)
+//! max_lifetime_jitter = "5m"
+//! worker_max_rss = "512MiB"         # replace a worker above this resident size (default off)
 //! ws_max_message = "1MiB"           # WebSockets: larger messages close with 1009
 //! ws_max_frame = "1MiB"             # larger frames close with 1009
 //! ws_ping_interval = "20s"          # the server pings every socket this often
@@ -133,6 +138,8 @@ pub struct Config {
     /// How long past its time limit one call into an app may block its thread (default 5 s):
     /// then its worker is killed and replaced, or in a single process `/healthz` answers 503.
     pub hang_grace: Duration,
+    /// When workers are replaced although healthy (default: never).
+    pub recycle: Recycle,
     /// The pub/sub broker: its backend (`pubsub`, memory by default, or a Redis URL), each
     /// subscriber's queue (`pubsub_queue`, 64), what happens when it is full
     /// (`pubsub_overflow`, `drop-oldest`) and the largest message (`pubsub_max_message`,
@@ -150,6 +157,23 @@ pub struct Config {
     /// WebSocket settings (the `ws_*` keys), for apps that do not set their own
     /// ([`AppConfig::websocket`]); see [`WsSettings`] for each default.
     pub websocket: WsSettings,
+}
+
+/// When a healthy worker is replaced, as gunicorn's `max_requests` and granian's lifetime and
+/// RSS limits do: a leak or a slow degradation in an app then never takes a worker down. The
+/// replacement starts and is ready first, then the old worker drains; one at a time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recycle {
+    /// After this many requests begun (`None`: never).
+    pub max_requests: Option<u64>,
+    /// Plus up to this many, drawn per worker.
+    pub max_requests_jitter: u64,
+    /// After this long (`None`: never).
+    pub max_lifetime: Option<Duration>,
+    /// Plus up to this long, drawn per worker.
+    pub max_lifetime_jitter: Duration,
+    /// When its resident memory stays above this many bytes (`None`: never).
+    pub max_rss: Option<u64>,
 }
 
 /// The PEM files of the TLS certificate chain and its key.
@@ -386,6 +410,7 @@ impl Config {
             workers: 0,
             threads: None,
             hang_grace: DEFAULT_HANG_GRACE,
+            recycle: Recycle::default(),
             pubsub: PubSubConfig::default(),
             apps: BTreeMap::new(),
             tls: None,
@@ -577,6 +602,22 @@ impl Config {
                 .hang_grace
                 .or(file.hang_grace.map(|d| d.0))
                 .unwrap_or(defaults.hang_grace),
+            recycle: Recycle {
+                max_requests: cli
+                    .max_requests
+                    .or(file.max_requests.map(|n| n.0))
+                    .map(|n| n as u64),
+                max_requests_jitter: cli
+                    .max_requests_jitter
+                    .or(file.max_requests_jitter)
+                    .unwrap_or_default() as u64,
+                max_lifetime: cli.max_lifetime.or(file.max_lifetime.map(|d| d.0)),
+                max_lifetime_jitter: cli
+                    .max_lifetime_jitter
+                    .or(file.max_lifetime_jitter.map(|d| d.0))
+                    .unwrap_or_default(),
+                max_rss: cli.worker_max_rss.or(file.worker_max_rss.map(|s| s.0)),
+            },
             pubsub: PubSubConfig {
                 backend: cli
                     .pubsub

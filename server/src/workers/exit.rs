@@ -17,6 +17,14 @@ pub enum Reason {
     Stall,
     /// The supervisor killed it: it never reported ready in time.
     Start,
+    /// Replaced healthy: it reached `max_requests`.
+    MaxRequests,
+    /// Replaced healthy: it reached `max_lifetime`.
+    MaxLifetime,
+    /// Replaced healthy: its resident memory stayed above `worker_max_rss`.
+    MaxRss,
+    /// Replaced healthy: SIGHUP.
+    Reload,
 }
 
 impl Reason {
@@ -28,6 +36,10 @@ impl Reason {
             Reason::Hang => "hang",
             Reason::Stall => "stall",
             Reason::Start => "start",
+            Reason::MaxRequests => "max_requests",
+            Reason::MaxLifetime => "max_lifetime",
+            Reason::MaxRss => "max_rss",
+            Reason::Reload => "reload",
         }
     }
 }

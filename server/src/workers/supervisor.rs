@@ -38,6 +38,10 @@ const LOOP_DEATHS: usize = 5;
 const LOOP_WINDOW: Duration = Duration::from_secs(60);
 /// The longest wait before a crash-looping slot's next worker.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a worker's resident memory is sampled, and how many samples in a row over
+/// `worker_max_rss` replace it: one sample over it may be a burst.
+const RSS_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+const RSS_SAMPLES: u32 = 3;
 /// How long the admin API waits for a worker's answer.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -238,6 +242,15 @@ struct Worker {
     to_worker: mpsc::UnboundedSender<Vec<u8>>,
     /// Why the supervisor killed it, if it did.
     killed_for: Option<Reason>,
+    /// Why it is being replaced while healthy, once a replacement is asked for.
+    recycle: Option<Reason>,
+    /// Its own `max_requests` and `max_lifetime`, jitter drawn.
+    max_requests: Option<u64>,
+    max_lifetime: Option<Duration>,
+    /// Samples of its resident memory in a row above `worker_max_rss`, and when the last was
+    /// taken.
+    rss_over: u32,
+    rss_sampled: Instant,
 }
 
 impl Worker {
@@ -314,10 +327,17 @@ impl Supervisor {
                 _ = interrupt.recv() => self.stop("SIGINT"),
                 _ = terminate.recv() => self.stop("SIGTERM"),
                 _ = hangup.recv() => {
-                    let state = lock(&self.state);
+                    let mut state = lock(&self.state);
                     if state.stopping.is_none() {
                         tracing::info!("received SIGHUP: replacing the workers one by one");
-                        rolling = (0..state.slots.len()).collect();
+                        for slot in &mut state.slots {
+                            if let Some(worker) = &mut slot.current {
+                                worker.recycle = Some(Reason::Reload);
+                            }
+                            if !rolling.contains(&slot.index) {
+                                rolling.push_back(slot.index);
+                            }
+                        }
                     }
                 }
             }
@@ -362,6 +382,14 @@ impl Supervisor {
                     // A replacement is ready: the worker it replaces drains.
                     let incoming = slot.incoming.take();
                     if let Some(mut old) = std::mem::replace(&mut slot.current, incoming) {
+                        let reason = old.recycle.unwrap_or(Reason::Reload);
+                        *slot.restarts.entry(reason).or_default() += 1;
+                        tracing::info!(
+                            "worker {} (pid {}) is replaced ({}): it drains",
+                            slot.index,
+                            old.pid,
+                            reason.as_str()
+                        );
                         old.drain();
                         slot.outgoing.push(old);
                     }
@@ -392,7 +420,21 @@ impl Supervisor {
                 let ever_ready = state.ever_ready;
                 let stopping = state.stopping.is_some();
                 let slot = state.slots.get_mut(slot)?;
+                let was_incoming = slot
+                    .incoming
+                    .as_ref()
+                    .is_some_and(|w| w.generation == generation);
                 let worker = slot.take(generation)?;
+                if was_incoming && slot.current.is_some() {
+                    // Not tried again: the worker it was to replace keeps serving.
+                    tracing::error!(
+                        "the replacement for worker {} died before it was ready; worker {} keeps \
+                         serving",
+                        slot.index,
+                        slot.index
+                    );
+                    rolling.retain(|s| *s != slot.index);
+                }
                 let status = match status {
                     Ok(status) => status,
                     Err(err) => {
@@ -527,6 +569,17 @@ impl Supervisor {
         let Pool {
             slots, listener, ..
         } = &mut *state;
+        for slot in slots.iter_mut() {
+            let Some(worker) = &mut slot.current else {
+                continue;
+            };
+            if let Some(reason) = self.due_for_recycling(slot.index, worker, now) {
+                worker.recycle = Some(reason);
+                if !rolling.contains(&slot.index) {
+                    rolling.push_back(slot.index);
+                }
+            }
+        }
         let listener = listener.as_ref()?;
         for slot in slots.iter_mut() {
             if slot.respawn_at.is_some_and(|at| at <= now) && slot.current.is_none() {
@@ -566,6 +619,50 @@ impl Supervisor {
             }
         }
         None
+    }
+
+    /// Whether a healthy, ready `worker` is due for replacement, and why; logs it the first
+    /// time.
+    fn due_for_recycling(&self, index: usize, worker: &mut Worker, now: Instant) -> Option<Reason> {
+        if worker.state != State::Ready || worker.recycle.is_some() {
+            return None;
+        }
+        let pid = worker.pid;
+        let (requests, _) = worker.calls.requests();
+        if let Some(max) = worker.max_requests.filter(|max| requests >= *max) {
+            tracing::info!("worker {index} (pid {pid}) reached max_requests ({max}): replacing it");
+            return Some(Reason::MaxRequests);
+        }
+        if let Some(max) = worker
+            .max_lifetime
+            .filter(|max| worker.started.elapsed() >= *max)
+        {
+            tracing::info!(
+                "worker {index} (pid {pid}) reached max_lifetime ({max:?}): replacing it"
+            );
+            return Some(Reason::MaxLifetime);
+        }
+        let max_rss = self.config.recycle.max_rss?;
+        if now.duration_since(worker.rss_sampled) < RSS_SAMPLE_EVERY {
+            return None;
+        }
+        worker.rss_sampled = now;
+        let rss = rss_bytes(pid).unwrap_or(0);
+        if rss <= max_rss {
+            worker.rss_over = 0;
+            return None;
+        }
+        worker.rss_over += 1;
+        if worker.rss_over < RSS_SAMPLES {
+            return None;
+        }
+        tracing::warn!(
+            "worker {index} (pid {pid}) has used {} MiB of memory for {RSS_SAMPLES} samples in a \
+             row, over worker_max_rss ({} MiB): replacing it",
+            rss >> 20,
+            max_rss >> 20
+        );
+        Some(Reason::MaxRss)
     }
 
     /// Kills `worker` if a thread of it is stuck in one app call past the call's limit plus
@@ -640,6 +737,7 @@ impl Supervisor {
             .process_group(0)
             .kill_on_drop(false);
         let mut child = command.spawn()?;
+        let recycle = &self.config.recycle;
         control::send_fds(&ours, listener.as_fd(), table_fd.as_fd())?;
         let pid = child.id().unwrap_or(0);
         tracing::info!(
@@ -700,6 +798,16 @@ impl Supervisor {
             calls: table,
             to_worker,
             killed_for: None,
+            recycle: None,
+            max_requests: recycle
+                .max_requests
+                .map(|n| n + jitter(recycle.max_requests_jitter)),
+            max_lifetime: recycle.max_lifetime.map(|lifetime| {
+                let jitter_ms = recycle.max_lifetime_jitter.as_millis() as u64;
+                lifetime + Duration::from_millis(jitter(jitter_ms))
+            }),
+            rss_over: 0,
+            rss_sampled: Instant::now(),
         })
     }
 
@@ -850,6 +958,17 @@ fn describe_calls(calls: &[Call], now_ns: u64) -> String {
         })
         .collect();
     each.join("; and ")
+}
+
+/// A number in `0..=max`, different for each worker.
+fn jitter(max: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    if max == 0 {
+        return 0;
+    }
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(calls::now_ns().into());
+    hasher.finish() % (max + 1)
 }
 
 /// The resident set size of process `pid`, from `/proc`.
