@@ -30,6 +30,13 @@ pub enum ToWorker {
         /// The request's path.
         path: String,
     },
+    /// A message another worker's app published on the in-memory broker.
+    Deliver {
+        /// The channel.
+        channel: String,
+        /// The message, base64.
+        payload: String,
+    },
 }
 
 /// What a worker tells its supervisor.
@@ -48,6 +55,27 @@ pub enum FromWorker {
         /// The body.
         body: Value,
     },
+    /// An app published this on the in-memory broker: for the other workers' subscribers.
+    Publish {
+        /// The channel.
+        channel: String,
+        /// The message, base64.
+        payload: String,
+    },
+}
+
+/// A message's bytes as a control message carries them.
+pub fn encode(payload: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(payload)
+}
+
+/// The bytes of a message [`encode`]d.
+pub fn decode(payload: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(payload)
+        .ok()
 }
 
 /// The descriptors a worker serves with, in the order they are sent.

@@ -769,6 +769,11 @@ impl Supervisor {
                             generation,
                         });
                     }
+                    Ok(FromWorker::Publish { channel, payload }) => {
+                        if let Some(supervisor) = supervisor.upgrade() {
+                            supervisor.relay(index, generation, channel, payload);
+                        }
+                    }
                     Ok(FromWorker::Reply { id, status, body }) => {
                         if let Some(supervisor) = supervisor.upgrade() {
                             if let Some(waiting) = lock(&supervisor.pending).remove(&id) {
@@ -809,6 +814,19 @@ impl Supervisor {
             rss_over: 0,
             rss_sampled: Instant::now(),
         })
+    }
+
+    /// Hands a message published in one worker to every other.
+    fn relay(&self, from_slot: usize, from_generation: u64, channel: String, payload: String) {
+        let line = control::line(&ToWorker::Deliver { channel, payload });
+        let state = lock(&self.state);
+        for slot in &state.slots {
+            for worker in slot.workers() {
+                if (slot.index, worker.generation) != (from_slot, from_generation) {
+                    let _ = worker.to_worker.send(line.clone());
+                }
+            }
+        }
     }
 
     /// `GET /workers`.

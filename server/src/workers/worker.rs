@@ -16,6 +16,7 @@ use super::control::{self, FromWorker, ToWorker};
 use crate::apps::Registry;
 use crate::config::Config;
 use crate::host::calls;
+use crate::host::pubsub::Relay;
 use crate::plugin::shared::SharedCalls;
 use crate::server::{Listeners, ServeError};
 use crate::{admin, server};
@@ -140,6 +141,16 @@ fn serve(config: Config, identity: Identity) -> Result<(), StartError> {
         };
         let writer_for_ready = Arc::clone(&writer);
         server::serve(listeners, config, shutdown, move |registry| {
+            let relay_writer = Arc::clone(&writer_for_ready);
+            registry
+                .broker()
+                .relay_to(Relay(Box::new(move |channel, payload| {
+                    let publish = FromWorker::Publish {
+                        channel: channel.to_owned(),
+                        payload: control::encode(payload),
+                    };
+                    send(&relay_writer, &publish);
+                })));
             send(&writer_for_ready, &FromWorker::Ready);
             let registry = Arc::clone(registry);
             tokio::spawn(async move {
@@ -151,6 +162,12 @@ fn serve(config: Config, identity: Identity) -> Result<(), StartError> {
                                 let _ = drain.send(());
                             }
                         }
+                        ToWorker::Deliver { channel, payload } => match control::decode(&payload) {
+                            Some(payload) => {
+                                registry.broker().deliver_relayed(&channel, payload.into());
+                            }
+                            None => tracing::warn!(channel, "a relayed message is not base64"),
+                        },
                         ToWorker::Admin { id, method, path } => {
                             tokio::spawn(answer(
                                 Arc::clone(&registry),

@@ -14,6 +14,10 @@
 //!
 //! * **memory** (the default): the broker is its own upstream. Publishing hands the message to
 //!   the channel's local subscribers and returns how many there were. Right for one instance.
+//!   With worker processes, each worker's broker also hands what its apps publish to a
+//!   [`Relay`], through which the supervisor delivers it to every other worker
+//!   ([`Broker::deliver_relayed`]); the count publishing returns is then this worker's
+//!   subscribers only.
 //! * **redis** (`pubsub = "redis://host:port/"`): the `redis` submodule holds one SUBSCRIBE
 //!   connection for the process and a multiplexed connection for PUBLISH, whose reply (the
 //!   number of subscribed connections: one per Berth instance) is what publishing returns.
@@ -277,6 +281,18 @@ struct Shared {
     next_id: AtomicU64,
     /// `None` for the memory backend.
     upstream: Option<redis::RedisUpstream>,
+    /// With the memory backend in a worker process: where published messages also go.
+    relay: std::sync::OnceLock<Relay>,
+}
+
+/// Where a worker's in-memory broker also sends each message its apps publish (channel,
+/// payload), for the supervisor to deliver to the other workers.
+pub struct Relay(pub Box<dyn Fn(&str, &Bytes) + Send + Sync>);
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Relay")
+    }
 }
 
 /// The process's pub/sub broker: cheap to clone, every clone the same broker.
@@ -297,6 +313,7 @@ impl Broker {
                     channels: Mutex::new(HashMap::new()),
                     next_id: AtomicU64::new(1),
                     upstream: Some(redis::RedisUpstream::start(url, weak.clone())),
+                    relay: std::sync::OnceLock::new(),
                 }));
                 if let Some(upstream) = &broker.0.upstream {
                     upstream.first_attempt().await;
@@ -316,6 +333,7 @@ impl Broker {
             channels: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             upstream: None,
+            relay: std::sync::OnceLock::new(),
         }))
     }
 
@@ -447,10 +465,30 @@ impl Broker {
         async move {
             checked?;
             match &shared.upstream {
-                None => Ok(shared.deliver(&channel, payload)),
+                None => {
+                    if let Some(relay) = shared.relay.get() {
+                        (relay.0)(&channel, &payload);
+                    }
+                    Ok(shared.deliver(&channel, payload))
+                }
                 Some(upstream) => upstream.publish(&channel, payload).await,
             }
         }
+    }
+
+    /// With worker processes and the memory backend: hands every message published here to
+    /// `relay` too. Only the first call has an effect; a Redis broker shares its channels
+    /// through Redis and ignores it.
+    pub fn relay_to(&self, relay: Relay) {
+        if self.0.upstream.is_none() {
+            let _ = self.0.relay.set(relay);
+        }
+    }
+
+    /// A message published in another worker, relayed by the supervisor: handed to this
+    /// worker's subscribers of `channel`, as a local publish would be.
+    pub fn deliver_relayed(&self, channel: &str, payload: Bytes) -> u64 {
+        self.0.deliver(channel, payload)
     }
 
     /// Ends every subscription that no WebSocket session made (event streams, tasks) with
