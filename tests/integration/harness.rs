@@ -713,6 +713,11 @@ impl Berth {
         self.signal(libc::SIGHUP, "SIGHUP");
     }
 
+    /// Sends SIGKILL to the process (it cannot clean up; the harness still reaps it).
+    pub fn sigkill(&self) {
+        self.signal(libc::SIGKILL, "SIGKILL");
+    }
+
     #[allow(unsafe_code)]
     fn signal(&self, signal: libc::c_int, name: &str) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits in pid_t");
@@ -955,6 +960,207 @@ pub fn encode(text: &str) -> String {
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded load
+// ---------------------------------------------------------------------------------------------
+
+/// How a [`BoundedLoad`] runs. Every bound has a default, so no test can make it run away.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    /// Concurrent client loops, each with at most one request outstanding.
+    pub clients: usize,
+    /// Requests per client, at most.
+    pub max_requests: usize,
+    /// How long the load runs, at most.
+    pub max_time: Duration,
+    /// Pause after each request: leaves CPU to the server and to the other tests.
+    pub pause: Duration,
+    /// Upper bound for one request; a slower one counts as failed.
+    pub request_timeout: Duration,
+}
+
+impl Default for LoadPlan {
+    fn default() -> Self {
+        LoadPlan {
+            clients: 4,
+            max_requests: 1000,
+            max_time: Duration::from_secs(30),
+            pause: Duration::from_millis(2),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One request of a [`BoundedLoad`].
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Which client loop sent it.
+    pub client: usize,
+    /// When it was sent and when its answer (or error) came.
+    pub sent: Instant,
+    pub done: Instant,
+    /// `Err` describes a failure: a connection error, a timeout, a wrong status or body.
+    pub result: Result<(), String>,
+}
+
+/// Client loops GETting one URL, each request on a new connection with `connection: close`:
+/// a request can then only fail if the connection it was on broke (unlike a keep-alive client,
+/// which may find its idle connection closed). Bounded in requests and in time.
+#[derive(Debug)]
+pub struct BoundedLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<std::sync::atomic::AtomicUsize>,
+    failed: Arc<std::sync::atomic::AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Outcome>>>,
+}
+
+impl BoundedLoad {
+    /// Starts `plan.clients` loops GETting `url`; a `200` whose body is `expected` is a success.
+    pub fn start(url: &str, expected: &str, plan: &LoadPlan) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + plan.max_time;
+        let tasks = (0..plan.clients)
+            .map(|client| {
+                let (url, expected, plan) = (url.to_owned(), expected.to_owned(), plan.clone());
+                let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+                tokio::spawn(async move {
+                    let mut outcomes = Vec::new();
+                    while outcomes.len() < plan.max_requests
+                        && !stop.load(Ordering::Relaxed)
+                        && Instant::now() < deadline
+                    {
+                        let sent = Instant::now();
+                        let req = Req {
+                            headers: &[("connection", "close")],
+                            ..Req::get(&url)
+                        };
+                        let result = match tokio::time::timeout(plan.request_timeout, try_send(req))
+                            .await
+                        {
+                            Err(_) => Err(format!("no response within {:?}", plan.request_timeout)),
+                            Ok(Err(err)) => Err(err),
+                            Ok(Ok(reply)) if reply.status == 200 && reply.body == expected => Ok(()),
+                            Ok(Ok(reply)) => Err(format!("{} {:?}", reply.status, reply.text())),
+                        };
+                        let counter = if result.is_ok() { &ok } else { &failed };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        outcomes.push(Outcome {
+                            client,
+                            sent,
+                            done: Instant::now(),
+                            result,
+                        });
+                        tokio::time::sleep(plan.pause).await;
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        BoundedLoad {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Successful requests so far.
+    pub fn ok(&self) -> usize {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Failed requests so far.
+    pub fn failed(&self) -> usize {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until at least `count` requests have succeeded in all; `false` after `timeout` or
+    /// once every client loop has reached its bounds.
+    pub async fn wait_ok(&self, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.ok() >= count {
+                return true;
+            }
+            if Instant::now() >= deadline || self.tasks.iter().all(|task| task.is_finished()) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the clients (each finishes its current request) and returns every outcome,
+    /// ordered by when it completed.
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut outcomes = Vec::new();
+        for task in self.tasks {
+            outcomes.extend(task.await.expect("load task"));
+        }
+        outcomes.sort_by_key(|outcome| outcome.done);
+        LoadReport { outcomes }
+    }
+}
+
+/// What the clients of a [`BoundedLoad`] saw.
+#[derive(Debug)]
+pub struct LoadReport {
+    /// Every request, ordered by when it completed.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl LoadReport {
+    /// Successful requests.
+    pub fn ok(&self) -> usize {
+        self.outcomes.iter().filter(|o| o.result.is_ok()).count()
+    }
+
+    /// The failed requests.
+    pub fn failures(&self) -> Vec<&Outcome> {
+        self.outcomes.iter().filter(|o| o.result.is_err()).collect()
+    }
+
+    /// Failed requests that completed in `from..to`.
+    pub fn failed_between(&self, from: Instant, to: Instant) -> usize {
+        self.failures()
+            .iter()
+            .filter(|o| from <= o.done && o.done < to)
+            .count()
+    }
+
+    /// Successful requests sent at or after `at`.
+    pub fn ok_sent_after(&self, at: Instant) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|o| o.result.is_ok() && o.sent >= at)
+            .count()
+    }
+
+    /// A line for failure messages: the counts and the first few failures, timed from `origin`.
+    pub fn summary(&self, origin: Instant) -> String {
+        let failures = self.failures();
+        let mut text = format!(
+            "{} requests: {} ok, {} failed",
+            self.outcomes.len(),
+            self.ok(),
+            failures.len()
+        );
+        for failure in failures.iter().take(10) {
+            text.push_str(&format!(
+                "\n  client {} at {:.3}s..{:.3}s: {}",
+                failure.client,
+                failure.sent.saturating_duration_since(origin).as_secs_f64(),
+                failure.done.saturating_duration_since(origin).as_secs_f64(),
+                failure.result.as_ref().err().map_or("", String::as_str)
+            ));
+        }
+        text
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

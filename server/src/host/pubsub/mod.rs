@@ -287,7 +287,10 @@ struct Shared {
 
 /// Where a worker's in-memory broker also sends each message its apps publish (channel,
 /// payload), for the supervisor to deliver to the other workers.
-pub struct Relay(pub Box<dyn Fn(&str, &Bytes) + Send + Sync>);
+pub struct Relay(pub Box<RelayFn>);
+
+/// What a [`Relay`] calls with each message: its channel and payload.
+pub type RelayFn = dyn Fn(&str, &Bytes) + Send + Sync;
 
 impl fmt::Debug for Relay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
