@@ -909,7 +909,7 @@ impl Supervisor {
             );
         }
         let mut status = StatusCode::OK;
-        let mut answers = Vec::new();
+        let mut answers: Vec<Value> = Vec::new();
         for (slot, pid, id, replied) in waiting {
             let (code, body) = match tokio::time::timeout(ADMIN_TIMEOUT, replied).await {
                 Ok(Ok(reply)) => reply,
@@ -925,7 +925,11 @@ impl Supervisor {
             answers
                 .push(json!({ "slot": slot, "pid": pid, "status": code.as_u16(), "body": body }));
         }
-        Answer::Json(status, json!({ "workers": answers }))
+        let mut body = json!({ "workers": &answers });
+        if path == "/apps" {
+            body["apps"] = merge_apps(&answers);
+        }
+        Answer::Json(status, body)
     }
 }
 
@@ -957,6 +961,46 @@ impl admin::Supervision for Supervisor {
             }
         })
     }
+}
+
+/// The apps of every worker's `/apps`, one entry per version and state: which workers have it
+/// mounted or retiring, and their requests summed. A reload that reached only some workers
+/// shows as two versions of one app.
+fn merge_apps(answers: &[Value]) -> Value {
+    let mut merged: BTreeMap<(String, String, String, &str), Value> = BTreeMap::new();
+    for answer in answers {
+        let slot = answer["slot"].clone();
+        let body = &answer["body"];
+        let lists = [("mounted", &body["apps"]), ("retiring", &body["retiring"])];
+        for (state, list) in lists {
+            for app in list.as_array().into_iter().flatten() {
+                let text = |key: &str| app[key].as_str().unwrap_or_default().to_owned();
+                let key = (text("name"), text("version"), text("file_hash"), state);
+                let entry = merged.entry(key).or_insert_with(|| {
+                    json!({
+                        "name": app["name"],
+                        "version": app["version"],
+                        "file_hash": app.get("file_hash"),
+                        "mount": app.get("mount"),
+                        "state": state,
+                        "workers": [],
+                        "requests": 0,
+                        "errors": 0,
+                        "in_flight": 0,
+                    })
+                });
+                if let Some(workers) = entry["workers"].as_array_mut() {
+                    workers.push(slot.clone());
+                }
+                for counter in ["requests", "errors", "in_flight"] {
+                    let sum =
+                        entry[counter].as_u64().unwrap_or(0) + app[counter].as_u64().unwrap_or(0);
+                    entry[counter] = sum.into();
+                }
+            }
+        }
+    }
+    Value::Array(merged.into_values().collect())
 }
 
 /// "inside app "faults", GET /faults/segv, for 0.0s" for each call, or that there was none.
