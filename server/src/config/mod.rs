@@ -945,6 +945,66 @@ mod tests {
     }
 
     #[test]
+    fn process_model_defaults_file_and_command_line() {
+        let config = load("workers-default", "", &[]).unwrap();
+        assert_eq!(config.workers, 0);
+        assert_eq!(config.threads, None);
+        assert_eq!(config.hang_grace, Duration::from_secs(5));
+        assert_eq!(config.recycle, Recycle::default());
+
+        let toml = r#"
+            workers = 4
+            threads = 2
+            hang_grace = "2s"
+            max_requests = 1000
+            max_requests_jitter = 100
+            max_lifetime = "1h"
+            max_lifetime_jitter = "5m"
+            worker_max_rss = "512MiB"
+        "#;
+        let config = load("workers", toml, &[]).unwrap();
+        assert_eq!(config.workers, 4);
+        assert_eq!(config.threads, Some(2));
+        assert_eq!(config.hang_grace, Duration::from_secs(2));
+        let recycle = Recycle {
+            max_requests: Some(1000),
+            max_requests_jitter: 100,
+            max_lifetime: Some(Duration::from_secs(3600)),
+            max_lifetime_jitter: Duration::from_secs(300),
+            max_rss: Some(512 << 20),
+        };
+        assert_eq!(config.recycle, recycle);
+
+        let args = [
+            "--workers",
+            "0",
+            "--max-requests",
+            "7",
+            "--worker-max-rss",
+            "1GiB",
+        ];
+        let config = load("workers-cli", toml, &args).unwrap();
+        assert_eq!(config.workers, 0);
+        assert_eq!(config.recycle.max_requests, Some(7));
+        assert_eq!(config.recycle.max_rss, Some(1 << 30));
+        assert!(Cli::try_parse_from(["berth", "--threads", "0"]).is_err());
+        assert!(Cli::try_parse_from(["berth", "--workers", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["berth", "--hang-grace", "0"]).is_err());
+    }
+
+    #[test]
+    fn bad_process_settings_name_the_file_and_the_key() {
+        use super::test_support::load_err;
+        let message = load_err("workers-neg", "workers = -2\n");
+        assert!(message.contains("line 1, key `workers`"), "{message}");
+        let message = load_err("max-requests-0", "max_requests = 0\n");
+        assert!(message.contains("key `max_requests`"), "{message}");
+        assert!(message.contains("at least 1"), "{message}");
+        let message = load_err("max-rss", "worker_max_rss = \"lots\"\n");
+        assert!(message.contains("key `worker_max_rss`"), "{message}");
+    }
+
+    #[test]
     fn bad_pubsub_settings_name_the_file_the_key_and_what_is_accepted() {
         use super::test_support::load_err;
         let message = load_err("pubsub-http", "pubsub = \"http://x\"\n");

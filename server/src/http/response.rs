@@ -10,6 +10,7 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use crate::apps::{InFlight, Router};
+use crate::host::calls;
 use crate::http::shutdown::{Shutdown, ShutdownWatch};
 use crate::plugin::{RequestScope, outcome_into_parts};
 
@@ -72,7 +73,15 @@ impl http_body::Body for AppBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Chunk>, Self::Error>>> {
-        let polled = self.inner.poll_chunk_in_place(cx);
+        let polled = {
+            let version = self._in_flight.version();
+            let _in_app = calls::enter(
+                &version.name,
+                &[b"response body"],
+                Some(version.request_timeout),
+            );
+            self.inner.poll_chunk_in_place(cx)
+        };
         if polled.is_pending() && self.shutdown.poll_started(cx) {
             let version = self._in_flight.version();
             tracing::debug!(

@@ -484,3 +484,35 @@ async fn stopping_ends_streams_but_leaves_sessions_to_their_sockets() {
     }
     assert_eq!(try_next(&socket), None);
 }
+
+#[tokio::test]
+async fn a_worker_broker_relays_what_it_publishes_and_delivers_what_is_relayed() {
+    let broker = Broker::memory(&PubSubConfig::default());
+    let relayed = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&relayed);
+    broker.relay_to(Relay(Box::new(move |channel, payload| {
+        sink.lock()
+            .unwrap()
+            .push((channel.to_owned(), payload.clone()));
+    })));
+    let app = AppPubSub::new(&broker);
+    let runtime = tokio::runtime::Handle::current();
+    let local = app.subscribe("news", None).await.unwrap();
+
+    // Published here: delivered here, and relayed for the other workers.
+    let reached = app
+        .publish("news", Bytes::from_static(b"mine"), &runtime)
+        .await;
+    assert_eq!(reached, Ok(1));
+    assert_eq!(text(try_next(&local)), ("mine".to_owned(), 0));
+    assert_eq!(
+        *relayed.lock().unwrap(),
+        vec![("news".to_owned(), Bytes::from_static(b"mine"))]
+    );
+
+    // Published in another worker: delivered here, not relayed again.
+    let reached = broker.deliver_relayed("news", Bytes::from_static(b"theirs"));
+    assert_eq!(reached, 1);
+    assert_eq!(text(try_next(&local)), ("theirs".to_owned(), 0));
+    assert_eq!(relayed.lock().unwrap().len(), 1);
+}
