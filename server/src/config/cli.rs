@@ -123,6 +123,12 @@ pub struct Cli {
           value_parser = parse_positive_duration)]
     pub hang_grace: Option<Duration>,
 
+    /// With --workers: each worker listens on the port with a socket of its own
+    /// (SO_REUSEPORT), instead of all sharing one: the kernel spreads connections evenly, but a
+    /// stuck worker strands the connections queued to it (see the README)
+    #[arg(long, env = "BERTH_REUSE_PORT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub reuse_port: bool,
+
     /// With --workers: replace a worker once it has begun this many requests (its replacement
     /// is ready first) [default: off]
     #[arg(long, env = "BERTH_MAX_REQUESTS", value_name = "N", value_parser = parse_count)]
@@ -204,6 +210,7 @@ mod tests {
         assert_eq!(env("threads"), "BERTH_THREADS");
         assert_eq!(env("hang_grace"), "BERTH_HANG_GRACE");
         assert_eq!(env("max_requests"), "BERTH_MAX_REQUESTS");
+        assert_eq!(env("reuse_port"), "BERTH_REUSE_PORT");
         assert_eq!(env("max_requests_jitter"), "BERTH_MAX_REQUESTS_JITTER");
         assert_eq!(env("max_lifetime"), "BERTH_MAX_LIFETIME");
         assert_eq!(env("max_lifetime_jitter"), "BERTH_MAX_LIFETIME_JITTER");

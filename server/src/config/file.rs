@@ -99,6 +99,7 @@ pub(super) struct FileConfig {
     pub(super) workers: Option<usize>,
     pub(super) threads: Option<Count>,
     pub(super) hang_grace: Option<PositiveSecs>,
+    pub(super) reuse_port: Option<bool>,
     pub(super) max_requests: Option<Count>,
     pub(super) max_requests_jitter: Option<usize>,
     pub(super) max_lifetime: Option<PositiveSecs>,

@@ -23,6 +23,7 @@
 //!                                   # one per CPU)
 //! hang_grace = "5s"                 # a call into an app blocked this long past its time limit
 //!                                   # gets its worker killed (or /healthz says 503)
+//! reuse_port = false               # workers listen with a socket each (SO_REUSEPORT)
 //! max_requests = 10000              # replace a worker after this many requests (default off)
 //! max_requests_jitter = 1000        # plus up to this many, drawn per worker
 //! max_lifetime = "1h"               # replace a worker after this long (default off)
@@ -138,6 +139,9 @@ pub struct Config {
     /// How long past its time limit one call into an app may block its thread (default 5 s):
     /// then its worker is killed and replaced, or in a single process `/healthz` answers 503.
     pub hang_grace: Duration,
+    /// Whether each worker listens with a socket of its own (`SO_REUSEPORT`) instead of the
+    /// one the supervisor shares (default false).
+    pub reuse_port: bool,
     /// When workers are replaced although healthy (default: never).
     pub recycle: Recycle,
     /// The pub/sub broker: its backend (`pubsub`, memory by default, or a Redis URL), each
@@ -410,6 +414,7 @@ impl Config {
             workers: 0,
             threads: None,
             hang_grace: DEFAULT_HANG_GRACE,
+            reuse_port: false,
             recycle: Recycle::default(),
             pubsub: PubSubConfig::default(),
             apps: BTreeMap::new(),
@@ -602,6 +607,7 @@ impl Config {
                 .hang_grace
                 .or(file.hang_grace.map(|d| d.0))
                 .unwrap_or(defaults.hang_grace),
+            reuse_port: cli.reuse_port || file.reuse_port.unwrap_or(defaults.reuse_port),
             recycle: Recycle {
                 max_requests: cli
                     .max_requests
@@ -950,12 +956,14 @@ mod tests {
         assert_eq!(config.workers, 0);
         assert_eq!(config.threads, None);
         assert_eq!(config.hang_grace, Duration::from_secs(5));
+        assert!(!config.reuse_port);
         assert_eq!(config.recycle, Recycle::default());
 
         let toml = r#"
             workers = 4
             threads = 2
             hang_grace = "2s"
+            reuse_port = true
             max_requests = 1000
             max_requests_jitter = 100
             max_lifetime = "1h"
@@ -966,6 +974,7 @@ mod tests {
         assert_eq!(config.workers, 4);
         assert_eq!(config.threads, Some(2));
         assert_eq!(config.hang_grace, Duration::from_secs(2));
+        assert!(config.reuse_port);
         let recycle = Recycle {
             max_requests: Some(1000),
             max_requests_jitter: 100,

@@ -18,16 +18,38 @@ use crate::http::shutdown::Shutdown;
 /// Binds with a large accept backlog: tokio's default of 1024 overflows in a burst of new
 /// connections, and each overflowed client waits a full second for its SYN to be retried.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket(addr, false)?;
+    socket.listen(8192)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Binds `addr` with `SO_REUSEPORT`, as one of several listening sockets of one port, each
+/// with a queue of its own that the kernel spreads connections over (`reuse_port` workers).
+pub fn bind_reuse_port(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket(addr, true)?;
+    socket.listen(8192)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Binds `addr` with `SO_REUSEPORT` without listening: the supervisor of `reuse_port` workers
+/// holds the port (and learns it, for port 0) but takes no connections itself.
+pub fn reserve_port(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    Ok(socket(addr, true)?.into())
+}
+
+fn socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(8192)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket)
 }
 
 /// Serves `listener` until `shutdown` completes, then gives the open connections

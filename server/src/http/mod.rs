@@ -13,5 +13,5 @@ mod response;
 mod shutdown;
 mod upgrade;
 
-pub use listener::{bind, serve};
+pub use listener::{bind, bind_reuse_port, reserve_port, serve};
 pub use response::{AppBody, Chunk, ResponseBody};

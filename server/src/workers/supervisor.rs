@@ -26,8 +26,9 @@ use super::worker::ENV;
 use crate::admin::{self, Admin, Answer};
 use crate::config::Config;
 use crate::host::calls::{self, Call};
+use crate::http::listener;
 use crate::plugin::shared::SharedCalls;
-use crate::server::{Listeners, ServeError};
+use crate::server::ServeError;
 
 /// How often the watchdog looks at the workers.
 const TICK: Duration = Duration::from_millis(100);
@@ -71,14 +72,22 @@ pub fn main(config: Config) -> ExitCode {
 
 async fn supervise(config: Config) -> Result<ExitCode, ServeError> {
     crate::server::check_apps_dir(&config.apps_dir)?;
-    let listeners = Listeners::bind(&config)?;
-    let listener = listeners
-        .http
-        .into_std()
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let bind_error = |source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let listener = if config.reuse_port {
+        warn_unless_queues_migrate();
+        listener::reserve_port(config.listen).map_err(bind_error)?
+    } else {
+        listener::bind(config.listen)
+            .and_then(tokio::net::TcpListener::into_std)
+            .map_err(bind_error)?
+    };
+    let admin = config
+        .admin_listen
+        .map(|addr| listener::bind(addr).map_err(|source| ServeError::Bind { addr, source }))
+        .transpose()?;
     let program = std::env::current_exe().map_err(ServeError::Shadow)?;
     let addr = listener
         .local_addr()
@@ -103,7 +112,7 @@ async fn supervise(config: Config) -> Result<ExitCode, ServeError> {
         next_id: AtomicU64::new(1),
         pending: Mutex::new(HashMap::new()),
     });
-    if let Some(listener) = listeners.admin {
+    if let Some(listener) = admin {
         tokio::spawn(admin::serve(
             listener,
             Arc::new(Admin::Workers(Arc::clone(&supervisor) as _)),
@@ -1020,6 +1029,20 @@ fn describe_calls(calls: &[Call], now_ns: u64) -> String {
         })
         .collect();
     each.join("; and ")
+}
+
+/// With `reuse_port`, each worker's socket has a queue of its own: when a worker closes it
+/// (replaced, or killed), the connections still queued there are reset, unless the kernel
+/// moves them to another worker's queue (`net.ipv4.tcp_migrate_req = 1`, Linux 5.14 and later).
+fn warn_unless_queues_migrate() {
+    let setting = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req");
+    if setting.map_or(true, |value| value.trim() != "1") {
+        tracing::warn!(
+            "reuse_port: net.ipv4.tcp_migrate_req is not 1, so the connections queued to a \
+             worker that is replaced or killed are reset; set it with \
+             `sysctl -w net.ipv4.tcp_migrate_req=1` (Linux 5.14+)"
+        );
+    }
 }
 
 /// A number in `0..=max`, different for each worker.

@@ -110,6 +110,12 @@ fn serve(config: Config, identity: Identity) -> Result<(), StartError> {
     listener
         .set_nonblocking(true)
         .map_err(StartError::Control)?;
+    let reuse_port = if config.reuse_port {
+        // The supervisor's socket only holds the port: this worker listens on its own.
+        Some(listener.local_addr().map_err(StartError::Control)?)
+    } else {
+        None
+    };
     let table = SharedCalls::open(&File::from(fds.calls)).map_err(StartError::Calls)?;
     let table = table.leak();
     table.init();
@@ -127,7 +133,11 @@ fn serve(config: Config, identity: Identity) -> Result<(), StartError> {
     read_commands(control, commands)?;
 
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(StartError::Control)?;
+        let listener = match reuse_port {
+            Some(addr) => crate::http::bind_reuse_port(addr)
+                .map_err(|source| ServeError::Bind { addr, source })?,
+            None => tokio::net::TcpListener::from_std(listener).map_err(StartError::Control)?,
+        };
         let (drain, drained) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {
             tokio::select! {
