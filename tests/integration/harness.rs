@@ -1044,7 +1044,9 @@ impl BoundedLoad {
                         {
                             Err(_) => Err(format!("no response within {:?}", plan.request_timeout)),
                             Ok(Err(err)) => Err(err),
-                            Ok(Ok(reply)) if reply.status == 200 && reply.body == expected => Ok(()),
+                            Ok(Ok(reply)) if reply.status == 200 && reply.body == expected => {
+                                Ok(())
+                            }
                             Ok(Ok(reply)) => Err(format!("{} {:?}", reply.status, reply.text())),
                         };
                         let counter = if result.is_ok() { &ok } else { &failed };

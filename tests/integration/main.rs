@@ -46,7 +46,12 @@
 //! * `chat`: the `chat` sample on the broker, in memory and on Redis: a thousand WebSockets fed
 //!   by `redis-cli PUBLISH` or a `POST`, server-sent events, a reader that never reads (no one
 //!   waits for it and memory stays bounded, under both overflow policies), a Redis restart
-//!   while subscribed.
+//!   while subscribed;
+//! * `workers`: `--workers N` with the `faults` fixture: crashes, aborts and stack overflows
+//!   under load (only the requests in flight on the dead worker fail), the hang watchdog, a
+//!   crash loop, recycling (`--max-requests`, `--max-lifetime`, `--worker-max-rss`, SIGHUP),
+//!   SIGTERM's drain, workers ending with a SIGKILLed supervisor, the admin API asked of every
+//!   worker, and the single-process `/healthz` while the runtime is blocked.
 //!
 //! [`Berth`]: harness::Berth
 
@@ -69,3 +74,4 @@ mod streaming;
 mod tls;
 mod upstream;
 mod websocket;
+mod workers;

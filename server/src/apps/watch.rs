@@ -21,7 +21,9 @@ pub fn spawn(registry: Arc<Registry>, dir: &Path) -> notify::Result<notify::Reco
     let (changed, mut changes) = mpsc::unbounded_channel::<()>();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) if event.paths.iter().any(|p| is_library_path(p)) => {
+            Ok(event)
+                if changes_a_file(&event) && event.paths.iter().any(|p| is_library_path(p)) =>
+            {
                 let _ = changed.send(());
             }
             Ok(_) => {}
@@ -44,6 +46,20 @@ pub fn spawn(registry: Arc<Registry>, dir: &Path) -> notify::Result<notify::Reco
     Ok(watcher)
 }
 
+/// Whether `event` can change what a library file holds. Opening and reading one does not:
+/// the rescan itself reads every library (and each worker's does with workers), so reacting
+/// to reads would rescan forever.
+fn changes_a_file(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        _ => true,
+    }
+}
+
 /// Rescans on every SIGHUP, for setups where file events are unreliable (network file
 /// systems, some container mounts).
 pub fn rescan_on_sighup(registry: Arc<Registry>) {
@@ -61,4 +77,25 @@ pub fn rescan_on_sighup(registry: Arc<Registry>) {
             registry.rescan(Rescan::RetryFailed).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changes_a_file;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+    use notify::{Event, EventKind};
+
+    #[test]
+    fn reads_do_not_count_as_changes() {
+        let kind = |kind| changes_a_file(&Event::new(kind));
+        assert!(!kind(EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!kind(EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(kind(EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(kind(EventKind::Create(CreateKind::File)));
+        assert!(kind(EventKind::Modify(ModifyKind::Any)));
+    }
 }

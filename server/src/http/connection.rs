@@ -185,6 +185,7 @@ impl Connection {
         );
         let this = Arc::new(self);
         let shutdown = Arc::clone(&this.shutdown);
+        let first_request = Arc::clone(&activity);
         let service = service_fn(move |request| {
             use futures_util::FutureExt as _;
             let guard = activity.begin();
@@ -209,13 +210,32 @@ impl Connection {
             tokio::select! {
                 served = connection.as_mut() => served,
                 () = shutdown.wait() => {
+                    // Accepted just before the drain (a worker being replaced, say): the
+                    // client has sent its first request, or is sending it, and hyper would
+                    // close a connection it has read nothing from. Serve that one request.
+                    let grace = first_head.min(tokio::time::Instant::now() + FIRST_REQUEST_GRACE);
+                    while !first_request.begun() && tokio::time::Instant::now() < grace {
+                        let looked = tokio::time::sleep(Duration::from_millis(5));
+                        tokio::select! {
+                            served = connection.as_mut() => return log_end(peer, served),
+                            () = looked => {}
+                        }
+                    }
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
             }
         };
-        if let Err(err) = served {
-            tracing::debug!(%peer, "connection error: {err}");
-        }
+        log_end(peer, served);
+    }
+}
+
+/// How long a connection that was accepted but sent no request yet when the drain began has to
+/// send its first one.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
+
+fn log_end(peer: SocketAddr, served: Result<(), hyper::Error>) {
+    if let Err(err) = served {
+        tracing::debug!(%peer, "connection error: {err}");
     }
 }

@@ -25,13 +25,21 @@ use tokio::time::{Instant, Sleep};
 #[derive(Debug, Default)]
 pub struct Activity {
     in_flight: AtomicUsize,
+    /// Whether a request ever began on the connection.
+    begun: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
     /// Counts a request in until the guard is dropped (with its response body).
     pub fn begin(self: &Arc<Self>) -> ActivityGuard {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.begun.store(true, Ordering::Relaxed);
         ActivityGuard(Arc::clone(self))
+    }
+
+    /// Whether a request ever began on the connection.
+    pub fn begun(&self) -> bool {
+        self.begun.load(Ordering::Relaxed)
     }
 
     fn busy(&self) -> bool {
