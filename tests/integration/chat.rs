@@ -20,14 +20,14 @@ use crate::harness::{Berth, Req, proc_status_kib, send};
 use crate::pubsub::wait_for_pubsub;
 use crate::services::Redis;
 
-type Client =
+pub(crate) type Client =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How long a published message may take to reach every client.
 const DELIVERY: Duration = Duration::from_secs(20);
 
 /// Opens a WebSocket on `chat`.
-async fn connect(berth: &Berth) -> Client {
+pub(crate) async fn connect(berth: &Berth) -> Client {
     let url = berth.url("/chat/ws").replacen("http://", "ws://", 1);
     let (socket, response) = tokio::time::timeout(
         Duration::from_secs(10),
@@ -69,7 +69,7 @@ fn channel_of<'a>(document: &'a Value, channel: &str) -> &'a Value {
 }
 
 /// The next text message on `socket`, skipping nothing: anything else fails.
-async fn next_text(socket: &mut Client, within: Duration) -> String {
+pub(crate) async fn next_text(socket: &mut Client, within: Duration) -> String {
     match tokio::time::timeout(within, socket.next()).await {
         Ok(Some(Ok(Message::Text(text)))) => text.as_str().to_owned(),
         other => panic!("expected a text message within {within:?}, got {other:?}"),
@@ -96,7 +96,7 @@ async fn all_receive(sockets: &mut [Client], expected: &str) {
 }
 
 /// `POST /chat/publish` with `text`; returns the receiver count the app answers with.
-async fn publish(berth: &Berth, text: &str) -> u64 {
+pub(crate) async fn publish(berth: &Berth, text: &str) -> u64 {
     let url = berth.url("/chat/publish");
     let reply = send(Req {
         method: hyper::Method::POST,

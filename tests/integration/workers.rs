@@ -1080,3 +1080,104 @@ async fn admin_requests_reach_every_worker() {
     let hello = get(&berth.url("/hello")).await;
     assert_eq!((hello.status.as_u16(), hello.text().as_str()), (200, HELLO));
 }
+
+/// The `/pubsub` entries of every worker (the supervisor asks each): subscribers on `channel`,
+/// by worker.
+fn subscribers_by_worker(document: &Value, channel: &str) -> Vec<u64> {
+    entries_of(document)
+        .iter()
+        .map(|worker| {
+            worker["body"]["channels"]
+                .as_array()
+                .and_then(|channels| channels.iter().find(|c| c["name"] == channel))
+                .map_or(0, |c| c["subscribers"].as_u64().unwrap_or(0))
+        })
+        .collect()
+}
+
+fn entries_of(document: &Value) -> &[Value] {
+    document["workers"].as_array().map_or(&[], Vec::as_slice)
+}
+
+/// With the in-memory broker, a message published in one worker reaches the WebSockets of
+/// every worker (the supervisor relays it); on SIGTERM every socket gets its close code and the
+/// supervisor exits 0.
+#[tokio::test]
+async fn pubsub_and_websockets_span_workers_and_close_on_sigterm() {
+    use crate::chat::{Client, connect, next_text, publish};
+    use futures_util::StreamExt as _;
+    let mut berth = start_workers(Berth::builder().app("chat").args(&["--workers", "2"]), 2).await;
+    // Sockets until both workers hold some: which worker accepts is the kernel's choice.
+    let mut sockets: Vec<Client> = Vec::new();
+    let spread = loop {
+        sockets.push(connect(&berth).await);
+        let document = get(&berth.admin_url("/pubsub")).await.json();
+        let by_worker = subscribers_by_worker(&document, "messages");
+        if by_worker.iter().sum::<u64>() == sockets.len() as u64 && by_worker.iter().all(|n| *n > 0)
+        {
+            break by_worker;
+        }
+        assert!(
+            sockets.len() < 64,
+            "64 sockets and still not on both workers: {document:#}"
+        );
+        if by_worker.iter().sum::<u64>() < sockets.len() as u64 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    eprintln!("subscribers by worker: {spread:?}");
+
+    publish(&berth, "across workers").await;
+    for socket in &mut sockets {
+        assert_eq!(next_text(socket, LOG).await, "across workers");
+    }
+
+    berth.sigterm();
+    for socket in &mut sockets {
+        let closed = tokio::time::timeout(LOG, socket.next()).await;
+        match closed {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame))))) => {
+                assert_eq!(u16::from(frame.code), 1001, "{frame:?}");
+            }
+            other => panic!("expected a close frame with 1001, got {other:?}"),
+        }
+    }
+    let status = berth.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", berth.stderr());
+}
+
+/// With `--reuse-port` every worker listens on a socket of its own: both serve, and a crashed
+/// one is replaced and serves again.
+#[tokio::test]
+async fn reuse_port_workers_each_serve_and_are_replaced() {
+    use std::collections::BTreeSet;
+    /// The pids that answer `/faults/pid` on fresh connections, until two have (bounded).
+    async fn serving(berth: &Berth) -> BTreeSet<u32> {
+        let url = berth.url("/faults/pid");
+        let mut pids = BTreeSet::new();
+        for _ in 0..200 {
+            if let Ok(reply) = get_within(&url, LOG).await {
+                pids.insert(reply.text().trim().parse::<u32>().unwrap_or(0));
+            }
+            if pids.len() == 2 {
+                break;
+            }
+        }
+        pids
+    }
+    let berth = start_workers(workers_builder(2, &["--reuse-port"]), 2).await;
+    let before = ready_pids(&workers(&berth).await);
+    assert_eq!(serving(&berth).await, before.iter().copied().collect());
+    let migrates = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+        .is_ok_and(|value| value.trim() == "1");
+    assert!(migrates || berth.stderr().contains("tcp_migrate_req is not 1"));
+
+    let _ = get_within(&berth.url("/faults/segv"), Duration::from_secs(3)).await;
+    let after = wait_workers(&berth, "a replacement ready", RESPAWN + LOG, |doc| {
+        let ready = ready_pids(doc);
+        ready.len() == 2 && ready != before
+    })
+    .await;
+    let now: BTreeSet<u32> = ready_pids(&after).into_iter().collect();
+    assert_eq!(serving(&berth).await, now);
+}
