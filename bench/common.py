@@ -41,7 +41,11 @@ CASES = (
     "fan-out",
     "ws-echo",
     "ws-broadcast",
+    "workers-hello",
+    "worker-respawn",
 )
+# The worker-process cases (issue 18): a full run's results from before them lack these.
+WORKER_CASES = ("workers-hello", "worker-respawn")
 # The load tools, nginx, PostgreSQL and Redis, each with the Debian package it comes from.
 # PostgreSQL's initdb and pg_ctl are not on PATH on Debian: find_tool looks in its bin directory.
 TOOLS = {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Berth's benchmark suite, the report step: turns a results file written by bench/run.py into
-BENCHMARKS.md and the SVG chart, and checks the targets of issues 5, 16 and 17. It measures nothing, so it can be
-run again on any results file, an old one included.
+BENCHMARKS.md and the SVG chart, and checks the targets of issues 5, 16, 17 and 18 (worker
+processes). It measures nothing, so it can be run again on any results file, an old one included.
 
     python3 bench/report.py [RESULTS] [--out REPORT] [--svg CHART]
 
@@ -12,8 +12,10 @@ replaces the published figures. `--out` and `--svg` choose other places (the cha
 beside `--out` unless that is BENCHMARKS.md).
 
 Every figure is the median of the runs; each `× native` is the median, over the runs, of the
-ratio to the native baseline measured in the same run. A `--baseline` run's results also give
-the baseline Berth's ratio to the current Berth, the same way, in a section of their own.
+ratio to the native baseline measured in the same run (in workers-hello, `× one process`: to
+`berth --threads 2`, the same way); worker-respawn's times are the medians over every round. A
+`--baseline` run's results also give the baseline Berth's ratio to the current Berth, the same
+way, in a section of their own.
 
 It prints each target as met, MISSED or n/a (not measured); the exit status is 0 once the report
 is written, whether or not the targets are met or the run saw errors (bench/run.py's own exit
@@ -29,7 +31,20 @@ import statistics
 import sys
 from pathlib import Path
 
-from common import BENCH, CASES, INTERFERENCE_FLAG, RESULTS, RESULTS_FORMAT, ROOT, SMALL_FILE, log
+from common import (
+    BENCH,
+    CASES,
+    INTERFERENCE_FLAG,
+    RESULTS,
+    RESULTS_FORMAT,
+    ROOT,
+    SMALL_FILE,
+    WORKER_CASES,
+    log,
+)
+
+# A full run's results from before the worker cases list the others only.
+CASES_BEFORE_WORKERS = tuple(case for case in CASES if case not in WORKER_CASES)
 
 # A load generator using this much of its CPU, or its core this busy (with nginx, PostgreSQL or Redis
 # beside it), may be what limits the figure, not the server.
@@ -48,6 +63,12 @@ WS_ECHO_TARGET_X = 0.9
 WS_BROADCAST_TARGET_X = 1.1
 P99_TARGET_X = 1.1
 PEER_TARGET_X = 3
+# Worker processes: `--workers 2` against one process with `--threads 2` on the same two cores,
+# and issue 18's bound on the time from a worker's death until its replacement serves.
+WORKERS_TARGET_X = 0.9
+RESPAWN_TARGET_MS = 2000.0
+# What a scenario's ratios are to: the native baseline, except in workers-hello.
+REFERENCE = {"workers-hello": "berth-threads"}
 
 SERVERS = {
     # key: (label, colour in the chart)
@@ -57,6 +78,8 @@ SERVERS = {
     "native-abi": ("native hyper + app via the ABI", "#a0aec0"),
     "uvicorn": ("uvicorn (uvloop, httptools)", "#d69e2e"),
     "aiohttp": ("aiohttp (uvloop)", "#38a169"),
+    "berth-workers": ("Berth --workers 2", "#2c7a7b"),
+    "berth-threads": ("Berth --threads 2 (1 process)", "#81e6d9"),
 }
 # The --baseline revision's Berth, `berth@<short hash>`.
 BASELINE_COLOUR = "#805ad5"
@@ -69,6 +92,8 @@ SCENARIO_TITLES = {
     "fan-out": "fan-out: requests that each wait 1 s, all sent at once",
     "ws-echo": "ws-echo: WebSocket round trips (send a message, await its echo) per second",
     "ws-broadcast": "ws-broadcast: one message published to many idle WebSockets",
+    "workers-hello": "workers-hello: `hello` on two cores, `--workers 2` against one process with `--threads 2`",
+    "worker-respawn": "worker-respawn: from a worker's death (SIGKILL) to its replacement serving",
 }
 
 
@@ -97,7 +122,8 @@ def median(values):
 
 def aggregate(results):
     """Per (scenario, case, server): medians over runs, and medians of per-run ratios to native
-    (and, for a --baseline Berth, to the current Berth)."""
+    (to the scenario's REFERENCE server where it has one; and, for a --baseline Berth, to the
+    current Berth). worker-respawn has one entry per round: its medians are over the rounds."""
     by_run = {}
     for r in results:
         by_run[(r["scenario"], r["case"], r["server"], r["run"])] = r
@@ -141,12 +167,20 @@ def aggregate(results):
             "rss_before_mib",
             "rss_idle_mib",
             "kib_per_socket",
+            "busiest_share",
+            "ready_ms",
+            "serve_ms",
+            "start_ms",
         ):
             row[field] = median([r.get(field) for r in runs])
+        for field in ("ready_ms", "serve_ms", "start_ms"):
+            values = [r[field] for r in runs if r.get(field) is not None]
+            row[f"{field}_range"] = (min(values), max(values)) if values else None
         row["interference_max"] = max((r.get("interference") or 0.0) for r in runs)
         row["errors"] = [e for r in runs for e in r.get("errors", [])]
+        reference = REFERENCE.get(scenario, "native")
         for field in ("rps", "p50_ms", "p99_ms", "cpu_us", "wall_s", "peak_rss_mib", "kib_per_socket"):
-            to_native = ratios(runs, scenario, case, "native", field)
+            to_native = ratios(runs, scenario, case, reference, field)
             row[f"{field}_x"] = median(to_native)
             row[f"{field}_x_range"] = (min(to_native), max(to_native)) if to_native else None
             if is_baseline(server):
@@ -351,6 +385,26 @@ def targets(rows, fanout_n, boundary, boundary_errors):
                         ratio <= WS_BROADCAST_TARGET_X,
                     )
                 )
+    for key in rows:
+        if key[0] == "workers-hello" and key[2] == "berth-workers" and rows[key]["rps_x"] is not None:
+            checks.append(
+                (
+                    f"workers-hello {key[1]}: ≥ {WORKERS_TARGET_X}× single-process requests/s",
+                    throughput(rows[key]),
+                    rows[key]["rps_x"] >= WORKERS_TARGET_X,
+                )
+            )
+    for key in rows:
+        if key[0] == "worker-respawn":
+            row = rows[key]
+            checks.append(
+                (
+                    f"worker-respawn: replacement serving within {RESPAWN_TARGET_MS / 1000:.0f} s "
+                    "(issue 18 asks 2 s)",
+                    respawn_measured(row),
+                    respawn_met(row),
+                )
+            )
     name = "boundary cost ≤ 1 µs per request over a direct call"
     if boundary is None:
         checks.append((name, "not measured: " + "; ".join(boundary_errors), None))
@@ -366,6 +420,24 @@ def targets(rows, fanout_n, boundary, boundary_errors):
     return checks
 
 
+def respawn_measured(row):
+    """worker-respawn's figure as the targets table gives it: the slowest round, the median."""
+    served = row["serve_ms_range"]
+    if served is None:
+        return f"no round produced a figure ({row['runs']} round(s); see its section)"
+    text = (
+        f"{served[1]:.0f} ms in the slowest of {row['runs']} rounds (median {row['serve_ms']:.0f} ms; "
+        f"listed ready by /workers after a median {fmt(row['ready_ms'], '.0f')} ms)"
+    )
+    return text + (f"; {len(row['errors'])} error(s)" if row["errors"] else "")
+
+
+def respawn_met(row):
+    """Every round produced both figures, without an error, and the slowest within the bound."""
+    served = row["serve_ms_range"]
+    return not row["errors"] and served is not None and served[1] <= RESPAWN_TARGET_MS
+
+
 def fmt(value, spec, none="–"):
     return none if value is None else format(value, spec)
 
@@ -377,7 +449,7 @@ def write_report(doc, rows, checks, out, svg_path):
     command = shlex.join(["python3", "bench/run.py", *doc["argv"]])
     if doc["smoke"]:
         mode = "smoke run"
-    elif doc["cases"] == list(CASES):
+    elif every_case(doc):
         mode = "full run"
     else:
         mode = f"run of {', '.join(doc['cases'])}"
@@ -402,7 +474,13 @@ def write_report(doc, rows, checks, out, svg_path):
         "Servers run pinned to CPU 0 "
         "(`taskset -c 0`), so tokio starts one worker thread in Berth and in the native baselines, and "
         "the Python servers run one process each; wrk, h2load, the fan-out client, the nginx upstream, "
-        "PostgreSQL and Redis run pinned to CPU 1 (`taskset -c 1`). *server CPU* is the server's own CPU "
+        "PostgreSQL and Redis run pinned to CPU 1 (`taskset -c 1`)"
+        + (
+            " (the worker-process cases' servers run on CPUs 0 and 1: see their sections)"
+            if any(case in doc["cases"] for case in ("workers-hello", "worker-respawn"))
+            else ""
+        )
+        + ". *server CPU* is the server's own CPU "
         "time over the measurement (100% = one core, from `/proc/<pid>/stat`); *load CPU* is the load "
         "generator's; *load core* is how busy CPU 1 was, all of it (from `/proc/stat`)."
     )
@@ -415,7 +493,8 @@ def write_report(doc, rows, checks, out, svg_path):
         for line in headlines:
             add(f"* {line}")
         add("")
-    add("## Targets (issues 5, 16 and 17)")
+    workers = any(key[0] in ("workers-hello", "worker-respawn") for key in rows)
+    add(f"## Targets (issues 5, 16{', 17 and 18' if workers else ' and 17'})")
     add("")
     add("| target | measured | met |")
     add("| --- | --- | --- |")
@@ -436,20 +515,28 @@ def write_report(doc, rows, checks, out, svg_path):
         baseline_section(doc, rows, add)
     measurements = doc["measurements"]
     flagged = [r for r in measurements if (r.get("interference") or 0) > INTERFERENCE_FLAG]
+    # worker-respawn's rounds measure no server CPU, so no other processes' share either.
+    timed = [r for r in measurements if r["scenario"] != "worker-respawn"]
     if flagged:
         add(
-            f"**Noise:** in {len(flagged)} of {len(measurements)} measurements, other processes used more "
+            f"**Noise:** in {len(flagged)} of {len(timed)} measurements, other processes used more "
             f"than {INTERFERENCE_FLAG:.0f}% of the server's CPU (marked † below, with the worst share); "
             "their figures are less trustworthy."
         )
         add("")
-    for scenario in ("hello", "fetch", "db", "redis", "fan-out", "ws-echo", "ws-broadcast"):
+    for scenario in (
+        "hello", "fetch", "db", "redis", "fan-out", "ws-echo", "ws-broadcast", "workers-hello", "worker-respawn"
+    ):
         scenario_rows = [r for r in rows.values() if r["scenario"] == scenario]
         if not scenario_rows:
             continue
         add(f"## {SCENARIO_TITLES[scenario]}")
         add("")
-        if scenario == "ws-broadcast":
+        if scenario == "workers-hello":
+            workers_section(doc, scenario_rows, add)
+        elif scenario == "worker-respawn":
+            respawn_section(doc, scenario_rows, add)
+        elif scenario == "ws-broadcast":
             broadcast_table(doc, scenario_rows, add)
         elif scenario == "fan-out":
             add(
@@ -562,6 +649,16 @@ def write_report(doc, rows, checks, out, svg_path):
     add(
         f"* **upstream**: nginx (one worker, access log off, keep-alive) serving a {len(SMALL_FILE)}-byte file."
     )
+    if any(case in doc["cases"] for case in ("workers-hello", "worker-respawn")):
+        add(
+            "* **Berth --workers 2** (workers-hello, worker-respawn): a supervisor that binds the "
+            "listener and the admin listener, and two worker processes that each load every app and "
+            "serve the shared listener, each on one runtime thread (the default with `--workers`); "
+            "**Berth --threads 2** (workers-hello): one process, two runtime threads. Both pinned to "
+            "CPUs 0 and 1, with their admin listener on loopback; their CPU counts the supervisor's "
+            "and its workers'. worker-respawn serves `hello` and the `faults` test fixture "
+            "(tests/fixtures/faults) instead of the hello case's apps."
+        )
     if any(case in doc["cases"] for case in ("db", "redis")):
         add(
             "* **db and redis**: *Berth + app* is Berth serving the `todo` (db) or `counter` (redis) app "
@@ -602,7 +699,8 @@ def write_report(doc, rows, checks, out, svg_path):
         "| run | scenario | case | server | requests/s | p50 ms | p99 ms | server CPU | other load on CPU 0 | errors |"
     )
     add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in measurements:
+    # worker-respawn's rounds have their own table in its section.
+    for r in (r for r in measurements if r["scenario"] != "worker-respawn"):
         add(
             f"| {r['run']} | {r['scenario']} | {r['case']} | {r['server']} | {fmt(r.get('rps'), ',.0f')} | "
             f"{fmt(r.get('p50_ms'), '.3f')} | {fmt(r.get('p99_ms'), '.3f')} | {fmt(r.get('server_cpu'), '.0f')}% | "
@@ -612,6 +710,162 @@ def write_report(doc, rows, checks, out, svg_path):
     add("</details>")
     add("")
     out.write_text("\n".join(lines))
+
+
+def workers_section(doc, scenario_rows, add):
+    """workers-hello: both modes' medians, each run's pair, and the commands."""
+    add(
+        "| case | server | requests/s | × one process | p50 ms | p99 ms | p99 × one process | server CPU | "
+        "CPU µs per request | × one process | busier worker's share | load CPU |"
+    )
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in scenario_rows:
+        share = f"{r['busiest_share'] * 100:.0f}%" if r["busiest_share"] is not None else "–"
+        add(
+            f"| {r['case']} | {label(r['server'])} | {fmt(r['rps'], ',.0f')} | {fmt(r['rps_x'], '.2f')}"
+            f"{runs_note(r, 'rps') if r['server'] == 'berth-workers' else ''} | {fmt(r['p50_ms'], '.3f')} | "
+            f"{fmt(r['p99_ms'], '.3f')} | {fmt(r['p99_ms_x'], '.2f')} | "
+            f"{fmt(r['server_cpu'], '.0f')}%{noise_mark(r)} | "
+            f"{fmt(r['cpu_us'], '.1f')} | {fmt(r['cpu_us_x'], '.2f')} | {share} | "
+            f"{fmt(r['load_cpu'], '.0f')}%{' ‡' if (r['load_cpu'] or 0) >= LOAD_BOUND else ''} |"
+        )
+    add("")
+    settings = doc.get("workers") or {}
+    cpus = settings.get("cpus", "0,1")
+    load_cpu = settings.get("load_cpu", "1")
+    shared = load_cpu in cpus.split(",")
+    add(
+        f"Both modes serve the hello case's apps directory on CPUs {cpus} (`taskset -c {cpus}`): "
+        f"`berth --workers 2` (a supervisor and two workers, one runtime thread each, sharing one "
+        f"listener) and `berth --threads 2` (one process, two runtime threads). wrk runs as in the hello "
+        f"case (one thread, HTTP/1.1 keep-alive, {doc['duration_s']} s after a warm-up), pinned to CPU "
+        f"{load_cpu}"
+        + (
+            ", one of the server's two: on this machine the load generator takes part of a core from "
+            "either mode alike, so the figures are not comparable with the hello section's (server "
+            "alone on one core), only with each other"
+            if shared
+            else ", a core of its own"
+        )
+        + ". In each run the two are measured back to back, alone, in an order that alternates between "
+        "runs; *× one process* is the median over the runs of `--workers 2`'s figure over `--threads 2`'s "
+        "in the same run (the runs' lowest and highest in brackets). *server CPU* counts the supervisor "
+        "and its workers together. *busier worker's share* is the share of the requests the busier "
+        "worker served (from the supervisor's `GET /workers` before and after): the kernel hands each "
+        "new connection to whichever worker accepts first, and wrk opens its connections once, so an "
+        f"uneven split lasts the whole measurement. † marks a figure during which other processes took "
+        f"more than {INTERFERENCE_FLAG:.0f}% of a core on CPUs {cpus}"
+        + (" (wrk's own CPU not counted)" if shared else "")
+        + f"; ‡, wrk using ≥ {LOAD_BOUND:.0f}% of its CPU (the load generator may have set the pace)."
+    )
+    add("")
+    measurements = [m for m in doc["measurements"] if m["scenario"] == "workers-hello"]
+    runs = sorted({m["run"] for m in measurements})
+    add("| run | case | measured first | --workers 2 requests/s | --threads 2 requests/s | ratio | "
+        "--workers 2 p99 ms | --threads 2 p99 ms | requests per worker |")
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for run in runs:
+        for case in dict.fromkeys(m["case"] for m in measurements if m["run"] == run):
+            pair = [m for m in measurements if m["run"] == run and m["case"] == case]
+            workers = next((m for m in pair if m["server"] == "berth-workers"), {})
+            single = next((m for m in pair if m["server"] == "berth-threads"), {})
+            ratio = workers["rps"] / single["rps"] if workers.get("rps") and single.get("rps") else None
+            split = " / ".join(f"{n:,}" for n in workers.get("worker_requests") or []) or "–"
+            add(
+                f"| {run} | {case} | {label(pair[0]['server'])} | {fmt(workers.get('rps'), ',.0f')} | "
+                f"{fmt(single.get('rps'), ',.0f')} | {fmt(ratio, '.2f')} | {fmt(workers.get('p99_ms'), '.3f')} | "
+                f"{fmt(single.get('p99_ms'), '.3f')} | {split} |"
+            )
+    add("")
+    add("Commands (the ports were picked free at start):")
+    add("")
+    add("```sh")
+    for line in dict.fromkeys(
+        line for m in measurements if m["run"] == runs[0] for line in (m.get("server_cmd"), m.get("load_cmd")) if line
+    ):
+        add(line)
+    add("```")
+
+
+def respawn_section(doc, scenario_rows, add):
+    """worker-respawn: medians and spread over every round, each round, the procedure and command."""
+    settings = doc.get("workers") or {}
+    rounds = [m for m in doc["measurements"] if m["scenario"] == "worker-respawn"]
+    add("| time | median ms | fastest ms | slowest ms | rounds with a figure |")
+    add("| --- | --- | --- | --- | --- |")
+    for r in scenario_rows:
+        for field, what in (
+            ("ready_ms", "from the SIGKILL until `GET /workers` lists the slot with a new pid, `ready`"),
+            (
+                "serve_ms",
+                "**from the SIGKILL until a request is answered by the new worker** (`/faults/pid`, "
+                "fresh connections)",
+            ),
+        ):
+            low_high = r[f"{field}_range"] or (None, None)
+            got = sum(1 for m in rounds if m.get(field) is not None)
+            add(
+                f"| {what} | {fmt(r[field], '.1f')} | {fmt(low_high[0], '.1f')} | {fmt(low_high[1], '.1f')} | "
+                f"{got} of {len(rounds)} |"
+            )
+        low_high = r["start_ms_range"] or (None, None)
+        got = sum(1 for m in rounds if m.get("start_ms") is not None)
+        add(
+            f"| the supervisor's own: from its spawn of the new worker until it is ready (its log line, "
+            f"in 10 ms steps) | {fmt(r['start_ms'], '.0f')} | {fmt(low_high[0], '.0f')} | {fmt(low_high[1], '.0f')} | "
+            f"{got} of {len(rounds)} |"
+        )
+    add("")
+    if doc["runs"] > 1:
+        per_run = []
+        for run in sorted({m["run"] for m in rounds}):
+            served = [m["serve_ms"] for m in rounds if m["run"] == run and m.get("serve_ms") is not None]
+            per_run.append(f"run {run}: {fmt(median(served), '.1f')} ms ({len(served)} rounds)")
+        add("Median time until the new worker answered, per run: " + "; ".join(per_run) + ".")
+        add("")
+    poll = settings.get("respawn_poll_ms", 5)
+    add(
+        f"`berth --workers 2` with `hello` and the `faults` test fixture, on CPUs {settings.get('cpus', '0,1')}. "
+        f"Each round reads the workers' pids from `GET /workers` on the admin listener, sends SIGKILL to "
+        f"one worker (slot 0, then slot 1), and from that instant polls, every {poll:g} ms from a thread "
+        f"pinned to CPU {settings.get('load_cpu', '1')}: `GET /workers`, until it lists that slot with a pid "
+        "it did not list before in state `ready`; and `GET /faults/pid` (the pid of the process that "
+        "answers) on a fresh connection each time, until a pid not listed before answers, which must be "
+        "the one `/workers` lists. The kernel hands each new connection to whichever worker accepts "
+        "first, so the second time includes the wait until the new worker wins an accept from the one "
+        "that stayed up. The two are polled independently, and the answer can come a few ms before the "
+        "listing: `/workers` shows a worker ready once the supervisor has its message, and the next poll "
+        f"sees it. Each round is bounded ({settings.get('respawn_timeout_s', 10):g} s, "
+        f"{settings.get('respawn_max_polls', 2000):,} polls and requests); a request that fails, or a "
+        "round without both times, is an error. Every two rounds the server is a fresh one, so that each "
+        "slot dies once per server process: the supervisor replaces a slot's first deaths at once but "
+        "waits before the third within a minute (its crash-loop backoff), which is not what this measures. "
+        f"The rounds run {settings.get('respawn_pause_s', 0.5):g} s apart"
+        + (", each after the machine has quieted down (as every other measurement)." if not doc["smoke"] else ".")
+    )
+    add("")
+    add("<details><summary>Every round</summary>")
+    add("")
+    add("| run | round | slot | old pid | new pid | ready ms | answered ms | supervisor ms | /workers polls | "
+        "requests | errors |")
+    add("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for m in rounds:
+        errors = "; ".join(e.splitlines()[0] for e in m.get("errors", []))[:300].replace("|", "/")
+        add(
+            f"| {m['run']} | {m.get('round', '–')} | {m.get('slot', '–')} | {m.get('old_pid', '–')} | "
+            f"{m.get('new_pid') or '–'} | {fmt(m.get('ready_ms'), '.1f')} | {fmt(m.get('serve_ms'), '.1f')} | "
+            f"{fmt(m.get('start_ms'), '.0f')} | {m.get('admin_polls', '–')} | {m.get('requests', '–')} | "
+            f"{errors or '–'} |"
+        )
+    add("")
+    add("</details>")
+    add("")
+    add("Command (the ports were picked free at start):")
+    add("")
+    add("```sh")
+    for line in dict.fromkeys(m.get("server_cmd") for m in rounds if m.get("server_cmd")):
+        add(line)
+    add("```")
 
 
 def baseline_section(doc, rows, add):
@@ -825,6 +1079,26 @@ def summary(rows, boundary):
             f"{fmt(broadcast['kib_per_socket'], '.1f')} KiB per idle socket "
             f"({fmt(broadcast['kib_per_socket_x'], '.2f')}× native's)."
         )
+    for r in (r for k, r in rows.items() if k[0] == "workers-hello" and k[2] == "berth-workers"):
+        single = rows.get(("workers-hello", r["case"], "berth-threads"))
+        if r["rps_x"] is None or not single:
+            continue
+        share = r["busiest_share"]
+        share = f"; the busier worker served {share * 100:.0f}% of the requests" if share else ""
+        lines.append(
+            f"workers-hello, {r['case']}: `--workers 2` does {r['rps_x']:.2f}× one process's requests/s "
+            f"(`--threads 2`; {r['rps']:,.0f} vs. {single['rps']:,.0f}{spread(r, 'rps')}) "
+            f"at {fmt(r['cpu_us_x'], '.2f')}× its CPU per request, p99 {fmt(r['p99_ms'], '.2f')} against "
+            f"{fmt(single['p99_ms'], '.2f')} ms{share}."
+        )
+    respawn = get("worker-respawn", "", "berth-workers")
+    if respawn and respawn["serve_ms"] is not None:
+        lines.append(
+            f"worker-respawn: after a SIGKILL, the replacement worker answered a request a median "
+            f"{respawn['serve_ms']:.0f} ms later (slowest {respawn['serve_ms_range'][1]:.0f} ms, "
+            f"{respawn['runs']} rounds); `/workers` listed it ready after a median "
+            f"{fmt(respawn['ready_ms'], '.0f')} ms."
+        )
     if boundary:
         lines.append(
             f"boundary: a request through the C ABI takes {boundary['diff_ns']:.0f} ns more than the "
@@ -851,7 +1125,8 @@ def noise_mark(row):
 def write_svg(rows, path, title):
     cases = []
     for r in rows.values():
-        if (r["scenario"], r["case"]) not in cases:
+        # worker-respawn has neither requests/s nor latencies: its section has its times.
+        if (r["scenario"], r["case"]) not in cases and r["scenario"] != "worker-respawn":
             cases.append((r["scenario"], r["case"]))
     bar_h, gap, label_w, panel_w, head = 16, 4, 190, 330, 34
     width = label_w + 2 * panel_w + 60
@@ -892,7 +1167,8 @@ def write_svg(rows, path, title):
                 w = max(1.0, (panel_w - 70) * value / peak)
                 svg.append(f'<rect x="{x0}" y="{by}" width="{w:.1f}" height="{bar_h}" fill="{fill}"/>')
                 ratio = r["rps_x" if field == "rps" else "p99_ms_x"]
-                note = f" ({ratio:.2f}×)" if ratio is not None and r["server"] != "native" else ""
+                reference = REFERENCE.get(scenario, "native")
+                note = f" ({ratio:.2f}×)" if ratio is not None and r["server"] != reference else ""
                 svg.append(
                     f'<text x="{x0 + w + 4:.1f}" y="{by + bar_h - 4}">{format(value, spec)}{note}</text>'
                 )
@@ -916,9 +1192,14 @@ def default_paths(doc, results):
     return results.with_suffix(".md"), results.with_suffix(".svg")
 
 
+def every_case(doc):
+    """Whether a run measured every case: today's, or every one there was before the worker cases."""
+    return doc["cases"] in (list(CASES), list(CASES_BEFORE_WORKERS))
+
+
 def published(doc):
     """Whether the results are a full run's, the kind BENCHMARKS.md publishes."""
-    return not doc["smoke"] and doc["cases"] == list(CASES) and not doc["baseline"]
+    return not doc["smoke"] and every_case(doc) and not doc["baseline"]
 
 
 def main():
@@ -965,7 +1246,7 @@ def main():
         checks = [check for check in checks if not check[0].startswith("boundary")]
     title = (
         f"Berth benchmarks ({'smoke, ' if doc['smoke'] else ''}median of {doc['runs']} run(s), "
-        "server on 1 core)"
+        f"server on 1 core{'; workers-hello on 2' if 'workers-hello' in doc['cases'] else ''})"
     )
     write_svg(rows, svg, title)
     write_report(doc, rows, checks, out, svg)

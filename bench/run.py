@@ -4,6 +4,7 @@ Python servers it replaces, side by side in one run on this machine.
 
     python3 bench/setup.py                  # first: the load tools, PostgreSQL, Redis, the peers
     python3 bench/run.py [--smoke] [--runs 3] [--cases LIST] [--baseline REV] [--results FILE]
+                         [--respawn-rounds N]
     python3 bench/report.py [FILE]          # then: BENCHMARKS.md and the chart from FILE
 
 `make bench` runs the three steps. This one builds Berth, the sample apps and the native
@@ -40,6 +41,30 @@ provisions and says so when that is missing. The cases (`--cases`, all by defaul
   has it, and RSS per idle socket, (RSS with the sockets − RSS before) / sockets, on a fresh
   server process every run. Berth runs with `--max-connections 20000` and no other setting (no
   WebSocket idle timeout, the default).
+* workers-hello: worker processes against one process, both on the same two cores (CPUs 0 and
+  1): `berth --workers 2` (a supervisor and two single-threaded workers serving one shared
+  listener; one runtime thread per worker is the default) against `berth --threads 2` (one
+  process, two runtime threads), both serving the hello case's apps directory; wrk as in the hello
+  case (HTTP/1.1 keep-alive, one thread, the same duration) at 64 and 256 connections, pinned to
+  CPU 1 (CPU 2 on a machine with three or more: on two CPUs it shares a core with the server,
+  alike for both modes). Paired like every other case: in each run both are measured back to back
+  in alternating order; the ratio is workers over one process in the same run. The server's CPU
+  is that of the supervisor and its workers together, and how the requests split between the
+  workers is read from the supervisor's `GET /workers` before and after.
+* worker-respawn: how long a worker's death costs. `berth --workers 2` with `hello` and the
+  `faults` test fixture (tests/fixtures/faults: `/faults/pid` answers the serving process's pid),
+  on CPUs 0 and 1. Each round notes the workers' pids from `GET /workers` on the admin listener,
+  kills one worker with SIGKILL, and times from the kill until (a) `/workers` lists that slot with
+  a new pid in state `ready` (polled every 5 ms) and (b) `/faults/pid`, asked on a fresh
+  connection every 5 ms, answers with a pid that was not there before (the kernel picks the
+  worker that accepts, so this includes the wait until the new one wins an accept); the poller
+  runs pinned to the load CPU, and each round is bounded (10 s, 2,000 requests). The
+  supervisor's own figure (`worker N (pid P) is ready after Xs`, from its spawn of the new worker)
+  is taken from its log. A fresh server every two rounds, one death per slot: the supervisor
+  replaces a slot's first deaths at once and backs off from the third within a minute (its
+  crash-loop protection), which is not what is measured here. `--respawn-rounds` rounds per run
+  (10 by default, 4 in smoke mode); a request that fails or a round without both figures is an
+  error.
 
 The WebSocket baselines read each socket through a buffer of `WS_READ_BUFFER` bytes (an
 environment variable passed on to them; 4096 when unset), allocated whole for every socket: set it
@@ -47,14 +72,14 @@ to Berth's own figure so that both sides match (the results file and the report 
 load client's sockets use the same.
 
 Each server runs pinned to CPU 0 (`taskset -c 0`); the load generator, nginx, PostgreSQL and Redis
-run pinned to CPU 1. Within a run, every case is measured on all servers back to back (each server
+run pinned to CPU 1 (the worker cases' servers get CPUs 0 and 1, as said above). Within a run, every case is measured on all servers back to back (each server
 started, warmed up and measured alone, then stopped; the order alternates between runs), so that
 each ratio compares figures taken seconds apart. The report gives every figure as the median of
 `--runs` runs, and each ratio as the median of the per-run ratios to the native baseline.
 
 `--cases LIST` measures only the listed cases, comma-separated: `boundary`, `hello` (all four hello
 cases) or `hello:1`, `hello:64`, `hello:256`, `hello:h2`, `fetch`, `db`, `redis`, `fan-out`,
-`ws-echo`, `ws-broadcast`. Each case still runs on all of its servers. `--cases hello:64,hello:h2` is the pair issue 15 asks about.
+`ws-echo`, `ws-broadcast`, `workers-hello`, `worker-respawn`. Each case still runs on all of its servers. `--cases hello:64,hello:h2` is the pair issue 15 asks about.
 
 `--baseline REV` also measures Berth as it was at git revision REV. It checks REV out into a
 temporary `git worktree`, builds `berth` and the sample apps the chosen cases load there in
@@ -64,7 +89,8 @@ and any dependency that differs get compiled), and removes the worktree. That bu
 more server, `berth@<short hash>`, with its own build of the apps (the ABI may differ between
 revisions), next to `berth` in every hello (not the `--access-log` variant), fetch, db, redis,
 fan-out, ws-echo and ws-broadcast case: started and measured alone, back to back with the others, in the same
-alternating order, every run. (A revision without the `todo` and `counter` apps cannot be built
+alternating order, every run (not in workers-hello and worker-respawn: a revision from before
+worker processes has no `--workers`). (A revision without the `todo` and `counter` apps cannot be built
 for db and redis, nor one without `ws-echo` and `chat` for the WebSocket cases: leave those
 cases out.) The report gives its ratio to native like every
 server's, and its ratio to the current Berth (the median and spread of the per-run ratios). A
@@ -83,7 +109,7 @@ server for the same row (`/todo/items/42`) and the same key (`/counter/hits`): t
 in the servers' caches, so the figures are of the servers and clients, not of disk.
 
 `--smoke` runs every case once for about 2 s (fan-out with 200 requests, ws-broadcast with 200
-sockets, the boundary benchmark with criterion's `--quick`) and exits with 1 if any server fails to answer or any case sees an
+sockets, worker-respawn with 4 rounds, the boundary benchmark with criterion's `--quick`) and exits with 1 if any server fails to answer or any case sees an
 error or produces no figure (the results are still written); a missed target does not change the
 exit status. CI runs it so that the suite cannot rot.
 
@@ -97,6 +123,7 @@ Only the standard library is used here. Linux only (taskset, /proc).
 import argparse
 import base64
 import datetime
+import http.client
 import json
 import os
 import platform
@@ -135,6 +162,21 @@ from common import (
 )
 
 TICKS = os.sysconf("SC_CLK_TCK")
+# Worker processes in both cases, the CPUs their server runs on (both modes of workers-hello
+# alike), and where their load generator or poller runs: a core of its own when there is a third.
+WORKERS = 2
+WORKERS_CPUS = "0,1"
+WORKERS_LOAD_CPU = "2" if (os.cpu_count() or 1) >= 3 else LOAD_CPU
+# workers-hello: wrk's connections (the hello case's; at 1 connection only one worker can serve).
+WORKERS_CONNS = (64, 256)
+# worker-respawn: the poll interval, the bounds of one round (seconds, and requests and /workers
+# polls together), the pause between rounds, the apps directory (hello and faults), and the case.
+RESPAWN_POLL_S = 0.005
+RESPAWN_TIMEOUT_S = 10.0
+RESPAWN_MAX_POLLS = 2000
+RESPAWN_PAUSE_S = 0.5
+RESPAWN_APPS = "apps-worker-respawn"
+RESPAWN_CASE = f"SIGKILL, {WORKERS} workers"
 HELLO = b"Hello, world!\n"
 # The criterion micro-benchmark of one request through the C ABI (server/benches/boundary.rs;
 # it loads target/release/libhello.so) and the last line it prints.
@@ -207,10 +249,13 @@ class Recorder:
         self.tmp = str(tmp)
         self.commands = {}
 
-    def note(self, cmd):
+    def line(self, cmd):
+        """`cmd` as the report lists it."""
         line = shlex.join(str(part) for part in cmd).replace(self.tmp, "$TMP")
-        line = line.replace(str(ROOT) + "/", "")
-        self.commands.setdefault(line, None)
+        return line.replace(str(ROOT) + "/", "")
+
+    def note(self, cmd):
+        self.commands.setdefault(self.line(cmd), None)
 
     def run(self, cmd, timeout, check=True, quiet=False, cwd=None):
         self.note(cmd)
@@ -242,6 +287,29 @@ def proc_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def tree_ticks(pid):
+    """User + system CPU ticks of a process and its descendants (a supervisor and its workers),
+    as they are now: a descendant that has exited no longer counts."""
+    children = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += proc_ticks(current)
+        except (OSError, IndexError, ValueError):
+            continue
+        todo.extend(children.get(current, []))
+    return total
 
 
 def core_ticks():
@@ -348,8 +416,9 @@ def cargo_target():
 
 def build(rec, boundary, own_apps):
     """Release builds of what the servers run (with `own_apps`, the db, redis and WebSocket
-    scenarios' apps when those are measured), and of the boundary benchmark (compiled here, on every
-    CPU, so that its pinned run measures and does not compile)."""
+    scenarios' apps when those are measured, and the `fixture-faults` app for worker-respawn), and
+    of the boundary benchmark (compiled here, on every CPU, so that its pinned run measures and
+    does not compile)."""
     commands = [
         ["cargo", "build", "--release", "-p", "berth-server", "-p", "hello", "-p", "fetch"]
         + ["-p", "gather", *(arg for app in own_apps for arg in ("-p", app)), "-p", "berth-bench"],
@@ -414,9 +483,12 @@ def build_baseline(rec, rev, tmp, apps):
 
 
 class Server:
-    """One server process, pinned to one CPU, with its output in a log file. It is ready once
-    `check_path` answers 200 with a body `expect` accepts or, with `probe` (a function of the
-    port returning (ready, problem)), once the probe says so."""
+    """One server process, pinned to one CPU (`cpu`; the worker cases' to two, "0,1"), with its
+    output in a log file. It is ready once `check_path` answers 200 with a body `expect` accepts
+    or, with `probe` (a function of the port returning (ready, problem)), once the probe says so.
+    `load_cpu` is where its load generator runs, `admin_port` its admin listener's port (None:
+    off), and `workers` its worker processes (0: it serves in one process; else its CPU is
+    that of the process and its descendants)."""
 
     def __init__(
         self, key, argv, port, check_path, expect, cwd, env=None, name=None, cpu=SERVER_CPU, probe=None
@@ -433,6 +505,10 @@ class Server:
         self.env = env
         self.proc = None
         self.log_path = None
+        self.load_cpu = LOAD_CPU
+        self.admin_port = None
+        self.workers = 0
+        self.command = None
 
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
@@ -440,6 +516,7 @@ class Server:
     def start(self, rec, tmp):
         cmd = ["taskset", "-c", self.cpu, *self.argv]
         rec.note(cmd)
+        self.command = rec.line(cmd)
         self.log_path = tmp / f"{self.name}.log"
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
@@ -677,8 +754,12 @@ def wrk_ms(text):
     return float(match.group(1)) * UNITS_MS[match.group(2)]
 
 
-def run_wrk(rec, url, conns, duration):
-    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", url]
+def wrk_cmd(url, conns, duration, cpu=LOAD_CPU):
+    return ["taskset", "-c", cpu, "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", url]
+
+
+def run_wrk(rec, url, conns, duration, cpu=LOAD_CPU):
+    cmd = wrk_cmd(url, conns, duration, cpu)
     proc, usage = rec.run(cmd, timeout=duration + 60)
     out = proc.stdout
     result = {"load_cpu": usage["cpu_pct"]}
@@ -916,6 +997,7 @@ class Suite:
         self.warmup = 1 if args.smoke else 2
         self.fanout_n = args.fanout_n or (200 if args.smoke else 10_000)
         self.ws_sockets = args.ws_sockets or (200 if args.smoke else 10_000)
+        self.respawn_rounds = args.respawn_rounds or (4 if args.smoke else 10)
         # Seconds the broadcast's sockets sit idle, once open, before the server's memory is read.
         self.ws_settle = 1 if args.smoke else 3
         self.conns = [c for c in (1, 64, 256) if f"hello:{c}" in self.cases]
@@ -966,8 +1048,16 @@ class Suite:
         own_apps = [
             SCENARIO_APPS[scenario] for scenario in (*DATA_SCENARIOS, *WS_SCENARIOS) if self.measures(scenario)
         ]
-        self.release = build(self.rec, "boundary" in self.cases, own_apps)
+        respawn = self.measures("worker-respawn")
+        faults = ["fixture-faults"] if respawn else []
+        self.release = build(self.rec, "boundary" in self.cases, own_apps + faults)
         self.install_apps(self.release, False, ["hello", "fetch", "gather", *own_apps])
+        if respawn:
+            # worker-respawn's apps: hello, and the faults fixture (mounted at /faults).
+            directory = self.tmp / RESPAWN_APPS
+            directory.mkdir()
+            shutil.copy(self.release / "libhello.so", directory / "hello.so")
+            shutil.copy(self.release / "libfixture_faults.so", directory / "faults.so")
         keys = [
             "berth",
             "berth-logged",
@@ -979,6 +1069,10 @@ class Suite:
             "native-redis",
             "native-ws-echo",
             "native-ws-chat",
+            "berth-workers",
+            "berth-workers-admin",
+            "berth-threads",
+            "berth-threads-admin",
             "uvicorn",
             "uvicorn-ws",
             "aiohttp",
@@ -1051,26 +1145,33 @@ class Suite:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         return env
 
-    def berth(self, key, check_path, expect, *flags, scenario=None, probe=None):
+    def berth(
+        self, key, check_path, expect, *flags, scenario=None, probe=None, apps=None, admin=False, cpu=SERVER_CPU
+    ):
         """Berth with the apps of this tree, or, under the baseline's key, the baseline's build
-        with its own apps; for a data scenario, with that scenario's app alone and its config file."""
+        with its own apps; for a data scenario, with that scenario's app alone and its config file.
+        `apps` names another apps directory; with `admin`, its admin listener is on, on the port
+        of `<key>-admin`."""
         baseline = bool(self.baseline) and key == self.baseline["key"]
         if scenario in DATA_SCENARIOS:
             flags = ("--config", f"berth-{scenario}.toml", *flags)
+        admin_port = self.ports[f"{key}-admin"] if admin else None
         argv = [
             (self.baseline_release if baseline else self.release) / "berth",
             "--apps-dir",
-            self.app_dir(baseline, scenario),
+            apps or self.app_dir(baseline, scenario),
             "--listen",
             f"127.0.0.1:{self.ports[key]}",
             "--admin-listen",
-            "off",
+            f"127.0.0.1:{admin_port}" if admin else "off",
             "--allow-outbound",
             "http://127.0.0.1:*",
             *flags,
         ]
         env = self.server_env()
-        return Server(key, argv, self.ports[key], check_path, expect, cwd=self.tmp, env=env, probe=probe)
+        server = Server(key, argv, self.ports[key], check_path, expect, cwd=self.tmp, env=env, probe=probe, cpu=cpu)
+        server.admin_port = admin_port
+        return server
 
     def berths(self, check_path, expect, *flags, scenario=None, probe=None):
         """Berth, and next to it the baseline's Berth with the same settings when there is one."""
@@ -1252,6 +1353,68 @@ class Suite:
             ),
         ]
 
+    def workers_hello_servers(self):
+        """workers-hello: `--workers 2` (one runtime thread per worker, the default) and one process
+        with `--threads 2`, pinned to the same CPUs, each with its admin listener on (the
+        supervisor's /workers counts each worker's requests)."""
+        hello = lambda body: body == HELLO  # noqa: E731
+        workers = self.berth(
+            "berth-workers", "/hello", hello, "--workers", WORKERS, admin=True, cpu=WORKERS_CPUS
+        )
+        workers.workers = WORKERS
+        single = self.berth(
+            "berth-threads", "/hello", hello, "--threads", WORKERS, admin=True, cpu=WORKERS_CPUS
+        )
+        for server in (workers, single):
+            server.load_cpu = WORKERS_LOAD_CPU
+        return [workers, single]
+
+    def respawn_server(self):
+        """worker-respawn: `--workers 2` serving hello and the faults fixture."""
+        pid = lambda body: body.strip().isdigit()  # noqa: E731
+        server = self.berth(
+            "berth-workers", "/faults/pid", pid, "--workers", WORKERS, apps=RESPAWN_APPS, admin=True,
+            cpu=WORKERS_CPUS,
+        )
+        server.workers = WORKERS
+        server.load_cpu = WORKERS_LOAD_CPU
+        return server
+
+    # ---- worker processes: the supervisor's admin API
+
+    def worker_list(self, server, timeout=2.0):
+        """The supervisor's `GET /workers`: one dict per worker (slot, pid, state, requests...)."""
+        status, body = http_get(f"http://127.0.0.1:{server.admin_port}/workers", timeout=timeout)
+        if status != 200:
+            raise ValueError(f"GET /workers answered {status}: {body[:200]!r}")
+        return json.loads(body)["workers"]
+
+    def workers_ready(self, server, timeout=30.0):
+        """Waits (at most `timeout` seconds) until each slot has one worker and all are ready;
+        returns them. A SuiteError otherwise, as for a server that never answers."""
+        deadline = time.monotonic() + timeout
+        problem = "no answer"
+        while time.monotonic() < deadline:
+            if not server.alive():
+                raise SuiteError(f"{server.name} exited with {server.proc.returncode}:\n{server.tail()}")
+            try:
+                workers = self.worker_list(server)
+                slots = sorted(w["slot"] for w in workers)
+                if slots == list(range(server.workers)) and all(w["state"] == "ready" for w in workers):
+                    return workers
+                problem = ", ".join(f"slot {w['slot']} pid {w['pid']} {w['state']}" for w in workers)
+            except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as err:
+                problem = str(err)
+            time.sleep(0.05)
+        raise SuiteError(
+            f"{server.name}: its {server.workers} workers were not all ready within {timeout:.0f} s "
+            f"({problem})\n{server.tail()}"
+        )
+
+    def worker_requests(self, server):
+        """{slot: (pid, requests begun)} from /workers."""
+        return {w["slot"]: (w["pid"], w["requests"]) for w in self.worker_list(server)}
+
     # ---- measuring
 
     def wait_for_quiet(self):
@@ -1275,24 +1438,32 @@ class Suite:
         INTERFERENCE_FLAG% of the server's CPU is taken again (twice at most). In every mode, a
         measurement whose load tool saw errors while the server stayed up is taken once more:
         the errors of the first attempt are logged and kept in the result (`retried_errors`),
-        and only errors that come back count as the measurement's."""
+        and only errors that come back count as the measurement's.
+
+        A server with worker processes counts with its workers: its CPU is the supervisor's and
+        theirs, and the other processes' share is taken over all of its CPUs, less the load
+        generator's own CPU when that runs on one of them (wrk on CPU 1 of a two-CPU machine)."""
         errors_before = None
+        cores = server.cpu.split(",")
+        ticks = tree_ticks if server.workers else proc_ticks
         for attempt in range(4 if retry else 1):
             self.wait_for_quiet()
             pid = server.proc.pid
-            ticks0, cores0, t0 = proc_ticks(pid), core_ticks(), time.monotonic()
+            ticks0, cores0, t0 = ticks(pid), core_ticks(), time.monotonic()
             result = fn()
-            ticks1, cores1, t1 = proc_ticks(pid), core_ticks(), time.monotonic()
+            ticks1, cores1, t1 = ticks(pid), core_ticks(), time.monotonic()
             wall = t1 - t0
             server_cpu = 100.0 * (ticks1 - ticks0) / TICKS / wall
-            core_busy = 100.0 * (cores1[SERVER_CPU][0] - cores0[SERVER_CPU][0]) / TICKS / wall
+            core_busy = sum(100.0 * (cores1[c][0] - cores0[c][0]) / TICKS / wall for c in cores)
+            shared_load = (result.get("load_cpu") or 0.0) if server.load_cpu in cores else 0.0
             result["server_cpu"] = server_cpu
             if result.get("rps") and "wall_s" not in result:
                 # Server CPU time per request: steadier than requests/s when the machine is shared.
                 result["cpu_us"] = server_cpu / 100.0 / result["rps"] * 1e6
-            result["interference"] = max(0.0, core_busy - server_cpu)
+            result["interference"] = max(0.0, core_busy - server_cpu - shared_load)
             # The load side's whole core: wrk, and nginx, PostgreSQL or Redis when the case uses one.
-            result["load_core"] = 100.0 * (cores1[LOAD_CPU][0] - cores0[LOAD_CPU][0]) / TICKS / wall
+            load = server.load_cpu
+            result["load_core"] = 100.0 * (cores1[load][0] - cores0[load][0]) / TICKS / wall
             result["attempts"] = attempt + 1
             if not server.alive():
                 result.setdefault("errors", []).append(f"{server.name} died:\n{server.tail()}")
@@ -1306,7 +1477,7 @@ class Suite:
             noisy = result["interference"] > INTERFERENCE_FLAG
             if self.smoke or attempt >= 2 or not noisy or not self.retry_noisy():
                 break
-            log(f"  other processes took {result['interference']:.0f}% of CPU {SERVER_CPU}: measuring again")
+            log(f"  other processes took {result['interference']:.0f}% of CPU {server.cpu}: measuring again")
         return result
 
     def retry_noisy(self):
@@ -1315,10 +1486,14 @@ class Suite:
         return self.retries <= self.retry_budget
 
     def record(self, run, scenario, case, server, result):
-        # A broadcast's figure is its delivery time; every other case's, its rate.
-        figure = "p99_ms" if scenario == "ws-broadcast" else "rps"
+        # A broadcast's figure is its delivery time, a respawn's the time until the new worker
+        # served; every other case's, its rate.
+        figure, missing = {
+            "ws-broadcast": ("p99_ms", "no delivery time"),
+            "worker-respawn": ("serve_ms", "no time until the new worker served"),
+        }.get(scenario, ("rps", "no requests/s figure"))
         if not result.get(figure) and not result.get("errors"):
-            result["errors"] = ["no delivery time" if scenario == "ws-broadcast" else "no requests/s figure"]
+            result["errors"] = [missing]
         entry = {"run": run, "scenario": scenario, "case": case, "server": server.key, **result}
         self.results.append(entry)
         rps = result.get("rps")
@@ -1327,13 +1502,19 @@ class Suite:
         line = f"  {scenario:7} {case:26} {server.key:12} "
         line += f"{rps:>10.0f} {unit}" if rps is not None else " " * 16
         line += f"  p99 {p99:8.2f} ms" if p99 is not None else ""
-        line += f"  cpu {result.get('server_cpu', 0):5.1f}%"
+        if "server_cpu" in result:
+            line += f"  cpu {result['server_cpu']:5.1f}%"
         if result.get("peak_rss_mib") is not None and "ok" in result:
             line += f"  ok {result['ok']}/{result['n']} wall {result['wall_s']:.2f}s rss {result['peak_rss_mib']:.0f} MiB"
         if "received" in result:
             line += f"  got {result['received']}/{result['n']} p50 {result['p50_ms']:.1f} ms"
         if result.get("kib_per_socket") is not None:
             line += f"  {result['kib_per_socket']:.1f} KiB/socket"
+        if result.get("worker_requests"):
+            line += f"  split {'/'.join(str(n) for n in result['worker_requests'])}"
+        if scenario == "worker-respawn":
+            line += f"  round {result.get('round')}, slot {result.get('slot')}: ready {fmt_ms(result.get('ready_ms'))}"
+            line += f", serving {fmt_ms(result.get('serve_ms'))} (supervisor: {fmt_ms(result.get('start_ms'))})"
         if result.get("errors"):
             line += "  ERRORS: " + "; ".join(result["errors"])[:400]
         log(line)
@@ -1364,7 +1545,7 @@ class Suite:
 
     def warm(self, server, url):
         self.rec.run(
-            ["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c64", f"-d{self.warmup}s", url],
+            ["taskset", "-c", server.load_cpu, "wrk", "-t1", "-c64", f"-d{self.warmup}s", url],
             timeout=self.warmup + 60,
             check=False,
             quiet=True,
@@ -1482,6 +1663,165 @@ class Suite:
                 )
             self.record(run, "ws-broadcast", f"{sockets:,} idle sockets, 1 message", server, result)
 
+    def workers_hello(self, run):
+        """Both modes alone, back to back, in the order alternating between runs, as in hello."""
+        servers = self.pairs(self.workers_hello_servers(), run)
+        for conns in WORKERS_CONNS:
+            for server in servers:
+                url = server.url("/hello")
+                with server.start(self.rec, self.tmp):
+                    if server.workers:
+                        self.workers_ready(server)
+                    self.warm(server, url)
+                    result = self.measure(server, lambda: self.wrk_on_workers(server, url, conns))
+                result["server_cmd"] = server.command
+                result["load_cmd"] = self.rec.line(wrk_cmd(url, conns, self.duration, server.load_cpu))
+                self.record(run, "workers-hello", f"HTTP/1.1, {conns} conns, CPUs {WORKERS_CPUS}", server, result)
+
+    def wrk_on_workers(self, server, url, conns):
+        """wrk, and with workers, each one's requests over the measurement (`worker_requests`, by
+        slot) from /workers before and after; a worker replaced meanwhile is an error."""
+        before = after = None
+        problem = ""
+        try:
+            before = self.worker_requests(server) if server.workers else None
+        except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as err:
+            problem = f"GET /workers before: {err}"
+        result = run_wrk(self.rec, url, conns, self.duration, cpu=server.load_cpu)
+        if not server.workers:
+            return result
+        try:
+            after = self.worker_requests(server)
+        except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as err:
+            problem = problem or f"GET /workers after: {err}"
+        if before and after and [pid for pid, _ in before.values()] == [pid for pid, _ in after.values()]:
+            counts = [after[slot][1] - before[slot][1] for slot in sorted(after)]
+            result["worker_requests"] = counts
+            result["busiest_share"] = max(counts) / sum(counts) if sum(counts) > 0 else None
+        else:
+            result["errors"].append(
+                problem or f"the workers changed during the measurement: {before} before, {after} after"
+            )
+        return result
+
+    def worker_respawn(self, run):
+        """`respawn_rounds` rounds, a fresh server every WORKERS rounds: each of its slots loses its
+        worker once, so that no round meets the supervisor's crash-loop backoff."""
+        done = 0
+        died = False
+        while done < self.respawn_rounds and not died:
+            server = self.respawn_server()
+            with server.start(self.rec, self.tmp):
+                self.workers_ready(server)
+                for slot in range(WORKERS):
+                    if done >= self.respawn_rounds:
+                        break
+                    done += 1
+                    if slot:
+                        time.sleep(RESPAWN_PAUSE_S)
+                    self.wait_for_quiet()
+                    try:
+                        workers = self.workers_ready(server, timeout=RESPAWN_TIMEOUT_S)
+                    except SuiteError as err:
+                        # The last round's replacement never got ready: that round has the error.
+                        result = {"slot": slot, "errors": [f"not every worker ready: {err}"]}
+                    else:
+                        result = self.respawn_round(server, slot, workers)
+                    result["round"] = done
+                    result["server_cmd"] = server.command
+                    self.record(run, "worker-respawn", RESPAWN_CASE, server, result)
+                    # The supervisor itself died: that round says so, and no other is measured.
+                    died = not server.alive()
+                    if result["errors"]:
+                        break  # a fresh server for the next round
+
+    def respawn_round(self, server, slot, workers):
+        """Kills `slot`'s worker with SIGKILL; times (a) until /workers lists that slot with a new
+        pid in state ready and (b) until /faults/pid, asked on a fresh connection each time, answers
+        with a pid that was not there before. Polled every RESPAWN_POLL_S from the load CPU; bounded
+        by RESPAWN_TIMEOUT_S and RESPAWN_MAX_POLLS. Then the supervisor's own spawn-to-ready time
+        from its log."""
+        victim = next(w for w in workers if w["slot"] == slot)
+        known = {w["pid"] for w in workers}
+        result = {"slot": slot, "old_pid": victim["pid"], "errors": []}
+        ready_s = serve_s = new_pid = served_pid = None
+        polls = requests = 0
+        failed_polls, failed_requests = [], []
+        pid_url = server.url("/faults/pid")
+        affinity = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {int(server.load_cpu)})
+        try:
+            killed = time.monotonic()
+            os.kill(victim["pid"], signal.SIGKILL)
+            deadline = killed + RESPAWN_TIMEOUT_S
+            while (ready_s is None or serve_s is None) and time.monotonic() < deadline:
+                if polls + requests >= RESPAWN_MAX_POLLS:
+                    break
+                if ready_s is None:
+                    polls += 1
+                    try:
+                        for w in self.worker_list(server, timeout=1.0):
+                            if w["slot"] == slot and w["pid"] not in known and w["state"] == "ready":
+                                ready_s, new_pid = time.monotonic() - killed, w["pid"]
+                    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as err:
+                        failed_polls.append(f"{type(err).__name__}: {err}")
+                if serve_s is None:
+                    requests += 1
+                    try:
+                        status, body = http_get(pid_url, timeout=1.0)
+                        if status != 200:
+                            failed_requests.append(f"status {status}: {body[:100]!r}")
+                        elif int(body) not in known:
+                            serve_s, served_pid = time.monotonic() - killed, int(body)
+                    except (OSError, http.client.HTTPException, ValueError) as err:
+                        failed_requests.append(f"{type(err).__name__}: {err}")
+                if ready_s is None or serve_s is None:
+                    time.sleep(RESPAWN_POLL_S)
+            elapsed = time.monotonic() - killed
+        finally:
+            os.sched_setaffinity(0, affinity)
+        result.update(
+            {
+                "new_pid": new_pid,
+                "served_pid": served_pid,
+                "ready_ms": ready_s * 1000 if ready_s is not None else None,
+                "serve_ms": serve_s * 1000 if serve_s is not None else None,
+                "admin_polls": polls,
+                "requests": requests,
+                "failed_requests": len(failed_requests),
+            }
+        )
+        errors = result["errors"]
+        if ready_s is None:
+            errors.append(
+                f"/workers showed no new ready worker in slot {slot} within {elapsed:.1f} s ({polls} polls)"
+            )
+        if serve_s is None:
+            errors.append(
+                f"no answer from a new worker within {elapsed:.1f} s ({requests} requests to /faults/pid)"
+            )
+        if new_pid is not None and served_pid is not None and new_pid != served_pid:
+            errors.append(f"/faults/pid was answered by pid {served_pid}, /workers lists pid {new_pid}")
+        if failed_requests:
+            errors.append(
+                f"{len(failed_requests)} of {requests} requests to /faults/pid failed; first: {failed_requests[0]}"
+            )
+        if failed_polls:
+            errors.append(f"{len(failed_polls)} of {polls} polls of /workers failed; first: {failed_polls[0]}")
+        if not server.alive():
+            errors.append(f"{server.name} died:\n{server.tail()}")
+        if new_pid is not None:
+            # The supervisor logs the line as it marks the worker ready: give the log a moment.
+            line = re.compile(rf"worker {slot} \(pid {new_pid}\) is ready after ([\d.]+)s")
+            deadline = time.monotonic() + 1.0
+            while True:
+                match = line.search(server.log_path.read_text(errors="replace"))
+                if match or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.02)
+            result["start_ms"] = float(match.group(1)) * 1000 if match else None
+        return result
+
     def run(self):
         self.prepare()
         if "boundary" in self.cases:
@@ -1502,6 +1842,10 @@ class Suite:
                 self.ws_echo(run)
             if self.measures("ws-broadcast"):
                 self.ws_broadcast(run)
+            if self.measures("workers-hello"):
+                self.workers_hello(run)
+            if self.measures("worker-respawn"):
+                self.worker_respawn(run)
 
     def document(self):
         """Everything the report needs, as the results file holds it."""
@@ -1514,6 +1858,17 @@ class Suite:
             "fanout_n": self.fanout_n,
             "ws_sockets": self.ws_sockets,
             "ws_read_buffer": WS_READ_BUFFER,
+            "workers": {
+                "workers": WORKERS,
+                "cpus": WORKERS_CPUS,
+                "load_cpu": WORKERS_LOAD_CPU,
+                "conns": list(WORKERS_CONNS),
+                "respawn_rounds": self.respawn_rounds,
+                "respawn_poll_ms": RESPAWN_POLL_S * 1000,
+                "respawn_timeout_s": RESPAWN_TIMEOUT_S,
+                "respawn_max_polls": RESPAWN_MAX_POLLS,
+                "respawn_pause_s": RESPAWN_PAUSE_S,
+            },
             "cases": [case for case in CASES if case in self.cases],
             "started": self.started_at.isoformat(timespec="seconds"),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -1538,6 +1893,10 @@ class Suite:
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
+
+
+def fmt_ms(value):
+    return "–" if value is None else f"{value:.1f} ms"
 
 
 def is_berth(key):
@@ -1641,7 +2000,8 @@ def main():
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="~2 s per case, 1 run, fan-out of 200, 200 ws-broadcast sockets, boundary bench with --quick; "
+        help="~2 s per case, 1 run, fan-out of 200, 200 ws-broadcast sockets, 4 worker-respawn rounds, "
+        "boundary bench with --quick; "
         "results to a temp "
         "dir (or --results); exit 1 on any error or missing figure, not on a missed target",
     )
@@ -1652,13 +2012,15 @@ def main():
         default=set(CASES),
         metavar="LIST",
         help="comma-separated: boundary, hello (or hello:1, hello:64, hello:256, hello:h2), fetch, db, "
-        "redis, fan-out, ws-echo, ws-broadcast (default: all); each case runs on all of its servers",
+        "redis, fan-out, ws-echo, ws-broadcast, workers-hello, worker-respawn (default: all); each case "
+        "runs on all of its servers",
     )
     parser.add_argument(
         "--baseline",
         metavar="REV",
         help="also build Berth at git revision REV (temporary worktree, release, target/bench-baseline) "
-        "and measure it as server berth@REV next to Berth in each case but boundary",
+        "and measure it as server berth@REV next to Berth in each case but boundary, workers-hello and "
+        "worker-respawn",
     )
     parser.add_argument(
         "--results",
@@ -1671,10 +2033,15 @@ def main():
     parser.add_argument(
         "--ws-sockets", type=int, help="ws-broadcast idle sockets (default 10000; smoke 200)"
     )
+    parser.add_argument(
+        "--respawn-rounds", type=int, help="worker-respawn rounds per run (default 10; smoke 4)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (apps, logs)")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.respawn_rounds is not None and args.respawn_rounds < 1:
+        parser.error("--respawn-rounds must be at least 1")
 
     suite = Suite(args)
     if args.results:
