@@ -32,8 +32,9 @@ pub const HEARTBEAT: Duration = Duration::from_millis(100);
 /// Written first, so that a reader can tell a table from zeroed memory.
 const MAGIC: u64 = 0x4245_5254_4843_414c; // "BERTHCAL"
 
-/// One thread's record of the app call it is inside.
-#[repr(C)]
+/// One thread's record of the app call it is inside. Aligned to a cache line: each thread writes
+/// its own slot at every poll, and two threads writing one line would slow each other.
+#[repr(C, align(64))]
 #[derive(Debug)]
 struct Slot {
     /// Odd while inside a call.
