@@ -1,8 +1,8 @@
 //! The supervisor: binds the listeners, starts the workers and keeps them running. It loads no
 //! app and runs no app code, so nothing an app does can take it down.
 //!
-//! One task owns the workers ([`Supervisor::run`]): it reacts to their messages and exits, and
-//! every [`TICK`] it runs the watchdog and starts the replacements that are due. The admin API
+//! One task owns the workers (`Supervisor::run`): it reacts to their messages and exits, and
+//! every `TICK` it runs the watchdog and starts the replacements that are due. The admin API
 //! reads the same state under a lock.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
