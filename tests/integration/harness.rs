@@ -1287,15 +1287,29 @@ pub async fn wait_for_apps(
     timeout: Duration,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
+    wait_for_admin(berth, "/apps", what, timeout, check).await
+}
+
+/// Polls the admin JSON document at `path` until `check` accepts it; panics with the last
+/// document, `what` and the log after `timeout`.
+pub async fn wait_for_admin(
+    berth: &Berth,
+    path: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let started = Instant::now();
     loop {
-        let apps = admin_apps(berth).await;
-        if check(&apps) {
-            return apps;
+        let reply = get(&berth.admin_url(path)).await;
+        assert_eq!(reply.status, 200, "GET {path}: {}", reply.text());
+        let document = reply.json();
+        if check(&document) {
+            return document;
         }
         assert!(
             started.elapsed() < timeout,
-            "admin /apps did not show {what} within {timeout:?}; last document:\n{apps:#}\n\
+            "admin {path} did not show {what} within {timeout:?}; last document:\n{document:#}\n\
              stderr:\n{}",
             berth.stderr()
         );

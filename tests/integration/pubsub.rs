@@ -3,7 +3,7 @@
 //! connection once it is), and a `pubsub` value that is not a backend (an error naming the
 //! file, the key and what is accepted). The `chat` module drives the broker through an app.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -31,19 +31,7 @@ pub async fn wait_for_pubsub(
     timeout: Duration,
     condition: impl Fn(&Value) -> bool,
 ) -> Value {
-    let started = Instant::now();
-    loop {
-        let document = pubsub_status(berth).await;
-        if condition(&document) {
-            return document;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "admin /pubsub not {what} within {timeout:?}: {document:#}\nstderr:\n{}",
-            berth.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::harness::wait_for_admin(berth, "/pubsub", what, timeout, condition).await
 }
 
 #[tokio::test]

@@ -60,20 +60,7 @@ async fn wait_workers(
     timeout: Duration,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let started = Instant::now();
-    loop {
-        let doc = workers(berth).await;
-        if check(&doc) {
-            return doc;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "/workers did not show {what} within {timeout:?}; last document:\n{doc:#}\n\
-             stderr:\n{}",
-            berth.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    crate::harness::wait_for_admin(berth, "/workers", what, timeout, check).await
 }
 
 /// The entries of `/workers`'s `workers` array.
