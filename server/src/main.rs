@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use berth_server::workers::{Identity, supervisor, worker};
-use berth_server::{Cli, Config, Listeners, ServeError};
+use berth_server::{Cli, Config, Listeners};
 use clap::Parser;
 
 /// Raises the soft open-file limit to the hard one, and says so when even that is too low for
@@ -79,10 +79,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");
-            match err {
-                ServeError::AppsDir { .. } | ServeError::Tls(_) => ExitCode::from(2),
-                _ => ExitCode::FAILURE,
-            }
+            err.exit_code()
         }
     }
 }

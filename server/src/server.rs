@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::apps::{Registry, Rescan, watch};
 use crate::config::Config;
-use crate::host::calls;
+use crate::host::calls::{self, CallTable};
 use crate::host::{Broker, Outbound};
 use crate::{admin, http, tls};
 
@@ -41,6 +41,17 @@ pub enum ServeError {
         /// What the OS said.
         source: std::io::Error,
     },
+}
+
+impl ServeError {
+    /// The process's exit status for it: 2 for what the operator must fix in the configuration
+    /// (the apps directory, the TLS files), which a restart would not, else 1.
+    pub fn exit_code(&self) -> std::process::ExitCode {
+        match self {
+            ServeError::AppsDir { .. } | ServeError::Tls(_) => std::process::ExitCode::from(2),
+            _ => std::process::ExitCode::FAILURE,
+        }
+    }
 }
 
 /// The sockets Berth serves on, bound before [`run`] starts: by [`Listeners::bind`] from the
@@ -110,8 +121,9 @@ pub async fn serve(
 
     // A worker's table is its supervisor's, installed before; a single process keeps its own.
     let calls = calls::table().unwrap_or_else(|| {
-        calls::install(Box::leak(Box::default()));
-        calls::table().unwrap_or_else(|| Box::leak(Box::default()))
+        let table: &'static CallTable = Box::leak(Box::default());
+        calls::install(table);
+        table
     });
     calls::spawn_heartbeat(calls);
     if let Some(listener) = listeners.admin {

@@ -62,10 +62,7 @@ pub fn main(config: Config) -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             tracing::error!("{err}");
-            match err {
-                ServeError::AppsDir { .. } | ServeError::Tls(_) => ExitCode::from(2),
-                _ => ExitCode::FAILURE,
-            }
+            err.exit_code()
         }
     }
 }

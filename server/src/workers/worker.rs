@@ -83,9 +83,7 @@ pub fn main(config: Config, identity: Identity) -> ExitCode {
         Err(err) => {
             tracing::error!("{err}");
             match err {
-                StartError::Serve(ServeError::AppsDir { .. } | ServeError::Tls(_)) => {
-                    ExitCode::from(2)
-                }
+                StartError::Serve(err) => err.exit_code(),
                 _ => ExitCode::FAILURE,
             }
         }
